@@ -1,0 +1,212 @@
+//! The vfolder catalog: lifecycle operations that touch both the store and
+//! the data directory, and the names by which vfolders are found. Shared by
+//! the CLI and the mount.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backing::sys;
+use crate::layout::Layout;
+use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
+use crate::status::Op;
+
+/// A store opened for use: the database and the data directory.
+pub struct Catalog {
+    layout: Layout,
+    store: Arc<dyn Store>,
+    data: OwnedFd,
+}
+
+/// Who a new vfolder's root directory belongs to, and its mode.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDir {
+    /// Permission bits of the root directory.
+    pub mode: u32,
+    /// Owner, when it is not the calling process's.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Default for NewDir {
+    fn default() -> Self {
+        NewDir {
+            mode: 0o755,
+            owner: None,
+        }
+    }
+}
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let p = path.into();
+    move |e| StoreError::Io(p.display().to_string(), e)
+}
+
+impl Catalog {
+    /// Opens the store at `layout`, creating its directories on first use.
+    pub fn open(layout: Layout) -> Result<Catalog> {
+        fs::create_dir_all(layout.data_dir()).map_err(io_err(layout.data_dir()))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&layout.db_path())?);
+        let data = sys::open_dir_path(&layout.data_dir()).map_err(io_err(layout.data_dir()))?;
+        Ok(Catalog {
+            layout,
+            store,
+            data,
+        })
+    }
+
+    /// The store's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The store interface.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Opens a vfolder's backing directory (`O_DIRECTORY|O_NOFOLLOW`, relative to the data fd).
+    pub fn open_backing(&self, id: &str, flags: i32) -> std::io::Result<OwnedFd> {
+        let rel = Layout::relative_path(id);
+        sys::open_beneath(self.data.as_fd(), &rel, flags | libc::O_DIRECTORY, 0)
+    }
+
+    /// Creates a ready vfolder: its directory first, then its row, so that a
+    /// crash in between leaves at worst an unlisted empty directory.
+    pub fn create(&self, name: &str, dir: NewDir, cause: &str) -> Result<VFolder> {
+        crate::name::validate(name).map_err(|e| StoreError::InvalidName(name.to_string(), e))?;
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let path = self.layout.vfolder_path(&id);
+        let shard = CString::new(&id[..2]).expect("hex has no NUL");
+        let leaf = CString::new(id.as_str()).expect("uuid has no NUL");
+        match sys::mkdirat(self.data.as_fd(), &shard, 0o755) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let shard_fd = sys::openat(
+            self.data.as_fd(),
+            &shard,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(io_err(&path))?;
+        sys::mkdirat(shard_fd.as_fd(), &leaf, dir.mode & 0o7777).map_err(io_err(&path))?;
+        let finish = || -> std::io::Result<()> {
+            let fd = sys::openat(
+                shard_fd.as_fd(),
+                &leaf,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            // mkdirat applies the umask; the requested mode is what counts.
+            sys::fchmod(fd.as_fd(), dir.mode & 0o7777)?;
+            if let Some((uid, gid)) = dir.owner {
+                sys::fchown(fd.as_fd(), uid, gid)?;
+            }
+            Ok(())
+        };
+        let made = finish()
+            .map_err(io_err(&path))
+            .and_then(|()| self.store.create(&id, name, cause));
+        if made.is_err() {
+            let _ = sys::unlinkat(shard_fd.as_fd(), &leaf, libc::AT_REMOVEDIR);
+        }
+        made
+    }
+
+    /// Moves a live vfolder to the trash.
+    pub fn delete(&self, v: &VFolder, cause: &str) -> Result<VFolder> {
+        self.store.transition(
+            &v.id,
+            Op::Delete,
+            TransitionArgs {
+                cause,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Restores a trashed vfolder, optionally under a new name.
+    pub fn restore(&self, v: &VFolder, new_name: Option<&str>, cause: &str) -> Result<VFolder> {
+        self.store.transition(
+            &v.id,
+            Op::Restore,
+            TransitionArgs {
+                cause,
+                new_name,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The trash as listed by the mount and accepted by the CLI: each trashed
+    /// vfolder with its distinct display name.
+    pub fn trash(&self) -> Result<Vec<(String, VFolder)>> {
+        Ok(trash_names(self.store.list(ListFilter::Trash)?))
+    }
+
+    /// Finds a vfolder the way the CLI names one: a live name, then a trash
+    /// name (`NAME` or `NAME~1a2b3c4d`), then a full id, then the newest row
+    /// of any status with that name.
+    pub fn resolve(&self, sel: &str) -> Result<VFolder> {
+        match self.store.get_live(sel) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other,
+        }
+        if let Some((_, v)) = self.trash()?.into_iter().find(|(n, _)| n == sel) {
+            return Ok(v);
+        }
+        match self.store.get(sel) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other,
+        }
+        self.store
+            .list(ListFilter::All)?
+            .into_iter()
+            .filter(|v| v.name == sel)
+            .max_by_key(|v| (v.status_changed_at, v.created_at))
+            .ok_or_else(|| StoreError::NotFound(sel.to_string()))
+    }
+
+    /// Finds a vfolder in the trash by its trash name or id.
+    pub fn resolve_trashed(&self, sel: &str) -> Result<VFolder> {
+        let trash = self.trash()?;
+        trash
+            .iter()
+            .find(|(n, _)| n == sel)
+            .or_else(|| trash.iter().find(|(_, v)| v.id == sel))
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| StoreError::NotFound(format!("{sel} (in the trash)")))
+    }
+}
+
+/// Gives every trashed vfolder a distinct name: the newest of a name keeps
+/// it, the others get `NAME~<first 8 hex digits of the id>`.
+pub fn trash_names(trashed: Vec<VFolder>) -> Vec<(String, VFolder)> {
+    let mut newest: HashMap<&str, (i64, i64, &str)> = HashMap::new();
+    for v in &trashed {
+        let key = (v.status_changed_at, v.created_at, v.id.as_str());
+        let e = newest.entry(v.name.as_str()).or_insert(key);
+        if key > *e {
+            *e = key;
+        }
+    }
+    let newest: HashMap<String, String> = newest
+        .into_iter()
+        .map(|(n, (_, _, id))| (n.to_string(), id.to_string()))
+        .collect();
+    trashed
+        .into_iter()
+        .map(|v| {
+            let name = if newest.get(&v.name) == Some(&v.id) {
+                v.name.clone()
+            } else {
+                format!("{}~{}", v.name, &v.id[..8.min(v.id.len())])
+            };
+            (name, v)
+        })
+        .collect()
+}

@@ -1,0 +1,451 @@
+//! Running a mount: options, stale-mount recovery, going to the background
+//! once the mount is ready, the watcher that keeps the mount in step with
+//! the store, and clean shutdown on signals or `umount`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+use log::{error, info, warn};
+
+use crate::backing::sys;
+use crate::catalog::Catalog;
+use crate::cli::{Cli, Command, MountCmd};
+use crate::fs::vfolders::{Inval, Registry};
+use crate::fs::{FsConfig, VfolderFs};
+use crate::layout::Layout;
+use crate::store::{SqliteStore, Store};
+
+/// How often the watcher polls the store for changes made elsewhere.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Everything a mount needs, after option parsing.
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    /// The store.
+    pub layout: Layout,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Request threads.
+    pub threads: usize,
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// Honour setuid bits.
+    pub suid: bool,
+    /// Honour device nodes.
+    pub dev: bool,
+    /// Extra kernel mount flags (noatime, noexec, ...).
+    pub extra: Vec<MountOption>,
+    /// FUSE layer tunables.
+    pub fs: FsConfig,
+    /// Where a background daemon writes its log.
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// Builds the arguments from the command line, parsing `-o` options.
+    pub fn from_cli(layout: Layout, m: &MountCmd) -> Result<MountArgs, String> {
+        let mut a = MountArgs {
+            layout,
+            mountpoint: m.mountpoint.clone(),
+            foreground: m.foreground,
+            threads: m.threads.max(1),
+            allow_other: m.allow_other,
+            suid: false,
+            dev: false,
+            extra: Vec::new(),
+            fs: FsConfig::default(),
+            log_file: None,
+        };
+        for opt in m.options.iter().flat_map(|o| o.split(',')) {
+            let (k, v) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let num = |v: Option<&str>| -> Result<u64, String> {
+                v.and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("option {k} needs a number"))
+            };
+            match k {
+                "" | "rw" | "defaults" | "default_permissions" | "auto" | "noauto" | "_netdev"
+                | "nofail" | "user" | "nouser" => {}
+                "allow_other" => a.allow_other = true,
+                "suid" => a.suid = true,
+                "nosuid" => a.suid = false,
+                "dev" => a.dev = true,
+                "nodev" => a.dev = false,
+                "noatime" => a.extra.push(MountOption::NoAtime),
+                "noexec" => a.extra.push(MountOption::NoExec),
+                "exec" => a.extra.push(MountOption::Exec),
+                "threads" => a.threads = num(v)?.clamp(1, 64) as usize,
+                "ttl" => a.fs.ttl = Duration::from_millis(num(v)?.min(3_600_000)),
+                "nopassthrough" => a.fs.passthrough = false,
+                "foreground" => a.foreground = true,
+                "log" => a.log_file = v.map(PathBuf::from),
+                other => return Err(format!("unknown mount option {other:?}")),
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// Parses the arguments of `mount.vfolderfs STORE MOUNTPOINT [-o OPTS]`, as
+/// mount(8) calls a helper.
+pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
+    let mut pos = Vec::new();
+    let mut opts = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_bytes() {
+            b"-o" => opts.push(
+                it.next()
+                    .ok_or("-o needs options")?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            b"-s" | b"-n" | b"-v" => {}
+            b"-f" => opts.push("foreground".into()),
+            b"-t" => {
+                it.next();
+            }
+            _ => pos.push(PathBuf::from(a)),
+        }
+    }
+    let [store, mountpoint] = <[PathBuf; 2]>::try_from(pos)
+        .map_err(|_| "usage: mount.vfolderfs STORE MOUNTPOINT [-o OPTIONS]".to_string())?;
+    Ok(Cli {
+        store: Some(store),
+        command: Command::Mount(MountCmd {
+            mountpoint,
+            foreground: false,
+            threads: 4,
+            allow_other: false,
+            options: opts,
+        }),
+    })
+}
+
+/// Errors of running a mount.
+#[derive(Debug)]
+pub enum MountError {
+    /// The mount point is unusable.
+    MountPoint(PathBuf, String),
+    /// The store could not be opened.
+    Store(crate::store::StoreError),
+    /// A system call failed, with what was being done.
+    Io(&'static str, std::io::Error),
+    /// The background daemon reported a failure.
+    Daemon(String),
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountError::MountPoint(p, m) => write!(f, "{}: {m}", p.display()),
+            MountError::Store(e) => write!(f, "{e}"),
+            MountError::Io(what, e) => write!(f, "{what}: {e}"),
+            MountError::Daemon(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+/// Whether a live vfolderfs is mounted at `mp` (per /proc/self/mountinfo).
+fn mounted_fstype(mp: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.as_os_str().as_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let mut parts = line.split(" - ");
+        let (Some(pre), Some(post)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let point = pre.split(' ').nth(4).unwrap_or("");
+        if unescape_mountinfo(point).as_bytes() == want {
+            found = post.split(' ').next().map(str::to_string);
+        }
+    }
+    found
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Checks the mount point, clearing a stale mount left by a killed daemon.
+fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
+    let bad = |m: String| MountError::MountPoint(mp.to_path_buf(), m);
+    match std::fs::metadata(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!("{}: clearing a stale mount", mp.display());
+            let c = sys::cstr(mp).map_err(|e| bad(e.to_string()))?;
+            // SAFETY: a valid path string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(bad(format!(
+                    "stale mount could not be cleared: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+        Err(e) => return Err(bad(e.to_string())),
+        Ok(m) if !m.is_dir() => return Err(bad("not a directory".into())),
+        Ok(_) => {}
+    }
+    let canon = std::fs::canonicalize(mp).map_err(|e| bad(e.to_string()))?;
+    if let Some(t) = mounted_fstype(&canon)
+        && t == "fuse.vfolderfs"
+    {
+        return Err(bad("a vfolderfs is already mounted here".into()));
+    }
+    Ok(canon)
+}
+
+/// Mounts the store. Without `foreground`, returns once the mount is ready
+/// and leaves a daemon serving it.
+pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
+    args.mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    // Fail early, in the caller's terminal, if the store cannot be opened.
+    drop(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
+    if args.foreground {
+        return serve(&args, |_| {});
+    }
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(MountError::Io("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the pipe fds are new and owned here.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread runs yet in this process, so fork is sound.
+    match unsafe { libc::fork() } {
+        -1 => Err(MountError::Io("fork", std::io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no preconditions in a fresh child.
+            unsafe { libc::setsid() };
+            let log = args.log_file.clone();
+            let pipe = std::cell::Cell::new(Some(wr));
+            let tell = |msg: &str| {
+                if let Some(mut w) = pipe.take() {
+                    let _ = w.write_all(msg.as_bytes());
+                }
+            };
+            let res = serve(&args, |res| match res {
+                Ok(()) => {
+                    tell("OK");
+                    detach_stdio(log.as_deref());
+                }
+                Err(e) => tell(&e.to_string()),
+            });
+            if let Err(e) = &res {
+                tell(&e.to_string());
+                error!("{e}");
+            }
+            std::process::exit(if res.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                Ok(())
+            } else if msg.is_empty() {
+                Err(MountError::Daemon("the mount daemon died before the mount was ready".into()))
+            } else {
+                Err(MountError::Daemon(msg))
+            }
+        }
+    }
+}
+
+fn detach_stdio(log: Option<&Path>) {
+    let null = File::options().read(true).write(true).open("/dev/null");
+    let out = log
+        .and_then(|p| File::options().create(true).append(true).open(p).ok())
+        .or_else(|| null.as_ref().ok().and_then(|f| f.try_clone().ok()));
+    if let (Ok(null), Some(out)) = (null, out) {
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(out.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unmounts `mp`: a plain unmount, or a lazy one if it is busy.
+pub fn unmount(mp: &Path) -> std::io::Result<()> {
+    let c = sys::cstr(mp)?;
+    // SAFETY: a valid path string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error());
+    }
+    Err(e)
+}
+
+/// Mounts and serves in this process until unmounted or signalled;
+/// `ready` is called once, when the mount is usable or has failed.
+pub fn serve(args: &MountArgs, ready: impl FnOnce(Result<(), &MountError>)) -> Result<(), MountError> {
+    let mut ready = Some(ready);
+    let mut report = |r: Result<(), &MountError>| {
+        if let Some(f) = ready.take() {
+            f(r)
+        }
+    };
+    match serve_inner(args, &mut report) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            report(Err(&e));
+            Err(e)
+        }
+    }
+}
+
+fn serve_inner(
+    args: &MountArgs,
+    report: &mut dyn FnMut(Result<(), &MountError>),
+) -> Result<(), MountError> {
+    // SAFETY: umask has no preconditions. Modes arrive already masked by the kernel.
+    unsafe { libc::umask(0) };
+    if let Err(e) = sys::raise_nofile_limit() {
+        warn!("could not raise the open-file limit: {e}");
+    }
+    let sigset = block_signals();
+    let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
+    let reg = Arc::new(Registry::new());
+    reg.refresh(cat.store().as_ref()).map_err(MountError::Store)?;
+    let watcher_store =
+        SqliteStore::open(&args.layout.db_path()).map_err(MountError::Store)?;
+    let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
+        .map_err(|e| MountError::Io("opening the data directory", e))?;
+
+    let mut opts = vec![
+        MountOption::FSName(args.layout.root().display().to_string()),
+        MountOption::Subtype("vfolderfs".into()),
+        MountOption::DefaultPermissions,
+        if args.suid { MountOption::Suid } else { MountOption::NoSuid },
+        if args.dev { MountOption::Dev } else { MountOption::NoDev },
+    ];
+    opts.extend(args.extra.iter().cloned());
+    let mut config = Config::default();
+    config.mount_options = opts;
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(args.threads);
+    config.clone_fd = true;
+
+    let mut session = Session::new(fs, &args.mountpoint, &config)
+        .map_err(|e| MountError::Io("mounting", e))?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (reg, stop) = (reg.clone(), stop.clone());
+        thread::Builder::new()
+            .name("vfolderfs-watch".into())
+            .spawn(move || watch(&watcher_store, &reg, &notifier, &stop))
+            .map_err(|e| MountError::Io("starting the watcher", e))?
+    };
+    {
+        let mp = args.mountpoint.clone();
+        thread::Builder::new()
+            .name("vfolderfs-signals".into())
+            .spawn(move || {
+                let mut sig = 0;
+                // SAFETY: sigset holds the signals blocked in every thread.
+                unsafe { libc::sigwait(&sigset, &mut sig) };
+                info!("signal {sig}: unmounting {}", mp.display());
+                // A plain unmount through the session; if busy, a lazy one.
+                if unmounter.unmount().is_err()
+                    && let Err(e) = unmount(&mp)
+                {
+                    error!("unmounting {}: {e}", mp.display());
+                }
+            })
+            .map_err(|e| MountError::Io("starting the signal thread", e))?;
+    }
+    info!("mounted {} on {}", args.layout.root().display(), args.mountpoint.display());
+    report(Ok(()));
+    let res = session.run();
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    info!("unmounted {}", args.mountpoint.display());
+    res.map_err(|e| MountError::Io("serving", e))
+}
+
+/// Keeps the registry in step with the store and sends the kernel the
+/// invalidations owed, until `stop`.
+fn watch(store: &SqliteStore, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
+    let mut last = None;
+    while !stop.load(Ordering::Acquire) {
+        let step = store.change_token().and_then(|tok| {
+            if last != Some(tok) {
+                reg.refresh(store)?;
+                last = Some(tok);
+            }
+            Ok(())
+        });
+        match step {
+            Ok(()) => {
+                if reg.set_healthy(true) {
+                    warn!("store readable again: writes allowed by status");
+                }
+            }
+            Err(e) => {
+                if reg.set_healthy(false) {
+                    error!("store unreadable, refusing writes until it recovers: {e}");
+                }
+            }
+        }
+        for inv in reg.take_pending() {
+            let r = match &inv {
+                Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
+                Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            };
+            if let Err(e) = r
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                warn!("invalidating {inv:?}: {e}");
+            }
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}

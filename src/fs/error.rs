@@ -1,0 +1,84 @@
+//! The FUSE layer's error type and its one mapping to errno.
+
+use std::io;
+
+use fuser::Errno;
+
+use crate::name::NameError;
+use crate::status::Status;
+use crate::store::StoreError;
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum FsError {
+    /// A backing-store system call failed.
+    Io(io::Error),
+    /// The store refused or failed.
+    Store(StoreError),
+    /// The vfolder's status does not allow changes.
+    ReadOnly(Status),
+    /// The vfolder's status does not allow reading (its data is gone).
+    Gone,
+    /// No such entry.
+    NotFound,
+    /// Not allowed at this place (files at the root, writes in `.trash`).
+    NotPermitted,
+    /// Crosses vfolders.
+    CrossVfolder,
+    /// A name that the root refuses.
+    BadName(NameError),
+    /// Unknown file handle or inode.
+    Stale,
+    /// The vfolder is not empty (rmdir at the root).
+    NotEmpty,
+    /// Not supported here.
+    Invalid,
+    /// A write open of a file that readers hold in kernel passthrough mode.
+    PassthroughBusy,
+}
+
+impl FsError {
+    /// The errno a caller sees.
+    pub fn errno(&self) -> Errno {
+        match self {
+            FsError::Io(e) => Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)),
+            FsError::Store(e) => match e {
+                StoreError::NotFound(_) => Errno::ENOENT,
+                StoreError::NameTaken(_) => Errno::EEXIST,
+                StoreError::Refused { .. } | StoreError::RenameRefused { .. } => Errno::EBUSY,
+                StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).errno(),
+                // Failing closed: the store could not decide.
+                StoreError::Db(..) if e.is_busy() => Errno::EAGAIN,
+                StoreError::TooNew { .. }
+                | StoreError::Corrupt(_)
+                | StoreError::Db(..)
+                | StoreError::Io(..) => Errno::EIO,
+            },
+            FsError::ReadOnly(_) => Errno::EROFS,
+            FsError::Gone | FsError::NotFound => Errno::ENOENT,
+            FsError::NotPermitted => Errno::EPERM,
+            FsError::CrossVfolder => Errno::EXDEV,
+            FsError::BadName(NameError::TooLong(_)) => Errno::ENAMETOOLONG,
+            FsError::BadName(_) => Errno::EINVAL,
+            FsError::Stale => Errno::EBADF,
+            FsError::NotEmpty => Errno::ENOTEMPTY,
+            FsError::Invalid => Errno::EINVAL,
+            FsError::PassthroughBusy => Errno::ETXTBSY,
+        }
+    }
+}
+
+impl From<io::Error> for FsError {
+    fn from(e: io::Error) -> Self {
+        FsError::Io(e)
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        FsError::Store(e)
+    }
+}
+
+/// Result type of the FUSE layer.
+pub type FsResult<T> = Result<T, FsError>;

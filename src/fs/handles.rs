@@ -1,0 +1,165 @@
+//! Open file and directory handles, and the kernel passthrough backing ids
+//! shared by the read-only opens of one inode.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use fuser::BackingId;
+use parking_lot::Mutex;
+
+use super::vfolders::VfState;
+
+/// An open regular file.
+pub struct FileHandle {
+    /// The backing file, opened with the caller's access mode.
+    pub fd: OwnedFd,
+    /// The vfolder it belongs to (checked on every write).
+    pub vf: Arc<VfState>,
+    /// Keeps the kernel passthrough mapping alive until release.
+    pub backing: Option<Arc<BackingId>>,
+    /// Node id of the inode, for the I/O-mode bookkeeping at release.
+    pub nodeid: u64,
+}
+
+/// An open directory.
+pub enum DirHandle {
+    /// A backing directory, read with `getdents64`.
+    Backing {
+        /// The directory fd (its offset is the stream position).
+        fd: Mutex<OwnedFd>,
+        /// The vfolder it belongs to.
+        vf: Arc<VfState>,
+    },
+    /// The root or `.trash`: the names as they were at opendir.
+    Virtual(Vec<(String, Arc<VfState>)>),
+}
+
+/// Either kind of handle.
+pub enum Handle {
+    /// A file.
+    File(FileHandle),
+    /// A directory.
+    Dir(DirHandle),
+}
+
+impl FileHandle {
+    /// The fd for I/O.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// The handle table, sharded by handle number.
+pub struct HandleTable {
+    shards: Vec<Mutex<HashMap<u64, Arc<Handle>>>>,
+    next: AtomicU64,
+    io: Mutex<HashMap<u64, InodeIo>>,
+}
+
+/// How the open handles of one inode do their I/O. The kernel requires all
+/// opens of an inode to be passthrough while one is (sharing one backing
+/// file), and none to be while a daemon-served open exists.
+#[derive(Default)]
+struct InodeIo {
+    backing: Weak<BackingId>,
+    served: usize,
+}
+
+/// The I/O mode granted to a new open.
+pub enum IoMode {
+    /// Kernel passthrough to the shared backing file.
+    Passthrough(Arc<BackingId>),
+    /// Served by the daemon (every write checked).
+    Served,
+}
+
+/// A writer cannot open an inode that readers hold in passthrough mode.
+#[derive(Debug)]
+pub struct PassthroughBusy;
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HandleTable {
+    /// An empty table.
+    pub fn new() -> HandleTable {
+        HandleTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next: AtomicU64::new(1),
+            io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn shard(&self, fh: u64) -> &Mutex<HashMap<u64, Arc<Handle>>> {
+        &self.shards[(fh as usize) % SHARDS]
+    }
+
+    /// Stores a handle; returns its number.
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.shard(fh).lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// The handle with this number.
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).lock().get(&fh).cloned()
+    }
+
+    /// Removes a handle.
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.shard(fh).lock().remove(&fh)
+    }
+
+    /// Decides the I/O mode of a new open of `nodeid`: passthrough for a
+    /// read-only open when no daemon-served open exists (sharing the inode's
+    /// backing id, made by `make` if none), daemon-served otherwise. A
+    /// daemon-served open is refused while passthrough opens exist.
+    pub fn open_mode(
+        &self,
+        nodeid: u64,
+        read_only: bool,
+        make: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> Result<IoMode, PassthroughBusy> {
+        let mut map = self.io.lock();
+        let e = map.entry(nodeid).or_default();
+        let live = e.backing.upgrade();
+        if read_only && e.served == 0 {
+            if let Some(b) = live {
+                return Ok(IoMode::Passthrough(b));
+            }
+            match make() {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    e.backing = Arc::downgrade(&b);
+                    return Ok(IoMode::Passthrough(b));
+                }
+                Err(err) => log::warn!("passthrough unavailable for inode {nodeid}: {err}"),
+            }
+        } else if live.is_some() {
+            return Err(PassthroughBusy);
+        }
+        e.served += 1;
+        Ok(IoMode::Served)
+    }
+
+    /// Forgets the I/O mode bookkeeping of a released handle.
+    pub fn release_mode(&self, h: &FileHandle) {
+        let mut map = self.io.lock();
+        if let Some(e) = map.get_mut(&h.nodeid) {
+            if h.backing.is_none() {
+                e.served = e.served.saturating_sub(1);
+            }
+            if e.served == 0 && e.backing.strong_count() <= usize::from(h.backing.is_some()) {
+                map.remove(&h.nodeid);
+            }
+        }
+    }
+}

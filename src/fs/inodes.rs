@@ -1,0 +1,163 @@
+//! The inode table: one `O_PATH` fd per backing inode the kernel knows,
+//! keyed by node id and by (device, inode), released when the kernel forgets.
+//!
+//! Node ids double as the `st_ino` users see (fuser sends `attr.ino` as the
+//! node id), so a backing inode keeps its own inode number whenever that
+//! number is free in the table; collisions (other devices, the reserved ids
+//! 1 and 2) get numbers from a high range instead.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
+
+/// One backing inode.
+pub struct Inode {
+    /// Node id (and `st_ino`).
+    pub nodeid: u64,
+    /// `O_PATH | O_NOFOLLOW` fd on the backing inode.
+    pub fd: OwnedFd,
+    /// (st_dev, st_ino) of the backing inode.
+    pub key: (u64, u64),
+    /// `S_IFMT` bits of the backing inode.
+    pub fmt: u32,
+    /// The vfolder it belongs to.
+    pub vf: Arc<VfState>,
+    /// Whether this is a vfolder's root directory.
+    pub is_vf_root: bool,
+    nlookup: AtomicU64,
+}
+
+impl Inode {
+    /// The fd to use in `*at` calls.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.fmt == libc::S_IFDIR
+    }
+}
+
+const HIGH_RANGE: u64 = 1 << 62;
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+struct Shard {
+    by_id: HashMap<u64, Arc<Inode>>,
+}
+
+/// The table. Sharded by node id so that parallel requests rarely contend.
+pub struct InodeTable {
+    shards: Vec<Mutex<Shard>>,
+    /// (dev, ino) → node id; one lock so that lookups of one inode agree.
+    by_key: Mutex<HashMap<(u64, u64), u64>>,
+    next_high: AtomicU64,
+    main_dev: u64,
+}
+
+impl InodeTable {
+    /// An empty table; `main_dev` is the data directory's device, whose
+    /// inode numbers are used as node ids.
+    pub fn new(main_dev: u64) -> InodeTable {
+        InodeTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            by_key: Mutex::new(HashMap::new()),
+            next_high: AtomicU64::new(HIGH_RANGE),
+            main_dev,
+        }
+    }
+
+    fn shard(&self, nodeid: u64) -> &Mutex<Shard> {
+        &self.shards[(nodeid as usize) % SHARDS]
+    }
+
+    /// The inode with this node id.
+    pub fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
+        self.shard(nodeid).lock().by_id.get(&nodeid).cloned()
+    }
+
+    /// Counts one kernel lookup of the backing inode `fd`/`st`, adding it to
+    /// the table if new (the fd is dropped when the inode is known already).
+    pub fn insert_lookup(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        vf: &Arc<VfState>,
+        is_vf_root: bool,
+    ) -> Arc<Inode> {
+        let key = (st.st_dev, st.st_ino);
+        let mut keys = self.by_key.lock();
+        if let Some(&nid) = keys.get(&key)
+            && let Some(ino) = self.get(nid)
+        {
+            ino.nlookup.fetch_add(1, Ordering::AcqRel);
+            return ino;
+        }
+        let wanted = st.st_ino;
+        let nodeid = if st.st_dev == self.main_dev
+            && wanted != ROOT_INO
+            && wanted != TRASH_INO
+            && wanted < HIGH_RANGE
+            && !self.shard(wanted).lock().by_id.contains_key(&wanted)
+        {
+            wanted
+        } else {
+            self.next_high.fetch_add(1, Ordering::Relaxed)
+        };
+        let ino = Arc::new(Inode {
+            nodeid,
+            fd,
+            key,
+            fmt: st.st_mode & libc::S_IFMT,
+            vf: vf.clone(),
+            is_vf_root,
+            nlookup: AtomicU64::new(1),
+        });
+        if is_vf_root {
+            vf.root_nodeid.store(nodeid, Ordering::Release);
+        }
+        self.shard(nodeid).lock().by_id.insert(nodeid, ino.clone());
+        keys.insert(key, nodeid);
+        ino
+    }
+
+    /// The kernel dropped `n` lookups of `nodeid`.
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        let mut keys = self.by_key.lock();
+        let mut shard = self.shard(nodeid).lock();
+        let Some(ino) = shard.by_id.get(&nodeid) else {
+            return;
+        };
+        let prev = ino.nlookup.fetch_sub(n.min(ino.nlookup.load(Ordering::Acquire)), Ordering::AcqRel);
+        if prev <= n {
+            let ino = shard.by_id.remove(&nodeid).expect("present");
+            if keys.get(&ino.key) == Some(&nodeid) {
+                keys.remove(&ino.key);
+            }
+            if ino.is_vf_root {
+                let _ = ino.vf.root_nodeid.compare_exchange(
+                    nodeid,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+    }
+
+    /// Number of inodes held (for diagnostics and tests).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().by_id.len()).sum()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

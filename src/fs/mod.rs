@@ -1,0 +1,1045 @@
+//! The FUSE layer: maps kernel requests to backing operations and asks the
+//! status model whether they are allowed. The root and `.trash` are virtual
+//! (see [`root`]); inside a vfolder everything passes through to its backing
+//! directory by file descriptor.
+
+pub mod attr;
+pub mod error;
+pub mod handles;
+pub mod inodes;
+pub mod root;
+pub mod vfolders;
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle as Fh,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use log::info;
+
+use crate::backing::creds::AsCaller;
+use crate::backing::sys;
+use crate::catalog::Catalog;
+use error::{FsError, FsResult};
+use handles::{DirHandle, FileHandle, Handle, HandleTable, IoMode};
+use inodes::{Inode, InodeTable};
+use vfolders::{Registry, ROOT_INO, TRASH_INO, VfState};
+
+/// Tunables of a mount.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long the kernel may cache names and attributes.
+    pub ttl: Duration,
+    /// Use kernel passthrough for read-only opens when the kernel offers it.
+    pub passthrough: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            ttl: Duration::from_secs(5),
+            passthrough: true,
+        }
+    }
+}
+
+/// The filesystem served by a mount.
+pub struct VfolderFs {
+    cat: Arc<Catalog>,
+    reg: Arc<Registry>,
+    inodes: InodeTable,
+    handles: HandleTable,
+    cfg: FsConfig,
+    passthrough: bool,
+    started: SystemTime,
+}
+
+fn cname(name: &OsStr) -> FsResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| FsError::Invalid)
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: Duration, r: FsResult<FileAttr>) {
+    match r {
+        Ok(a) => reply.entry(&ttl, &a, Generation(0)),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
+/// Where a node id lives.
+enum Node {
+    Root,
+    Trash,
+    Backing(Arc<Inode>),
+}
+
+impl VfolderFs {
+    /// A filesystem over `cat`, whose vfolder states `reg` holds (refreshed
+    /// by the daemon's watcher).
+    pub fn new(cat: Arc<Catalog>, reg: Arc<Registry>, cfg: FsConfig) -> std::io::Result<Self> {
+        let data = sys::open_dir_path(&cat.layout().data_dir())?;
+        let st = sys::fstat(data.as_fd())?;
+        Ok(VfolderFs {
+            cat,
+            reg,
+            inodes: InodeTable::new(st.st_dev),
+            handles: HandleTable::new(),
+            passthrough: false,
+            cfg,
+            started: SystemTime::now(),
+        })
+    }
+
+    /// The inode table (the daemon reports its size).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    fn node(&self, ino: INodeNo) -> FsResult<Node> {
+        match ino.0 {
+            ROOT_INO => Ok(Node::Root),
+            TRASH_INO => Ok(Node::Trash),
+            n => self.inodes.get(n).map(Node::Backing).ok_or(FsError::Stale),
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> FsResult<Arc<Inode>> {
+        match self.node(ino)? {
+            Node::Backing(i) => Ok(i),
+            Node::Root | Node::Trash => Err(FsError::NotPermitted),
+        }
+    }
+
+    fn file(&self, fh: Fh) -> FsResult<Arc<Handle>> {
+        self.handles.get(fh.0).ok_or(FsError::Stale)
+    }
+
+    /// Looks `name` up in a backing directory and counts the kernel's lookup.
+    fn lookup_in(&self, parent: &Inode, name: &CString) -> FsResult<FileAttr> {
+        let fd = sys::openat(
+            parent.fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let st = sys::fstat(fd.as_fd())?;
+        let ino = self.inodes.insert_lookup(fd, &st, &parent.vf, false);
+        Ok(attr::from_stat(ino.nodeid, &st))
+    }
+
+    /// Looks up a vfolder's root directory and counts the kernel's lookup.
+    fn lookup_vf_root(&self, vf: &Arc<VfState>) -> FsResult<FileAttr> {
+        vf.check_readable()?;
+        let fd = self
+            .cat
+            .open_backing(&vf.id, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let ino = self.inodes.insert_lookup(fd, &st, vf, true);
+        Ok(attr::from_stat(ino.nodeid, &st))
+    }
+
+    fn stat_attr(&self, ino: &Inode) -> FsResult<FileAttr> {
+        let st = sys::fstat(ino.fd())?;
+        Ok(attr::from_stat(ino.nodeid, &st))
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
+        match self.node(parent)? {
+            Node::Root => self.root_lookup(name),
+            Node::Trash => self.trash_lookup(name),
+            Node::Backing(p) => {
+                p.vf.check_readable()?;
+                self.lookup_in(&p, &cname(name)?)
+            }
+        }
+    }
+
+    fn do_getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
+        match self.node(ino)? {
+            Node::Root => Ok(self.root_attr()),
+            Node::Trash => Ok(self.trash_attr()),
+            Node::Backing(i) => self.stat_attr(&i),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<Fh>,
+    ) -> FsResult<FileAttr> {
+        let i = self.inode(ino)?;
+        let _w = i.vf.begin_write()?;
+        let handle = fh.and_then(|f| self.handles.get(f.0));
+        let hfd = handle.as_deref().and_then(|h| match h {
+            Handle::File(f) => Some(f.fd()),
+            Handle::Dir(_) => None,
+        });
+        if let Some(m) = mode {
+            match hfd {
+                Some(fd) => sys::fchmod(fd, m & 0o7777)?,
+                None => sys::fchmod_path_fd(i.fd(), m & 0o7777)?,
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            sys::fchown_path_fd(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(sz) = size {
+            match hfd {
+                Some(fd) => sys::ftruncate(fd, sz)?,
+                None => {
+                    let fd = sys::reopen(i.fd(), libc::O_WRONLY)?;
+                    sys::ftruncate(fd.as_fd(), sz)?;
+                }
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [attr::timespec(atime), attr::timespec(mtime)];
+            match hfd {
+                Some(fd) => sys::futimens(fd, &times)?,
+                None => sys::utimensat(
+                    i.fd(),
+                    sys::EMPTY,
+                    &times,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )?,
+            }
+        }
+        self.stat_attr(&i)
+    }
+
+    /// Parent of a create-type operation: a writable backing directory.
+    fn writable_parent(&self, parent: INodeNo) -> FsResult<Arc<Inode>> {
+        match self.node(parent)? {
+            Node::Root => Err(FsError::NotPermitted),
+            Node::Trash => Err(FsError::ReadOnly(crate::status::Status::DeletePending)),
+            Node::Backing(p) => Ok(p),
+        }
+    }
+
+    fn do_mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<FileAttr> {
+        let p = self.writable_parent(parent)?;
+        let n = cname(name)?;
+        let _w = p.vf.begin_write()?;
+        {
+            let _as = AsCaller::enter(req.uid(), req.gid())?;
+            sys::mknodat(p.fd(), &n, mode, rdev as u64)?;
+        }
+        self.lookup_in(&p, &n)
+    }
+
+    fn do_mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32) -> FsResult<FileAttr> {
+        if parent.0 == ROOT_INO {
+            return self.root_mkdir(req, name, mode);
+        }
+        let p = self.writable_parent(parent)?;
+        let n = cname(name)?;
+        let _w = p.vf.begin_write()?;
+        {
+            let _as = AsCaller::enter(req.uid(), req.gid())?;
+            sys::mkdirat(p.fd(), &n, mode)?;
+        }
+        self.lookup_in(&p, &n)
+    }
+
+    fn do_symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+    ) -> FsResult<FileAttr> {
+        let p = self.writable_parent(parent)?;
+        let n = cname(name)?;
+        let t = sys::cstr(target)?;
+        let _w = p.vf.begin_write()?;
+        {
+            let _as = AsCaller::enter(req.uid(), req.gid())?;
+            sys::symlinkat(&t, p.fd(), &n)?;
+        }
+        self.lookup_in(&p, &n)
+    }
+
+    fn do_unlink(&self, parent: INodeNo, name: &OsStr, dir: bool) -> FsResult<()> {
+        match self.node(parent)? {
+            Node::Root if dir => self.root_rmdir(name),
+            Node::Trash if dir => self.trash_rmdir(name),
+            Node::Root | Node::Trash => Err(FsError::NotPermitted),
+            Node::Backing(p) => {
+                let n = cname(name)?;
+                let _w = p.vf.begin_write()?;
+                let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+                sys::unlinkat(p.fd(), &n, flags)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        match (self.node(parent)?, self.node(newparent)?) {
+            (Node::Backing(a), Node::Backing(b)) => {
+                if !Arc::ptr_eq(&a.vf, &b.vf) {
+                    return Err(FsError::CrossVfolder);
+                }
+                let (n1, n2) = (cname(name)?, cname(newname)?);
+                let _w = a.vf.begin_write()?;
+                sys::renameat2(a.fd(), &n1, b.fd(), &n2, flags.bits())?;
+                Ok(())
+            }
+            (Node::Backing(_), _) | (_, Node::Backing(_)) => Err(FsError::CrossVfolder),
+            (from, to) => self.root_rename(
+                matches!(from, Node::Trash),
+                name,
+                matches!(to, Node::Trash),
+                newname,
+                flags,
+            ),
+        }
+    }
+
+    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> FsResult<FileAttr> {
+        let i = self.inode(ino)?;
+        let p = self.writable_parent(newparent)?;
+        if !Arc::ptr_eq(&i.vf, &p.vf) {
+            return Err(FsError::CrossVfolder);
+        }
+        let n = cname(newname)?;
+        let _w = p.vf.begin_write()?;
+        sys::link_fd(i.fd(), p.fd(), &n)?;
+        self.lookup_in(&p, &n)
+    }
+
+    fn open_flags(flags: i32) -> i32 {
+        // The daemon opens by inode; creation flags were handled by create().
+        flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| -> FsResult<(u64, Option<Arc<fuser::BackingId>>)> {
+            let i = self.inode(ino)?;
+            i.vf.check_readable()?;
+            let wants_write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY
+                || flags.0 & libc::O_TRUNC != 0;
+            let _w = if wants_write {
+                Some(i.vf.begin_write()?)
+            } else {
+                None
+            };
+            let fd = sys::reopen(i.fd(), Self::open_flags(flags.0))?;
+            let read_only = !wants_write || i.fmt != libc::S_IFREG;
+            let mode = if self.passthrough && i.fmt == libc::S_IFREG {
+                self.handles
+                    .open_mode(i.nodeid, read_only, || reply.open_backing(&fd))
+                    .map_err(|_| FsError::PassthroughBusy)?
+            } else {
+                IoMode::Served
+            };
+            let backing = match mode {
+                IoMode::Passthrough(b) => Some(b),
+                IoMode::Served => None,
+            };
+            let fh = self.handles.insert(Handle::File(FileHandle {
+                fd,
+                vf: i.vf.clone(),
+                backing: backing.clone(),
+                nodeid: i.nodeid,
+            }));
+            Ok((fh, backing))
+        })();
+        match r {
+            Ok((fh, Some(b))) => reply.opened_passthrough(Fh(fh), FopenFlags::empty(), &b),
+            Ok((fh, None)) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(FileAttr, u64)> {
+        let p = self.writable_parent(parent)?;
+        let n = cname(name)?;
+        let _w = p.vf.begin_write()?;
+        let fd = {
+            let _as = AsCaller::enter(req.uid(), req.gid())?;
+            sys::openat(
+                p.fd(),
+                &n,
+                (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !(libc::O_NOCTTY | libc::O_DIRECT),
+                mode,
+            )?
+        };
+        let attr = self.lookup_in(&p, &n)?;
+        if self.passthrough
+            && self
+                .handles
+                .open_mode(attr.ino.0, false, || Err(std::io::Error::other("unused")))
+                .is_err()
+        {
+            self.inodes.forget(attr.ino.0, 1);
+            return Err(FsError::PassthroughBusy);
+        }
+        let fh = self.handles.insert(Handle::File(FileHandle {
+            fd,
+            vf: p.vf.clone(),
+            backing: None,
+            nodeid: attr.ino.0,
+        }));
+        Ok((attr, fh))
+    }
+
+    fn file_handle(&self, fh: Fh) -> FsResult<Arc<Handle>> {
+        let h = self.file(fh)?;
+        match &*h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(FsError::Invalid),
+        }
+    }
+
+    fn do_read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.file_handle(fh)?;
+        let Handle::File(f) = &*h else {
+            unreachable!("checked by file_handle")
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = sys::pread(f.fd(), &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.file_handle(fh)?;
+        let Handle::File(f) = &*h else {
+            unreachable!("checked by file_handle")
+        };
+        let _w = f.vf.begin_write()?;
+        let mut done = 0;
+        while done < data.len() {
+            let n = sys::pwrite(f.fd(), &data[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done as u32)
+    }
+
+    fn with_file<T>(&self, fh: Fh, f: impl FnOnce(&FileHandle) -> FsResult<T>) -> FsResult<T> {
+        let h = self.file_handle(fh)?;
+        match &*h {
+            Handle::File(file) => f(file),
+            Handle::Dir(_) => Err(FsError::Invalid),
+        }
+    }
+
+    fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
+        let h = match self.node(ino)? {
+            Node::Root => DirHandle::Virtual(self.reg.names(false)),
+            Node::Trash => DirHandle::Virtual(self.reg.names(true)),
+            Node::Backing(i) => {
+                i.vf.check_readable()?;
+                let fd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                DirHandle::Backing {
+                    fd: parking_lot::Mutex::new(fd),
+                    vf: i.vf.clone(),
+                }
+            }
+        };
+        Ok(self.handles.insert(Handle::Dir(h)))
+    }
+
+    /// Walks a directory handle from `offset`; `emit` gets (d_ino, next
+    /// offset, d_type, name) and returns false when the reply is full.
+    fn walk_dir(
+        &self,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut emit: impl FnMut(u64, u64, fuser::FileType, &OsStr) -> FsResult<bool>,
+    ) -> FsResult<()> {
+        let h = self.file(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(FsError::Invalid);
+        };
+        match d {
+            DirHandle::Virtual(names) => {
+                let dir_ino = ino.0;
+                let fixed: [(u64, &str); 3] = [(dir_ino, "."), (ROOT_INO, ".."), (TRASH_INO, ".trash")];
+                let nfixed = if dir_ino == ROOT_INO { 3 } else { 2 };
+                let total = nfixed + names.len();
+                for idx in (offset as usize)..total {
+                    let more = if idx < nfixed {
+                        let (i, n) = fixed[idx];
+                        emit(i, idx as u64 + 1, fuser::FileType::Directory, OsStr::new(n))?
+                    } else {
+                        let (n, vf) = &names[idx - nfixed];
+                        let i = vf.root_nodeid.load(std::sync::atomic::Ordering::Acquire);
+                        emit(i.max(3), idx as u64 + 1, fuser::FileType::Directory, OsStr::new(n))?
+                    };
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            DirHandle::Backing { fd, vf } => {
+                vf.check_readable()?;
+                let fd = fd.lock();
+                sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;
+                let mut buf = vec![0u8; 32 * 1024];
+                'outer: loop {
+                    let n = sys::getdents(fd.as_fd(), &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for e in sys::parse_dirents(&buf[..n]) {
+                        let kind = attr::kind_of_dtype(e.dtype);
+                        if !emit(e.ino, e.next_off as u64, kind, OsStr::from_bytes(e.name))? {
+                            break 'outer;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn do_readdirplus(&self, ino: INodeNo, fh: Fh, offset: u64, reply: &mut ReplyDirectoryPlus) -> FsResult<()> {
+        let ttl = self.cfg.ttl;
+        let parent = match self.node(ino)? {
+            Node::Backing(p) => Some(p),
+            _ => None,
+        };
+        self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
+            let bytes = name.as_bytes();
+            if bytes == b"." || bytes == b".." {
+                // The kernel takes no lookup reference for these.
+                let mut a = attr::virtual_dir(d_ino, 2, self.started);
+                a.kind = kind;
+                return Ok(!reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0)));
+            }
+            let looked = match &parent {
+                Some(p) => self.lookup_in(p, &cname(name)?),
+                None => self.do_lookup(ino, name),
+            };
+            let a = match looked {
+                Ok(a) => a,
+                // Vanished since getdents: skip it.
+                Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
+                Err(FsError::NotFound | FsError::Gone) => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
+                // Did not fit: the kernel will not count this lookup.
+                self.inodes.forget(a.ino.0, 1);
+                return Ok(false);
+            }
+            Ok(true)
+        })
+    }
+
+    fn xattr_target(&self, ino: INodeNo) -> FsResult<(Arc<Inode>, CString)> {
+        let i = self.inode(ino)?;
+        let p = sys::proc_fd_path(i.fd());
+        Ok((i, p))
+    }
+
+    fn reply_xattr(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
+        match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}
+
+/// Calls a size-probing xattr function twice: once for the size, once for the data.
+fn xattr_read(mut f: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> FsResult<Vec<u8>> {
+    loop {
+        let n = f(&mut [])?;
+        let mut buf = vec![0u8; n];
+        match f(&mut buf) {
+            Ok(m) => {
+                buf.truncate(m);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Filesystem for VfolderFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_BIG_WRITES
+                | InitFlags::FUSE_ASYNC_READ,
+        );
+        if self.cfg.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+            info!("kernel passthrough enabled for read-only opens");
+        } else {
+            info!("kernel passthrough not in use");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.cfg.ttl, self.do_lookup(parent, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+        match self.do_getattr(ino) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<Fh>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .inode(ino)
+            .and_then(|i| Ok(sys::readlinkat(i.fd(), sys::EMPTY)?))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_mknod(req, parent, name, mode, rdev));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_mkdir(req, parent, name, mode));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_unlink(parent, name, false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_unlink(parent, name, true));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_symlink(req, parent, link_name, target));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.do_rename(parent, name, newparent, newname, flags));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_link(ino, newparent, newname));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.do_open(ino, flags, reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
+        reply_empty(reply, self.with_file(fh, |_| Ok(())));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(h) = self.handles.remove(fh.0)
+            && let Handle::File(f) = &*h
+            && self.passthrough
+        {
+            self.handles.release_mode(f);
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.with_file(fh, |f| Ok(sys::fsync(f.fd(), datasync)?)),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_opendir(ino) {
+            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
+        let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
+            Ok(!reply.add(INodeNo(i), next, kind, name))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.do_readdirplus(ino, fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: Fh, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let r = self.file(fh).and_then(|h| match &*h {
+            Handle::Dir(DirHandle::Backing { fd, .. }) => Ok(sys::fsync(fd.lock().as_fd(), datasync)?),
+            _ => Ok(()),
+        });
+        reply_empty(reply, r);
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let r = match self.node(ino) {
+            Ok(Node::Backing(i)) => sys::fstatvfs(i.fd()).map_err(FsError::from),
+            _ => sys::open_dir_path(&self.cat.layout().data_dir())
+                .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+                .map_err(FsError::from),
+        };
+        match r {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let (i, p) = self.xattr_target(ino)?;
+            let n = cname(name)?;
+            let _w = i.vf.begin_write()?;
+            Ok(sys::setxattr(&p, &n, value, flags)?)
+        })();
+        reply_empty(reply, r);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if matches!(ino.0, ROOT_INO | TRASH_INO) {
+            return reply.error(Errno::ENODATA);
+        }
+        let r = (|| {
+            let (_i, p) = self.xattr_target(ino)?;
+            let n = cname(name)?;
+            if size == 0 {
+                let len = sys::getxattr(&p, &n, &mut [])?;
+                return Ok(vec![0; len]);
+            }
+            let mut buf = vec![0u8; size as usize];
+            let len = sys::getxattr(&p, &n, &mut buf)?;
+            buf.truncate(len);
+            Ok(buf)
+        })();
+        Self::reply_xattr(reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if matches!(ino.0, ROOT_INO | TRASH_INO) {
+            return Self::reply_xattr(reply, size, Ok(Vec::new()));
+        }
+        let r = self
+            .xattr_target(ino)
+            .and_then(|(_i, p)| xattr_read(|b| sys::listxattr(&p, b)));
+        Self::reply_xattr(reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let (i, p) = self.xattr_target(ino)?;
+            let n = cname(name)?;
+            let _w = i.vf.begin_write()?;
+            Ok(sys::removexattr(&p, &n)?)
+        })();
+        reply_empty(reply, r);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let r = match self.node(ino) {
+            Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => {
+                i.vf.begin_write().map(drop)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        reply_empty(reply, r);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.do_create(req, parent, name, mode, flags) {
+            Ok((a, fh)) => reply.created(&self.cfg.ttl, &a, Generation(0), Fh(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.with_file(fh, |f| {
+            let _w = f.vf.begin_write()?;
+            Ok(sys::fallocate(f.fd(), mode, offset, length)?)
+        });
+        reply_empty(reply, r);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.with_file(fh, |f| Ok(sys::lseek(f.fd(), offset, whence)?)) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: Fh,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: Fh,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let hin = self.file_handle(fh_in)?;
+            let hout = self.file_handle(fh_out)?;
+            let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
+                return Err(FsError::Invalid);
+            };
+            let _w = fout.vf.begin_write()?;
+            Ok(sys::copy_file_range(
+                fin.fd(),
+                offset_in,
+                fout.fd(),
+                offset_out,
+                len,
+                flags.bits() as u32,
+            )?)
+        })();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}

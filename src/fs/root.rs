@@ -1,0 +1,138 @@
+//! The virtual top of the mount: the root, listing live vfolders, and
+//! `.trash`, listing pending deletions. Gestures here are lifecycle
+//! operations: mkdir creates, rename renames, rmdir and moving into `.trash`
+//! delete, moving out of `.trash` restores.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use fuser::{FileAttr, RenameFlags, Request};
+
+use super::VfolderFs;
+use super::attr;
+use super::error::{FsError, FsResult};
+use super::vfolders::{ROOT_INO, TRASH_INO};
+use crate::backing::sys;
+use crate::catalog::NewDir;
+use crate::name::{self, TRASH_DIR};
+
+fn valid_name(n: &OsStr) -> FsResult<&str> {
+    name::validate_os(n).map_err(FsError::BadName)
+}
+
+impl VfolderFs {
+    fn refresh_now(&self) {
+        if let Err(e) = self.reg.refresh(self.cat.store().as_ref()) {
+            log::warn!("refreshing vfolder states: {e}");
+        }
+    }
+
+    pub(super) fn root_attr(&self) -> FileAttr {
+        let n = self.reg.names(false).len() as u32;
+        attr::virtual_dir(ROOT_INO, 3 + n, self.started)
+    }
+
+    pub(super) fn trash_attr(&self) -> FileAttr {
+        let n = self.reg.names(true).len() as u32;
+        attr::virtual_dir(TRASH_INO, 2 + n, self.started)
+    }
+
+    pub(super) fn root_lookup(&self, name: &OsStr) -> FsResult<FileAttr> {
+        if name == TRASH_DIR {
+            return Ok(self.trash_attr());
+        }
+        let n = valid_name(name)?;
+        let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
+        self.lookup_vf_root(&vf)
+    }
+
+    pub(super) fn trash_lookup(&self, name: &OsStr) -> FsResult<FileAttr> {
+        let n = name.to_str().ok_or(FsError::NotFound)?;
+        let vf = self.reg.trashed(n).ok_or(FsError::NotFound)?;
+        self.lookup_vf_root(&vf)
+    }
+
+    pub(super) fn root_mkdir(&self, req: &Request, name: &OsStr, mode: u32) -> FsResult<FileAttr> {
+        let n = valid_name(name)?;
+        if !self.reg.is_healthy() {
+            return Err(FsError::ReadOnly(crate::status::Status::Ready));
+        }
+        let cause = format!("mount mkdir (uid {}, pid {})", req.uid(), req.pid());
+        let dir = NewDir {
+            mode: mode & 0o7777,
+            owner: Some((req.uid(), req.gid())),
+        };
+        self.cat.create(n, dir, &cause)?;
+        self.refresh_now();
+        let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
+        self.lookup_vf_root(&vf)
+    }
+
+    pub(super) fn root_rmdir(&self, name: &OsStr) -> FsResult<()> {
+        let n = valid_name(name)?;
+        let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
+        let fd = self
+            .cat
+            .open_backing(&vf.id, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+        let mut buf = vec![0u8; 4096];
+        let filled = sys::getdents(fd.as_fd(), &mut buf)?;
+        if sys::parse_dirents(&buf[..filled]).any(|e| e.name != b"." && e.name != b"..") {
+            return Err(FsError::NotEmpty);
+        }
+        let v = self.cat.store().get(&vf.id)?;
+        self.cat.delete(&v, "mount rmdir")?;
+        self.refresh_now();
+        Ok(())
+    }
+
+    pub(super) fn trash_rmdir(&self, name: &OsStr) -> FsResult<()> {
+        let n = name.to_str().ok_or(FsError::NotFound)?;
+        self.reg.trashed(n).ok_or(FsError::NotFound)?;
+        // Purging from the mount belongs to the purge pool; until it is
+        // running here, the trash refuses to destroy data.
+        Err(FsError::NotPermitted)
+    }
+
+    pub(super) fn root_rename(
+        &self,
+        from_trash: bool,
+        name: &OsStr,
+        to_trash: bool,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(FsError::Invalid);
+        }
+        if name == TRASH_DIR && !from_trash {
+            return Err(FsError::NotPermitted);
+        }
+        match (from_trash, to_trash) {
+            (false, false) => {
+                let old = valid_name(name)?;
+                let new = valid_name(newname)?;
+                let vf = self.reg.live(old).ok_or(FsError::NotFound)?;
+                if old == new {
+                    return Ok(());
+                }
+                self.cat.store().rename(&vf.id, new)?;
+            }
+            (false, true) => {
+                let old = valid_name(name)?;
+                let vf = self.reg.live(old).ok_or(FsError::NotFound)?;
+                let v = self.cat.store().get(&vf.id)?;
+                self.cat.delete(&v, "mount rename into .trash")?;
+            }
+            (true, false) => {
+                let tn = name.to_str().ok_or(FsError::NotFound)?;
+                let new = valid_name(newname)?;
+                let vf = self.reg.trashed(tn).ok_or(FsError::NotFound)?;
+                let v = self.cat.store().get(&vf.id)?;
+                self.cat.restore(&v, Some(new), "mount rename out of .trash")?;
+            }
+            (true, true) => return Err(FsError::NotPermitted),
+        }
+        self.refresh_now();
+        Ok(())
+    }
+}

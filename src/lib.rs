@@ -1,0 +1,22 @@
+//! vfolderfs: a FUSE filesystem that serves a store of vfolders — users'
+//! storage folders with a lifecycle status — as one mount.
+//!
+//! Layout of the crate:
+//! - [`status`]: the status model (statuses, transition table, access sets);
+//! - [`name`]: vfolder name rules;
+//! - [`store`]: the narrow store interface and its SQLite backend;
+//! - [`layout`] and [`catalog`]: where a store lives, and lifecycle operations
+//!   touching both the database and the data directory;
+//! - [`backing`]: fd-based operations on backing directories;
+//! - [`fs`]: the FUSE layer; [`daemon`]: running a mount;
+//! - [`cli`]: the command line.
+
+pub mod backing;
+pub mod catalog;
+pub mod cli;
+pub mod daemon;
+pub mod fs;
+pub mod layout;
+pub mod name;
+pub mod status;
+pub mod store;

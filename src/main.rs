@@ -1,0 +1,5 @@
+//! The `vfolderfs` command.
+
+fn main() {
+    std::process::exit(vfolderfs::cli::main());
+}

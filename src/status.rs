@@ -1,0 +1,298 @@
+//! The vfolder status model: the one place that knows the statuses, the
+//! transition table and the access sets derived from a status.
+//!
+//! Nothing outside this module compares statuses by hand: callers ask
+//! [`Status::is_writable`] and friends, or name an [`Op`] and let
+//! [`Op::from_statuses`] / [`Op::to_status`] decide.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Lifecycle status of a vfolder, stored as its exact string in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Status {
+    /// Live and writable.
+    Ready = 0,
+    /// A long operation (relocation) runs on it: readable, not writable.
+    Performing = 1,
+    /// A clone from or into it runs: readable, not writable.
+    Cloning = 2,
+    /// In the trash, restorable.
+    DeletePending = 3,
+    /// Its data is being removed.
+    DeleteOngoing = 4,
+    /// Its data is gone; the row is kept for the record.
+    DeleteComplete = 5,
+    /// Removal failed; kept with its error, retryable.
+    DeleteError = 6,
+}
+
+impl Status {
+    /// Every status, in a fixed order (used by tests and documentation).
+    pub const ALL: [Status; 7] = [
+        Status::Ready,
+        Status::Performing,
+        Status::Cloning,
+        Status::DeletePending,
+        Status::DeleteOngoing,
+        Status::DeleteComplete,
+        Status::DeleteError,
+    ];
+
+    /// The exact string stored in the database and printed by the CLI.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Ready => "ready",
+            Status::Performing => "performing",
+            Status::Cloning => "cloning",
+            Status::DeletePending => "delete-pending",
+            Status::DeleteOngoing => "delete-ongoing",
+            Status::DeleteComplete => "delete-complete",
+            Status::DeleteError => "delete-error",
+        }
+    }
+
+    /// Decodes the compact form used by in-memory caches (`self as u8`).
+    pub const fn from_u8(v: u8) -> Option<Status> {
+        if (v as usize) < Status::ALL.len() {
+            Some(Status::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Listed at the mount root (a live vfolder).
+    pub const fn is_visible(self) -> bool {
+        matches!(self, Status::Ready | Status::Performing | Status::Cloning)
+    }
+
+    /// Listed in the mount's `.trash` directory.
+    pub const fn is_in_trash(self) -> bool {
+        matches!(self, Status::DeletePending | Status::DeleteOngoing)
+    }
+
+    /// Its data may be read through the mount.
+    pub const fn is_readable(self) -> bool {
+        matches!(
+            self,
+            Status::Ready
+                | Status::Performing
+                | Status::Cloning
+                | Status::DeletePending
+                | Status::DeleteOngoing
+        )
+    }
+
+    /// Its data and metadata may be changed through the mount.
+    pub const fn is_writable(self) -> bool {
+        matches!(self, Status::Ready)
+    }
+
+    /// It may be bind-mounted into a session.
+    pub const fn is_mountable(self) -> bool {
+        matches!(self, Status::Ready)
+    }
+
+    /// It may be moved to the trash.
+    pub const fn is_deletable(self) -> bool {
+        Op::Delete.allows_from(self)
+    }
+
+    /// It may be restored from the trash.
+    pub const fn is_restorable(self) -> bool {
+        Op::Restore.allows_from(self)
+    }
+
+    /// Its data may be purged.
+    pub const fn is_purgeable(self) -> bool {
+        Op::Purge.allows_from(self)
+    }
+
+    /// It may be renamed (only live vfolders have a name that must be unique).
+    pub const fn is_renamable(self) -> bool {
+        matches!(self, Status::Ready)
+    }
+
+    /// Counts against the unique-name rule (the partial unique index of the store).
+    pub const fn holds_name(self) -> bool {
+        self.is_visible()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not one of the status names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStatus(pub String);
+
+impl fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown vfolder status {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// An operation that changes a vfolder's status; the transition table maps
+/// each to the statuses it may start from and the status it leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Move a live vfolder to the trash.
+    Delete,
+    /// Take a trashed vfolder back to ready.
+    Restore,
+    /// Start removing a trashed (or failed) vfolder's data.
+    Purge,
+    /// Removal finished.
+    PurgeDone,
+    /// Removal failed.
+    PurgeFailed,
+    /// A clone from this vfolder starts.
+    CloneStart,
+    /// A clone ended (done or rolled back): back to ready.
+    CloneEnd,
+    /// A relocation starts.
+    RelocateStart,
+    /// A relocation ended: back to ready.
+    RelocateEnd,
+}
+
+impl Op {
+    /// Every operation (used by tests and documentation).
+    pub const ALL: [Op; 9] = [
+        Op::Delete,
+        Op::Restore,
+        Op::Purge,
+        Op::PurgeDone,
+        Op::PurgeFailed,
+        Op::CloneStart,
+        Op::CloneEnd,
+        Op::RelocateStart,
+        Op::RelocateEnd,
+    ];
+
+    /// The transition table: the statuses this operation may start from.
+    pub const fn from_statuses(self) -> &'static [Status] {
+        match self {
+            Op::Delete => &[Status::Ready],
+            Op::Restore => &[Status::DeletePending],
+            Op::Purge => &[Status::DeletePending, Status::DeleteError],
+            Op::PurgeDone => &[Status::DeleteOngoing],
+            Op::PurgeFailed => &[Status::DeleteOngoing],
+            Op::CloneStart => &[Status::Ready],
+            Op::CloneEnd => &[Status::Cloning],
+            Op::RelocateStart => &[Status::Ready],
+            Op::RelocateEnd => &[Status::Performing],
+        }
+    }
+
+    /// The transition table: the status this operation leads to.
+    pub const fn to_status(self) -> Status {
+        match self {
+            Op::Delete => Status::DeletePending,
+            Op::Restore => Status::Ready,
+            Op::Purge => Status::DeleteOngoing,
+            Op::PurgeDone => Status::DeleteComplete,
+            Op::PurgeFailed => Status::DeleteError,
+            Op::CloneStart => Status::Cloning,
+            Op::CloneEnd => Status::Ready,
+            Op::RelocateStart => Status::Performing,
+            Op::RelocateEnd => Status::Ready,
+        }
+    }
+
+    /// Whether the table allows this operation from `status`.
+    pub const fn allows_from(self, status: Status) -> bool {
+        let from = self.from_statuses();
+        let mut i = 0;
+        while i < from.len() {
+            if from[i] as u8 == status as u8 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Whether the vfolder's name must be free among live vfolders afterwards
+    /// (an operation that brings a vfolder back to life).
+    pub const fn claims_name(self) -> bool {
+        self.to_status().holds_name() && !self.from_statuses()[0].holds_name()
+    }
+
+    /// A short verb for messages ("cannot delete vfolder ...").
+    pub const fn verb(self) -> &'static str {
+        match self {
+            Op::Delete => "delete",
+            Op::Restore => "restore",
+            Op::Purge => "purge",
+            Op::PurgeDone => "complete the purge of",
+            Op::PurgeFailed => "record a purge failure of",
+            Op::CloneStart => "clone",
+            Op::CloneEnd => "finish the clone of",
+            Op::RelocateStart => "relocate",
+            Op::RelocateEnd => "finish the relocation of",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.verb())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_round_trip() {
+        for st in Status::ALL {
+            assert_eq!(st.as_str().parse::<Status>().unwrap(), st);
+            assert_eq!(Status::from_u8(st as u8), Some(st));
+        }
+        assert!("Ready".parse::<Status>().is_err());
+        assert_eq!(Status::from_u8(7), None);
+    }
+
+    #[test]
+    fn access_sets() {
+        use Status::*;
+        let set = |f: fn(Status) -> bool| -> Vec<Status> {
+            Status::ALL.into_iter().filter(|s| f(*s)).collect()
+        };
+        assert_eq!(set(Status::is_visible), [Ready, Performing, Cloning]);
+        assert_eq!(set(Status::is_in_trash), [DeletePending, DeleteOngoing]);
+        assert_eq!(
+            set(Status::is_readable),
+            [Ready, Performing, Cloning, DeletePending, DeleteOngoing]
+        );
+        assert_eq!(set(Status::is_writable), [Ready]);
+        assert_eq!(set(Status::is_mountable), [Ready]);
+        assert_eq!(set(Status::is_deletable), [Ready]);
+        assert_eq!(set(Status::is_restorable), [DeletePending]);
+        assert_eq!(set(Status::is_purgeable), [DeletePending, DeleteError]);
+    }
+
+    #[test]
+    fn only_restore_claims_a_name() {
+        let claiming: Vec<Op> = Op::ALL.into_iter().filter(|o| o.claims_name()).collect();
+        assert_eq!(claiming, [Op::Restore]);
+    }
+}

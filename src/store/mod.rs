@@ -1,0 +1,189 @@
+//! The vfolder store: the narrow interface everything above the database uses,
+//! its record types and its error type. [`sqlite`] is the embedded backend.
+
+pub mod schema;
+pub mod sqlite;
+
+use std::fmt;
+
+use crate::name::NameError;
+use crate::status::{Op, Status};
+
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch, as stored.
+pub type Millis = i64;
+
+/// One vfolder row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VFolder {
+    /// Random UUID, lower-case hyphenated; also the backing directory's name.
+    pub id: String,
+    /// The user-facing name (unique among live vfolders only).
+    pub name: String,
+    /// Lifecycle status.
+    pub status: Status,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Time of the last status change.
+    pub status_changed_at: Millis,
+    /// The last error recorded (a failed purge), if any.
+    pub error: Option<String>,
+}
+
+/// One status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The status before (`None` for the creation).
+    pub from: Option<Status>,
+    /// The status after.
+    pub to: Status,
+    /// When it happened.
+    pub at: Millis,
+    /// Who or what caused it ("cli delete", "mount rmdir", ...).
+    pub cause: String,
+}
+
+/// Which vfolders [`Store::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFilter {
+    /// Visible (live) vfolders only.
+    Live,
+    /// Vfolders in the trash only.
+    Trash,
+    /// Every row.
+    All,
+}
+
+impl ListFilter {
+    /// Whether a vfolder of this status belongs in the list.
+    pub fn admits(self, status: Status) -> bool {
+        match self {
+            ListFilter::Live => status.is_visible(),
+            ListFilter::Trash => status.is_in_trash(),
+            ListFilter::All => true,
+        }
+    }
+}
+
+/// What a transition carries besides the operation.
+#[derive(Debug, Clone, Default)]
+pub struct TransitionArgs<'a> {
+    /// Recorded in the history row.
+    pub cause: &'a str,
+    /// A new name to take at the same time (restore under another name).
+    pub new_name: Option<&'a str>,
+    /// An error to record (a failed purge); cleared otherwise.
+    pub error: Option<&'a str>,
+}
+
+/// Errors of the store layer.
+#[derive(Debug)]
+pub enum StoreError {
+    /// No vfolder matches the name or id.
+    NotFound(String),
+    /// A live vfolder already has this name.
+    NameTaken(String),
+    /// The transition table does not allow `op` from the vfolder's status.
+    Refused {
+        /// The vfolder's name.
+        name: String,
+        /// The vfolder's id.
+        id: String,
+        /// Its status at the time of the attempt.
+        status: Status,
+        /// The operation attempted.
+        op: Op,
+    },
+    /// Renaming is allowed only for ready vfolders.
+    RenameRefused {
+        /// The vfolder's name.
+        name: String,
+        /// Its status.
+        status: Status,
+    },
+    /// The name is not acceptable.
+    InvalidName(String, NameError),
+    /// The store was written by a newer vfolderfs.
+    TooNew {
+        /// Schema version found in the database.
+        found: i64,
+        /// Newest version this binary knows.
+        supported: i64,
+    },
+    /// The database holds something this binary cannot read.
+    Corrupt(String),
+    /// A database error, with what was being done.
+    Db(&'static str, rusqlite::Error),
+    /// A filesystem error on the store directory, with the path.
+    Io(String, std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the database was busy or locked past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(_, rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(n) => write!(f, "no vfolder named {n:?}"),
+            StoreError::NameTaken(n) => write!(f, "a live vfolder named {n:?} already exists"),
+            StoreError::Refused {
+                name,
+                id,
+                status,
+                op,
+            } => write!(
+                f,
+                "cannot {op} vfolder {name:?} ({id}): its status is {status}"
+            ),
+            StoreError::RenameRefused { name, status } => {
+                write!(f, "cannot rename vfolder {name:?}: its status is {status}")
+            }
+            StoreError::InvalidName(n, e) => write!(f, "invalid vfolder name {n:?}: {e}"),
+            StoreError::TooNew { found, supported } => write!(
+                f,
+                "the store's schema version is {found}, newer than this vfolderfs supports ({supported}); \
+                 upgrade vfolderfs (the store was left untouched)"
+            ),
+            StoreError::Corrupt(m) => write!(f, "store is corrupt: {m}"),
+            StoreError::Db(what, e) => write!(f, "database error while {what}: {e}"),
+            StoreError::Io(path, e) => write!(f, "{path}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Result type of the store layer.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The narrow interface to the vfolder database. Every status change goes
+/// through [`Store::transition`], a compare-and-set with its history row in
+/// one transaction. Implementations must be safe to share between threads
+/// and between processes opening the same store.
+pub trait Store: Send + Sync {
+    /// Records a new ready vfolder whose backing directory the caller has made.
+    fn create(&self, id: &str, name: &str, cause: &str) -> Result<VFolder>;
+    /// The vfolder with this id.
+    fn get(&self, id: &str) -> Result<VFolder>;
+    /// The live vfolder with this name.
+    fn get_live(&self, name: &str) -> Result<VFolder>;
+    /// Vfolders admitted by `filter`, ordered by name then creation.
+    fn list(&self, filter: ListFilter) -> Result<Vec<VFolder>>;
+    /// Applies `op` if the vfolder's current status allows it (compare-and-set).
+    fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder>;
+    /// Renames a ready vfolder; records no status change.
+    fn rename(&self, id: &str, new_name: &str) -> Result<VFolder>;
+    /// The status history of a vfolder, oldest first.
+    fn history(&self, id: &str) -> Result<Vec<HistoryEntry>>;
+    /// A number that changes whenever any process commits a change to the store.
+    fn change_token(&self) -> Result<u64>;
+}

@@ -1,0 +1,88 @@
+//! The SQLite schema and its forward migrations, versioned by
+//! `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use super::{Result, StoreError};
+use crate::status::Status;
+
+/// One migration per schema version; index `i` takes version `i` to `i + 1`.
+fn migrations() -> Vec<String> {
+    // The partial unique index admits exactly the statuses that hold a name;
+    // the list comes from the status model, never typed here.
+    let live: Vec<String> = Status::ALL
+        .into_iter()
+        .filter(|s| s.holds_name())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    let all: Vec<String> = Status::ALL
+        .into_iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    vec![format!(
+        "CREATE TABLE vfolders (
+             id                TEXT PRIMARY KEY NOT NULL,
+             name              TEXT NOT NULL,
+             status            TEXT NOT NULL CHECK (status IN ({all})),
+             created_at        INTEGER NOT NULL,
+             status_changed_at INTEGER NOT NULL,
+             error             TEXT
+         );
+         CREATE UNIQUE INDEX vfolders_live_name ON vfolders(name) WHERE status IN ({live});
+         CREATE INDEX vfolders_status ON vfolders(status);
+         CREATE TABLE status_history (
+             seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+             vfolder_id  TEXT NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+             from_status TEXT,
+             to_status   TEXT NOT NULL,
+             at          INTEGER NOT NULL,
+             cause       TEXT NOT NULL
+         );
+         CREATE INDEX status_history_vfolder ON status_history(vfolder_id, seq);",
+        all = all.join(", "),
+        live = live.join(", "),
+    )]
+}
+
+/// The schema version this binary writes.
+pub fn latest_version() -> i64 {
+    migrations().len() as i64
+}
+
+/// Brings the database up to [`latest_version`], refusing a newer one.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let db = |what| move |e| StoreError::Db(what, e);
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("reading the schema version"))?;
+    let all = migrations();
+    let latest = all.len() as i64;
+    if current > latest {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    if current == latest {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .map_err(db("starting the schema migration"))?;
+    // Another process may have migrated while we waited for the lock.
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("reading the schema version"))?;
+    if current > latest {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for (v, sql) in all.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(db("migrating the schema"))?;
+        tx.pragma_update(None, "user_version", v as i64 + 1)
+            .map_err(db("writing the schema version"))?;
+    }
+    tx.commit().map_err(db("committing the schema migration"))
+}

@@ -1,0 +1,307 @@
+//! The embedded SQLite backend of [`Store`].
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::types::Value;
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params, params_from_iter,
+};
+
+use super::{
+    HistoryEntry, ListFilter, Millis, Result, Store, StoreError, TransitionArgs, VFolder, schema,
+};
+use crate::name;
+use crate::status::{Op, Status};
+
+/// How long a statement waits for another process's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`Store`] in one SQLite file, opened in WAL mode.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+/// Now, in the store's time unit.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Db(what, e)
+}
+
+const COLUMNS: &str = "id, name, status, created_at, status_changed_at, error";
+
+fn row_to_vfolder(r: &Row<'_>) -> rusqlite::Result<VFolder> {
+    let status: String = r.get(2)?;
+    let status = status.parse::<Status>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(VFolder {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        status,
+        created_at: r.get(3)?,
+        status_changed_at: r.get(4)?,
+        error: r.get(5)?,
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn checked_name(n: &str) -> Result<()> {
+    name::validate(n).map_err(|e| StoreError::InvalidName(n.to_string(), e))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it forward.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db("opening the database"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(db("setting the busy timeout"))?;
+        // journal_mode answers with a row; WAL persists in the file.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db("enabling WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "cannot switch the journal to WAL (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+            .map_err(db("setting pragmas"))?;
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn get_in(conn: &Connection, id: &str) -> Result<VFolder> {
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM vfolders WHERE id = ?1"),
+            [id],
+            row_to_vfolder,
+        )
+        .optional()
+        .map_err(db("reading a vfolder"))?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
+}
+
+impl Store for SqliteStore {
+    fn create(&self, id: &str, name: &str, cause: &str) -> Result<VFolder> {
+        checked_name(name)?;
+        let now = now_millis();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let to = Status::Ready;
+        tx.execute(
+            "INSERT INTO vfolders (id, name, status, created_at, status_changed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![id, name, to.as_str(), now],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(name.to_string())
+            } else {
+                StoreError::Db("creating a vfolder", e)
+            }
+        })?;
+        tx.execute(
+            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
+             VALUES (?1, NULL, ?2, ?3, ?4)",
+            params![id, to.as_str(), now, cause],
+        )
+        .map_err(db("recording history"))?;
+        let v = Self::get_in(&tx, id)?;
+        tx.commit().map_err(db("committing a creation"))?;
+        Ok(v)
+    }
+
+    fn get(&self, id: &str) -> Result<VFolder> {
+        Self::get_in(&self.conn.lock(), id)
+    }
+
+    fn get_live(&self, name: &str) -> Result<VFolder> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM vfolders WHERE name = ?1 ORDER BY created_at"
+            ))
+            .map_err(db("looking up a vfolder"))?;
+        let rows = stmt
+            .query_map([name], row_to_vfolder)
+            .map_err(db("looking up a vfolder"))?;
+        for v in rows {
+            let v = v.map_err(db("looking up a vfolder"))?;
+            if v.status.holds_name() {
+                return Ok(v);
+            }
+        }
+        Err(StoreError::NotFound(name.to_string()))
+    }
+
+    fn list(&self, filter: ListFilter) -> Result<Vec<VFolder>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM vfolders ORDER BY name, created_at, id"
+            ))
+            .map_err(db("listing vfolders"))?;
+        let rows = stmt
+            .query_map([], row_to_vfolder)
+            .map_err(db("listing vfolders"))?;
+        let mut out = Vec::new();
+        for v in rows {
+            let v = v.map_err(db("listing vfolders"))?;
+            if filter.admits(v.status) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder> {
+        if let Some(n) = args.new_name {
+            checked_name(n)?;
+        }
+        let from = op.from_statuses();
+        let to = op.to_status();
+        let now = now_millis();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let current = Self::get_in(&tx, id)?;
+        let placeholders = vec!["?"; from.len()].join(", ");
+        let sql = format!(
+            "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ? \
+             WHERE id = ? AND status IN ({placeholders})"
+        );
+        let new_name = args.new_name.unwrap_or(&current.name);
+        let mut values: Vec<Value> = vec![
+            Value::Text(to.as_str().into()),
+            Value::Integer(now),
+            Value::Text(new_name.into()),
+            args.error.map_or(Value::Null, |e| Value::Text(e.into())),
+            Value::Text(id.into()),
+        ];
+        values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
+        let changed = tx
+            .execute(&sql, params_from_iter(values))
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken(new_name.to_string())
+                } else {
+                    StoreError::Db("changing a status", e)
+                }
+            })?;
+        if changed == 0 {
+            return Err(StoreError::Refused {
+                name: current.name,
+                id: current.id,
+                status: current.status,
+                op,
+            });
+        }
+        tx.execute(
+            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, current.status.as_str(), to.as_str(), now, args.cause],
+        )
+        .map_err(db("recording history"))?;
+        let v = Self::get_in(&tx, id)?;
+        tx.commit().map_err(db("committing a status change"))?;
+        Ok(v)
+    }
+
+    fn rename(&self, id: &str, new_name: &str) -> Result<VFolder> {
+        checked_name(new_name)?;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let current = Self::get_in(&tx, id)?;
+        if !current.status.is_renamable() {
+            return Err(StoreError::RenameRefused {
+                name: current.name,
+                status: current.status,
+            });
+        }
+        tx.execute(
+            "UPDATE vfolders SET name = ?1 WHERE id = ?2",
+            params![new_name, id],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(new_name.to_string())
+            } else {
+                StoreError::Db("renaming a vfolder", e)
+            }
+        })?;
+        let v = Self::get_in(&tx, id)?;
+        tx.commit().map_err(db("committing a rename"))?;
+        Ok(v)
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
+        let conn = self.conn.lock();
+        Self::get_in(&conn, id)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT from_status, to_status, at, cause FROM status_history \
+                 WHERE vfolder_id = ?1 ORDER BY seq",
+            )
+            .map_err(db("reading history"))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Millis>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(db("reading history"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (from, to, at, cause) = row.map_err(db("reading history"))?;
+            let parse = |s: &str| {
+                s.parse::<Status>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            };
+            out.push(HistoryEntry {
+                from: from.as_deref().map(parse).transpose()?,
+                to: parse(&to)?,
+                at,
+                cause,
+            });
+        }
+        Ok(out)
+    }
+
+    fn change_token(&self) -> Result<u64> {
+        let conn = self.conn.lock();
+        let v: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(db("polling for changes"))?;
+        Ok(v as u64)
+    }
+}
