@@ -1,0 +1,231 @@
+//! The state machine through the store: every (status, operation) pair, and
+//! racing callers in threads and in processes.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use vfolderfs::catalog::{Catalog, NewDir};
+use vfolderfs::layout::Layout;
+use vfolderfs::status::{Op, Status};
+use vfolderfs::store::{ListFilter, SqliteStore, Store, StoreError, TransitionArgs};
+
+fn args(cause: &str) -> TransitionArgs<'_> {
+    TransitionArgs {
+        cause,
+        ..Default::default()
+    }
+}
+
+/// The operations that lead from ready to `target`.
+fn path_to(target: Status) -> &'static [Op] {
+    match target {
+        Status::Ready => &[],
+        Status::Performing => &[Op::RelocateStart],
+        Status::Cloning => &[Op::CloneStart],
+        Status::DeletePending => &[Op::Delete],
+        Status::DeleteOngoing => &[Op::Delete, Op::Purge],
+        Status::DeleteComplete => &[Op::Delete, Op::Purge, Op::PurgeDone],
+        Status::DeleteError => &[Op::Delete, Op::Purge, Op::PurgeFailed],
+    }
+}
+
+#[test]
+fn every_status_operation_pair() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let store = cat.store();
+    let mut checked = 0;
+    for (i, from) in Status::ALL.into_iter().enumerate() {
+        for (j, op) in Op::ALL.into_iter().enumerate() {
+            let name = format!("v{i}-{j}");
+            let v = cat.create(&name, NewDir::default(), "test").unwrap();
+            for step in path_to(from) {
+                store.transition(&v.id, *step, args("setup")).unwrap();
+            }
+            assert_eq!(store.get(&v.id).unwrap().status, from);
+            let before = store.history(&v.id).unwrap();
+            let r = store.transition(&v.id, op, args("under test"));
+            let after = store.history(&v.id).unwrap();
+            if op.from_statuses().contains(&from) {
+                let got = r.unwrap_or_else(|e| panic!("{op:?} from {from}: {e}"));
+                assert_eq!(got.status, op.to_status(), "{op:?} from {from}");
+                assert_eq!(after.len(), before.len() + 1);
+                let last = after.last().unwrap();
+                assert_eq!((last.from, last.to), (Some(from), op.to_status()));
+                assert_eq!(last.cause, "under test");
+            } else {
+                match r {
+                    Err(StoreError::Refused {
+                        status, op: o, ref name, ..
+                    }) => {
+                        assert_eq!((status, o), (from, op));
+                        assert_eq!(name, &v.name);
+                        let msg = r.unwrap_err().to_string();
+                        assert!(msg.contains(from.as_str()) && msg.contains(&v.name), "{msg}");
+                    }
+                    other => panic!("{op:?} from {from} should be refused, got {other:?}"),
+                }
+                assert_eq!(store.get(&v.id).unwrap().status, from, "refusal changed nothing");
+                assert_eq!(after, before, "refusal adds no history");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, Status::ALL.len() * Op::ALL.len());
+}
+
+#[test]
+fn names_are_unique_among_live_vfolders_only() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let a = cat.create("foo", NewDir::default(), "t").unwrap();
+    assert!(matches!(
+        cat.create("foo", NewDir::default(), "t"),
+        Err(StoreError::NameTaken(_))
+    ));
+    cat.delete(&a, "t").unwrap();
+    let b = cat.create("foo", NewDir::default(), "t").unwrap();
+    cat.delete(&b, "t").unwrap();
+    // Two trashed foos coexist, under distinct trash names.
+    let trash = cat.trash().unwrap();
+    assert_eq!(trash.len(), 2);
+    let names: Vec<&str> = trash.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"foo"));
+    assert!(names.contains(&format!("foo~{}", &a.id[..8]).as_str()));
+    // A live foo blocks restoring either, unless under a new name.
+    let c = cat.create("foo", NewDir::default(), "t").unwrap();
+    assert!(matches!(cat.restore(&a, None, "t"), Err(StoreError::NameTaken(_))));
+    assert_eq!(cat.store().get(&a.id).unwrap().status, Status::DeletePending);
+    let r = cat.restore(&a, Some("foo-old"), "t").unwrap();
+    assert_eq!((r.name.as_str(), r.status), ("foo-old", Status::Ready));
+    // Renaming: live only, keeps the status, records no status change.
+    let h = cat.store().history(&c.id).unwrap().len();
+    cat.store().rename(&c.id, "bar").unwrap();
+    assert_eq!(cat.store().history(&c.id).unwrap().len(), h);
+    assert!(matches!(
+        cat.store().rename(&c.id, "foo-old"),
+        Err(StoreError::NameTaken(_))
+    ));
+    assert!(matches!(
+        cat.store().rename(&b.id, "baz"),
+        Err(StoreError::RenameRefused { .. })
+    ));
+    // Names are metadata: the backing directory is keyed by id and stays put.
+    let path = cat.layout().vfolder_path(&c.id);
+    assert!(path.is_dir());
+    assert!(path.ends_with(format!("{}/{}", &c.id[..2], c.id)));
+}
+
+#[test]
+fn racing_threads_exactly_one_wins() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    for round in 0..5 {
+        let v = cat
+            .create(&format!("race{round}"), NewDir::default(), "t")
+            .unwrap();
+        let n = 12;
+        let barrier = Arc::new(Barrier::new(n));
+        let db = cat.layout().db_path();
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let (barrier, db, id) = (barrier.clone(), db.clone(), v.id.clone());
+                std::thread::spawn(move || {
+                    // Each thread its own connection, as separate processes would.
+                    let s = SqliteStore::open(&db).unwrap();
+                    barrier.wait();
+                    s.transition(&id, Op::Delete, args("race"))
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, StoreError::Refused { status: Status::DeletePending, .. }),
+                    "{e}"
+                );
+            }
+        }
+        let h = cat.store().history(&v.id).unwrap();
+        assert_eq!(h.iter().filter(|e| e.to == Status::DeletePending).count(), 1);
+    }
+}
+
+#[test]
+fn racing_processes_exactly_one_wins() {
+    let t = common::TempStore::new();
+    t.ok(&["create", "shared"]);
+    let n = 10;
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            std::process::Command::new(common::bin())
+                .arg("--store")
+                .arg(t.path())
+                .args(["delete", "shared"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let wins = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1);
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Losers either saw it in the trash already or lost the compare-and-set.
+        assert!(
+            err.contains("no vfolder named") || err.contains("its status is delete-pending"),
+            "{err}"
+        );
+    }
+    let h: serde_json::Value =
+        serde_json::from_str(&t.ok(&["history", "shared", "--json"])).unwrap();
+    let deletes = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"] == "delete-pending")
+        .count();
+    assert_eq!(deletes, 1);
+}
+
+#[test]
+fn a_newer_store_is_refused_untouched() {
+    let t = common::TempStore::new();
+    t.ok(&["create", "x"]);
+    let db = Layout::new(t.path()).db_path();
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let err = t.fails(&["list"]);
+    assert!(err.contains("schema version is 99"), "{err}");
+    assert!(err.starts_with("vfolderfs: "), "{err}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, 99);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM vfolders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn store_opens_in_wal_mode_with_version() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    assert!(cat.store().list(ListFilter::All).unwrap().is_empty());
+    let c = rusqlite::Connection::open(cat.layout().db_path()).unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, vfolderfs::store::schema::latest_version());
+}
