@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::backing::sys;
 use crate::layout::Layout;
-use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
 use crate::status::Op;
+use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
 
 /// A store opened for use: the database and the data directory.
 pub struct Catalog {

@@ -306,7 +306,12 @@ fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Option<String>
         .iter()
         .map(|v| trash_name(v).unwrap_or_else(|| v.name.clone()))
         .collect();
-    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
+    let w = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!("{:w$}  {:15}  {:36}  CREATED", "NAME", "STATUS", "ID");
     for (v, n) in list.iter().zip(&names) {
         println!(

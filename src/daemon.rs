@@ -26,6 +26,10 @@ use crate::store::{SqliteStore, Store};
 
 /// How often the watcher polls the store for changes made elsewhere.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the watcher rereads every status even without a change signal.
+pub const FULL_REFRESH: Duration = Duration::from_secs(1);
+/// How long the watcher waits for a locked store before failing closed.
+pub const WATCH_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Everything a mount needs, after option parsing.
 #[derive(Debug, Clone)]
@@ -77,8 +81,16 @@ impl MountArgs {
                     .ok_or_else(|| format!("option {k} needs a number"))
             };
             match k {
-                "" | "rw" | "defaults" | "default_permissions" | "auto" | "noauto" | "_netdev"
-                | "nofail" | "user" | "nouser" => {}
+                ""
+                | "rw"
+                | "defaults"
+                | "default_permissions"
+                | "auto"
+                | "noauto"
+                | "_netdev"
+                | "nofail"
+                | "user"
+                | "nouser" => {}
                 "allow_other" => a.allow_other = true,
                 "suid" => a.suid = true,
                 "nosuid" => a.suid = false,
@@ -207,9 +219,9 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     }
     let canon = std::fs::canonicalize(mp).map_err(|e| bad(e.to_string()))?;
     if let Some(t) = mounted_fstype(&canon)
-        && t == "fuse.vfolderfs"
+        && (t == "fuse" || t.starts_with("fuse."))
     {
-        return Err(bad("a vfolderfs is already mounted here".into()));
+        return Err(bad(format!("already mounted ({t}); unmount it first")));
     }
     Ok(canon)
 }
@@ -264,7 +276,9 @@ pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
             if msg.starts_with("OK") {
                 Ok(())
             } else if msg.is_empty() {
-                Err(MountError::Daemon("the mount daemon died before the mount was ready".into()))
+                Err(MountError::Daemon(
+                    "the mount daemon died before the mount was ready".into(),
+                ))
             } else {
                 Err(MountError::Daemon(msg))
             }
@@ -320,7 +334,10 @@ pub fn unmount(mp: &Path) -> std::io::Result<()> {
 
 /// Mounts and serves in this process until unmounted or signalled;
 /// `ready` is called once, when the mount is usable or has failed.
-pub fn serve(args: &MountArgs, ready: impl FnOnce(Result<(), &MountError>)) -> Result<(), MountError> {
+pub fn serve(
+    args: &MountArgs,
+    ready: impl FnOnce(Result<(), &MountError>),
+) -> Result<(), MountError> {
     let mut ready = Some(ready);
     let mut report = |r: Result<(), &MountError>| {
         if let Some(f) = ready.take() {
@@ -348,9 +365,8 @@ fn serve_inner(
     let sigset = block_signals();
     let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
     let reg = Arc::new(Registry::new());
-    reg.refresh(cat.store().as_ref()).map_err(MountError::Store)?;
-    let watcher_store =
-        SqliteStore::open(&args.layout.db_path()).map_err(MountError::Store)?;
+    reg.refresh(cat.store().as_ref())
+        .map_err(MountError::Store)?;
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
         .map_err(|e| MountError::Io("opening the data directory", e))?;
 
@@ -358,8 +374,16 @@ fn serve_inner(
         MountOption::FSName(args.layout.root().display().to_string()),
         MountOption::Subtype("vfolderfs".into()),
         MountOption::DefaultPermissions,
-        if args.suid { MountOption::Suid } else { MountOption::NoSuid },
-        if args.dev { MountOption::Dev } else { MountOption::NoDev },
+        if args.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if args.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
     ];
     opts.extend(args.extra.iter().cloned());
     let mut config = Config::default();
@@ -372,16 +396,16 @@ fn serve_inner(
     config.n_threads = Some(args.threads);
     config.clone_fd = true;
 
-    let mut session = Session::new(fs, &args.mountpoint, &config)
-        .map_err(|e| MountError::Io("mounting", e))?;
+    let mut session =
+        Session::new(fs, &args.mountpoint, &config).map_err(|e| MountError::Io("mounting", e))?;
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (reg, stop) = (reg.clone(), stop.clone());
+        let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&watcher_store, &reg, &notifier, &stop))
+            .spawn(move || watch(&db, &reg, &notifier, &stop))
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -402,7 +426,11 @@ fn serve_inner(
             })
             .map_err(|e| MountError::Io("starting the signal thread", e))?;
     }
-    info!("mounted {} on {}", args.layout.root().display(), args.mountpoint.display());
+    info!(
+        "mounted {} on {}",
+        args.layout.root().display(),
+        args.mountpoint.display()
+    );
     report(Ok(()));
     let res = session.run();
     stop.store(true, Ordering::Release);
@@ -412,17 +440,31 @@ fn serve_inner(
 }
 
 /// Keeps the registry in step with the store and sends the kernel the
-/// invalidations owed, until `stop`.
-fn watch(store: &SqliteStore, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
+/// invalidations owed, until `stop`. Every [`FULL_REFRESH`] it reopens the
+/// database and rereads everything, so a store that became unreadable
+/// (replaced, corrupted, locked) is noticed and writes are refused.
+fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
+    let mut store: Option<SqliteStore> = None;
     let mut last = None;
+    let mut last_full = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
-        let step = store.change_token().and_then(|tok| {
-            if last != Some(tok) {
-                reg.refresh(store)?;
+        let full = store.is_none() || last_full.elapsed() >= FULL_REFRESH;
+        if full {
+            last_full = std::time::Instant::now();
+            store = None;
+        }
+        let step = (|| {
+            if store.is_none() {
+                store = Some(SqliteStore::open_with_timeout(db, WATCH_BUSY_TIMEOUT)?);
+            }
+            let s = store.as_ref().expect("opened above");
+            let tok = s.change_token()?;
+            if full || last != Some(tok) {
+                reg.refresh(s)?;
                 last = Some(tok);
             }
-            Ok(())
-        });
+            Ok::<(), crate::store::StoreError>(())
+        })();
         match step {
             Ok(()) => {
                 if reg.set_healthy(true) {
@@ -430,6 +472,7 @@ fn watch(store: &SqliteStore, reg: &Registry, notifier: &Notifier, stop: &Atomic
                 }
             }
             Err(e) => {
+                store = None;
                 if reg.set_healthy(false) {
                     error!("store unreadable, refusing writes until it recovers: {e}");
                 }

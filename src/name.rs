@@ -95,10 +95,15 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["a", "data set 1", "模型", "x.y-z_1", &"a".repeat(255), "..a", "."
-            .repeat(3)
-            .as_str()]
-        {
+        for n in [
+            "a",
+            "data set 1",
+            "模型",
+            "x.y-z_1",
+            &"a".repeat(255),
+            "..a",
+            ".".repeat(3).as_str(),
+        ] {
             assert_eq!(validate(n), Ok(()), "{n:?}");
         }
     }

@@ -57,16 +57,26 @@ fn every_status_operation_pair() {
             } else {
                 match r {
                     Err(StoreError::Refused {
-                        status, op: o, ref name, ..
+                        status,
+                        op: o,
+                        ref name,
+                        ..
                     }) => {
                         assert_eq!((status, o), (from, op));
                         assert_eq!(name, &v.name);
                         let msg = r.unwrap_err().to_string();
-                        assert!(msg.contains(from.as_str()) && msg.contains(&v.name), "{msg}");
+                        assert!(
+                            msg.contains(from.as_str()) && msg.contains(&v.name),
+                            "{msg}"
+                        );
                     }
                     other => panic!("{op:?} from {from} should be refused, got {other:?}"),
                 }
-                assert_eq!(store.get(&v.id).unwrap().status, from, "refusal changed nothing");
+                assert_eq!(
+                    store.get(&v.id).unwrap().status,
+                    from,
+                    "refusal changed nothing"
+                );
                 assert_eq!(after, before, "refusal adds no history");
             }
             checked += 1;
@@ -95,8 +105,14 @@ fn names_are_unique_among_live_vfolders_only() {
     assert!(names.contains(&format!("foo~{}", &a.id[..8]).as_str()));
     // A live foo blocks restoring either, unless under a new name.
     let c = cat.create("foo", NewDir::default(), "t").unwrap();
-    assert!(matches!(cat.restore(&a, None, "t"), Err(StoreError::NameTaken(_))));
-    assert_eq!(cat.store().get(&a.id).unwrap().status, Status::DeletePending);
+    assert!(matches!(
+        cat.restore(&a, None, "t"),
+        Err(StoreError::NameTaken(_))
+    ));
+    assert_eq!(
+        cat.store().get(&a.id).unwrap().status,
+        Status::DeletePending
+    );
     let r = cat.restore(&a, Some("foo-old"), "t").unwrap();
     assert_eq!((r.name.as_str(), r.status), ("foo-old", Status::Ready));
     // Renaming: live only, keeps the status, records no status change.
@@ -145,13 +161,22 @@ fn racing_threads_exactly_one_wins() {
         for r in &results {
             if let Err(e) = r {
                 assert!(
-                    matches!(e, StoreError::Refused { status: Status::DeletePending, .. }),
+                    matches!(
+                        e,
+                        StoreError::Refused {
+                            status: Status::DeletePending,
+                            ..
+                        }
+                    ),
                     "{e}"
                 );
             }
         }
         let h = cat.store().history(&v.id).unwrap();
-        assert_eq!(h.iter().filter(|e| e.to == Status::DeletePending).count(), 1);
+        assert_eq!(
+            h.iter().filter(|e| e.to == Status::DeletePending).count(),
+            1
+        );
     }
 }
 
@@ -210,7 +235,9 @@ fn a_newer_store_is_refused_untouched() {
     assert!(err.contains("schema version is 99"), "{err}");
     assert!(err.starts_with("vfolderfs: "), "{err}");
     let c = rusqlite::Connection::open(&db).unwrap();
-    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, 99);
     let n: i64 = c
         .query_row("SELECT count(*) FROM vfolders", [], |r| r.get(0))
@@ -224,8 +251,12 @@ fn store_opens_in_wal_mode_with_version() {
     let cat = Catalog::open(Layout::new(t.path())).unwrap();
     assert!(cat.store().list(ListFilter::All).unwrap().is_empty());
     let c = rusqlite::Connection::open(cat.layout().db_path()).unwrap();
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
-    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, vfolderfs::store::schema::latest_version());
 }

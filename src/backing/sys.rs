@@ -239,8 +239,7 @@ pub fn utimensat(
     flags: i32,
 ) -> io::Result<()> {
     // SAFETY: valid fd, name and two timespecs.
-    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
-        .map(drop)
+    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) }).map(drop)
 }
 
 /// `futimens` on an open fd.
@@ -297,15 +296,8 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
 /// `fallocate`.
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: valid fd.
-    cvt(unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            mode,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    })
-    .map(drop)
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
+        .map(drop)
 }
 
 /// `lseek`; returns the new offset.

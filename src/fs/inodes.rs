@@ -134,7 +134,9 @@ impl InodeTable {
         let Some(ino) = shard.by_id.get(&nodeid) else {
             return;
         };
-        let prev = ino.nlookup.fetch_sub(n.min(ino.nlookup.load(Ordering::Acquire)), Ordering::AcqRel);
+        let prev = ino
+            .nlookup
+            .fetch_sub(n.min(ino.nlookup.load(Ordering::Acquire)), Ordering::AcqRel);
         if prev <= n {
             let ino = shard.by_id.remove(&nodeid).expect("present");
             if keys.get(&ino.key) == Some(&nodeid) {

@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle as Fh,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle as Fh, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::info;
 
@@ -32,7 +31,7 @@ use crate::catalog::Catalog;
 use error::{FsError, FsResult};
 use handles::{DirHandle, FileHandle, Handle, HandleTable, IoMode};
 use inodes::{Inode, InodeTable};
-use vfolders::{Registry, ROOT_INO, TRASH_INO, VfState};
+use vfolders::{ROOT_INO, Registry, TRASH_INO, VfState};
 
 /// Tunables of a mount.
 #[derive(Debug, Clone)]
@@ -131,12 +130,7 @@ impl VfolderFs {
 
     /// Looks `name` up in a backing directory and counts the kernel's lookup.
     fn lookup_in(&self, parent: &Inode, name: &CString) -> FsResult<FileAttr> {
-        let fd = sys::openat(
-            parent.fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let ino = self.inodes.insert_lookup(fd, &st, &parent.vf, false);
         Ok(attr::from_stat(ino.nodeid, &st))
@@ -256,7 +250,13 @@ impl VfolderFs {
         self.lookup_in(&p, &n)
     }
 
-    fn do_mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32) -> FsResult<FileAttr> {
+    fn do_mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+    ) -> FsResult<FileAttr> {
         if parent.0 == ROOT_INO {
             return self.root_mkdir(req, name, mode);
         }
@@ -353,8 +353,8 @@ impl VfolderFs {
         let r = (|| -> FsResult<(u64, Option<Arc<fuser::BackingId>>)> {
             let i = self.inode(ino)?;
             i.vf.check_readable()?;
-            let wants_write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY
-                || flags.0 & libc::O_TRUNC != 0;
+            let wants_write =
+                (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
             let _w = if wants_write {
                 Some(i.vf.begin_write()?)
             } else {
@@ -510,7 +510,8 @@ impl VfolderFs {
         match d {
             DirHandle::Virtual(names) => {
                 let dir_ino = ino.0;
-                let fixed: [(u64, &str); 3] = [(dir_ino, "."), (ROOT_INO, ".."), (TRASH_INO, ".trash")];
+                let fixed: [(u64, &str); 3] =
+                    [(dir_ino, "."), (ROOT_INO, ".."), (TRASH_INO, ".trash")];
                 let nfixed = if dir_ino == ROOT_INO { 3 } else { 2 };
                 let total = nfixed + names.len();
                 for idx in (offset as usize)..total {
@@ -520,7 +521,12 @@ impl VfolderFs {
                     } else {
                         let (n, vf) = &names[idx - nfixed];
                         let i = vf.root_nodeid.load(std::sync::atomic::Ordering::Acquire);
-                        emit(i.max(3), idx as u64 + 1, fuser::FileType::Directory, OsStr::new(n))?
+                        emit(
+                            i.max(3),
+                            idx as u64 + 1,
+                            fuser::FileType::Directory,
+                            OsStr::new(n),
+                        )?
                     };
                     if !more {
                         break;
@@ -550,7 +556,13 @@ impl VfolderFs {
         }
     }
 
-    fn do_readdirplus(&self, ino: INodeNo, fh: Fh, offset: u64, reply: &mut ReplyDirectoryPlus) -> FsResult<()> {
+    fn do_readdirplus(
+        &self,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> FsResult<()> {
         let ttl = self.cfg.ttl;
         let parent = match self.node(ino)? {
             Node::Backing(p) => Some(p),
@@ -698,7 +710,11 @@ impl Filesystem for VfolderFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.cfg.ttl, self.do_mknod(req, parent, name, mode, rdev));
+        reply_entry(
+            reply,
+            self.cfg.ttl,
+            self.do_mknod(req, parent, name, mode, rdev),
+        );
     }
 
     fn mkdir(
@@ -729,7 +745,11 @@ impl Filesystem for VfolderFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.cfg.ttl, self.do_symlink(req, parent, link_name, target));
+        reply_entry(
+            reply,
+            self.cfg.ttl,
+            self.do_symlink(req, parent, link_name, target),
+        );
     }
 
     fn rename(
@@ -742,7 +762,10 @@ impl Filesystem for VfolderFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.do_rename(parent, name, newparent, newname, flags));
+        reply_empty(
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags),
+        );
     }
 
     fn link(
@@ -832,7 +855,14 @@ impl Filesystem for VfolderFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
             Ok(!reply.add(INodeNo(i), next, kind, name))
         });
@@ -856,14 +886,23 @@ impl Filesystem for VfolderFs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: Fh, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.handles.remove(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         let r = self.file(fh).and_then(|h| match &*h {
-            Handle::Dir(DirHandle::Backing { fd, .. }) => Ok(sys::fsync(fd.lock().as_fd(), datasync)?),
+            Handle::Dir(DirHandle::Backing { fd, .. }) => {
+                Ok(sys::fsync(fd.lock().as_fd(), datasync)?)
+            }
             _ => Ok(()),
         });
         reply_empty(reply, r);
@@ -971,7 +1010,13 @@ impl Filesystem for VfolderFs {
         reply: ReplyCreate,
     ) {
         match self.do_create(req, parent, name, mode, flags) {
-            Ok((a, fh)) => reply.created(&self.cfg.ttl, &a, Generation(0), Fh(fh), FopenFlags::empty()),
+            Ok((a, fh)) => reply.created(
+                &self.cfg.ttl,
+                &a,
+                Generation(0),
+                Fh(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -101,7 +101,9 @@ impl VfolderFs {
         newname: &OsStr,
         flags: RenameFlags,
     ) -> FsResult<()> {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             return Err(FsError::Invalid);
         }
         if name == TRASH_DIR && !from_trash {
@@ -128,7 +130,8 @@ impl VfolderFs {
                 let new = valid_name(newname)?;
                 let vf = self.reg.trashed(tn).ok_or(FsError::NotFound)?;
                 let v = self.cat.store().get(&vf.id)?;
-                self.cat.restore(&v, Some(new), "mount rename out of .trash")?;
+                self.cat
+                    .restore(&v, Some(new), "mount rename out of .trash")?;
             }
             (true, true) => return Err(FsError::NotPermitted),
         }

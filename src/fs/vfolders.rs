@@ -188,7 +188,8 @@ impl Registry {
             st.set_status(v.status);
             if v.status.is_visible() {
                 snap.live.insert(v.name.clone(), st);
-                snap.names.insert(v.id.clone(), (Some(v.name.clone()), None));
+                snap.names
+                    .insert(v.id.clone(), (Some(v.name.clone()), None));
             } else if v.status.is_in_trash() {
                 trashed.push(v.clone());
             }

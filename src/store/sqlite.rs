@@ -65,6 +65,12 @@ fn checked_name(n: &str) -> Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it forward.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_with_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// Like [`SqliteStore::open`], waiting at most `busy` for another
+    /// process's lock before a statement fails.
+    pub fn open_with_timeout(path: &Path, busy: Duration) -> Result<SqliteStore> {
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -72,7 +78,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db("opening the database"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy)
             .map_err(db("setting the busy timeout"))?;
         // journal_mode answers with a row; WAL persists in the file.
         let mode: String = conn
@@ -204,15 +210,13 @@ impl Store for SqliteStore {
             Value::Text(id.into()),
         ];
         values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
-        let changed = tx
-            .execute(&sql, params_from_iter(values))
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::NameTaken(new_name.to_string())
-                } else {
-                    StoreError::Db("changing a status", e)
-                }
-            })?;
+        let changed = tx.execute(&sql, params_from_iter(values)).map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(new_name.to_string())
+            } else {
+                StoreError::Db("changing a status", e)
+            }
+        })?;
         if changed == 0 {
             return Err(StoreError::Refused {
                 name: current.name,
