@@ -465,3 +465,39 @@ fn fallocate_copy_file_range_seek_and_special_files() {
     m.sh_ok("cd v && python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.bind('sock')\" && test -S sock");
     m.sh_ok("cd v && mkfifo p && test -p p && rm p sock");
 }
+
+#[test]
+fn mount_helper_takes_mount8_arguments() {
+    // mount(8) runs /sbin/mount.vfolderfs STORE MOUNTPOINT -o OPTS; a link
+    // in the temporary directory stands in for the installed one.
+    let t = TempStore::new();
+    t.ok(&["create", "v"]);
+    let helper = t.dir.path().join("mount.vfolderfs");
+    std::os::unix::fs::symlink(common::bin(), &helper).unwrap();
+    let mnt = t.dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let o = std::process::Command::new(&helper)
+        .arg(t.path())
+        .arg(&mnt)
+        .args(["-o", "rw,allow_other,noatime,threads=2,nofail"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // From here the guard owns the mount and unmounts it whatever happens.
+    let m = Mount { store: t, mnt };
+    let opts = m.sh_ok("grep \" $M \" /proc/mounts");
+    assert!(
+        opts.contains("allow_other") && opts.contains("noatime"),
+        "{opts}"
+    );
+    m.sh_ok("test -d v && echo x > v/f");
+    // Unknown options are refused before anything is mounted.
+    let bad = std::process::Command::new(&helper)
+        .arg(m.store.path())
+        .arg(m.store.dir.path())
+        .args(["-o", "frobnicate"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("frobnicate"));
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds vfolderfs and installs it with its mount(8) helper, so that
+# `mount -t vfolderfs STORE MOUNTPOINT` and /etc/fstab lines work.
+#   PREFIX (default /usr/local) receives bin/vfolderfs;
+#   /sbin/mount.vfolderfs is a link to it (mount(8) looks there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${PREFIX:-/usr/local}
+if ! command -v fusermount3 >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+fi
+cargo build --release --quiet
+install -D -m 0755 target/release/vfolderfs "$PREFIX/bin/vfolderfs"
+if [ "$(id -u)" = 0 ]; then
+  ln -sf "$PREFIX/bin/vfolderfs" /sbin/mount.vfolderfs
+fi
+echo "installed $PREFIX/bin/vfolderfs$([ "$(id -u)" = 0 ] && echo ' and /sbin/mount.vfolderfs')"

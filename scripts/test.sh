@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them. The FUSE tests mount for real:
+# they need root and /dev/fuse, and this script fails (never skips) without.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v setfattr >/dev/null || need_pkgs+=(attr)
+command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
+if ((${#need_pkgs[@]})); then
+  echo "test.sh: installing ${need_pkgs[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo is required (rustup)" >&2
+  exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: the mount tests need root (they mount FUSE filesystems for real)" >&2
+  exit 1
+fi
+if [ ! -c /dev/fuse ]; then
+  echo "test.sh: /dev/fuse is missing: the mount tests cannot run" >&2
+  exit 1
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets "$@"
