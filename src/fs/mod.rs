@@ -203,7 +203,7 @@ impl VfolderFs {
             match hfd {
                 Some(fd) => sys::ftruncate(fd, sz)?,
                 None => {
-                    let fd = sys::reopen(i.fd(), libc::O_WRONLY)?;
+                    let fd = sys::reopen(i.fd(), libc::O_WRONLY | libc::O_NONBLOCK)?;
                     sys::ftruncate(fd.as_fd(), sz)?;
                 }
             }
@@ -427,51 +427,39 @@ impl VfolderFs {
         Ok((attr, fh))
     }
 
-    fn file_handle(&self, fh: Fh) -> FsResult<Arc<Handle>> {
-        let h = self.file(fh)?;
-        match &*h {
-            Handle::File(_) => Ok(h),
-            Handle::Dir(_) => Err(FsError::Invalid),
-        }
-    }
-
     fn do_read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let h = self.file_handle(fh)?;
-        let Handle::File(f) = &*h else {
-            unreachable!("checked by file_handle")
-        };
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = sys::pread(f.fd(), &mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
+        self.with_file(fh, |f| {
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                let n = sys::pread(f.fd(), &mut buf[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
             }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(buf)
+            buf.truncate(done);
+            Ok(buf)
+        })
     }
 
     fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let h = self.file_handle(fh)?;
-        let Handle::File(f) = &*h else {
-            unreachable!("checked by file_handle")
-        };
-        let _w = f.vf.begin_write()?;
-        let mut done = 0;
-        while done < data.len() {
-            let n = sys::pwrite(f.fd(), &data[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
+        self.with_file(fh, |f| {
+            let _w = f.vf.begin_write()?;
+            let mut done = 0;
+            while done < data.len() {
+                let n = sys::pwrite(f.fd(), &data[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
             }
-            done += n;
-        }
-        Ok(done as u32)
+            Ok(done as u32)
+        })
     }
 
     fn with_file<T>(&self, fh: Fh, f: impl FnOnce(&FileHandle) -> FsResult<T>) -> FsResult<T> {
-        let h = self.file_handle(fh)?;
+        let h = self.file(fh)?;
         match &*h {
             Handle::File(file) => f(file),
             Handle::Dir(_) => Err(FsError::Invalid),
@@ -1067,8 +1055,8 @@ impl Filesystem for VfolderFs {
         reply: ReplyWrite,
     ) {
         let r = (|| {
-            let hin = self.file_handle(fh_in)?;
-            let hout = self.file_handle(fh_out)?;
+            let hin = self.file(fh_in)?;
+            let hout = self.file(fh_out)?;
             let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
                 return Err(FsError::Invalid);
             };
