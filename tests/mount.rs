@@ -107,7 +107,7 @@ fn passthrough_with_ordinary_tools() {
     m.sh_ok("cd v && tar cf ../../t.tar a && mkdir x && tar xf ../../t.tar -C x && diff -r a x/a");
     let n = m.sh_ok("find v -type f | wc -l");
     assert!(n.trim().parse::<u32>().unwrap() >= 5, "{n}");
-    m.sh_ok("stat v/a/b/c/f v/soft v/fifo >/dev/null");
+    m.sh_ok("stat v/a/b/c/f v/soft v/fifo >/dev/null && df . v >/dev/null");
     m.sh_ok(
         "setfattr -n user.k -v val v/a/b/c/f && getfattr -n user.k --only-values v/a/b/c/f | grep -qx val \
          && getfattr -d v/a/b/c/f | grep -q user.k && setfattr -x user.k v/a/b/c/f \

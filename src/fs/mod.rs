@@ -54,6 +54,8 @@ impl Default for FsConfig {
 /// The filesystem served by a mount.
 pub struct VfolderFs {
     cat: Arc<Catalog>,
+    /// The data directory, for statfs at the virtual top.
+    data: std::os::fd::OwnedFd,
     reg: Arc<Registry>,
     inodes: InodeTable,
     handles: HandleTable,
@@ -94,6 +96,7 @@ impl VfolderFs {
         let data = sys::open_dir_path(&cat.layout().data_dir())?;
         let st = sys::fstat(data.as_fd())?;
         Ok(VfolderFs {
+            data,
             cat,
             reg,
             inodes: InodeTable::new(st.st_dev),
@@ -899,9 +902,7 @@ impl Filesystem for VfolderFs {
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let r = match self.node(ino) {
             Ok(Node::Backing(i)) => sys::fstatvfs(i.fd()).map_err(FsError::from),
-            _ => sys::open_dir_path(&self.cat.layout().data_dir())
-                .and_then(|fd| sys::fstatvfs(fd.as_fd()))
-                .map_err(FsError::from),
+            _ => sys::fstatvfs(self.data.as_fd()).map_err(FsError::from),
         };
         match r {
             Ok(s) => reply.statfs(

@@ -28,12 +28,12 @@ impl VfolderFs {
     }
 
     pub(super) fn root_attr(&self) -> FileAttr {
-        let n = self.reg.names(false).len() as u32;
+        let n = self.reg.counts().0 as u32;
         attr::virtual_dir(ROOT_INO, 3 + n, self.started)
     }
 
     pub(super) fn trash_attr(&self) -> FileAttr {
-        let n = self.reg.names(true).len() as u32;
+        let n = self.reg.counts().1 as u32;
         attr::virtual_dir(TRASH_INO, 2 + n, self.started)
     }
 

@@ -149,6 +149,12 @@ impl Registry {
         v
     }
 
+    /// How many vfolders the root and the trash list.
+    pub fn counts(&self) -> (usize, usize) {
+        let snap = self.snap.read();
+        (snap.live.len(), snap.trash.len())
+    }
+
     /// Whether the last refresh could read the store.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
