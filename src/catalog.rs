@@ -73,6 +73,25 @@ impl Catalog {
         sys::open_beneath(self.data.as_fd(), &rel, flags | libc::O_DIRECTORY, 0)
     }
 
+    /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
+    pub fn remove_backing_root(&self, id: &str) -> std::io::Result<()> {
+        let shard = CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let shard_fd = match sys::openat(
+            self.data.as_fd(),
+            &shard,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            other => other?,
+        };
+        match sys::unlinkat(shard_fd.as_fd(), &leaf, libc::AT_REMOVEDIR) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Creates a ready vfolder: its directory first, then its row, so that a
     /// crash in between leaves at worst an unlisted empty directory.
     pub fn create(&self, name: &str, dir: NewDir, cause: &str) -> Result<VFolder> {

@@ -11,6 +11,7 @@ use crate::catalog::{Catalog, NewDir};
 use crate::daemon::{self, MountArgs};
 use crate::layout::Layout;
 use crate::store::{HistoryEntry, ListFilter, Millis, StoreError, VFolder};
+use crate::workers::purge;
 
 /// vfolderfs: users' storage folders with a lifecycle, served as one FUSE mount.
 #[derive(Parser, Debug)]
@@ -78,6 +79,23 @@ pub enum Command {
         #[arg(long = "as", value_name = "NEW")]
         as_name: Option<String>,
     },
+    /// Destroy a trashed (or failed) vfolder's data.
+    Purge {
+        /// Its trash name or id.
+        name: String,
+        /// Only queue it for a running mount's purge pool.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Forget purged (delete-complete) vfolders; they stay in the audit table.
+    Gc {
+        /// Only those purged longer ago than this (e.g. 7d, 12h, 0).
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Print what was forgotten as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the store (the main job).
     Mount(MountCmd),
 }
@@ -96,6 +114,12 @@ pub struct MountCmd {
     /// Let other users use the mount (permissions are checked by the kernel).
     #[arg(long)]
     pub allow_other: bool,
+    /// How many vfolders the purge pool removes at once.
+    #[arg(long, default_value_t = 2)]
+    pub purge_workers: usize,
+    /// Purge trash entries older than this (e.g. 30d, 12h; 0 keeps them forever).
+    #[arg(long, default_value = "30d")]
+    pub trash_retention: String,
     /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N, ...).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
@@ -106,15 +130,15 @@ pub struct MountCmd {
 pub enum CliError {
     /// From the store layer.
     Store(StoreError),
-    /// From running a mount.
-    Mount(String),
+    /// Anything else, with its message.
+    Failed(String),
 }
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Store(e) => e.fmt(f),
-            CliError::Mount(m) => f.write_str(m),
+            CliError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -164,10 +188,10 @@ fn cause(what: &str) -> String {
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     let layout = Layout::resolve(cli.store.as_deref());
     if let Command::Mount(m) = cli.command {
-        let args = MountArgs::from_cli(layout, &m).map_err(CliError::Mount)?;
+        let args = MountArgs::from_cli(layout, &m).map_err(CliError::Failed)?;
         return daemon::mount(args)
             .map(|()| 0)
-            .map_err(|e| CliError::Mount(e.to_string()));
+            .map_err(|e| CliError::Failed(e.to_string()));
     }
     let cat = Catalog::open(layout)?;
     match cli.command {
@@ -206,7 +230,16 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 .into_iter()
                 .find(|(_, t)| t.id == v.id)
                 .map(|(n, _)| n);
-            let obj = vfolder_json(&cat, &v, tn);
+            let mut obj = vfolder_json(&cat, &v, tn);
+            if let Some(j) = cat.store().job(&v.id)? {
+                obj["job"] = json!({
+                    "kind": j.kind,
+                    "owner": j.owner,
+                    "started_at": fmt_time(j.started_at),
+                    "done": j.done,
+                    "resumed": j.claims > 1,
+                });
+            }
             if json {
                 println!("{obj}");
             } else {
@@ -267,9 +300,94 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             let v = cat.restore(&v, as_name.as_deref(), &cause("restore"))?;
             println!("restored vfolder {:?} ({})", v.name, v.id);
         }
+        Command::Purge { name, no_wait } => return purge(&cat, &name, no_wait),
+        Command::Gc { older_than, json } => {
+            let age = if older_than.trim() == "0" {
+                std::time::Duration::ZERO
+            } else {
+                humantime::parse_duration(&older_than)
+                    .map_err(|e| CliError::Failed(format!("bad duration {older_than:?}: {e}")))?
+            };
+            let before = crate::store::sqlite::now_millis() - age.as_millis() as Millis;
+            let gone = cat.store().forget_purged(before)?;
+            if json {
+                let arr: Vec<Value> = gone
+                    .iter()
+                    .map(|e| json!({"id": e.id, "name": e.name, "purged_at": fmt_time(e.purged_at)}))
+                    .collect();
+                println!("{}", Value::Array(arr));
+            } else {
+                println!("forgot {} purged vfolder(s); they remain in the audit table", gone.len());
+            }
+        }
         Command::Mount(_) => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
+    let v = match cat.resolve_trashed(name) {
+        Ok(v) => v,
+        Err(StoreError::NotFound(_)) => cat.resolve(name)?,
+        Err(e) => return Err(e.into()),
+    };
+    purge::request(cat, &v.id, &cause("purge"))?;
+    if no_wait {
+        println!("queued the purge of vfolder {:?} ({})", v.name, v.id);
+        return Ok(0);
+    }
+    let owner = crate::workers::this_owner();
+    // SAFETY: isatty has no preconditions.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now();
+    loop {
+        let mut show = |done: u64| {
+            if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
+                shown = std::time::Instant::now();
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                eprint!("\rpurging {:?}: {done} entries removed ({rate:.0}/s)   ", v.name);
+            }
+        };
+        match purge::purge_one(cat, &v.id, &owner, &never, &mut show)? {
+            purge::Outcome::Complete(n) => {
+                if tty {
+                    eprintln!();
+                }
+                println!("purged vfolder {:?} ({}): {n} entries removed", v.name, v.id);
+                return Ok(0);
+            }
+            purge::Outcome::Failed(msg) => {
+                return Err(CliError::Failed(format!(
+                    "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
+                    v.name
+                )));
+            }
+            purge::Outcome::NotPurging | purge::Outcome::HeldElsewhere | purge::Outcome::Cancelled => {
+                // Another process is on it: follow its progress until it ends.
+                let now = cat.store().get(&v.id)?;
+                if now.status.is_purging() {
+                    if let Some(j) = cat.store().job(&v.id)? {
+                        show(j.done);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    continue;
+                }
+                if tty {
+                    eprintln!();
+                }
+                if let Some(err) = now.error {
+                    return Err(CliError::Failed(format!(
+                        "purge of vfolder {:?} failed: {err}",
+                        v.name
+                    )));
+                }
+                println!("purged vfolder {:?} ({}) (status {})", v.name, v.id, now.status);
+                return Ok(0);
+            }
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds.

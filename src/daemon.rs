@@ -23,6 +23,7 @@ use crate::fs::vfolders::{Inval, Registry};
 use crate::fs::{FsConfig, VfolderFs};
 use crate::layout::Layout;
 use crate::store::{SqliteStore, Store};
+use crate::workers::purge::{PoolConfig, PurgePool};
 
 /// How often the watcher polls the store for changes made elsewhere.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -54,6 +55,18 @@ pub struct MountArgs {
     pub fs: FsConfig,
     /// Where a background daemon writes its log.
     pub log_file: Option<PathBuf>,
+    /// The purge pool's settings.
+    pub purge: PoolConfig,
+}
+
+/// Parses a retention like `30d`, `12h`, `90m`; `0` means keep forever.
+pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "0" {
+        return Ok(None);
+    }
+    humantime::parse_duration(s)
+        .map(Some)
+        .map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 impl MountArgs {
@@ -70,6 +83,11 @@ impl MountArgs {
             extra: Vec::new(),
             fs: FsConfig::default(),
             log_file: None,
+            purge: PoolConfig {
+                workers: m.purge_workers.max(1),
+                retention: parse_retention(&m.trash_retention)?,
+                ..PoolConfig::default()
+            },
         };
         for opt in m.options.iter().flat_map(|o| o.split(',')) {
             let (k, v) = match opt.split_once('=') {
@@ -104,6 +122,10 @@ impl MountArgs {
                 "nopassthrough" => a.fs.passthrough = false,
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
+                "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
+                "trash_retention" => {
+                    a.purge.retention = parse_retention(v.unwrap_or_default())?
+                }
                 other => return Err(format!("unknown mount option {other:?}")),
             }
         }
@@ -142,6 +164,8 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
             foreground: false,
             threads: 4,
             allow_other: false,
+            purge_workers: 2,
+            trash_retention: "30d".into(),
             options: opts,
         }),
     })
@@ -367,8 +391,12 @@ fn serve_inner(
     let reg = Arc::new(Registry::new());
     reg.refresh(cat.store().as_ref())
         .map_err(MountError::Store)?;
+    let pool = Arc::new(
+        PurgePool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?,
+    );
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
-        .map_err(|e| MountError::Io("opening the data directory", e))?;
+        .map_err(|e| MountError::Io("opening the data directory", e))?
+        .with_purge_pool(pool.clone());
 
     let mut opts = vec![
         MountOption::FSName(args.layout.root().display().to_string()),
@@ -433,6 +461,7 @@ fn serve_inner(
     );
     report(Ok(()));
     let res = session.run();
+    pool.shutdown();
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
     info!("unmounted {}", args.mountpoint.display());

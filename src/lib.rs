@@ -9,6 +9,7 @@
 //!   touching both the database and the data directory;
 //! - [`backing`]: fd-based operations on backing directories;
 //! - [`fs`]: the FUSE layer; [`daemon`]: running a mount;
+//! - [`workers`]: background jobs (the purge pool);
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -20,3 +21,4 @@ pub mod layout;
 pub mod name;
 pub mod status;
 pub mod store;
+pub mod workers;

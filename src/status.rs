@@ -109,6 +109,11 @@ impl Status {
         Op::Purge.allows_from(self)
     }
 
+    /// Its data is being removed (a purge job should be running).
+    pub const fn is_purging(self) -> bool {
+        matches!(self, Status::DeleteOngoing)
+    }
+
     /// It may be renamed (only live vfolders have a name that must be unique).
     pub const fn is_renamable(self) -> bool {
         matches!(self, Status::Ready)

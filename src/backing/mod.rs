@@ -4,4 +4,5 @@
 //! that a symlink could redirect.
 
 pub mod creds;
+pub mod remove;
 pub mod sys;

@@ -9,6 +9,8 @@ use std::path::Path;
 
 /// The empty path, for `AT_EMPTY_PATH` calls on the fd itself.
 pub const EMPTY: &CStr = c"";
+/// `.`, for `*at` calls on a directory fd itself.
+pub const EMPTY_DOT: &CStr = c".";
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {

@@ -28,6 +28,7 @@ use log::info;
 use crate::backing::creds::AsCaller;
 use crate::backing::sys;
 use crate::catalog::Catalog;
+use crate::workers::purge::PurgePool;
 use error::{FsError, FsResult};
 use handles::{DirHandle, FileHandle, Handle, HandleTable, IoMode};
 use inodes::{Inode, InodeTable};
@@ -62,6 +63,7 @@ pub struct VfolderFs {
     cfg: FsConfig,
     passthrough: bool,
     started: SystemTime,
+    purge: Option<Arc<PurgePool>>,
 }
 
 fn cname(name: &OsStr) -> FsResult<CString> {
@@ -104,7 +106,14 @@ impl VfolderFs {
             passthrough: false,
             cfg,
             started: SystemTime::now(),
+            purge: None,
         })
+    }
+
+    /// Hands purges requested through the mount to `pool`.
+    pub fn with_purge_pool(mut self, pool: Arc<PurgePool>) -> Self {
+        self.purge = Some(pool);
+        self
     }
 
     /// The inode table (the daemon reports its size).
@@ -469,10 +478,15 @@ impl VfolderFs {
         }
     }
 
-    fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
+    fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
         let h = match self.node(ino)? {
             Node::Root => DirHandle::Virtual(self.reg.names(false)),
             Node::Trash => DirHandle::Virtual(self.reg.names(true)),
+            Node::Backing(i) if i.is_vf_root && self.is_trash_rm(&i, req) => {
+                // `rm -r .trash/NAME`: one purge request, and nothing to descend into.
+                self.purge_trashed(&i.vf, &format!("mount rm -r (pid {})", req.pid()))?;
+                DirHandle::Virtual(Vec::new())
+            }
             Node::Backing(i) => {
                 i.vf.check_readable()?;
                 let fd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
@@ -839,8 +853,8 @@ impl Filesystem for VfolderFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_opendir(ino) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_opendir(req, ino) {
             Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
             Err(e) => reply.error(e.errno()),
         }

@@ -11,7 +11,9 @@ use fuser::{FileAttr, RenameFlags, Request};
 use super::VfolderFs;
 use super::attr;
 use super::error::{FsError, FsResult};
-use super::vfolders::{ROOT_INO, TRASH_INO};
+use super::inodes::Inode;
+use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
+use crate::workers::purge;
 use crate::backing::sys;
 use crate::catalog::NewDir;
 use crate::name::{self, TRASH_DIR};
@@ -87,10 +89,40 @@ impl VfolderFs {
 
     pub(super) fn trash_rmdir(&self, name: &OsStr) -> FsResult<()> {
         let n = name.to_str().ok_or(FsError::NotFound)?;
-        self.reg.trashed(n).ok_or(FsError::NotFound)?;
-        // Purging from the mount belongs to the purge pool; until it is
-        // running here, the trash refuses to destroy data.
-        Err(FsError::NotPermitted)
+        let vf = self.reg.trashed(n).ok_or(FsError::NotFound)?;
+        self.purge_trashed(&vf, "mount rmdir in .trash")
+    }
+
+    /// Starts the purge of a trashed vfolder (or lets a running one go on)
+    /// and hands it to the pool.
+    pub(super) fn purge_trashed(&self, vf: &VfState, cause: &str) -> FsResult<()> {
+        let pool = self.purge.as_ref().ok_or(FsError::NotPermitted)?;
+        purge::request(&self.cat, &vf.id, cause)?;
+        pool.submit(&vf.id);
+        self.refresh_now();
+        Ok(())
+    }
+
+    /// Whether `req` comes from a recursive `rm` opening a trashed vfolder's
+    /// root (read from its command line): the whole tree is one purge then.
+    pub(super) fn is_trash_rm(&self, ino: &Inode, req: &Request) -> bool {
+        if !ino.vf.status().is_in_trash() || self.purge.is_none() {
+            return false;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{}/cmdline", req.pid())) else {
+            return false;
+        };
+        let mut args = cmd.split(|&b| b == 0).filter(|a| !a.is_empty());
+        let Some(argv0) = args.next() else {
+            return false;
+        };
+        if argv0.rsplit(|&b| b == b'/').next() != Some(b"rm") {
+            return false;
+        }
+        args.take_while(|a| *a != b"--").any(|a| {
+            a == b"--recursive"
+                || (a.len() > 1 && a[0] == b'-' && a[1] != b'-' && a.iter().any(|&c| c == b'r' || c == b'R'))
+        })
     }
 
     pub(super) fn root_rename(

@@ -44,6 +44,42 @@ pub struct HistoryEntry {
     pub cause: String,
 }
 
+/// A background job's claim on a vfolder (one job per vfolder at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// What the job does ("purge", "clone", ...).
+    pub kind: String,
+    /// Who holds it ("host:pid:start").
+    pub owner: String,
+    /// Until when the claim holds unless renewed (0: released).
+    pub lease_until: Millis,
+    /// When the job was first claimed.
+    pub started_at: Millis,
+    /// How many times it was claimed (more than 1: it was resumed).
+    pub claims: i64,
+    /// Entries processed so far.
+    pub done: u64,
+}
+
+/// A vfolder forgotten by gc, as kept in the audit table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The vfolder's id.
+    pub id: String,
+    /// Its last name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When its purge completed.
+    pub purged_at: Millis,
+    /// When gc forgot it.
+    pub forgotten_at: Millis,
+    /// Its status history, as JSON.
+    pub history: String,
+}
+
 /// Which vfolders [`Store::list`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListFilter {
@@ -186,4 +222,28 @@ pub trait Store: Send + Sync {
     fn history(&self, id: &str) -> Result<Vec<HistoryEntry>>;
     /// A number that changes whenever any process commits a change to the store.
     fn change_token(&self) -> Result<u64>;
+    /// Claims the job on vfolder `id` for `owner` until `lease` from now:
+    /// granted if nobody holds it, `owner` already does, or the holder's
+    /// lease expired or `holder_dead` says it is gone. `None` if held.
+    fn claim_job(
+        &self,
+        id: &str,
+        kind: &str,
+        owner: &str,
+        lease: std::time::Duration,
+        holder_dead: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Job>>;
+    /// Extends `owner`'s claim and records progress; false if it was lost.
+    fn renew_job(&self, id: &str, owner: &str, lease: std::time::Duration, done: u64)
+    -> Result<bool>;
+    /// Ends `owner`'s claim: `finished` removes the job, otherwise the claim
+    /// is released for anyone to resume.
+    fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()>;
+    /// The job on a vfolder, if any.
+    fn job(&self, id: &str) -> Result<Option<Job>>;
+    /// Forgets `delete-complete` vfolders whose purge finished before
+    /// `before`, keeping them in the audit table; returns them.
+    fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>>;
+    /// The audit table, oldest first.
+    fn audit(&self) -> Result<Vec<AuditEntry>>;
 }

@@ -41,7 +41,29 @@ fn migrations() -> Vec<String> {
          CREATE INDEX status_history_vfolder ON status_history(vfolder_id, seq);",
         all = all.join(", "),
         live = live.join(", "),
-    )]
+    ),
+    // Version 2: background jobs claimed with an owner and a lease, and the
+    // audit of vfolders forgotten by gc.
+    "CREATE TABLE jobs (
+         vfolder_id  TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         kind        TEXT NOT NULL,
+         owner       TEXT NOT NULL,
+         lease_until INTEGER NOT NULL,
+         started_at  INTEGER NOT NULL,
+         claims      INTEGER NOT NULL DEFAULT 1,
+         done        INTEGER NOT NULL DEFAULT 0,
+         total       INTEGER
+     );
+     CREATE TABLE audit (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         vfolder_id  TEXT NOT NULL,
+         name        TEXT NOT NULL,
+         created_at  INTEGER NOT NULL,
+         purged_at   INTEGER NOT NULL,
+         forgotten_at INTEGER NOT NULL,
+         history     TEXT NOT NULL
+     );"
+    .to_string()]
 }
 
 /// The schema version this binary writes.

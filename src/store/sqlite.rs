@@ -10,7 +10,8 @@ use rusqlite::{
 };
 
 use super::{
-    HistoryEntry, ListFilter, Millis, Result, Store, StoreError, TransitionArgs, VFolder, schema,
+    AuditEntry, HistoryEntry, Job, ListFilter, Millis, Result, Store, StoreError, TransitionArgs,
+    VFolder, schema,
 };
 use crate::name;
 use crate::status::{Op, Status};
@@ -307,5 +308,191 @@ impl Store for SqliteStore {
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(db("polling for changes"))?;
         Ok(v as u64)
+    }
+
+    fn claim_job(
+        &self,
+        id: &str,
+        kind: &str,
+        owner: &str,
+        lease: Duration,
+        holder_dead: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Job>> {
+        let now = now_millis();
+        let until = now + lease.as_millis() as Millis;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        Self::get_in(&tx, id)?;
+        match Self::job_in(&tx, id)? {
+            None => {
+                tx.execute(
+                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, kind, owner, until, now],
+                )
+                .map_err(db("claiming a job"))?;
+            }
+            Some(j) if j.owner == owner => {
+                tx.execute(
+                    "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
+                    params![id, until],
+                )
+                .map_err(db("claiming a job"))?;
+            }
+            Some(j) if j.lease_until < now || holder_dead(&j.owner) => {
+                tx.execute(
+                    "UPDATE jobs SET owner = ?2, lease_until = ?3, kind = ?4, \
+                     claims = claims + 1 WHERE vfolder_id = ?1",
+                    params![id, owner, until, kind],
+                )
+                .map_err(db("claiming a job"))?;
+            }
+            Some(_) => return Ok(None),
+        }
+        let j = Self::job_in(&tx, id)?;
+        tx.commit().map_err(db("committing a claim"))?;
+        Ok(j)
+    }
+
+    fn renew_job(&self, id: &str, owner: &str, lease: Duration, done: u64) -> Result<bool> {
+        let until = now_millis() + lease.as_millis() as Millis;
+        let conn = self.conn.lock();
+        let n = conn
+            .execute(
+                "UPDATE jobs SET lease_until = ?3, done = ?4 WHERE vfolder_id = ?1 AND owner = ?2",
+                params![id, owner, until, done as i64],
+            )
+            .map_err(db("renewing a job"))?;
+        Ok(n == 1)
+    }
+
+    fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()> {
+        let conn = self.conn.lock();
+        let sql = if finished {
+            "DELETE FROM jobs WHERE vfolder_id = ?1 AND owner = ?2"
+        } else {
+            "UPDATE jobs SET lease_until = 0 WHERE vfolder_id = ?1 AND owner = ?2"
+        };
+        conn.execute(sql, params![id, owner])
+            .map_err(db("releasing a job"))?;
+        Ok(())
+    }
+
+    fn job(&self, id: &str) -> Result<Option<Job>> {
+        Self::job_in(&self.conn.lock(), id)
+    }
+
+    fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>> {
+        let now = now_millis();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let victims: Vec<VFolder> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM vfolders WHERE status = ?1 AND status_changed_at < ?2"
+                ))
+                .map_err(db("finding purged vfolders"))?;
+            let rows = stmt
+                .query_map(
+                    params![Status::DeleteComplete.as_str(), before],
+                    row_to_vfolder,
+                )
+                .map_err(db("finding purged vfolders"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db("finding purged vfolders"))?
+        };
+        let mut out = Vec::new();
+        for v in victims {
+            let history: Vec<serde_json::Value> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT from_status, to_status, at, cause FROM status_history \
+                         WHERE vfolder_id = ?1 ORDER BY seq",
+                    )
+                    .map_err(db("reading history"))?;
+                let rows = stmt
+                    .query_map([&v.id], |r| {
+                        Ok(serde_json::json!({
+                            "from": r.get::<_, Option<String>>(0)?,
+                            "to": r.get::<_, String>(1)?,
+                            "at": r.get::<_, Millis>(2)?,
+                            "cause": r.get::<_, String>(3)?,
+                        }))
+                    })
+                    .map_err(db("reading history"))?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(db("reading history"))?
+            };
+            let e = AuditEntry {
+                id: v.id.clone(),
+                name: v.name.clone(),
+                created_at: v.created_at,
+                purged_at: v.status_changed_at,
+                forgotten_at: now,
+                history: serde_json::Value::Array(history).to_string(),
+            };
+            tx.execute(
+                "INSERT INTO audit (vfolder_id, name, created_at, purged_at, forgotten_at, history) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.id, e.name, e.created_at, e.purged_at, e.forgotten_at, e.history],
+            )
+            .map_err(db("writing the audit"))?;
+            tx.execute("DELETE FROM vfolders WHERE id = ?1", [&v.id])
+                .map_err(db("forgetting a vfolder"))?;
+            out.push(e);
+        }
+        tx.commit().map_err(db("committing gc"))?;
+        Ok(out)
+    }
+
+    fn audit(&self) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT vfolder_id, name, created_at, purged_at, forgotten_at, history \
+                 FROM audit ORDER BY seq",
+            )
+            .map_err(db("reading the audit"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    purged_at: r.get(3)?,
+                    forgotten_at: r.get(4)?,
+                    history: r.get(5)?,
+                })
+            })
+            .map_err(db("reading the audit"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading the audit"))
+    }
+}
+
+impl SqliteStore {
+    fn job_in(conn: &Connection, id: &str) -> Result<Option<Job>> {
+        conn.query_row(
+            "SELECT vfolder_id, kind, owner, lease_until, started_at, claims, done \
+             FROM jobs WHERE vfolder_id = ?1",
+            [id],
+            |r| {
+                Ok(Job {
+                    vfolder_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    owner: r.get(2)?,
+                    lease_until: r.get(3)?,
+                    started_at: r.get(4)?,
+                    claims: r.get(5)?,
+                    done: r.get::<_, i64>(6)? as u64,
+                })
+            },
+        )
+        .optional()
+        .map_err(db("reading a job"))
     }
 }
