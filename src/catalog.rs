@@ -75,7 +75,8 @@ impl Catalog {
 
     /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
     pub fn remove_backing_root(&self, id: &str) -> std::io::Result<()> {
-        let shard = CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let shard =
+            CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let shard_fd = match sys::openat(
             self.data.as_fd(),

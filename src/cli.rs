@@ -313,11 +313,16 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             if json {
                 let arr: Vec<Value> = gone
                     .iter()
-                    .map(|e| json!({"id": e.id, "name": e.name, "purged_at": fmt_time(e.purged_at)}))
+                    .map(
+                        |e| json!({"id": e.id, "name": e.name, "purged_at": fmt_time(e.purged_at)}),
+                    )
                     .collect();
                 println!("{}", Value::Array(arr));
             } else {
-                println!("forgot {} purged vfolder(s); they remain in the audit table", gone.len());
+                println!(
+                    "forgot {} purged vfolder(s); they remain in the audit table",
+                    gone.len()
+                );
             }
         }
         Command::Mount(_) => unreachable!("handled above"),
@@ -347,15 +352,22 @@ fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
             if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
                 shown = std::time::Instant::now();
                 let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                eprint!("\rpurging {:?}: {done} entries removed ({rate:.0}/s)   ", v.name);
+                eprint!(
+                    "\rpurging {:?}: {done} entries removed ({rate:.0}/s)   ",
+                    v.name
+                );
             }
         };
-        match purge::purge_one(cat, &v.id, &owner, &never, &mut show)? {
+        let pause = purge::throttle_from_env();
+        match purge::purge_one(cat, &v.id, &owner, &never, pause, &mut show)? {
             purge::Outcome::Complete(n) => {
                 if tty {
                     eprintln!();
                 }
-                println!("purged vfolder {:?} ({}): {n} entries removed", v.name, v.id);
+                println!(
+                    "purged vfolder {:?} ({}): {n} entries removed",
+                    v.name, v.id
+                );
                 return Ok(0);
             }
             purge::Outcome::Failed(msg) => {
@@ -364,7 +376,9 @@ fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
                     v.name
                 )));
             }
-            purge::Outcome::NotPurging | purge::Outcome::HeldElsewhere | purge::Outcome::Cancelled => {
+            purge::Outcome::NotPurging
+            | purge::Outcome::HeldElsewhere
+            | purge::Outcome::Cancelled => {
                 // Another process is on it: follow its progress until it ends.
                 let now = cat.store().get(&v.id)?;
                 if now.status.is_purging() {
@@ -383,7 +397,10 @@ fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
                         v.name
                     )));
                 }
-                println!("purged vfolder {:?} ({}) (status {})", v.name, v.id, now.status);
+                println!(
+                    "purged vfolder {:?} ({}) (status {})",
+                    v.name, v.id, now.status
+                );
                 return Ok(0);
             }
         }

@@ -123,9 +123,7 @@ impl MountArgs {
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
-                "trash_retention" => {
-                    a.purge.retention = parse_retention(v.unwrap_or_default())?
-                }
+                "trash_retention" => a.purge.retention = parse_retention(v.unwrap_or_default())?,
                 other => return Err(format!("unknown mount option {other:?}")),
             }
         }
@@ -391,9 +389,8 @@ fn serve_inner(
     let reg = Arc::new(Registry::new());
     reg.refresh(cat.store().as_ref())
         .map_err(MountError::Store)?;
-    let pool = Arc::new(
-        PurgePool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?,
-    );
+    let pool =
+        Arc::new(PurgePool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
         .map_err(|e| MountError::Io("opening the data directory", e))?
         .with_purge_pool(pool.clone());

@@ -317,7 +317,7 @@ fn stale_mount_is_cleared_and_sigterm_unmounts() {
     t.ok(&["create", "v"]);
     let m = Mount::on(t, &[]);
     m.sh_ok("echo x > v/f");
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     // SAFETY: signalling our own child daemon.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(eventually(Duration::from_secs(5), || {
@@ -328,7 +328,7 @@ fn stale_mount_is_cleared_and_sigterm_unmounts() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(m.sh_ok("cat v/f").trim(), "x");
     // SIGTERM ends the daemon and unmounts.
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(eventually(Duration::from_secs(5), || {
@@ -336,23 +336,6 @@ fn stale_mount_is_cleared_and_sigterm_unmounts() {
             .unwrap()
             .contains(m.mnt.to_str().unwrap())
     }));
-}
-
-fn daemon_pid(m: &Mount) -> i32 {
-    let store = m.store.path();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(store.to_str().unwrap()) && cmd.contains(" mount ") {
-            return pid;
-        }
-    }
-    panic!("no daemon found for {}", store.display());
 }
 
 #[test]
@@ -371,7 +354,7 @@ fn inode_table_releases_forgotten_entries() {
     m.sh_ok("ls -l v > /dev/null");
     // Dropping the kernel's dentries makes it forget; the daemon must let go
     // of the fds it held (counted through /proc/PID/fd).
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     let fds = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     let high = fds();
     assert!(high > 300, "expected an fd per looked-up inode, got {high}");

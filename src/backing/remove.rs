@@ -33,7 +33,10 @@ impl fmt::Display for RemoveError {
         match self {
             RemoveError::Failed { path, err } => write!(f, "{path}: {err}"),
             RemoveError::MountPoint(p) => {
-                write!(f, "{p}: a mount point inside the vfolder; unmount it and retry")
+                write!(
+                    f,
+                    "{p}: a mount point inside the vfolder; unmount it and retry"
+                )
             }
             RemoveError::Cancelled => write!(f, "cancelled"),
         }
@@ -103,7 +106,11 @@ pub fn empty_dir(
     progress: &mut dyn FnMut(),
 ) -> Result<(), RemoveError> {
     let fail = |path: &str, err: io::Error| RemoveError::Failed {
-        path: if path.is_empty() { ".".into() } else { path.to_string() },
+        path: if path.is_empty() {
+            ".".into()
+        } else {
+            path.to_string()
+        },
         err,
     };
     let root_dev = probe(root.as_fd(), sys::EMPTY_DOT)
@@ -122,7 +129,8 @@ pub fn empty_dir(
             return Err(RemoveError::Cancelled);
         }
         if top.pos >= top.filled {
-            top.filled = sys::getdents(top.fd.as_fd(), &mut top.buf).map_err(|e| fail(&top.path, e))?;
+            top.filled =
+                sys::getdents(top.fd.as_fd(), &mut top.buf).map_err(|e| fail(&top.path, e))?;
             top.pos = 0;
             if top.filled == 0 {
                 // Directory emptied: remove it from its parent.
@@ -150,7 +158,8 @@ pub fn empty_dir(
             continue;
         }
         let path = join(&top.path, &name_bytes);
-        let name = CString::new(name_bytes).map_err(|_| fail(&path, io::ErrorKind::InvalidData.into()))?;
+        let name =
+            CString::new(name_bytes).map_err(|_| fail(&path, io::ErrorKind::InvalidData.into()))?;
         let dirfd = top.fd.as_fd();
         let is_dir = if dtype == libc::DT_DIR || dtype == libc::DT_UNKNOWN {
             let p = match probe(dirfd, &name) {

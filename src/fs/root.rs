@@ -13,10 +13,10 @@ use super::attr;
 use super::error::{FsError, FsResult};
 use super::inodes::Inode;
 use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
-use crate::workers::purge;
 use crate::backing::sys;
 use crate::catalog::NewDir;
 use crate::name::{self, TRASH_DIR};
+use crate::workers::purge;
 
 fn valid_name(n: &OsStr) -> FsResult<&str> {
     name::validate_os(n).map_err(FsError::BadName)
@@ -121,7 +121,10 @@ impl VfolderFs {
         }
         args.take_while(|a| *a != b"--").any(|a| {
             a == b"--recursive"
-                || (a.len() > 1 && a[0] == b'-' && a[1] != b'-' && a.iter().any(|&c| c == b'r' || c == b'R'))
+                || (a.len() > 1
+                    && a[0] == b'-'
+                    && a[1] != b'-'
+                    && a.iter().any(|&c| c == b'r' || c == b'R'))
         })
     }
 

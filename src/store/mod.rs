@@ -234,8 +234,13 @@ pub trait Store: Send + Sync {
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>>;
     /// Extends `owner`'s claim and records progress; false if it was lost.
-    fn renew_job(&self, id: &str, owner: &str, lease: std::time::Duration, done: u64)
-    -> Result<bool>;
+    fn renew_job(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: std::time::Duration,
+        done: u64,
+    ) -> Result<bool>;
     /// Ends `owner`'s claim: `finished` removes the job, otherwise the claim
     /// is released for anyone to resume.
     fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()>;

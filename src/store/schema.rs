@@ -19,8 +19,9 @@ fn migrations() -> Vec<String> {
         .into_iter()
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
-    vec![format!(
-        "CREATE TABLE vfolders (
+    vec![
+        format!(
+            "CREATE TABLE vfolders (
              id                TEXT PRIMARY KEY NOT NULL,
              name              TEXT NOT NULL,
              status            TEXT NOT NULL CHECK (status IN ({all})),
@@ -39,12 +40,12 @@ fn migrations() -> Vec<String> {
              cause       TEXT NOT NULL
          );
          CREATE INDEX status_history_vfolder ON status_history(vfolder_id, seq);",
-        all = all.join(", "),
-        live = live.join(", "),
-    ),
-    // Version 2: background jobs claimed with an owner and a lease, and the
-    // audit of vfolders forgotten by gc.
-    "CREATE TABLE jobs (
+            all = all.join(", "),
+            live = live.join(", "),
+        ),
+        // Version 2: background jobs claimed with an owner and a lease, and the
+        // audit of vfolders forgotten by gc.
+        "CREATE TABLE jobs (
          vfolder_id  TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
          kind        TEXT NOT NULL,
          owner       TEXT NOT NULL,
@@ -63,7 +64,8 @@ fn migrations() -> Vec<String> {
          forgotten_at INTEGER NOT NULL,
          history     TEXT NOT NULL
      );"
-    .to_string()]
+        .to_string(),
+    ]
 }
 
 /// The schema version this binary writes.

@@ -28,6 +28,15 @@ pub const KIND: &str = "purge";
 /// microseconds: a testing aid to catch a purge in the middle.
 pub const THROTTLE_ENV: &str = "VFOLDERFS_PURGE_THROTTLE_US";
 
+/// The throttle asked for by [`THROTTLE_ENV`], if any.
+pub fn throttle_from_env() -> Option<Duration> {
+    std::env::var(THROTTLE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&us| us > 0)
+        .map(Duration::from_micros)
+}
+
 /// How a purge attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -43,21 +52,15 @@ pub enum Outcome {
     NotPurging,
 }
 
-fn throttle() -> Option<Duration> {
-    std::env::var(THROTTLE_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&us| us > 0)
-        .map(Duration::from_micros)
-}
-
 /// Removes one `delete-ongoing` vfolder's data, claiming the job for
-/// `owner` first. `progress` sees the running count of removed entries.
+/// `owner` first. `progress` sees the running count of removed entries;
+/// `pause` slows each step (testing aid).
 pub fn purge_one(
     cat: &Catalog,
     id: &str,
     owner: &str,
     cancel: &AtomicBool,
+    pause: Option<Duration>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
     let store = cat.store();
@@ -76,7 +79,6 @@ pub fn purge_one(
     let stop = || cancel.load(Ordering::Acquire) || lost.load(Ordering::Acquire);
     let mut done = job.done;
     let mut last_renew = Instant::now();
-    let pause = throttle();
     let result = match cat.open_backing(id, libc::O_RDONLY | libc::O_NOFOLLOW) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(RemoveError::Failed {
@@ -161,16 +163,18 @@ pub fn request(cat: &Catalog, id: &str, cause: &str) -> Result<()> {
     if v.status.is_purging() {
         return Ok(());
     }
-    cat.store()
-        .transition(
-            id,
-            Op::Purge,
-            TransitionArgs {
-                cause,
-                ..Default::default()
-            },
-        )
-        .map(drop)
+    match cat.store().transition(
+        id,
+        Op::Purge,
+        TransitionArgs {
+            cause,
+            ..Default::default()
+        },
+    ) {
+        // Lost the race to another requester: the purge is on, as asked.
+        Err(StoreError::Refused { status, .. }) if status.is_purging() => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Pool settings.
@@ -182,6 +186,8 @@ pub struct PoolConfig {
     pub retention: Option<Duration>,
     /// How often the store is scanned for work (resumption, retention).
     pub scan_every: Duration,
+    /// Pause after each removed entry (testing aid; see [`THROTTLE_ENV`]).
+    pub throttle: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -190,6 +196,7 @@ impl Default for PoolConfig {
             workers: 2,
             retention: Some(Duration::from_secs(30 * 86400)),
             scan_every: Duration::from_secs(1),
+            throttle: throttle_from_env(),
         }
     }
 }
@@ -225,10 +232,11 @@ impl PurgePool {
         for i in 0..cfg.workers.max(1) {
             let cat = Catalog::open(layout.clone())?;
             let (rx, shared, owner) = (rx.clone(), shared.clone(), owner.clone());
+            let pause = cfg.throttle;
             threads.push(
                 thread::Builder::new()
                     .name(format!("vfolderfs-purge-{i}"))
-                    .spawn(move || worker(&cat, &rx, &shared, &owner))
+                    .spawn(move || worker(&cat, &rx, &shared, &owner, pause))
                     .map_err(|e| StoreError::Io("starting a purge worker".into(), e))?,
             );
         }
@@ -293,14 +301,20 @@ fn submit(shared: &Shared, tx: Option<&Sender<String>>, id: &str) -> bool {
     tx.send(id.to_string()).is_ok()
 }
 
-fn worker(cat: &Catalog, rx: &Receiver<String>, shared: &Shared, owner: &str) {
+fn worker(
+    cat: &Catalog,
+    rx: &Receiver<String>,
+    shared: &Shared,
+    owner: &str,
+    pause: Option<Duration>,
+) {
     while let Ok(id) = rx.recv() {
         if shared.cancel.load(Ordering::Acquire) {
             break;
         }
         let now = shared.running.fetch_add(1, Ordering::AcqRel) + 1;
         shared.peak.fetch_max(now, Ordering::AcqRel);
-        match purge_one(cat, &id, owner, &shared.cancel, &mut |_| {}) {
+        match purge_one(cat, &id, owner, &shared.cancel, pause, &mut |_| {}) {
             Ok(Outcome::Complete(_)) => {
                 shared.completed.fetch_add(1, Ordering::AcqRel);
             }

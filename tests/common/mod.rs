@@ -32,13 +32,20 @@ impl TempStore {
 
     /// Runs `vfolderfs --store STORE args...`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("--store")
+        self.cli_env(args, &[])
+    }
+
+    /// Runs the CLI with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(bin());
+        c.arg("--store")
             .arg(self.path())
             .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run vfolderfs")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run vfolderfs")
     }
 
     /// Runs the CLI and insists on success; returns stdout.
@@ -92,12 +99,17 @@ impl Mount {
 
     /// Mounts an existing temporary store.
     pub fn on(store: TempStore, extra: &[&str]) -> Mount {
+        Self::on_env(store, extra, &[])
+    }
+
+    /// Mounts an existing temporary store, the daemon getting extra environment variables.
+    pub fn on_env(store: TempStore, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         let mnt = store.dir.path().join("mnt");
         std::fs::create_dir_all(&mnt).expect("mkdir mnt");
         let m = Mount { store, mnt };
         let mut args = vec!["mount", m.mnt.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let o = m.store.cli(&args);
+        let o = m.store.cli_env(&args, env);
         assert!(
             o.status.success(),
             "FUSE mount failed (root and /dev/fuse are required): {}",
@@ -134,6 +146,36 @@ impl Mount {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Remounts the same store on the same mount point.
+    pub fn remount(&self, extra: &[&str], env: &[(&str, &str)]) {
+        let mut args = vec!["mount", self.mnt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = self.store.cli_env(&args, env);
+        assert!(
+            o.status.success(),
+            "remount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// The pid of this mount's daemon.
+    pub fn daemon_pid(&self) -> i32 {
+        let store = self.store.path();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(store.to_str().unwrap()) && cmd.contains(" mount ") {
+                return pid;
+            }
+        }
+        panic!("no daemon found for {}", store.display());
     }
 
     /// Unmounts now and waits for the daemon to go.
