@@ -1,7 +1,7 @@
 //! The command line: argument parsing, output formats and exit statuses.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::catalog::{Catalog, NewDir};
 use crate::daemon::{self, MountArgs};
 use crate::layout::Layout;
-use crate::store::{HistoryEntry, ListFilter, Millis, StoreError, VFolder};
+use crate::sessions;
+use crate::store::{Attachment, HistoryEntry, ListFilter, Millis, StoreError, VFolder};
 use crate::workers::purge;
 
 /// vfolderfs: users' storage folders with a lifecycle, served as one FUSE mount.
@@ -95,6 +96,43 @@ pub enum Command {
         /// Print what was forgotten as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Bind-mount a vfolder from the running mount into a session.
+    Attach {
+        /// The vfolder's name.
+        name: String,
+        /// The session (container) id.
+        #[arg(long)]
+        session: String,
+        /// Where to bind it (created if missing).
+        #[arg(long)]
+        target: PathBuf,
+        /// A read-only bind.
+        #[arg(long)]
+        read_only: bool,
+        /// The vfolderfs mount to bind from (when several are running).
+        #[arg(long, value_name = "MOUNTPOINT")]
+        mount: Option<PathBuf>,
+    },
+    /// Unmount session binds and remove their records.
+    Detach {
+        /// Every attachment of this session ...
+        #[arg(long, required_unless_present = "target")]
+        session: Option<String>,
+        /// ... only this vfolder's.
+        name: Option<String>,
+        /// The attachment at this target.
+        #[arg(long, conflicts_with_all = ["session", "name"])]
+        target: Option<PathBuf>,
+    },
+    /// List session attachments.
+    Sessions {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// First clear attachments whose bind is gone.
+        #[arg(long)]
+        prune: bool,
     },
     /// Mount the store (the main job).
     Mount(MountCmd),
@@ -231,6 +269,12 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 .find(|(_, t)| t.id == v.id)
                 .map(|(n, _)| n);
             let mut obj = vfolder_json(&cat, &v, tn);
+            let atts = cat.store().attachments(Some(&v.id))?;
+            obj["attachments"] =
+                Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
+            let atts = cat.store().attachments(Some(&v.id))?;
+            obj["attachments"] =
+                Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
             if let Some(j) = cat.store().job(&v.id)? {
                 obj["job"] = json!({
                     "kind": j.kind,
@@ -325,9 +369,101 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 );
             }
         }
+        Command::Attach {
+            name,
+            session,
+            target,
+            read_only,
+            mount,
+        } => {
+            let a = sessions::attach(&cat, &name, &session, &target, read_only, mount.as_deref())
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            println!(
+                "attached vfolder {name:?} to session {session:?} at {}{}",
+                a.target,
+                if read_only { " (read-only)" } else { "" }
+            );
+        }
+        Command::Detach {
+            session,
+            name,
+            target,
+        } => {
+            let target = target.map(|t| std::fs::canonicalize(&t).unwrap_or(t));
+            let id = match &name {
+                Some(n) => Some(cat.resolve(n)?.id),
+                None => None,
+            };
+            let done = sessions::detach(&cat, &|a| match (&target, &session) {
+                (Some(t), _) => Path::new(&a.target) == t,
+                (None, Some(s)) => {
+                    &a.session == s && id.as_ref().is_none_or(|i| &a.vfolder_id == i)
+                }
+                (None, None) => false,
+            })
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+            if done.is_empty() {
+                println!("nothing attached there: already detached");
+            }
+            for d in done {
+                println!(
+                    "detached {} (session {:?}){}",
+                    d.attachment.target,
+                    d.attachment.session,
+                    if d.unmounted {
+                        ""
+                    } else {
+                        "; its bind was already gone"
+                    }
+                );
+            }
+        }
+        Command::Sessions { json, prune } => {
+            if prune {
+                let gone =
+                    sessions::prune(&cat, false).map_err(|e| CliError::Failed(e.to_string()))?;
+                for a in &gone {
+                    eprintln!(
+                        "pruned stale attachment {} (session {:?})",
+                        a.target, a.session
+                    );
+                }
+            }
+            let list = cat.store().attachments(None)?;
+            if json {
+                let arr: Vec<Value> = list.iter().map(|a| attachment_json(&cat, a)).collect();
+                println!("{}", Value::Array(arr));
+            } else {
+                println!("{:20}  {:20}  {:4}  TARGET", "SESSION", "VFOLDER", "MODE");
+                for a in &list {
+                    let j = attachment_json(&cat, a);
+                    println!(
+                        "{:20}  {:20}  {:4}  {}",
+                        a.session,
+                        j["vfolder"].as_str().unwrap_or("?"),
+                        if a.read_only { "ro" } else { "rw" },
+                        a.target
+                    );
+                }
+            }
+        }
         Command::Mount(_) => unreachable!("handled above"),
     }
     Ok(0)
+}
+
+fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
+    let name = cat.store().get(&a.vfolder_id).map(|v| v.name).ok();
+    json!({
+        "vfolder": name,
+        "vfolder_id": a.vfolder_id,
+        "session": a.session,
+        "target": a.target,
+        "mode": if a.read_only { "ro" } else { "rw" },
+        "source": a.source,
+        "mnt_ns": a.mnt_ns,
+        "attached_at": fmt_time(a.created_at),
+    })
 }
 
 fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {

@@ -22,6 +22,7 @@ use crate::cli::{Cli, Command, MountCmd};
 use crate::fs::vfolders::{Inval, Registry};
 use crate::fs::{FsConfig, VfolderFs};
 use crate::layout::Layout;
+use crate::mountinfo;
 use crate::store::{SqliteStore, Store};
 use crate::workers::purge::{PoolConfig, PurgePool};
 
@@ -29,6 +30,9 @@ use crate::workers::purge::{PoolConfig, PurgePool};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How often the watcher rereads every status even without a change signal.
 pub const FULL_REFRESH: Duration = Duration::from_secs(1);
+/// How often the daemon clears attachments whose bind in its own mount
+/// namespace is gone.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// How long the watcher waits for a locked store before failing closed.
 pub const WATCH_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -195,31 +199,6 @@ impl std::fmt::Display for MountError {
 
 impl std::error::Error for MountError {}
 
-/// Whether a live vfolderfs is mounted at `mp` (per /proc/self/mountinfo).
-fn mounted_fstype(mp: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mp.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let mut parts = line.split(" - ");
-        let (Some(pre), Some(post)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let point = pre.split(' ').nth(4).unwrap_or("");
-        if unescape_mountinfo(point).as_bytes() == want {
-            found = post.split(' ').next().map(str::to_string);
-        }
-    }
-    found
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
 /// Checks the mount point, clearing a stale mount left by a killed daemon.
 fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     let bad = |m: String| MountError::MountPoint(mp.to_path_buf(), m);
@@ -240,10 +219,13 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
         Ok(_) => {}
     }
     let canon = std::fs::canonicalize(mp).map_err(|e| bad(e.to_string()))?;
-    if let Some(t) = mounted_fstype(&canon)
-        && (t == "fuse" || t.starts_with("fuse."))
+    if let Some(m) = mountinfo::at(&canon)
+        && m.is_fuse()
     {
-        return Err(bad(format!("already mounted ({t}); unmount it first")));
+        return Err(bad(format!(
+            "already mounted ({}, {}); unmount it first",
+            m.fstype, m.source
+        )));
     }
     Ok(canon)
 }
@@ -451,6 +433,30 @@ fn serve_inner(
             })
             .map_err(|e| MountError::Io("starting the signal thread", e))?;
     }
+    let janitor = {
+        let (cat, stop) = (cat.clone(), stop.clone());
+        thread::Builder::new()
+            .name("vfolderfs-prune".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() < PRUNE_EVERY {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    match crate::sessions::prune(&cat, true) {
+                        Ok(gone) => {
+                            for a in gone {
+                                info!("pruned stale attachment {} ({:?})", a.target, a.session);
+                            }
+                        }
+                        Err(e) => warn!("pruning attachments: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| MountError::Io("starting the prune thread", e))?
+    };
     info!(
         "mounted {} on {}",
         args.layout.root().display(),
@@ -461,6 +467,7 @@ fn serve_inner(
     pool.shutdown();
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
+    let _ = janitor.join();
     info!("unmounted {}", args.mountpoint.display());
     res.map_err(|e| MountError::Io("serving", e))
 }

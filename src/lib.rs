@@ -10,6 +10,7 @@
 //! - [`backing`]: fd-based operations on backing directories;
 //! - [`fs`]: the FUSE layer; [`daemon`]: running a mount;
 //! - [`workers`]: background jobs (the purge pool);
+//! - [`sessions`]: attaching vfolders into session containers;
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -18,7 +19,9 @@ pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod layout;
+pub mod mountinfo;
 pub mod name;
+pub mod sessions;
 pub mod status;
 pub mod store;
 pub mod workers;

@@ -94,6 +94,12 @@ impl Status {
         matches!(self, Status::Ready)
     }
 
+    /// It may be bind-mounted into a session read-only: any live status,
+    /// since performing and cloning vfolders are readable and stay put.
+    pub const fn is_mountable_read_only(self) -> bool {
+        self.is_visible()
+    }
+
     /// It may be moved to the trash.
     pub const fn is_deletable(self) -> bool {
         Op::Delete.allows_from(self)
@@ -234,6 +240,12 @@ impl Op {
         false
     }
 
+    /// Whether a vfolder attached to a session must refuse this operation
+    /// (deleting, purging or relocating data a container is using).
+    pub const fn blocked_by_attachments(self) -> bool {
+        matches!(self, Op::Delete | Op::Purge | Op::RelocateStart)
+    }
+
     /// Whether the vfolder's name must be free among live vfolders afterwards
     /// (an operation that brings a vfolder back to life).
     pub const fn claims_name(self) -> bool {
@@ -293,6 +305,20 @@ mod tests {
         assert_eq!(set(Status::is_deletable), [Ready]);
         assert_eq!(set(Status::is_restorable), [DeletePending]);
         assert_eq!(set(Status::is_purgeable), [DeletePending, DeleteError]);
+    }
+
+    #[test]
+    fn attachments_block_destructive_operations_only() {
+        let blocked: Vec<Op> = Op::ALL
+            .into_iter()
+            .filter(|o| o.blocked_by_attachments())
+            .collect();
+        assert_eq!(blocked, [Op::Delete, Op::Purge, Op::RelocateStart]);
+        let ro: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_mountable_read_only())
+            .collect();
+        assert_eq!(ro, [Status::Ready, Status::Performing, Status::Cloning]);
     }
 
     #[test]

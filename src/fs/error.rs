@@ -45,7 +45,11 @@ impl FsError {
             FsError::Store(e) => match e {
                 StoreError::NotFound(_) => Errno::ENOENT,
                 StoreError::NameTaken(_) => Errno::EEXIST,
-                StoreError::Refused { .. } | StoreError::RenameRefused { .. } => Errno::EBUSY,
+                StoreError::Refused { .. }
+                | StoreError::RenameRefused { .. }
+                | StoreError::Attached { .. } => Errno::EBUSY,
+                StoreError::NotMountable { .. } => Errno::EBUSY,
+                StoreError::TargetTaken(_) => Errno::EEXIST,
                 StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).errno(),
                 // Failing closed: the store could not decide.
                 StoreError::Db(..) if e.is_busy() => Errno::EAGAIN,

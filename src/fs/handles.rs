@@ -52,6 +52,8 @@ impl FileHandle {
 }
 
 const SHARDS: usize = 16;
+/// How many 1 ms waits a writer gets for releases still in flight.
+const RELEASE_GRACE_STEPS: usize = 100;
 
 /// The handle table, sharded by handle number.
 pub struct HandleTable {
@@ -128,6 +130,25 @@ impl HandleTable {
         read_only: bool,
         make: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Result<IoMode, PassthroughBusy> {
+        let mut make = Some(make);
+        // The kernel sends RELEASE after a file is closed, so a reader that
+        // just closed may still be counted here: give in-flight releases a
+        // moment before refusing a writer.
+        for _ in 0..RELEASE_GRACE_STEPS {
+            match self.try_open_mode(nodeid, read_only, &mut make) {
+                Err(PassthroughBusy) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                done => return done,
+            }
+        }
+        self.try_open_mode(nodeid, read_only, &mut make)
+    }
+
+    fn try_open_mode(
+        &self,
+        nodeid: u64,
+        read_only: bool,
+        make: &mut Option<impl FnOnce() -> std::io::Result<BackingId>>,
+    ) -> Result<IoMode, PassthroughBusy> {
         let mut map = self.io.lock();
         let e = map.entry(nodeid).or_default();
         let live = e.backing.upgrade();
@@ -135,13 +156,16 @@ impl HandleTable {
             if let Some(b) = live {
                 return Ok(IoMode::Passthrough(b));
             }
-            match make() {
-                Ok(b) => {
+            match make.take().map(|f| f()) {
+                Some(Ok(b)) => {
                     let b = Arc::new(b);
                     e.backing = Arc::downgrade(&b);
                     return Ok(IoMode::Passthrough(b));
                 }
-                Err(err) => log::warn!("passthrough unavailable for inode {nodeid}: {err}"),
+                Some(Err(err)) => {
+                    log::warn!("passthrough unavailable for inode {nodeid}: {err}")
+                }
+                None => {}
             }
         } else if live.is_some() {
             return Err(PassthroughBusy);

@@ -63,6 +63,27 @@ pub struct Job {
     pub done: u64,
 }
 
+/// A vfolder bind-mounted into a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Row id.
+    pub seq: i64,
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// The session (container) id.
+    pub session: String,
+    /// Where it is mounted (in the session's mount namespace).
+    pub target: String,
+    /// Read-only bind.
+    pub read_only: bool,
+    /// Inode of the mount namespace the bind lives in.
+    pub mnt_ns: u64,
+    /// The vfolder's path in the vfolderfs mount it was bound from.
+    pub source: String,
+    /// When it was attached.
+    pub created_at: Millis,
+}
+
 /// A vfolder forgotten by gc, as kept in the audit table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -140,6 +161,26 @@ pub enum StoreError {
     },
     /// The name is not acceptable.
     InvalidName(String, NameError),
+    /// The vfolder is attached to sessions; the operation must wait for detach.
+    Attached {
+        /// The vfolder's name.
+        name: String,
+        /// How many attachments it has.
+        count: usize,
+        /// What was attempted ("delete", "rename", ...).
+        what: &'static str,
+    },
+    /// The vfolder's status does not allow attaching it (in this mode).
+    NotMountable {
+        /// The vfolder's name.
+        name: String,
+        /// Its status.
+        status: Status,
+        /// Whether a read-only attach was asked for.
+        read_only: bool,
+    },
+    /// Something is already attached at this target in this namespace.
+    TargetTaken(String),
     /// The store was written by a newer vfolderfs.
     TooNew {
         /// Schema version found in the database.
@@ -184,6 +225,20 @@ impl fmt::Display for StoreError {
                 write!(f, "cannot rename vfolder {name:?}: its status is {status}")
             }
             StoreError::InvalidName(n, e) => write!(f, "invalid vfolder name {n:?}: {e}"),
+            StoreError::Attached { name, count, what } => write!(
+                f,
+                "cannot {what} vfolder {name:?}: it is attached to {count} session mount(s); detach first"
+            ),
+            StoreError::NotMountable {
+                name,
+                status,
+                read_only,
+            } => write!(
+                f,
+                "cannot attach vfolder {name:?}{}: its status is {status}",
+                if *read_only { " read-only" } else { "" }
+            ),
+            StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
                 f,
                 "the store's schema version is {found}, newer than this vfolderfs supports ({supported}); \
@@ -251,4 +306,20 @@ pub trait Store: Send + Sync {
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>>;
     /// The audit table, oldest first.
     fn audit(&self) -> Result<Vec<AuditEntry>>;
+    /// Records an attachment if the vfolder's status allows it (checked in
+    /// the same transaction, so it cannot race a deletion).
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        &self,
+        id: &str,
+        session: &str,
+        target: &str,
+        read_only: bool,
+        mnt_ns: u64,
+        source: &str,
+    ) -> Result<Attachment>;
+    /// Removes an attachment record; false if it was gone already.
+    fn detach(&self, seq: i64) -> Result<bool>;
+    /// Attachments, of one vfolder or all.
+    fn attachments(&self, vfolder: Option<&str>) -> Result<Vec<Attachment>>;
 }

@@ -52,8 +52,7 @@ fn migrations() -> Vec<String> {
          lease_until INTEGER NOT NULL,
          started_at  INTEGER NOT NULL,
          claims      INTEGER NOT NULL DEFAULT 1,
-         done        INTEGER NOT NULL DEFAULT 0,
-         total       INTEGER
+         done        INTEGER NOT NULL DEFAULT 0
      );
      CREATE TABLE audit (
          seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +64,21 @@ fn migrations() -> Vec<String> {
          history     TEXT NOT NULL
      );"
         .to_string(),
+        // Version 3: session attachments (bind mounts into containers).
+        "CREATE TABLE attachments (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         vfolder_id  TEXT NOT NULL REFERENCES vfolders(id),
+         session     TEXT NOT NULL,
+         target      TEXT NOT NULL,
+         read_only   INTEGER NOT NULL,
+         mnt_ns      INTEGER NOT NULL,
+         source      TEXT NOT NULL,
+         created_at  INTEGER NOT NULL,
+         UNIQUE (mnt_ns, target)
+     );
+     CREATE INDEX attachments_vfolder ON attachments(vfolder_id);
+     CREATE INDEX attachments_session ON attachments(session);"
+            .to_string(),
     ]
 }
 

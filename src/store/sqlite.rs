@@ -10,8 +10,8 @@ use rusqlite::{
 };
 
 use super::{
-    AuditEntry, HistoryEntry, Job, ListFilter, Millis, Result, Store, StoreError, TransitionArgs,
-    VFolder, schema,
+    Attachment, AuditEntry, HistoryEntry, Job, ListFilter, Millis, Result, Store, StoreError,
+    TransitionArgs, VFolder, schema,
 };
 use crate::name;
 use crate::status::{Op, Status};
@@ -197,6 +197,9 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         let current = Self::get_in(&tx, id)?;
+        if op.blocked_by_attachments() {
+            Self::check_unattached(&tx, &current, op.verb())?;
+        }
         let placeholders = vec!["?"; from.len()].join(", ");
         let sql = format!(
             "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ? \
@@ -250,6 +253,7 @@ impl Store for SqliteStore {
                 status: current.status,
             });
         }
+        Self::check_unattached(&tx, &current, "rename")?;
         tx.execute(
             "UPDATE vfolders SET name = ?1 WHERE id = ?2",
             params![new_name, id],
@@ -449,6 +453,93 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn attach(
+        &self,
+        id: &str,
+        session: &str,
+        target: &str,
+        read_only: bool,
+        mnt_ns: u64,
+        source: &str,
+    ) -> Result<Attachment> {
+        let now = now_millis();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let v = Self::get_in(&tx, id)?;
+        let allowed = if read_only {
+            v.status.is_mountable_read_only()
+        } else {
+            v.status.is_mountable()
+        };
+        if !allowed {
+            return Err(StoreError::NotMountable {
+                name: v.name,
+                status: v.status,
+                read_only,
+            });
+        }
+        tx.execute(
+            "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, session, target, read_only, mnt_ns as i64, source, now],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::TargetTaken(target.to_string())
+            } else {
+                StoreError::Db("recording an attachment", e)
+            }
+        })?;
+        let seq = tx.last_insert_rowid();
+        tx.commit().map_err(db("committing an attachment"))?;
+        Ok(Attachment {
+            seq,
+            vfolder_id: id.to_string(),
+            session: session.to_string(),
+            target: target.to_string(),
+            read_only,
+            mnt_ns,
+            source: source.to_string(),
+            created_at: now,
+        })
+    }
+
+    fn detach(&self, seq: i64) -> Result<bool> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute("DELETE FROM attachments WHERE seq = ?1", [seq])
+            .map_err(db("removing an attachment"))?;
+        Ok(n == 1)
+    }
+
+    fn attachments(&self, vfolder: Option<&str>) -> Result<Vec<Attachment>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at \
+                 FROM attachments WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY seq",
+            )
+            .map_err(db("listing attachments"))?;
+        let rows = stmt
+            .query_map([vfolder], |r| {
+                Ok(Attachment {
+                    seq: r.get(0)?,
+                    vfolder_id: r.get(1)?,
+                    session: r.get(2)?,
+                    target: r.get(3)?,
+                    read_only: r.get(4)?,
+                    mnt_ns: r.get::<_, i64>(5)? as u64,
+                    source: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })
+            .map_err(db("listing attachments"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("listing attachments"))
+    }
+
     fn audit(&self) -> Result<Vec<AuditEntry>> {
         let conn = self.conn.lock();
         let mut stmt = conn
@@ -475,6 +566,24 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    fn check_unattached(conn: &Connection, v: &VFolder, what: &'static str) -> Result<()> {
+        let count: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM attachments WHERE vfolder_id = ?1",
+                [&v.id],
+                |r| r.get(0),
+            )
+            .map_err(db("counting attachments"))?;
+        if count > 0 {
+            return Err(StoreError::Attached {
+                name: v.name.clone(),
+                count: count as usize,
+                what,
+            });
+        }
+        Ok(())
+    }
+
     fn job_in(conn: &Connection, id: &str) -> Result<Option<Job>> {
         conn.query_row(
             "SELECT vfolder_id, kind, owner, lease_until, started_at, claims, done \

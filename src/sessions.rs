@@ -1,0 +1,280 @@
+//! Session mounts: binding vfolders from a vfolderfs mount into session
+//! containers, with a store record for every bind and a bind for every record.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::backing::sys;
+use crate::catalog::Catalog;
+use crate::mountinfo::{self, MountEntry};
+use crate::store::{Attachment, StoreError};
+
+/// Errors of attaching and detaching.
+#[derive(Debug)]
+pub enum SessionError {
+    /// From the store.
+    Store(StoreError),
+    /// No (or more than one) vfolderfs mount of this store is visible.
+    Mount(String),
+    /// A mount(2) or umount(2) call failed.
+    Bind {
+        /// The target.
+        target: String,
+        /// The error.
+        err: io::Error,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Store(e) => e.fmt(f),
+            SessionError::Mount(m) => f.write_str(m),
+            SessionError::Bind { target, err } => write!(f, "{target}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        SessionError::Store(e)
+    }
+}
+
+/// The inode of this process's mount namespace.
+pub fn current_mnt_ns() -> io::Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/mnt")?.ino())
+}
+
+/// The vfolderfs mount of this store to bind from: `flag` if given,
+/// otherwise the only one visible in this mount namespace.
+pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, SessionError> {
+    let store = cat.layout().root().display().to_string();
+    let mounts =
+        mountinfo::own().map_err(|e| SessionError::Mount(format!("reading mountinfo: {e}")))?;
+    let ours: Vec<&MountEntry> = mounts
+        .iter()
+        .filter(|m| m.is_fuse() && m.source == store)
+        .collect();
+    match flag {
+        Some(p) => {
+            let canon = std::fs::canonicalize(p)
+                .map_err(|e| SessionError::Mount(format!("{}: {e}", p.display())))?;
+            if ours.iter().any(|m| m.point == canon) {
+                Ok(canon)
+            } else {
+                Err(SessionError::Mount(format!(
+                    "{} is not a vfolderfs mount of {store}",
+                    p.display()
+                )))
+            }
+        }
+        None => match ours.as_slice() {
+            [one] => Ok(one.point.clone()),
+            [] => Err(SessionError::Mount(format!(
+                "no vfolderfs mount of {store} is running here; start one with `vfolderfs mount`"
+            ))),
+            _ => Err(SessionError::Mount(format!(
+                "{} vfolderfs mounts of {store}; choose one with --mount",
+                ours.len()
+            ))),
+        },
+    }
+}
+
+fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+    let (s, t) = (sys::cstr(source)?, sys::cstr(target)?);
+    let flags = libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: valid C strings; a bind mount takes no data.
+    let r = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if read_only {
+        let flags = flags | libc::MS_REMOUNT | libc::MS_RDONLY;
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                t.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            let _ = unbind(target);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts a bind; `Ok(false)` if nothing was mounted there.
+fn unbind(target: &Path) -> io::Result<bool> {
+    let t = sys::cstr(target)?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(t.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
+        // SAFETY: as above; a busy bind is detached lazily.
+        Some(libc::EBUSY) if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 => {
+            Ok(true)
+        }
+        _ => Err(e),
+    }
+}
+
+/// Attaches vfolder `name` to `session` at `target`: records it (checking
+/// the status in the same transaction), then binds; a failed bind removes
+/// the record again.
+pub fn attach(
+    cat: &Catalog,
+    name: &str,
+    session: &str,
+    target: &Path,
+    read_only: bool,
+    mount_flag: Option<&Path>,
+) -> Result<Attachment, SessionError> {
+    let mp = find_mount(cat, mount_flag)?;
+    // Resolve any status: the store refuses what is not mountable, naming it.
+    let v = cat.resolve(name)?;
+    let bind_err = |err| SessionError::Bind {
+        target: target.display().to_string(),
+        err,
+    };
+    std::fs::create_dir_all(target).map_err(bind_err)?;
+    let target = std::fs::canonicalize(target).map_err(bind_err)?;
+    let source = mp.join(&v.name);
+    let ns = current_mnt_ns().map_err(bind_err)?;
+    let a = cat.store().attach(
+        &v.id,
+        session,
+        &target.display().to_string(),
+        read_only,
+        ns,
+        &source.display().to_string(),
+    )?;
+    let bound = bind(&source, &target, read_only).and_then(|()| {
+        // The name could have changed hands before the record was made:
+        // the bind must show this vfolder's backing directory.
+        let want = std::fs::metadata(cat.layout().vfolder_path(&v.id))?.ino();
+        let got = std::fs::metadata(&target)?.ino();
+        if want != got {
+            let _ = unbind(&target);
+            return Err(io::Error::other(format!(
+                "{} no longer shows vfolder {:?}",
+                source.display(),
+                v.name
+            )));
+        }
+        Ok(())
+    });
+    if let Err(e) = bound {
+        cat.store().detach(a.seq)?;
+        return Err(bind_err(e));
+    }
+    Ok(a)
+}
+
+/// What detaching one attachment did.
+#[derive(Debug)]
+pub struct Detached {
+    /// The record removed.
+    pub attachment: Attachment,
+    /// Whether a bind was unmounted (false: it was gone already).
+    pub unmounted: bool,
+}
+
+/// Detaches the attachments selected by `pick`: unmounts each bind (when
+/// it lives in this mount namespace) and removes its record.
+pub fn detach(
+    cat: &Catalog,
+    pick: &dyn Fn(&Attachment) -> bool,
+) -> Result<Vec<Detached>, SessionError> {
+    let ns = current_mnt_ns().map_err(|err| SessionError::Bind {
+        target: "/proc/self/ns/mnt".into(),
+        err,
+    })?;
+    let mut out = Vec::new();
+    for a in cat
+        .store()
+        .attachments(None)?
+        .into_iter()
+        .filter(|a| pick(a))
+    {
+        let unmounted = if a.mnt_ns == ns {
+            unbind(Path::new(&a.target)).map_err(|err| SessionError::Bind {
+                target: a.target.clone(),
+                err,
+            })?
+        } else {
+            false
+        };
+        cat.store().detach(a.seq)?;
+        out.push(Detached {
+            attachment: a,
+            unmounted,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether some process lives in mount namespace `ns`; returns one such pid.
+fn process_in_ns(ns: u64) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == ns) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Finds attachments whose bind is gone (its namespace died, or its target
+/// is no longer mounted there) and removes their records; returns them.
+/// With `own_ns_only`, only this mount namespace is looked at.
+pub fn prune(cat: &Catalog, own_ns_only: bool) -> Result<Vec<Attachment>, SessionError> {
+    let me = current_mnt_ns().ok();
+    let mut gone = Vec::new();
+    for a in cat.store().attachments(None)? {
+        if own_ns_only && Some(a.mnt_ns) != me {
+            continue;
+        }
+        let info = if Some(a.mnt_ns) == me {
+            Some(PathBuf::from("/proc/self/mountinfo"))
+        } else {
+            process_in_ns(a.mnt_ns).map(|pid| PathBuf::from(format!("/proc/{pid}/mountinfo")))
+        };
+        let mounted = match info {
+            None => false,
+            Some(p) => match mountinfo::read(&p) {
+                Ok(list) => list.iter().any(|m| m.point == Path::new(&a.target)),
+                // Cannot tell (the process just left): keep it for now.
+                Err(_) => true,
+            },
+        };
+        if !mounted && cat.store().detach(a.seq)? {
+            gone.push(a);
+        }
+    }
+    Ok(gone)
+}

@@ -1,0 +1,363 @@
+//! Session mounts with real bind mounts, each session in its own mount
+//! namespace (`unshare -m`).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{Mount, TempStore, errno, eventually};
+use vfolderfs::catalog::{Catalog, NewDir};
+use vfolderfs::layout::Layout;
+use vfolderfs::status::{Op, Status};
+use vfolderfs::store::{StoreError, TransitionArgs};
+
+/// A session: a process in its own mount namespace that ran `script`,
+/// touched `ready`, and sleeps until killed.
+struct Session {
+    child: Child,
+}
+
+impl Session {
+    fn start(m: &Mount, script: &str) -> Session {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready = m.store.dir.path().join(format!("ready-{n}"));
+        let _ = fs::remove_file(&ready);
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "set -e; {script}; touch {r}; exec sleep 600",
+                r = ready.display()
+            ))
+            .env("B", common::bin())
+            .env("S", m.store.path())
+            .env("M", &m.mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut s = Session { child };
+        if !eventually(Duration::from_secs(10), || ready.exists()) {
+            let _ = s.child.kill();
+            let out = s.child.wait_with_output_ref();
+            panic!("session did not start: {out}");
+        }
+        let _ = fs::remove_file(&ready);
+        s
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs a command inside the session's mount namespace.
+    fn exec(&self, m: &Mount, script: &str) -> std::process::Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "sh", "-c", script])
+            .env("B", common::bin())
+            .env("S", m.store.path())
+            .output()
+            .unwrap()
+    }
+}
+
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        let _ = self.wait();
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn target(m: &Mount, name: &str) -> PathBuf {
+    m.store.dir.path().join("sessions").join(name)
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+#[test]
+fn a_session_reads_and_writes_through_an_attached_vfolder() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data && echo from-host > data/in");
+    let t = target(&m, "s1");
+    let s = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session s1 --target {t} && \
+             test \"$(cat {t}/in)\" = from-host && echo from-session > {t}/out",
+            t = t.display()
+        ),
+    );
+    assert_eq!(
+        fs::read_to_string(m.p("data/out")).unwrap(),
+        "from-session\n"
+    );
+    // Not visible in the host namespace: the bind lives in the session's.
+    assert!(!is_mount_point(&t));
+    let v = m.store.show("data");
+    let atts = v["attachments"].as_array().unwrap();
+    assert_eq!(atts.len(), 1);
+    assert_eq!(atts[0]["session"], "s1");
+    assert_eq!(atts[0]["mode"], "rw");
+    let list: serde_json::Value =
+        serde_json::from_str(&m.store.ok(&["sessions", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Deleting it is refused, through mv and through the CLI.
+    let e = fs::rename(m.p("data"), m.p(".trash/data")).unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    let e = fs::rename(m.p("data"), m.p("renamed")).unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    let err = m.store.fails(&["delete", "data"]);
+    assert!(
+        err.contains("\"data\"") && err.contains("attached"),
+        "{err}"
+    );
+    let err = m.store.fails(&["rename", "data", "other"]);
+    assert!(err.contains("attached"), "{err}");
+    assert_eq!(m.store.show("data")["status"], "ready");
+
+    // Detach inside the session: unmounted and forgotten; then delete works.
+    let o = s.exec(&m, "$B --store $S detach --session s1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("detached"));
+    let o = s.exec(
+        &m,
+        &format!("grep -c ' {} ' /proc/self/mountinfo || true", t.display()),
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+    // Detaching again succeeds and says so.
+    let o = s.exec(&m, "$B --store $S detach --session s1");
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already detached"));
+    m.store.ok(&["delete", "data"]);
+}
+
+#[test]
+fn read_only_attach_refuses_writes() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data && echo x > data/f");
+    let t = target(&m, "ro");
+    let s = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session ro --target {t} --read-only",
+            t = t.display()
+        ),
+    );
+    let o = s.exec(&m, &format!("cat {t}/f && echo y > {t}/g", t = t.display()));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains('x'));
+    assert!(!m.p("data/g").exists());
+    assert_eq!(m.store.show("data")["attachments"][0]["mode"], "ro");
+}
+
+#[test]
+fn attaching_a_trashed_or_missing_vfolder_is_refused_and_mounts_nothing() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir gone && mv gone .trash/");
+    let t = target(&m, "x");
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "$B --store $S attach gone --session x --target {t}; rc=$?; \
+             grep -c ' {t} ' /proc/self/mountinfo; exit $rc",
+            t = t.display()
+        ))
+        .env("B", common::bin())
+        .env("S", m.store.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"gone\"") && err.contains("delete-pending"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+    // By the store interface, the status is named.
+    let cat = Catalog::open(Layout::new(m.store.path())).unwrap();
+    let id = m.store.show("gone")["id"].as_str().unwrap().to_string();
+    match cat
+        .store()
+        .attach(&id, "x", "/nowhere", false, 1, "/m/gone")
+    {
+        Err(StoreError::NotMountable { status, .. }) => assert_eq!(status, Status::DeletePending),
+        other => panic!("{other:?}"),
+    }
+    assert!(cat.store().attachments(None).unwrap().is_empty());
+}
+
+#[test]
+fn attach_racing_delete_ends_consistently() {
+    let t = TempStore::new();
+    let layout = Layout::new(t.path());
+    let cat = Catalog::open(layout.clone()).unwrap();
+    for round in 0..20 {
+        let v = cat
+            .create(&format!("r{round}"), NewDir::default(), "t")
+            .unwrap();
+        let n = 8;
+        let barrier = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, layout, id) = (barrier.clone(), layout.clone(), v.id.clone());
+                std::thread::spawn(move || {
+                    let cat = Catalog::open(layout).unwrap();
+                    barrier.wait();
+                    if i % 2 == 0 {
+                        cat.store()
+                            .attach(&id, &format!("s{i}"), &format!("/t/{i}"), false, 1, "/m")
+                            .is_ok()
+                    } else {
+                        let args = TransitionArgs {
+                            cause: "race",
+                            ..Default::default()
+                        };
+                        cat.store().transition(&id, Op::Delete, args).is_ok()
+                    }
+                })
+            })
+            .collect();
+        let wins: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let status = cat.store().get(&v.id).unwrap().status;
+        let atts = cat.store().attachments(Some(&v.id)).unwrap().len();
+        let deleted = wins.iter().enumerate().any(|(i, w)| i % 2 == 1 && *w);
+        let attached = wins
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| i % 2 == 0 && **w)
+            .count();
+        assert_eq!(atts, attached, "every successful attach has its record");
+        if deleted {
+            assert_eq!((status, atts), (Status::DeletePending, 0), "round {round}");
+        } else {
+            assert_eq!(status, Status::Ready, "round {round}");
+            assert!(atts > 0);
+        }
+    }
+}
+
+#[test]
+fn a_killed_sessions_stale_attachment_is_pruned() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let t = target(&m, "k");
+    let mut s = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session k --target {}",
+            t.display()
+        ),
+    );
+    assert_eq!(
+        m.store.show("data")["attachments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // While the session lives, prune keeps it.
+    m.store.ok(&["sessions", "--prune"]);
+    assert_eq!(
+        m.store.show("data")["attachments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let o = m.store.cli(&["sessions", "--prune"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pruned stale attachment"));
+    assert_eq!(
+        m.store.show("data")["attachments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    m.store.ok(&["delete", "data"]);
+    // In this namespace too: a target unmounted behind vfolderfs's back.
+    m.sh_ok("mkdir d2");
+    let t2 = target(&m, "here");
+    m.store.ok(&[
+        "attach",
+        "d2",
+        "--session",
+        "h",
+        "--target",
+        t2.to_str().unwrap(),
+    ]);
+    struct Unbind(PathBuf);
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let guard = Unbind(t2.clone());
+    assert!(is_mount_point(&t2));
+    assert!(Command::new("umount").arg(&t2).status().unwrap().success());
+    drop(guard);
+    m.store.ok(&["sessions", "--prune"]);
+    assert_eq!(
+        m.store.show("d2")["attachments"].as_array().unwrap().len(),
+        0
+    );
+}
+
+#[test]
+fn detach_by_target_and_without_a_mount_running() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir a");
+    let t = target(&m, "bt");
+    m.store.ok(&[
+        "attach",
+        "a",
+        "--session",
+        "z",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert!(is_mount_point(&t));
+    let out = m.store.ok(&["detach", "--target", t.to_str().unwrap()]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(!is_mount_point(&t));
+    m.unmount();
+    let err = m.store.fails(&[
+        "attach",
+        "a",
+        "--session",
+        "z",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no vfolderfs mount"), "{err}");
+    assert!(m.store.ok(&["sessions", "--json"]).trim() == "[]");
+}
