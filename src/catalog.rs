@@ -9,16 +9,37 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use crate::backing::sys;
 use crate::layout::Layout;
 use crate::status::Op;
 use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
 
-/// A store opened for use: the database and the data directory.
+/// The volume every store has: its own `data/` directory.
+pub const DEFAULT_VOLUME: &str = "default";
+
+/// A data volume: a directory (typically its own disk) holding backing directories.
+pub struct Volume {
+    /// Its name.
+    pub name: String,
+    /// Its directory.
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Volume {
+    /// An `O_PATH` fd on the volume's directory.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A store opened for use: the database and its data volumes.
 pub struct Catalog {
     layout: Layout,
     store: Arc<dyn Store>,
-    data: OwnedFd,
+    volumes: RwLock<HashMap<String, Arc<Volume>>>,
 }
 
 /// Who a new vfolder's root directory belongs to, and its mode.
@@ -49,12 +70,13 @@ impl Catalog {
     pub fn open(layout: Layout) -> Result<Catalog> {
         fs::create_dir_all(layout.data_dir()).map_err(io_err(layout.data_dir()))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&layout.db_path())?);
-        let data = sys::open_dir_path(&layout.data_dir()).map_err(io_err(layout.data_dir()))?;
-        Ok(Catalog {
+        let cat = Catalog {
             layout,
             store,
-            data,
-        })
+            volumes: RwLock::new(HashMap::new()),
+        };
+        cat.volume(DEFAULT_VOLUME)?;
+        Ok(cat)
     }
 
     /// The store's layout.
@@ -67,19 +89,79 @@ impl Catalog {
         &self.store
     }
 
-    /// Opens a vfolder's backing directory (`O_DIRECTORY|O_NOFOLLOW`, relative to the data fd).
-    pub fn open_backing(&self, id: &str, flags: i32) -> std::io::Result<OwnedFd> {
+    /// Every volume: (name, path), the default first.
+    pub fn volume_list(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = vec![(DEFAULT_VOLUME.to_string(), self.layout.data_dir())];
+        out.extend(
+            self.store
+                .volumes()?
+                .into_iter()
+                .map(|(n, p)| (n, PathBuf::from(p))),
+        );
+        Ok(out)
+    }
+
+    /// The volume named `name`, opened.
+    pub fn volume(&self, name: &str) -> Result<Arc<Volume>> {
+        if let Some(v) = self.volumes.read().get(name) {
+            return Ok(v.clone());
+        }
+        let path = self
+            .volume_list()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .ok_or_else(|| StoreError::NotFound(format!("volume {name}")))?;
+        let fd = sys::open_dir_path(&path).map_err(io_err(&path))?;
+        let v = Arc::new(Volume {
+            name: name.to_string(),
+            path,
+            fd,
+        });
+        self.volumes.write().insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Adds a data volume at `path` (created if missing).
+    pub fn add_volume(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        if name == DEFAULT_VOLUME {
+            return Err(StoreError::NameTaken(format!("volume {name}")));
+        }
+        fs::create_dir_all(path).map_err(io_err(path))?;
+        let canon = fs::canonicalize(path).map_err(io_err(path))?;
+        self.store.add_volume(name, &canon.display().to_string())
+    }
+
+    /// Where a vfolder's backing directory is.
+    pub fn backing_path(&self, v: &VFolder) -> PathBuf {
+        self.path_on(&v.volume, &v.id)
+    }
+
+    /// Where vfolder `id`'s backing directory is on `volume`.
+    pub fn path_on(&self, volume: &str, id: &str) -> PathBuf {
+        let root = self
+            .volume(volume)
+            .map(|v| v.path.clone())
+            .unwrap_or_else(|_| PathBuf::from(format!("<unknown volume {volume}>")));
+        root.join(Layout::relative_path(id))
+    }
+
+    /// Opens vfolder `id`'s backing directory on `volume` (`openat2` beneath
+    /// the volume, no symlinks, no mount crossing).
+    pub fn open_backing(&self, id: &str, volume: &str, flags: i32) -> std::io::Result<OwnedFd> {
+        let vol = self.volume(volume).map_err(std::io::Error::other)?;
         let rel = Layout::relative_path(id);
-        sys::open_beneath(self.data.as_fd(), &rel, flags | libc::O_DIRECTORY, 0)
+        sys::open_beneath(vol.fd(), &rel, flags | libc::O_DIRECTORY, 0)
     }
 
     /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
-    pub fn remove_backing_root(&self, id: &str) -> std::io::Result<()> {
+    pub fn remove_backing_root(&self, id: &str, volume: &str) -> std::io::Result<()> {
+        let vol = self.volume(volume).map_err(std::io::Error::other)?;
         let shard =
             CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let shard_fd = match sys::openat(
-            self.data.as_fd(),
+            vol.fd(),
             &shard,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
@@ -93,28 +175,36 @@ impl Catalog {
         }
     }
 
-    /// Creates a ready vfolder: its directory first, then its row, so that a
-    /// crash in between leaves at worst an unlisted empty directory.
-    pub fn create(&self, name: &str, dir: NewDir, cause: &str) -> Result<VFolder> {
-        crate::name::validate(name).map_err(|e| StoreError::InvalidName(name.to_string(), e))?;
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let path = self.layout.vfolder_path(&id);
-        let shard = CString::new(&id[..2]).expect("hex has no NUL");
-        let leaf = CString::new(id.as_str()).expect("uuid has no NUL");
-        match sys::mkdirat(self.data.as_fd(), &shard, 0o755) {
+    /// Makes vfolder `id`'s backing directory on `volume`; returns it opened.
+    pub fn make_backing(&self, id: &str, volume: &str, dir: NewDir) -> Result<OwnedFd> {
+        let vol = self.volume(volume)?;
+        let path = vol.path.join(Layout::relative_path(id));
+        let shard = CString::new(&id[..2.min(id.len())]).map_err(|_| {
+            StoreError::Io(
+                path.display().to_string(),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
+        let leaf = CString::new(id).map_err(|_| {
+            StoreError::Io(
+                path.display().to_string(),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
+        match sys::mkdirat(vol.fd(), &shard, 0o755) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(io_err(&path)(e)),
         }
         let shard_fd = sys::openat(
-            self.data.as_fd(),
+            vol.fd(),
             &shard,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )
         .map_err(io_err(&path))?;
         sys::mkdirat(shard_fd.as_fd(), &leaf, dir.mode & 0o7777).map_err(io_err(&path))?;
-        let finish = || -> std::io::Result<()> {
+        let finish = || -> std::io::Result<OwnedFd> {
             let fd = sys::openat(
                 shard_fd.as_fd(),
                 &leaf,
@@ -126,15 +216,38 @@ impl Catalog {
             if let Some((uid, gid)) = dir.owner {
                 sys::fchown(fd.as_fd(), uid, gid)?;
             }
-            Ok(())
+            Ok(fd)
         };
-        let made = finish()
-            .map_err(io_err(&path))
-            .and_then(|()| self.store.create(&id, name, cause));
-        if made.is_err() {
+        finish().map_err(|e| {
             let _ = sys::unlinkat(shard_fd.as_fd(), &leaf, libc::AT_REMOVEDIR);
+            io_err(&path)(e)
+        })
+    }
+
+    /// Creates a ready vfolder on `volume` (the default if None): its
+    /// directory first, then its row, so that a crash in between leaves at
+    /// worst an unlisted empty directory.
+    pub fn create_on(
+        &self,
+        name: &str,
+        dir: NewDir,
+        volume: Option<&str>,
+        cause: &str,
+    ) -> Result<VFolder> {
+        crate::name::validate(name).map_err(|e| StoreError::InvalidName(name.to_string(), e))?;
+        let volume = volume.unwrap_or(DEFAULT_VOLUME);
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        drop(self.make_backing(&id, volume, dir)?);
+        let made = self.store.create(&id, name, volume, cause);
+        if made.is_err() {
+            let _ = self.remove_backing_root(&id, volume);
         }
         made
+    }
+
+    /// Creates a ready vfolder on the default volume.
+    pub fn create(&self, name: &str, dir: NewDir, cause: &str) -> Result<VFolder> {
+        self.create_on(name, dir, None, cause)
     }
 
     /// Moves a live vfolder to the trash.

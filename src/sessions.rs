@@ -174,7 +174,7 @@ pub fn attach(
     let bound = bind(&source, &target, read_only).and_then(|()| {
         // The name could have changed hands before the record was made:
         // the bind must show this vfolder's backing directory.
-        let want = std::fs::metadata(cat.layout().vfolder_path(&v.id))?.ino();
+        let want = std::fs::metadata(cat.backing_path(&v))?.ino();
         let got = std::fs::metadata(&target)?.ino();
         if want != got {
             let _ = unbind(&target);

@@ -173,10 +173,13 @@ pub enum Op {
     PurgeDone,
     /// Removal failed.
     PurgeFailed,
-    /// A clone from this vfolder starts.
+    /// A clone from this vfolder starts (also blocks its deletion, renaming
+    /// and purging, since those need `ready`).
     CloneStart,
-    /// A clone ended (done or rolled back): back to ready.
+    /// A clone ended (done, or rolled back for its source): back to ready.
     CloneEnd,
+    /// A clone failed: its target's partial data goes to the purge.
+    CloneAbort,
     /// A relocation starts.
     RelocateStart,
     /// A relocation ended: back to ready.
@@ -185,7 +188,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation (used by tests and documentation).
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Delete,
         Op::Restore,
         Op::Purge,
@@ -193,6 +196,7 @@ impl Op {
         Op::PurgeFailed,
         Op::CloneStart,
         Op::CloneEnd,
+        Op::CloneAbort,
         Op::RelocateStart,
         Op::RelocateEnd,
     ];
@@ -207,6 +211,7 @@ impl Op {
             Op::PurgeFailed => &[Status::DeleteOngoing],
             Op::CloneStart => &[Status::Ready],
             Op::CloneEnd => &[Status::Cloning],
+            Op::CloneAbort => &[Status::Cloning],
             Op::RelocateStart => &[Status::Ready],
             Op::RelocateEnd => &[Status::Performing],
         }
@@ -222,6 +227,7 @@ impl Op {
             Op::PurgeFailed => Status::DeleteError,
             Op::CloneStart => Status::Cloning,
             Op::CloneEnd => Status::Ready,
+            Op::CloneAbort => Status::DeleteOngoing,
             Op::RelocateStart => Status::Performing,
             Op::RelocateEnd => Status::Ready,
         }
@@ -262,6 +268,7 @@ impl Op {
             Op::PurgeFailed => "record a purge failure of",
             Op::CloneStart => "clone",
             Op::CloneEnd => "finish the clone of",
+            Op::CloneAbort => "abort the clone into",
             Op::RelocateStart => "relocate",
             Op::RelocateEnd => "finish the relocation of",
         }

@@ -153,7 +153,7 @@ impl VfolderFs {
         vf.check_readable()?;
         let fd = self
             .cat
-            .open_backing(&vf.id, libc::O_PATH | libc::O_NOFOLLOW)?;
+            .open_backing(&vf.id, &vf.volume(), libc::O_PATH | libc::O_NOFOLLOW)?;
         let st = sys::fstat(fd.as_fd())?;
         let ino = self.inodes.insert_lookup(fd, &st, vf, true);
         Ok(attr::from_stat(ino.nodeid, &st))

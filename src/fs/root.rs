@@ -75,7 +75,7 @@ impl VfolderFs {
         let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
         let fd = self
             .cat
-            .open_backing(&vf.id, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+            .open_backing(&vf.id, &vf.volume(), libc::O_RDONLY | libc::O_NOFOLLOW)?;
         let mut buf = vec![0u8; 4096];
         let filled = sys::getdents(fd.as_fd(), &mut buf)?;
         if sys::parse_dirents(&buf[..filled]).any(|e| e.name != b"." && e.name != b"..") {

@@ -30,17 +30,24 @@ pub struct VfState {
     gate: RwLock<()>,
     /// Node id of its root directory while the kernel knows it (0 if not).
     pub root_nodeid: AtomicU64,
+    volume: RwLock<Arc<str>>,
 }
 
 impl VfState {
-    fn new(id: &str, status: Status, healthy: Arc<AtomicBool>) -> VfState {
+    fn new(id: &str, status: Status, volume: &str, healthy: Arc<AtomicBool>) -> VfState {
         VfState {
             id: id.to_string(),
             status: AtomicU8::new(status as u8),
             healthy,
             gate: RwLock::new(()),
             root_nodeid: AtomicU64::new(0),
+            volume: RwLock::new(Arc::from(volume)),
         }
+    }
+
+    /// The volume holding its backing directory.
+    pub fn volume(&self) -> Arc<str> {
+        self.volume.read().clone()
     }
 
     /// The status last seen in the store.
@@ -95,12 +102,14 @@ pub enum Inval {
     Inode(u64),
 }
 
+type Published = (Option<String>, Option<String>, String);
+
 #[derive(Default)]
 struct Snapshot {
     live: HashMap<String, Arc<VfState>>,
     trash: HashMap<String, Arc<VfState>>,
-    /// id → (root name, trash name) as last published.
-    names: HashMap<String, (Option<String>, Option<String>)>,
+    /// id → (root name, trash name, volume) as last published.
+    names: HashMap<String, Published>,
 }
 
 /// The registry of vfolder states and the names at the root.
@@ -189,20 +198,31 @@ impl Registry {
             seen.insert(v.id.as_str(), v.status);
             let st = by_id
                 .entry(v.id.clone())
-                .or_insert_with(|| Arc::new(VfState::new(&v.id, v.status, self.healthy.clone())))
+                .or_insert_with(|| {
+                    Arc::new(VfState::new(
+                        &v.id,
+                        v.status,
+                        &v.volume,
+                        self.healthy.clone(),
+                    ))
+                })
                 .clone();
             st.set_status(v.status);
+            if *st.volume.read().as_ref() != *v.volume {
+                *st.volume.write() = Arc::from(v.volume.as_str());
+            }
             if v.status.is_visible() {
                 snap.live.insert(v.name.clone(), st);
                 snap.names
-                    .insert(v.id.clone(), (Some(v.name.clone()), None));
+                    .insert(v.id.clone(), (Some(v.name.clone()), None, v.volume.clone()));
             } else if v.status.is_in_trash() {
                 trashed.push(v.clone());
             }
         }
         for (tn, v) in trash_names(trashed) {
             snap.trash.insert(tn.clone(), by_id[&v.id].clone());
-            snap.names.insert(v.id.clone(), (None, Some(tn)));
+            snap.names
+                .insert(v.id.clone(), (None, Some(tn), v.volume.clone()));
         }
         // Rows gone from the store (forgotten): their data is gone too.
         by_id.retain(|id, st| {
@@ -215,7 +235,7 @@ impl Registry {
         });
         let old = self.snap.read().clone();
         let mut inval = Vec::new();
-        let empty = (None, None);
+        let empty: Published = (None, None, String::new());
         let ids = old.names.keys().chain(snap.names.keys());
         for id in ids {
             let was = old.names.get(id).unwrap_or(&empty);

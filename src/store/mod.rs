@@ -29,6 +29,12 @@ pub struct VFolder {
     pub status_changed_at: Millis,
     /// The last error recorded (a failed purge), if any.
     pub error: Option<String>,
+    /// The data volume holding its backing directory.
+    pub volume: String,
+    /// The volume it was relocated from, while the old copy awaits removal.
+    pub prev_volume: Option<String>,
+    /// The vfolder it is being cloned from (while cloning).
+    pub clone_src: Option<String>,
 }
 
 /// One status change.
@@ -61,6 +67,8 @@ pub struct Job {
     pub claims: i64,
     /// Entries processed so far.
     pub done: u64,
+    /// The job's argument (a relocation's target volume).
+    pub arg: Option<String>,
 }
 
 /// A vfolder bind-mounted into a session.
@@ -261,8 +269,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// one transaction. Implementations must be safe to share between threads
 /// and between processes opening the same store.
 pub trait Store: Send + Sync {
-    /// Records a new ready vfolder whose backing directory the caller has made.
-    fn create(&self, id: &str, name: &str, cause: &str) -> Result<VFolder>;
+    /// Records a new ready vfolder on `volume` whose backing directory the caller has made.
+    fn create(&self, id: &str, name: &str, volume: &str, cause: &str) -> Result<VFolder>;
     /// The vfolder with this id.
     fn get(&self, id: &str) -> Result<VFolder>;
     /// The live vfolder with this name.
@@ -286,6 +294,7 @@ pub trait Store: Send + Sync {
         kind: &str,
         owner: &str,
         lease: std::time::Duration,
+        arg: Option<&str>,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>>;
     /// Extends `owner`'s claim and records progress; false if it was lost.
@@ -306,6 +315,28 @@ pub trait Store: Send + Sync {
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>>;
     /// The audit table, oldest first.
     fn audit(&self) -> Result<Vec<AuditEntry>>;
+    /// In one transaction: `src` ready → cloning, and a new vfolder `dst`
+    /// created as cloning from it (its directory made by the caller).
+    fn begin_clone(
+        &self,
+        src: &str,
+        dst_id: &str,
+        dst_name: &str,
+        volume: &str,
+        cause: &str,
+    ) -> Result<(VFolder, VFolder)>;
+    /// Ends a clone in one transaction: the source back to ready, and the
+    /// target ready (no `error`) or on to purging its partial data.
+    fn finish_clone(&self, dst: &str, error: Option<&str>, cause: &str) -> Result<VFolder>;
+    /// Ends a relocation: performing → ready, now on `volume` (None: stays),
+    /// remembering the old volume until its copy is removed.
+    fn switch_volume(&self, id: &str, volume: Option<&str>, cause: &str) -> Result<VFolder>;
+    /// The old copy of a relocated vfolder is gone.
+    fn clear_prev_volume(&self, id: &str) -> Result<()>;
+    /// Adds a named data volume at `path`.
+    fn add_volume(&self, name: &str, path: &str) -> Result<()>;
+    /// The added volumes (name, path); `default` is the store's own `data/`.
+    fn volumes(&self) -> Result<Vec<(String, String)>>;
     /// Records an attachment if the vfolder's status allows it (checked in
     /// the same transaction, so it cannot race a deletion).
     #[allow(clippy::too_many_arguments)]

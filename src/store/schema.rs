@@ -79,6 +79,18 @@ fn migrations() -> Vec<String> {
      CREATE INDEX attachments_vfolder ON attachments(vfolder_id);
      CREATE INDEX attachments_session ON attachments(session);"
             .to_string(),
+        // Version 4: data volumes, and where a vfolder lives, came from or is
+        // being cloned from.
+        "CREATE TABLE volumes (
+         name        TEXT PRIMARY KEY NOT NULL,
+         path        TEXT NOT NULL UNIQUE,
+         created_at  INTEGER NOT NULL
+     );
+     ALTER TABLE vfolders ADD COLUMN volume TEXT NOT NULL DEFAULT 'default';
+     ALTER TABLE vfolders ADD COLUMN prev_volume TEXT;
+     ALTER TABLE vfolders ADD COLUMN clone_src TEXT;
+     ALTER TABLE jobs ADD COLUMN arg TEXT;"
+            .to_string(),
     ]
 }
 

@@ -36,7 +36,8 @@ fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::Db(what, e)
 }
 
-const COLUMNS: &str = "id, name, status, created_at, status_changed_at, error";
+const COLUMNS: &str =
+    "id, name, status, created_at, status_changed_at, error, volume, prev_volume, clone_src";
 
 fn row_to_vfolder(r: &Row<'_>) -> rusqlite::Result<VFolder> {
     let status: String = r.get(2)?;
@@ -50,6 +51,9 @@ fn row_to_vfolder(r: &Row<'_>) -> rusqlite::Result<VFolder> {
         created_at: r.get(3)?,
         status_changed_at: r.get(4)?,
         error: r.get(5)?,
+        volume: r.get(6)?,
+        prev_volume: r.get(7)?,
+        clone_src: r.get(8)?,
     })
 }
 
@@ -111,33 +115,12 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn create(&self, id: &str, name: &str, cause: &str) -> Result<VFolder> {
-        checked_name(name)?;
-        let now = now_millis();
+    fn create(&self, id: &str, name: &str, volume: &str, cause: &str) -> Result<VFolder> {
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
-        let to = Status::Ready;
-        tx.execute(
-            "INSERT INTO vfolders (id, name, status, created_at, status_changed_at) \
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![id, name, to.as_str(), now],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(name.to_string())
-            } else {
-                StoreError::Db("creating a vfolder", e)
-            }
-        })?;
-        tx.execute(
-            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
-             VALUES (?1, NULL, ?2, ?3, ?4)",
-            params![id, to.as_str(), now, cause],
-        )
-        .map_err(db("recording history"))?;
-        let v = Self::get_in(&tx, id)?;
+        let v = Self::insert_in(&tx, id, name, volume, Status::Ready, None, cause)?;
         tx.commit().map_err(db("committing a creation"))?;
         Ok(v)
     }
@@ -186,56 +169,11 @@ impl Store for SqliteStore {
     }
 
     fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder> {
-        if let Some(n) = args.new_name {
-            checked_name(n)?;
-        }
-        let from = op.from_statuses();
-        let to = op.to_status();
-        let now = now_millis();
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
-        let current = Self::get_in(&tx, id)?;
-        if op.blocked_by_attachments() {
-            Self::check_unattached(&tx, &current, op.verb())?;
-        }
-        let placeholders = vec!["?"; from.len()].join(", ");
-        let sql = format!(
-            "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ? \
-             WHERE id = ? AND status IN ({placeholders})"
-        );
-        let new_name = args.new_name.unwrap_or(&current.name);
-        let mut values: Vec<Value> = vec![
-            Value::Text(to.as_str().into()),
-            Value::Integer(now),
-            Value::Text(new_name.into()),
-            args.error.map_or(Value::Null, |e| Value::Text(e.into())),
-            Value::Text(id.into()),
-        ];
-        values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
-        let changed = tx.execute(&sql, params_from_iter(values)).map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(new_name.to_string())
-            } else {
-                StoreError::Db("changing a status", e)
-            }
-        })?;
-        if changed == 0 {
-            return Err(StoreError::Refused {
-                name: current.name,
-                id: current.id,
-                status: current.status,
-                op,
-            });
-        }
-        tx.execute(
-            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, current.status.as_str(), to.as_str(), now, args.cause],
-        )
-        .map_err(db("recording history"))?;
-        let v = Self::get_in(&tx, id)?;
+        let v = Self::transition_in(&tx, id, op, &args, &[])?;
         tx.commit().map_err(db("committing a status change"))?;
         Ok(v)
     }
@@ -320,6 +258,7 @@ impl Store for SqliteStore {
         kind: &str,
         owner: &str,
         lease: Duration,
+        arg: Option<&str>,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>> {
         let now = now_millis();
@@ -332,9 +271,9 @@ impl Store for SqliteStore {
         match Self::job_in(&tx, id)? {
             None => {
                 tx.execute(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, kind, owner, until, now],
+                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, arg) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, kind, owner, until, now, arg],
                 )
                 .map_err(db("claiming a job"))?;
             }
@@ -540,6 +479,126 @@ impl Store for SqliteStore {
             .map_err(db("listing attachments"))
     }
 
+    fn begin_clone(
+        &self,
+        src: &str,
+        dst_id: &str,
+        dst_name: &str,
+        volume: &str,
+        cause: &str,
+    ) -> Result<(VFolder, VFolder)> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let args = TransitionArgs {
+            cause,
+            ..Default::default()
+        };
+        let s = Self::transition_in(&tx, src, Op::CloneStart, &args, &[])?;
+        let d = Self::insert_in(
+            &tx,
+            dst_id,
+            dst_name,
+            volume,
+            Status::Cloning,
+            Some(src),
+            cause,
+        )?;
+        tx.commit().map_err(db("committing a clone start"))?;
+        Ok((s, d))
+    }
+
+    fn finish_clone(&self, dst: &str, error: Option<&str>, cause: &str) -> Result<VFolder> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let d = Self::get_in(&tx, dst)?;
+        let args = TransitionArgs {
+            cause,
+            error,
+            ..Default::default()
+        };
+        if let Some(src) = &d.clone_src {
+            let src_args = TransitionArgs {
+                cause,
+                ..Default::default()
+            };
+            match Self::transition_in(&tx, src, Op::CloneEnd, &src_args, &[]) {
+                // The source may have been forgotten meanwhile; the target decides.
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let op = if error.is_none() {
+            Op::CloneEnd
+        } else {
+            Op::CloneAbort
+        };
+        let v = Self::transition_in(&tx, dst, op, &args, &[("clone_src", Value::Null)])?;
+        tx.commit().map_err(db("committing a clone end"))?;
+        Ok(v)
+    }
+
+    fn switch_volume(&self, id: &str, volume: Option<&str>, cause: &str) -> Result<VFolder> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let cur = Self::get_in(&tx, id)?;
+        let args = TransitionArgs {
+            cause,
+            ..Default::default()
+        };
+        let extra = match volume {
+            Some(new) if new != cur.volume => vec![
+                ("volume", Value::Text(new.into())),
+                ("prev_volume", Value::Text(cur.volume.clone())),
+            ],
+            _ => vec![],
+        };
+        let v = Self::transition_in(&tx, id, Op::RelocateEnd, &args, &extra)?;
+        tx.commit().map_err(db("committing a relocation"))?;
+        Ok(v)
+    }
+
+    fn clear_prev_volume(&self, id: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("UPDATE vfolders SET prev_volume = NULL WHERE id = ?1", [id])
+            .map_err(db("clearing a relocation"))?;
+        Ok(())
+    }
+
+    fn add_volume(&self, name: &str, path: &str) -> Result<()> {
+        checked_name(name)?;
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO volumes (name, path, created_at) VALUES (?1, ?2, ?3)",
+            params![name, path, now_millis()],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(format!("volume {name} or path {path}"))
+            } else {
+                StoreError::Db("adding a volume", e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn volumes(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, path FROM volumes ORDER BY name")
+            .map_err(db("listing volumes"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db("listing volumes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("listing volumes"))
+    }
+
     fn audit(&self) -> Result<Vec<AuditEntry>> {
         let conn = self.conn.lock();
         let mut stmt = conn
@@ -566,6 +625,99 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The one compare-and-set every status change goes through: `UPDATE
+    /// … WHERE id = ? AND status IN (from-statuses)`, its history row, and
+    /// any extra columns set in the same statement.
+    fn transition_in(
+        tx: &Connection,
+        id: &str,
+        op: Op,
+        args: &TransitionArgs<'_>,
+        extra: &[(&'static str, Value)],
+    ) -> Result<VFolder> {
+        if let Some(n) = args.new_name {
+            checked_name(n)?;
+        }
+        let from = op.from_statuses();
+        let to = op.to_status();
+        let now = now_millis();
+        let current = Self::get_in(tx, id)?;
+        if op.blocked_by_attachments() {
+            Self::check_unattached(tx, &current, op.verb())?;
+        }
+        let placeholders = vec!["?"; from.len()].join(", ");
+        let extra_sets: String = extra.iter().map(|(c, _)| format!(", {c} = ?")).collect();
+        let sql = format!(
+            "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ?{extra_sets} \
+             WHERE id = ? AND status IN ({placeholders})"
+        );
+        let new_name = args.new_name.unwrap_or(&current.name);
+        let mut values: Vec<Value> = vec![
+            Value::Text(to.as_str().into()),
+            Value::Integer(now),
+            Value::Text(new_name.into()),
+            args.error.map_or(Value::Null, |e| Value::Text(e.into())),
+        ];
+        values.extend(extra.iter().map(|(_, v)| v.clone()));
+        values.push(Value::Text(id.into()));
+        values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
+        let changed = tx.execute(&sql, params_from_iter(values)).map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(new_name.to_string())
+            } else {
+                StoreError::Db("changing a status", e)
+            }
+        })?;
+        if changed == 0 {
+            return Err(StoreError::Refused {
+                name: current.name,
+                id: current.id,
+                status: current.status,
+                op,
+            });
+        }
+        tx.execute(
+            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, current.status.as_str(), to.as_str(), now, args.cause],
+        )
+        .map_err(db("recording history"))?;
+        Self::get_in(tx, id)
+    }
+
+    /// Inserts a new row in `status` with its creation history row.
+    fn insert_in(
+        tx: &Connection,
+        id: &str,
+        name: &str,
+        volume: &str,
+        status: Status,
+        clone_src: Option<&str>,
+        cause: &str,
+    ) -> Result<VFolder> {
+        checked_name(name)?;
+        let now = now_millis();
+        tx.execute(
+            "INSERT INTO vfolders (id, name, status, created_at, status_changed_at, volume, clone_src) \
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+            params![id, name, status.as_str(), now, volume, clone_src],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(name.to_string())
+            } else {
+                StoreError::Db("creating a vfolder", e)
+            }
+        })?;
+        tx.execute(
+            "INSERT INTO status_history (vfolder_id, from_status, to_status, at, cause) \
+             VALUES (?1, NULL, ?2, ?3, ?4)",
+            params![id, status.as_str(), now, cause],
+        )
+        .map_err(db("recording history"))?;
+        Self::get_in(tx, id)
+    }
+
     fn check_unattached(conn: &Connection, v: &VFolder, what: &'static str) -> Result<()> {
         let count: i64 = conn
             .query_row(
@@ -586,7 +738,7 @@ impl SqliteStore {
 
     fn job_in(conn: &Connection, id: &str) -> Result<Option<Job>> {
         conn.query_row(
-            "SELECT vfolder_id, kind, owner, lease_until, started_at, claims, done \
+            "SELECT vfolder_id, kind, owner, lease_until, started_at, claims, done, arg \
              FROM jobs WHERE vfolder_id = ?1",
             [id],
             |r| {
@@ -598,6 +750,7 @@ impl SqliteStore {
                     started_at: r.get(4)?,
                     claims: r.get(5)?,
                     done: r.get::<_, i64>(6)? as u64,
+                    arg: r.get(7)?,
                 })
             },
         )

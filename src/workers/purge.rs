@@ -64,7 +64,7 @@ pub fn purge_one(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some(job) = store.claim_job(id, KIND, owner, LEASE, &owner_dead)? else {
+    let Some(job) = store.claim_job(id, KIND, owner, LEASE, None, &owner_dead)? else {
         return Ok(Outcome::HeldElsewhere);
     };
     let v = store.get(id)?;
@@ -79,7 +79,7 @@ pub fn purge_one(
     let stop = || cancel.load(Ordering::Acquire) || lost.load(Ordering::Acquire);
     let mut done = job.done;
     let mut last_renew = Instant::now();
-    let result = match cat.open_backing(id, libc::O_RDONLY | libc::O_NOFOLLOW) {
+    let result = match cat.open_backing(id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(RemoveError::Failed {
             path: ".".into(),
@@ -109,7 +109,7 @@ pub fn purge_one(
                 if stop() {
                     return Err(RemoveError::Cancelled);
                 }
-                cat.remove_backing_root(id)
+                cat.remove_backing_root(id, &v.volume)
                     .map_err(|err| RemoveError::Failed {
                         path: ".".into(),
                         err,
