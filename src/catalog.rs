@@ -175,6 +175,47 @@ impl Catalog {
         }
     }
 
+    fn shard_fd(&self, volume: &str, id: &str, create: bool) -> std::io::Result<OwnedFd> {
+        let vol = self.volume(volume).map_err(std::io::Error::other)?;
+        let shard =
+            CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        if create {
+            match sys::mkdirat(vol.fd(), &shard, 0o755) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                _ => {}
+            }
+        }
+        sys::openat(
+            vol.fd(),
+            &shard,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+    }
+
+    /// Whether two volumes are on one filesystem (a move between them is a rename).
+    pub fn same_filesystem(&self, a: &str, b: &str) -> Result<bool> {
+        let (va, vb) = (self.volume(a)?, self.volume(b)?);
+        let sa = sys::fstat(va.fd()).map_err(io_err(&va.path))?;
+        let sb = sys::fstat(vb.fd()).map_err(io_err(&vb.path))?;
+        Ok(sa.st_dev == sb.st_dev)
+    }
+
+    /// Moves vfolder `id`'s backing directory from one volume to another on
+    /// the same filesystem with one rename (never replacing anything).
+    pub fn rename_backing(&self, id: &str, from: &str, to: &str) -> std::io::Result<()> {
+        let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let src = self.shard_fd(from, id, false)?;
+        let dst = self.shard_fd(to, id, true)?;
+        sys::renameat2(
+            src.as_fd(),
+            &leaf,
+            dst.as_fd(),
+            &leaf,
+            libc::RENAME_NOREPLACE,
+        )
+    }
+
     /// Makes vfolder `id`'s backing directory on `volume`; returns it opened.
     pub fn make_backing(&self, id: &str, volume: &str, dir: NewDir) -> Result<OwnedFd> {
         let vol = self.volume(volume)?;

@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+use crate::backing::copy::CopyStats;
 use crate::catalog::{Catalog, NewDir};
 use crate::daemon::{self, MountArgs};
 use crate::layout::Layout;
 use crate::sessions;
 use crate::store::{Attachment, HistoryEntry, ListFilter, Millis, StoreError, VFolder};
-use crate::workers::purge;
+use crate::workers::Outcome;
+use crate::workers::{clone, purge, relocate};
+use std::sync::atomic::AtomicBool;
 
 /// vfolderfs: users' storage folders with a lifecycle, served as one FUSE mount.
 #[derive(Parser, Debug)]
@@ -34,7 +37,37 @@ pub enum Command {
     Create {
         /// Its name.
         name: String,
+        /// The data volume to put it on (default: the store's own).
+        #[arg(long)]
+        volume: Option<String>,
     },
+    /// Clone a vfolder into a new one (a background job).
+    Clone {
+        /// The vfolder to copy.
+        src: String,
+        /// The new vfolder's name.
+        dst: String,
+        /// The volume for the copy (default: the source's).
+        #[arg(long)]
+        volume: Option<String>,
+        /// Return at once; a running mount does the copy.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Move a vfolder to another data volume (a background job).
+    Relocate {
+        /// The vfolder.
+        name: String,
+        /// The target volume.
+        #[arg(long)]
+        to: String,
+        /// Return at once; a running mount does the move.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Manage data volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// List vfolders (live ones unless --all).
     List {
         /// Include trashed, purged and failed vfolders.
@@ -138,6 +171,24 @@ pub enum Command {
     Mount(MountCmd),
 }
 
+/// `vfolderfs volume ...`.
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Add a data volume (a directory, typically on its own disk).
+    Add {
+        /// Its name.
+        name: String,
+        /// Its directory (created if missing).
+        path: PathBuf,
+    },
+    /// List volumes with their free space.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Arguments of `vfolderfs mount`.
 #[derive(Args, Debug, Clone)]
 pub struct MountCmd {
@@ -233,9 +284,102 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     }
     let cat = Catalog::open(layout)?;
     match cli.command {
-        Command::Create { name } => {
-            let v = cat.create(&name, NewDir::default(), &cause("create"))?;
-            println!("created vfolder {:?} ({})", v.name, v.id);
+        Command::Create { name, volume } => {
+            let v = cat.create_on(
+                &name,
+                NewDir::default(),
+                volume.as_deref(),
+                &cause("create"),
+            )?;
+            println!(
+                "created vfolder {:?} ({}) on volume {}",
+                v.name, v.id, v.volume
+            );
+        }
+        Command::Clone {
+            src,
+            dst,
+            volume,
+            no_wait,
+        } => {
+            let (_, d) = clone::start(&cat, &src, &dst, volume.as_deref(), &cause("clone"))?;
+            if no_wait {
+                println!("cloning {src:?} into {dst:?} ({}) in the background", d.id);
+                return Ok(0);
+            }
+            let id = d.id.clone();
+            let r = run_job(&cat, &d, "cloning", &|cat, owner, p| {
+                clone::run(
+                    cat,
+                    &id,
+                    owner,
+                    &AtomicBool::new(false),
+                    purge::throttle_from_env(),
+                    p,
+                )
+            });
+            if r.is_err() && cat.store().get(&id).is_ok_and(|v| v.status.is_purging()) {
+                // No daemon may be running: remove the partial copy now.
+                let owner = crate::workers::this_owner();
+                let never = AtomicBool::new(false);
+                let _ = purge::purge_one(&cat, &id, &owner, &never, None, &mut |_| {});
+            }
+            return r;
+        }
+        Command::Relocate { name, to, no_wait } => {
+            let v = relocate::start(&cat, &name, &to, &cause("relocate"))?;
+            if no_wait {
+                println!("relocating {name:?} to volume {to} in the background");
+                return Ok(0);
+            }
+            let id = v.id.clone();
+            return run_job(&cat, &v, "relocating", &|cat, owner, p| {
+                relocate::run(
+                    cat,
+                    &id,
+                    owner,
+                    &AtomicBool::new(false),
+                    purge::throttle_from_env(),
+                    p,
+                )
+            });
+        }
+        Command::Volume(VolumeCmd::Add { name, path }) => {
+            cat.add_volume(&name, &path)?;
+            println!("added volume {name} at {}", path.display());
+        }
+        Command::Volume(VolumeCmd::List { json }) => {
+            let mut rows = Vec::new();
+            for (name, path) in cat.volume_list()? {
+                let (free, total) = match cat
+                    .volume(&name)
+                    .ok()
+                    .and_then(|v| crate::backing::sys::fstatvfs(v.fd()).ok())
+                {
+                    Some(s) => (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize),
+                    None => (0, 0),
+                };
+                rows.push(json!({
+                    "name": name,
+                    "path": path.display().to_string(),
+                    "free_bytes": free,
+                    "total_bytes": total,
+                }));
+            }
+            if json {
+                println!("{}", Value::Array(rows));
+            } else {
+                println!("{:12}  {:>12}  {:>12}  PATH", "NAME", "FREE", "TOTAL");
+                for r in rows {
+                    println!(
+                        "{:12}  {:>12}  {:>12}  {}",
+                        r["name"].as_str().unwrap_or(""),
+                        human_bytes(r["free_bytes"].as_u64().unwrap_or(0)),
+                        human_bytes(r["total_bytes"].as_u64().unwrap_or(0)),
+                        r["path"].as_str().unwrap_or("")
+                    );
+                }
+            }
         }
         Command::List { all, json } => {
             let filter = if all {
@@ -452,6 +596,76 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     Ok(0)
 }
 
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+type JobFn<'a> =
+    dyn Fn(&Catalog, &str, &mut dyn FnMut(&CopyStats)) -> crate::store::Result<Outcome> + 'a;
+
+/// Runs a copy job in this process with a progress line on a terminal, or
+/// follows another process that holds it, until the vfolder settles.
+fn run_job(cat: &Catalog, v: &VFolder, verb: &str, job: &JobFn<'_>) -> Result<i32, CliError> {
+    let owner = crate::workers::this_owner();
+    // SAFETY: isatty has no preconditions.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now();
+    let mut show = |s: &CopyStats| {
+        if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
+            shown = std::time::Instant::now();
+            let mb = s.bytes as f64 / 1048576.0;
+            let rate = mb / started.elapsed().as_secs_f64().max(1e-3);
+            eprint!(
+                "\r{verb} {:?}: {} entries, {mb:.1} MiB ({rate:.1} MiB/s)   ",
+                v.name, s.entries
+            );
+        }
+    };
+    loop {
+        let outcome = job(cat, &owner, &mut show)?;
+        if tty {
+            eprintln!();
+        }
+        match outcome {
+            Outcome::Complete(n) => {
+                println!("done: {:?} ({n} entries)", v.name);
+                return Ok(0);
+            }
+            Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
+                return Err(CliError::Failed(format!(
+                    "{verb} {:?} failed: {msg}",
+                    v.name
+                )));
+            }
+            Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
+                let now = cat.store().get(&v.id)?;
+                if now.status.is_cloning() || now.status.is_relocating() {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    continue;
+                }
+                if now.status.is_visible() {
+                    println!("done: {:?} is {}", now.name, now.status);
+                    return Ok(0);
+                }
+                return Err(CliError::Failed(format!(
+                    "{verb} {:?} did not complete: its status is {}{}",
+                    v.name,
+                    now.status,
+                    now.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                )));
+            }
+        }
+    }
+}
+
 fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
     let name = cat.store().get(&a.vfolder_id).map(|v| v.name).ok();
     json!({
@@ -496,7 +710,7 @@ fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
         };
         let pause = purge::throttle_from_env();
         match purge::purge_one(cat, &v.id, &owner, &never, pause, &mut show)? {
-            purge::Outcome::Complete(n) => {
+            Outcome::Complete(n) => {
                 if tty {
                     eprintln!();
                 }
@@ -506,15 +720,16 @@ fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
                 );
                 return Ok(0);
             }
-            purge::Outcome::Failed(msg) => {
+            Outcome::Failed(msg) => {
                 return Err(CliError::Failed(format!(
                     "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
                     v.name
                 )));
             }
-            purge::Outcome::NotPurging
-            | purge::Outcome::HeldElsewhere
-            | purge::Outcome::Cancelled => {
+            Outcome::NotApplicable
+            | Outcome::RolledBack(_)
+            | Outcome::HeldElsewhere
+            | Outcome::Cancelled => {
                 // Another process is on it: follow its progress until it ends.
                 let now = cat.store().get(&v.id)?;
                 if now.status.is_purging() {

@@ -24,7 +24,7 @@ use crate::fs::{FsConfig, VfolderFs};
 use crate::layout::Layout;
 use crate::mountinfo;
 use crate::store::{SqliteStore, Store};
-use crate::workers::purge::{PoolConfig, PurgePool};
+use crate::workers::pool::{JobPool, PoolConfig};
 
 /// How often the watcher polls the store for changes made elsewhere.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -372,7 +372,7 @@ fn serve_inner(
     reg.refresh(cat.store().as_ref())
         .map_err(MountError::Store)?;
     let pool =
-        Arc::new(PurgePool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
+        Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
         .map_err(|e| MountError::Io("opening the data directory", e))?
         .with_purge_pool(pool.clone());

@@ -120,6 +120,16 @@ impl Status {
         matches!(self, Status::DeleteOngoing)
     }
 
+    /// A clone runs into or out of it.
+    pub const fn is_cloning(self) -> bool {
+        matches!(self, Status::Cloning)
+    }
+
+    /// A relocation runs on it.
+    pub const fn is_relocating(self) -> bool {
+        matches!(self, Status::Performing)
+    }
+
     /// It may be renamed (only live vfolders have a name that must be unique).
     pub const fn is_renamable(self) -> bool {
         matches!(self, Status::Ready)

@@ -13,7 +13,8 @@ use vfolderfs::catalog::{Catalog, NewDir};
 use vfolderfs::layout::Layout;
 use vfolderfs::status::Status;
 use vfolderfs::store::ListFilter;
-use vfolderfs::workers::purge::{self, PoolConfig, PurgePool};
+use vfolderfs::workers::pool::{JobPool, PoolConfig, Task};
+use vfolderfs::workers::purge;
 
 const SLOW: (&str, &str) = ("VFOLDERFS_PURGE_THROTTLE_US", "2000");
 
@@ -224,7 +225,7 @@ fn pool_dedupes_and_respects_its_bound() {
         ids.push(v.id);
     }
     let pool = std::sync::Arc::new(
-        PurgePool::start(
+        JobPool::start(
             &layout,
             PoolConfig {
                 workers: 2,
@@ -239,7 +240,11 @@ fn pool_dedupes_and_respects_its_bound() {
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let (pool, ids) = (pool.clone(), ids.clone());
-            std::thread::spawn(move || ids.iter().filter(|id| pool.submit(id)).count())
+            std::thread::spawn(move || {
+                ids.iter()
+                    .filter(|id| pool.submit(Task::Purge(id.to_string())))
+                    .count()
+            })
         })
         .collect();
     // The scanner may have queued them first; either way, at most once each.

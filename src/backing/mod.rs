@@ -3,6 +3,7 @@
 //! `O_NOFOLLOW`, `openat2` with `RESOLVE_BENEATH`), never through path strings
 //! that a symlink could redirect.
 
+pub mod copy;
 pub mod creds;
 pub mod remove;
 pub mod sys;

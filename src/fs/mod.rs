@@ -28,7 +28,7 @@ use log::info;
 use crate::backing::creds::AsCaller;
 use crate::backing::sys;
 use crate::catalog::Catalog;
-use crate::workers::purge::PurgePool;
+use crate::workers::pool::JobPool;
 use error::{FsError, FsResult};
 use handles::{DirHandle, FileHandle, Handle, HandleTable, IoMode};
 use inodes::{Inode, InodeTable};
@@ -63,7 +63,7 @@ pub struct VfolderFs {
     cfg: FsConfig,
     passthrough: bool,
     started: SystemTime,
-    purge: Option<Arc<PurgePool>>,
+    purge: Option<Arc<JobPool>>,
 }
 
 fn cname(name: &OsStr) -> FsResult<CString> {
@@ -111,7 +111,7 @@ impl VfolderFs {
     }
 
     /// Hands purges requested through the mount to `pool`.
-    pub fn with_purge_pool(mut self, pool: Arc<PurgePool>) -> Self {
+    pub fn with_purge_pool(mut self, pool: Arc<JobPool>) -> Self {
         self.purge = Some(pool);
         self
     }

@@ -16,6 +16,7 @@ use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
 use crate::backing::sys;
 use crate::catalog::NewDir;
 use crate::name::{self, TRASH_DIR};
+use crate::workers::pool::Task;
 use crate::workers::purge;
 
 fn valid_name(n: &OsStr) -> FsResult<&str> {
@@ -98,7 +99,7 @@ impl VfolderFs {
     pub(super) fn purge_trashed(&self, vf: &VfState, cause: &str) -> FsResult<()> {
         let pool = self.purge.as_ref().ok_or(FsError::NotPermitted)?;
         purge::request(&self.cat, &vf.id, cause)?;
-        pool.submit(&vf.id);
+        pool.submit(Task::Purge(vf.id.clone()));
         self.refresh_now();
         Ok(())
     }

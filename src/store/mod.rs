@@ -297,6 +297,8 @@ pub trait Store: Send + Sync {
         arg: Option<&str>,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>>;
+    /// Records a job nobody runs yet (its first claim counts as its first run).
+    fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()>;
     /// Extends `owner`'s claim and records progress; false if it was lost.
     fn renew_job(
         &self,

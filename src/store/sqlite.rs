@@ -284,7 +284,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(db("claiming a job"))?;
             }
-            Some(j) if j.lease_until < now || holder_dead(&j.owner) => {
+            Some(j) if j.owner.is_empty() || j.lease_until < now || holder_dead(&j.owner) => {
                 tx.execute(
                     "UPDATE jobs SET owner = ?2, lease_until = ?3, kind = ?4, \
                      claims = claims + 1 WHERE vfolder_id = ?1",
@@ -297,6 +297,18 @@ impl Store for SqliteStore {
         let j = Self::job_in(&tx, id)?;
         tx.commit().map_err(db("committing a claim"))?;
         Ok(j)
+    }
+
+    fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
+             VALUES (?1, ?2, '', 0, ?3, 0, ?4) \
+             ON CONFLICT(vfolder_id) DO UPDATE SET kind = ?2, arg = ?4",
+            params![id, kind, now_millis(), arg],
+        )
+        .map_err(db("queueing a job"))?;
+        Ok(())
     }
 
     fn renew_job(&self, id: &str, owner: &str, lease: Duration, done: u64) -> Result<bool> {

@@ -1,14 +1,53 @@
-//! Background workers: the purge pool, and the identity with which a
-//! process claims jobs in the store so that others can tell whether it lives.
+//! Background work: the job pool, the jobs it runs (purge, clone,
+//! relocate), and the identity with which a process claims jobs in the store
+//! so that others can tell whether it lives.
 
+pub mod clone;
+pub mod pool;
 pub mod purge;
+pub mod relocate;
 
 use std::time::Duration;
 
 /// How long a claim holds without renewal.
 pub const LEASE: Duration = Duration::from_secs(15);
 /// How often a running job renews its claim and records progress.
-pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a copy job waits after its status change before it reads the
+/// source: every mount must have seen the change and drained its in-flight
+/// writes (a mount polls every 20 ms, and fails closed within 1.5 s if it
+/// cannot read the store).
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Waits [`SETTLE`]; false if `cancel` was set meanwhile.
+pub fn settle(cancel: &std::sync::atomic::AtomicBool) -> bool {
+    let end = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < end {
+        if cancel.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// How a job attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; the count of entries it handled.
+    Complete(u64),
+    /// Failed with this message (recorded in the store).
+    Failed(String),
+    /// An interrupted job was rolled back, for this reason.
+    RolledBack(String),
+    /// Stopped by shutdown; the next start resumes or rolls back.
+    Cancelled,
+    /// Another live process holds the job.
+    HeldElsewhere,
+    /// The vfolder's status asks for no such job (nothing to do).
+    NotApplicable,
+}
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

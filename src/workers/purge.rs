@@ -1,25 +1,19 @@
-//! The purge pool: a fixed set of worker threads fed by a channel, each
-//! removing one vfolder's data at a time. A vfolder is queued at most once
-//! per process, and claimed in the store with a lease so that no two
-//! processes remove it at once. Shutdown stops workers between two files and
-//! leaves the row `delete-ongoing` for the next start to resume.
+//! Purging: removing a `delete-ongoing` vfolder's data under a job claim.
+//! The claim (owner and lease in the store) keeps two processes from removing
+//! one vfolder at once; shutdown stops between two files and leaves the row
+//! `delete-ongoing` for the next start to resume.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
-use parking_lot::Mutex;
 
-use super::{LEASE, RENEW_EVERY, owner_dead, this_owner};
+use super::{LEASE, Outcome, RENEW_EVERY, owner_dead};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
-use crate::layout::Layout;
 use crate::status::Op;
-use crate::store::{ListFilter, Result, StoreError, TransitionArgs};
+use crate::store::{Result, StoreError, TransitionArgs};
 
 /// Job kind recorded in the store.
 pub const KIND: &str = "purge";
@@ -35,21 +29,6 @@ pub fn throttle_from_env() -> Option<Duration> {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|&us| us > 0)
         .map(Duration::from_micros)
-}
-
-/// How a purge attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The data is gone; the vfolder is `delete-complete`.
-    Complete(u64),
-    /// Removal failed; the vfolder is `delete-error` with this message.
-    Failed(String),
-    /// Stopped by shutdown; the vfolder stays `delete-ongoing`.
-    Cancelled,
-    /// Another live process holds the job.
-    HeldElsewhere,
-    /// The vfolder is not being purged (nothing to do).
-    NotPurging,
 }
 
 /// Removes one `delete-ongoing` vfolder's data, claiming the job for
@@ -70,53 +49,16 @@ pub fn purge_one(
     let v = store.get(id)?;
     if !v.status.is_purging() {
         store.release_job(id, owner, true)?;
-        return Ok(Outcome::NotPurging);
+        return Ok(Outcome::NotApplicable);
     }
     if job.claims > 1 {
         info!("resuming the purge of {:?} ({id})", v.name);
     }
-    let lost = AtomicBool::new(false);
-    let stop = || cancel.load(Ordering::Acquire) || lost.load(Ordering::Acquire);
     let mut done = job.done;
-    let mut last_renew = Instant::now();
-    let result = match cat.open_backing(id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(RemoveError::Failed {
-            path: ".".into(),
-            err: e,
-        }),
-        Ok(fd) => {
-            let stop_flag = AtomicBool::new(false);
-            let r = remove::empty_dir(fd, &stop_flag, &mut || {
-                done += 1;
-                if let Some(p) = pause {
-                    thread::sleep(p);
-                }
-                if last_renew.elapsed() >= RENEW_EVERY {
-                    last_renew = Instant::now();
-                    match store.renew_job(id, owner, LEASE, done) {
-                        Ok(true) => {}
-                        Ok(false) => lost.store(true, Ordering::Release),
-                        Err(e) => warn!("renewing the purge of {id}: {e}"),
-                    }
-                }
-                progress(done);
-                if stop() {
-                    stop_flag.store(true, Ordering::Release);
-                }
-            });
-            r.and_then(|()| {
-                if stop() {
-                    return Err(RemoveError::Cancelled);
-                }
-                cat.remove_backing_root(id, &v.volume)
-                    .map_err(|err| RemoveError::Failed {
-                        path: ".".into(),
-                        err,
-                    })
-            })
-        }
-    };
+    let result = remove_copy(cat, id, &v.volume, owner, cancel, pause, &mut |n| {
+        done = job.done + n;
+        progress(done);
+    });
     match result {
         Ok(()) => {
             let cause = format!("purge done: {done} entries removed ({owner})");
@@ -177,179 +119,58 @@ pub fn request(cat: &Catalog, id: &str, cause: &str) -> Result<()> {
     }
 }
 
-/// Pool settings.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    /// How many vfolders are removed at once.
-    pub workers: usize,
-    /// Trash entries older than this are purged automatically (None: never).
-    pub retention: Option<Duration>,
-    /// How often the store is scanned for work (resumption, retention).
-    pub scan_every: Duration,
-    /// Pause after each removed entry (testing aid; see [`THROTTLE_ENV`]).
-    pub throttle: Option<Duration>,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig {
-            workers: 2,
-            retention: Some(Duration::from_secs(30 * 86400)),
-            scan_every: Duration::from_secs(1),
-            throttle: throttle_from_env(),
-        }
-    }
-}
-
-struct Shared {
-    queued: Mutex<HashSet<String>>,
-    cancel: AtomicBool,
-    running: AtomicUsize,
-    peak: AtomicUsize,
-    completed: AtomicUsize,
-}
-
-/// The background purge pool of one process.
-pub struct PurgePool {
-    tx: Mutex<Option<Sender<String>>>,
-    shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl PurgePool {
-    /// Starts `cfg.workers` workers and a scanner on the store at `layout`.
-    pub fn start(layout: &Layout, cfg: PoolConfig) -> Result<PurgePool> {
-        let (tx, rx) = crossbeam_channel::unbounded::<String>();
-        let shared = Arc::new(Shared {
-            queued: Mutex::new(HashSet::new()),
-            cancel: AtomicBool::new(false),
-            running: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            completed: AtomicUsize::new(0),
-        });
-        let owner = this_owner();
-        let mut threads = Vec::new();
-        for i in 0..cfg.workers.max(1) {
-            let cat = Catalog::open(layout.clone())?;
-            let (rx, shared, owner) = (rx.clone(), shared.clone(), owner.clone());
-            let pause = cfg.throttle;
-            threads.push(
-                thread::Builder::new()
-                    .name(format!("vfolderfs-purge-{i}"))
-                    .spawn(move || worker(&cat, &rx, &shared, &owner, pause))
-                    .map_err(|e| StoreError::Io("starting a purge worker".into(), e))?,
-            );
-        }
-        let cat = Catalog::open(layout.clone())?;
-        let scan_tx = tx.clone();
-        let scan_shared = shared.clone();
-        threads.push(
-            thread::Builder::new()
-                .name("vfolderfs-purge-scan".into())
-                .spawn(move || scan(&cat, &scan_tx, &scan_shared, &cfg))
-                .map_err(|e| StoreError::Io("starting the purge scanner".into(), e))?,
-        );
-        Ok(PurgePool {
-            tx: Mutex::new(Some(tx)),
-            shared,
-            threads: Mutex::new(threads),
-        })
-    }
-
-    /// Queues vfolder `id` unless it is queued or being removed already;
-    /// returns whether it was queued now.
-    pub fn submit(&self, id: &str) -> bool {
-        submit(&self.shared, self.tx.lock().as_ref(), id)
-    }
-
-    /// The most removals seen running at once.
-    pub fn peak(&self) -> usize {
-        self.shared.peak.load(Ordering::Acquire)
-    }
-
-    /// How many purges this pool completed.
-    pub fn completed(&self) -> usize {
-        self.shared.completed.load(Ordering::Acquire)
-    }
-
-    /// Stops the workers between two files and waits for them; purges in
-    /// progress stay `delete-ongoing` for the next start.
-    pub fn shutdown(&self) {
-        self.shared.cancel.store(true, Ordering::Release);
-        self.tx.lock().take();
-        let threads: Vec<_> = self.threads.lock().drain(..).collect();
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PurgePool {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn submit(shared: &Shared, tx: Option<&Sender<String>>, id: &str) -> bool {
-    let Some(tx) = tx else { return false };
-    if shared.cancel.load(Ordering::Acquire) {
-        return false;
-    }
-    if !shared.queued.lock().insert(id.to_string()) {
-        return false;
-    }
-    tx.send(id.to_string()).is_ok()
-}
-
-fn worker(
+/// Removes vfolder `id`'s backing directory on `volume` (a missing one is
+/// fine), renewing `owner`'s job claim as it goes; stops between two
+/// entries when `cancel` is set or the claim is lost.
+pub fn remove_copy(
     cat: &Catalog,
-    rx: &Receiver<String>,
-    shared: &Shared,
+    id: &str,
+    volume: &str,
     owner: &str,
+    cancel: &AtomicBool,
     pause: Option<Duration>,
-) {
-    while let Ok(id) = rx.recv() {
-        if shared.cancel.load(Ordering::Acquire) {
-            break;
+    progress: &mut dyn FnMut(u64),
+) -> std::result::Result<(), RemoveError> {
+    let store = cat.store();
+    let lost = AtomicBool::new(false);
+    let stop = || cancel.load(Ordering::Acquire) || lost.load(Ordering::Acquire);
+    let mut done = 0;
+    let mut last_renew = Instant::now();
+    let fd = match cat.open_backing(id, volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => {
+            return Err(RemoveError::Failed {
+                path: ".".into(),
+                err: e,
+            });
         }
-        let now = shared.running.fetch_add(1, Ordering::AcqRel) + 1;
-        shared.peak.fetch_max(now, Ordering::AcqRel);
-        match purge_one(cat, &id, owner, &shared.cancel, pause, &mut |_| {}) {
-            Ok(Outcome::Complete(_)) => {
-                shared.completed.fetch_add(1, Ordering::AcqRel);
+        Ok(fd) => fd,
+    };
+    let stop_flag = AtomicBool::new(false);
+    remove::empty_dir(fd, &stop_flag, &mut || {
+        done += 1;
+        if let Some(p) = pause {
+            thread::sleep(p);
+        }
+        if last_renew.elapsed() >= RENEW_EVERY {
+            last_renew = Instant::now();
+            match store.renew_job(id, owner, LEASE, done) {
+                Ok(true) => {}
+                Ok(false) => lost.store(true, Ordering::Release),
+                Err(e) => warn!("renewing the job on {id}: {e}"),
             }
-            Ok(_) => {}
-            Err(e) => warn!("purging {id}: {e}"),
         }
-        shared.running.fetch_sub(1, Ordering::AcqRel);
-        shared.queued.lock().remove(&id);
+        progress(done);
+        if stop() {
+            stop_flag.store(true, Ordering::Release);
+        }
+    })?;
+    if stop() {
+        return Err(RemoveError::Cancelled);
     }
-}
-
-fn scan(cat: &Catalog, tx: &Sender<String>, shared: &Shared, cfg: &PoolConfig) {
-    while !shared.cancel.load(Ordering::Acquire) {
-        match cat.store().list(ListFilter::All) {
-            Ok(all) => {
-                let now = crate::store::sqlite::now_millis();
-                for v in all {
-                    let expired = cfg.retention.is_some_and(|keep| {
-                        v.status.is_restorable()
-                            && now - v.status_changed_at > keep.as_millis() as i64
-                    });
-                    if expired && let Err(e) = request(cat, &v.id, "trash retention expired") {
-                        warn!("retention purge of {:?}: {e}", v.name);
-                        continue;
-                    }
-                    if (expired || v.status.is_purging()) && submit(shared, Some(tx), &v.id) {
-                        info!("queued the purge of {:?} ({})", v.name, v.id);
-                    }
-                }
-            }
-            Err(e) => warn!("scanning for purges: {e}"),
-        }
-        let deadline = Instant::now() + cfg.scan_every;
-        while Instant::now() < deadline && !shared.cancel.load(Ordering::Acquire) {
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
+    cat.remove_backing_root(id, volume)
+        .map_err(|err| RemoveError::Failed {
+            path: ".".into(),
+            err,
+        })
 }

@@ -1,0 +1,422 @@
+//! Copying a vfolder's tree by file descriptor, preserving what `cp -a`
+//! preserves: modes, owners, timestamps, symlinks, hard links (as links),
+//! FIFOs and device nodes, sparse regions and extended attributes. Data goes
+//! by reflink (`FICLONE`) where the filesystem can, else `copy_file_range`
+//! over the data segments (`SEEK_DATA`/`SEEK_HOLE`), else read/write. Like
+//! `cp -ax`, a mount point inside the tree is copied as an empty directory.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::sys;
+
+/// Why a copy stopped.
+#[derive(Debug)]
+pub enum CopyError {
+    /// A system call failed on `path` (relative to the tree's root).
+    Failed {
+        /// Where.
+        path: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// Cancelled (shutdown).
+    Cancelled,
+}
+
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyError::Failed { path, err } => write!(f, "{path}: {err}"),
+            CopyError::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for CopyError {}
+
+/// What has been copied so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Entries created (files, directories, links, nodes).
+    pub entries: u64,
+    /// Bytes of file data copied.
+    pub bytes: u64,
+}
+
+const FICLONE: libc::c_ulong = 0x4004_9409;
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+
+struct Ctx<'a> {
+    cancel: &'a AtomicBool,
+    progress: &'a mut dyn FnMut(&CopyStats),
+    stats: CopyStats,
+    /// (dev, ino) of multiply-linked sources → an `O_PATH` fd of their copy.
+    links: HashMap<(u64, u64), OwnedFd>,
+    reflink: bool,
+    root_dev: u64,
+    buf: Vec<u8>,
+}
+
+fn at(path: &str, err: io::Error) -> CopyError {
+    CopyError::Failed {
+        path: if path.is_empty() {
+            ".".into()
+        } else {
+            path.to_string()
+        },
+        err,
+    }
+}
+
+fn join(path: &str, name: &[u8]) -> String {
+    let n = String::from_utf8_lossy(name);
+    if path.is_empty() {
+        n.into_owned()
+    } else {
+        format!("{path}/{n}")
+    }
+}
+
+fn is_mount_root(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: valid fd, name and buffer.
+    let r = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled by a successful statx.
+    let stx = unsafe { stx.assume_init() };
+    Ok(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
+        && stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0)
+}
+
+/// Copies extended attributes from `src` to `dst` (both open fds).
+fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    let list = |buf: &mut [u8]| -> io::Result<usize> {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::flistxattr(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    };
+    let n = match list(&mut []) {
+        Ok(n) => n,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; n];
+    let n = list(&mut names)?;
+    names.truncate(n);
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        // SAFETY: valid fd and name; a null buffer asks for the size.
+        let size =
+            unsafe { libc::fgetxattr(src.as_raw_fd(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut val = vec![0u8; size as usize];
+        // SAFETY: valid fd, name and buffer.
+        let size = unsafe {
+            libc::fgetxattr(
+                src.as_raw_fd(),
+                cname.as_ptr(),
+                val.as_mut_ptr().cast(),
+                val.len(),
+            )
+        };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: valid fd, name and value.
+        let r = unsafe {
+            libc::fsetxattr(
+                dst.as_raw_fd(),
+                cname.as_ptr(),
+                val.as_ptr().cast(),
+                size as usize,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Owner, mode and times of `st` onto an open `dst` (owner first: chown
+/// clears set-id bits).
+fn set_meta(dst: BorrowedFd<'_>, st: &libc::stat) -> io::Result<()> {
+    sys::fchown(dst, st.st_uid, st.st_gid)?;
+    sys::fchmod(dst, st.st_mode & 0o7777)?;
+    let times = [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ];
+    sys::futimens(dst, &times)
+}
+
+fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}
+
+impl Ctx<'_> {
+    fn tick(&mut self) -> Result<(), CopyError> {
+        (self.progress)(&self.stats);
+        if self.cancel.load(Ordering::Acquire) {
+            return Err(CopyError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Copies file data from `src` to `dst`, keeping holes.
+    fn copy_data(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+        if self.reflink {
+            // SAFETY: FICLONE takes the source fd as its argument.
+            let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
+            if r == 0 {
+                self.stats.bytes += size;
+                return Ok(());
+            }
+            // Not supported here: do not ask again in this copy.
+            self.reflink = false;
+        }
+        let mut pos: i64 = 0;
+        while (pos as u64) < size {
+            let data = match sys::lseek(src, pos, libc::SEEK_DATA) {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                Err(e) => return Err(e),
+            };
+            let hole = sys::lseek(src, data, libc::SEEK_HOLE).unwrap_or(size as i64);
+            self.copy_range(src, dst, data as u64, (hole - data) as u64)?;
+            pos = hole;
+        }
+        // A trailing hole: the size must match.
+        sys::ftruncate(dst, size)
+    }
+
+    fn copy_range(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        mut off: u64,
+        mut len: u64,
+    ) -> io::Result<()> {
+        let mut use_cfr = true;
+        while len > 0 {
+            if use_cfr {
+                match sys::copy_file_range(src, off, dst, off, len.min(1 << 30), 0) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        off += n as u64;
+                        len -= n as u64;
+                        self.stats.bytes += n as u64;
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
+                        ) =>
+                    {
+                        use_cfr = false;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let want = (len as usize).min(self.buf.len());
+            let n = sys::pread(src, &mut self.buf[..want], off)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut w = 0;
+            while w < n {
+                w += sys::pwrite(dst, &self.buf[w..n], off + w as u64)?;
+            }
+            off += n as u64;
+            len -= n as u64;
+            self.stats.bytes += n as u64;
+        }
+        Ok(())
+    }
+
+    fn copy_entry(
+        &mut self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        path: &str,
+    ) -> Result<(), CopyError> {
+        let st = match sys::fstatat(sdir, name, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(at(path, e)),
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        let key = (st.st_dev, st.st_ino);
+        if fmt != libc::S_IFDIR
+            && st.st_nlink > 1
+            && let Some(first) = self.links.get(&key)
+        {
+            sys::link_fd(first.as_fd(), ddir, name).map_err(|e| at(path, e))?;
+            self.stats.entries += 1;
+            return self.tick();
+        }
+        match fmt {
+            libc::S_IFDIR => {
+                sys::mkdirat(ddir, name, 0o700).map_err(|e| at(path, e))?;
+                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+                let d = sys::openat(ddir, name, flags, 0).map_err(|e| at(path, e))?;
+                let crosses = st.st_dev != self.root_dev
+                    || is_mount_root(sdir, name).map_err(|e| at(path, e))?;
+                let s = sys::openat(sdir, name, flags, 0).map_err(|e| at(path, e))?;
+                if !crosses {
+                    self.copy_dir(s.as_fd(), d.as_fd(), path)?;
+                }
+                copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
+                set_meta(d.as_fd(), &st).map_err(|e| at(path, e))?;
+            }
+            libc::S_IFREG => {
+                let s = sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+                    .map_err(|e| at(path, e))?;
+                let d = sys::openat(
+                    ddir,
+                    name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(|e| at(path, e))?;
+                self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
+                    .map_err(|e| at(path, e))?;
+                copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
+                set_meta(d.as_fd(), &st).map_err(|e| at(path, e))?;
+                if st.st_nlink > 1 {
+                    let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                        .map_err(|e| at(path, e))?;
+                    self.links.insert(key, p);
+                }
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(sdir, name).map_err(|e| at(path, e))?;
+                let t = CString::new(target)
+                    .map_err(|_| at(path, io::ErrorKind::InvalidData.into()))?;
+                sys::symlinkat(&t, ddir, name).map_err(|e| at(path, e))?;
+                // SAFETY: valid fd and name.
+                let r = unsafe {
+                    libc::fchownat(
+                        ddir.as_raw_fd(),
+                        name.as_ptr(),
+                        st.st_uid,
+                        st.st_gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r != 0 {
+                    return Err(at(path, io::Error::last_os_error()));
+                }
+                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| at(path, e))?;
+            }
+            _ => {
+                // FIFOs, sockets and device nodes: recreated, not opened.
+                sys::mknodat(ddir, name, st.st_mode, st.st_rdev).map_err(|e| at(path, e))?;
+                let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .map_err(|e| at(path, e))?;
+                sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid).map_err(|e| at(path, e))?;
+                sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777).map_err(|e| at(path, e))?;
+                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| at(path, e))?;
+                if st.st_nlink > 1 {
+                    self.links.insert(key, p);
+                }
+            }
+        }
+        self.stats.entries += 1;
+        self.tick()
+    }
+
+    fn copy_dir(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        path: &str,
+    ) -> Result<(), CopyError> {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = sys::getdents(src, &mut buf).map_err(|e| at(path, e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let names: Vec<Vec<u8>> = sys::parse_dirents(&buf[..n])
+                .filter(|e| e.name != b"." && e.name != b"..")
+                .map(|e| e.name.to_vec())
+                .collect();
+            for name in names {
+                let p = join(path, &name);
+                let c =
+                    CString::new(name).map_err(|_| at(&p, io::ErrorKind::InvalidData.into()))?;
+                self.copy_entry(src, dst, &c, &p)?;
+            }
+        }
+    }
+}
+
+/// Copies everything inside directory `src` into the empty directory `dst`
+/// (both opened `O_RDONLY | O_DIRECTORY`), then gives `dst` the mode, owner,
+/// times and xattrs of `src`. `progress` sees the running totals.
+pub fn copy_tree(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&CopyStats),
+) -> Result<CopyStats, CopyError> {
+    let st = sys::fstat(src).map_err(|e| at("", e))?;
+    let mut ctx = Ctx {
+        cancel,
+        progress,
+        stats: CopyStats::default(),
+        links: HashMap::new(),
+        reflink: true,
+        root_dev: st.st_dev,
+        buf: vec![0u8; 1 << 20],
+    };
+    ctx.copy_dir(src, dst, "")?;
+    copy_xattrs(src, dst).map_err(|e| at("", e))?;
+    set_meta(dst, &st).map_err(|e| at("", e))?;
+    Ok(ctx.stats)
+}

@@ -1,0 +1,146 @@
+//! Cloning a vfolder: the target is created `cloning` beside its source
+//! (also `cloning`, so it refuses writes and stays consistent), the copy runs
+//! as a job, and one transaction ends it: both ready, or the source ready and
+//! the target's partial data on to the purge. A clone interrupted by
+//! shutdown or a crash is rolled back at the next start.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::{LEASE, Outcome, RENEW_EVERY, owner_dead};
+use crate::backing::copy::{self, CopyError, CopyStats};
+use crate::backing::sys;
+use crate::catalog::{Catalog, NewDir};
+use crate::store::{Result, StoreError, VFolder};
+
+/// Job kind recorded in the store.
+pub const KIND: &str = "clone";
+
+/// Starts cloning live vfolder `src` into a new vfolder `dst` on `volume`
+/// (the source's if None); the copy is left to [`run`].
+pub fn start(
+    cat: &Catalog,
+    src: &str,
+    dst: &str,
+    volume: Option<&str>,
+    cause: &str,
+) -> Result<(VFolder, VFolder)> {
+    crate::name::validate(dst).map_err(|e| StoreError::InvalidName(dst.to_string(), e))?;
+    let s = cat.store().get_live(src)?;
+    let volume = volume.unwrap_or(&s.volume).to_string();
+    let root = cat
+        .open_backing(&s.id, &s.volume, libc::O_PATH | libc::O_NOFOLLOW)
+        .map_err(|e| StoreError::Io(cat.backing_path(&s).display().to_string(), e))?;
+    let st = sys::fstat(root.as_fd())
+        .map_err(|e| StoreError::Io(cat.backing_path(&s).display().to_string(), e))?;
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let dir = NewDir {
+        mode: st.st_mode & 0o7777,
+        owner: Some((st.st_uid, st.st_gid)),
+    };
+    drop(cat.make_backing(&id, &volume, dir)?);
+    let started = cat.store().begin_clone(&s.id, &id, dst, &volume, cause);
+    match started {
+        Ok(pair) => {
+            cat.store().queue_job(&id, KIND, None)?;
+            Ok(pair)
+        }
+        Err(e) => {
+            let _ = cat.remove_backing_root(&id, &volume);
+            Err(e)
+        }
+    }
+}
+
+/// Runs the clone into `dst` under a job claim for `owner`; `progress`
+/// sees files and bytes copied so far.
+pub fn run(
+    cat: &Catalog,
+    dst: &str,
+    owner: &str,
+    cancel: &AtomicBool,
+    pause: Option<Duration>,
+    progress: &mut dyn FnMut(&CopyStats),
+) -> Result<Outcome> {
+    let store = cat.store();
+    let Some(job) = store.claim_job(dst, KIND, owner, LEASE, None, &owner_dead)? else {
+        return Ok(Outcome::HeldElsewhere);
+    };
+    let d = store.get(dst)?;
+    let Some(src_id) = d.clone_src.clone().filter(|_| d.status.is_cloning()) else {
+        store.release_job(dst, owner, true)?;
+        return Ok(Outcome::NotApplicable);
+    };
+    if job.claims > 1 {
+        let why = "clone interrupted (shutdown or crash); rolled back";
+        store.finish_clone(dst, Some(why), &format!("{why} ({owner})"))?;
+        store.release_job(dst, owner, true)?;
+        info!("rolled back the interrupted clone into {:?}", d.name);
+        return Ok(Outcome::RolledBack(why.into()));
+    }
+    let s = store.get(&src_id)?;
+    if !super::settle(cancel) {
+        store.release_job(dst, owner, false)?;
+        return Ok(Outcome::Cancelled);
+    }
+    let open = |v: &VFolder| {
+        cat.open_backing(&v.id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW)
+            .map_err(|err| CopyError::Failed {
+                path: cat.backing_path(v).display().to_string(),
+                err,
+            })
+    };
+    let stop = AtomicBool::new(false);
+    let mut last = Instant::now();
+    let result = open(&s).and_then(|sfd| {
+        let dfd = open(&d)?;
+        copy::copy_tree(sfd.as_fd(), dfd.as_fd(), &stop, &mut |st| {
+            if let Some(p) = pause {
+                thread::sleep(p);
+            }
+            if last.elapsed() >= RENEW_EVERY {
+                last = Instant::now();
+                match store.renew_job(dst, owner, LEASE, st.entries) {
+                    Ok(true) => {}
+                    Ok(false) => stop.store(true, Ordering::Release),
+                    Err(e) => warn!("renewing the clone into {dst}: {e}"),
+                }
+            }
+            if cancel.load(Ordering::Acquire) {
+                stop.store(true, Ordering::Release);
+            }
+            progress(st);
+        })
+    });
+    match result {
+        Ok(st) => {
+            let cause = format!(
+                "clone done: {} entries, {} bytes from {:?} ({owner})",
+                st.entries, st.bytes, s.name
+            );
+            store.finish_clone(dst, None, &cause)?;
+            store.release_job(dst, owner, true)?;
+            info!(
+                "cloned {:?} into {:?}: {} entries",
+                s.name, d.name, st.entries
+            );
+            Ok(Outcome::Complete(st.entries))
+        }
+        Err(CopyError::Cancelled) => {
+            store.release_job(dst, owner, false)?;
+            Ok(Outcome::Cancelled)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let cause = format!("clone failed: {msg}; rolled back ({owner})");
+            store.finish_clone(dst, Some(&msg), &cause)?;
+            store.release_job(dst, owner, true)?;
+            warn!("clone of {:?} into {:?} failed: {msg}", s.name, d.name);
+            Ok(Outcome::Failed(msg))
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Relocating a vfolder to another data volume: ready → performing (readable,
+//! attachable, writes refused), the data moved (one rename within a
+//! filesystem, the clone engine's copy across filesystems), the location
+//! switched in one transaction, the old copy removed; → ready. After a crash
+//! at any step the vfolder ends ready at the old location or at the new one,
+//! and no copy is left behind.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::{LEASE, Outcome, RENEW_EVERY, owner_dead, purge};
+use crate::backing::copy::{self, CopyError, CopyStats};
+use crate::backing::sys;
+use crate::catalog::{Catalog, NewDir};
+use crate::status::Op;
+use crate::store::{Result, StoreError, TransitionArgs, VFolder};
+
+/// Job kind recorded in the store.
+pub const KIND: &str = "relocate";
+/// Job kind of removing a relocated vfolder's old copy.
+pub const CLEANUP_KIND: &str = "relocate-cleanup";
+
+/// Starts relocating live vfolder `name` to volume `to`; the move is left to [`run`].
+pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder> {
+    let v = cat.store().get_live(name)?;
+    cat.volume(to)?;
+    if v.volume == to {
+        return Err(StoreError::Corrupt(format!(
+            "vfolder {name:?} is on volume {to} already"
+        )));
+    }
+    let v = cat.store().transition(
+        &v.id,
+        Op::RelocateStart,
+        TransitionArgs {
+            cause,
+            ..Default::default()
+        },
+    )?;
+    cat.store().queue_job(&v.id, KIND, Some(to))?;
+    Ok(v)
+}
+
+fn exists(cat: &Catalog, id: &str, volume: &str) -> bool {
+    cat.open_backing(id, volume, libc::O_PATH | libc::O_NOFOLLOW)
+        .is_ok()
+}
+
+fn end(cat: &Catalog, id: &str, to: Option<&str>, cause: &str) -> Result<VFolder> {
+    cat.store().switch_volume(id, to, cause)
+}
+
+/// Runs (or resumes) the relocation of `id` under a job claim for `owner`.
+pub fn run(
+    cat: &Catalog,
+    id: &str,
+    owner: &str,
+    cancel: &AtomicBool,
+    pause: Option<Duration>,
+    progress: &mut dyn FnMut(&CopyStats),
+) -> Result<Outcome> {
+    let store = cat.store();
+    let Some(job) = store.claim_job(id, KIND, owner, LEASE, None, &owner_dead)? else {
+        return Ok(Outcome::HeldElsewhere);
+    };
+    let v = store.get(id)?;
+    if !v.status.is_relocating() {
+        store.release_job(id, owner, true)?;
+        return Ok(Outcome::NotApplicable);
+    }
+    let from = v.volume.clone();
+    let Some(to) = job.arg.clone().filter(|t| cat.volume(t).is_ok()) else {
+        let why = "relocation has no usable target volume; rolled back";
+        end(cat, id, None, why)?;
+        store.release_job(id, owner, true)?;
+        return Ok(Outcome::RolledBack(why.into()));
+    };
+    if job.claims > 1 {
+        // Interrupted: finish a rename that happened, undo a partial copy.
+        if !exists(cat, id, &from) && exists(cat, id, &to) {
+            end(
+                cat,
+                id,
+                Some(&to),
+                &format!("relocation to {to} completed on resume ({owner})"),
+            )?;
+            store.clear_prev_volume(id)?;
+            store.release_job(id, owner, true)?;
+            return Ok(Outcome::Complete(0));
+        }
+        let why = format!("relocation to {to} interrupted; rolled back");
+        if exists(cat, id, &to)
+            && let Err(e) = purge::remove_copy(cat, id, &to, owner, cancel, None, &mut |_| {})
+        {
+            store.release_job(id, owner, false)?;
+            warn!("removing the partial copy of {id} on {to}: {e}");
+            return Ok(Outcome::Cancelled);
+        }
+        end(cat, id, None, &format!("{why} ({owner})"))?;
+        store.release_job(id, owner, true)?;
+        return Ok(Outcome::RolledBack(why));
+    }
+    if cat.same_filesystem(&from, &to)? {
+        cat.rename_backing(id, &from, &to)
+            .map_err(|e| StoreError::Io(cat.backing_path(&v).display().to_string(), e))?;
+        end(
+            cat,
+            id,
+            Some(&to),
+            &format!("relocated from {from} to {to} by rename ({owner})"),
+        )?;
+        store.clear_prev_volume(id)?;
+        store.release_job(id, owner, true)?;
+        info!("relocated {:?} to {to} (rename)", v.name);
+        return Ok(Outcome::Complete(0));
+    }
+    // Across filesystems: copy (once every mount refuses writes), switch,
+    // remove the old copy.
+    if !super::settle(cancel) {
+        store.release_job(id, owner, false)?;
+        return Ok(Outcome::Cancelled);
+    }
+    let fail = |msg: String| -> Result<Outcome> {
+        let _ = purge::remove_copy(
+            cat,
+            id,
+            &to,
+            owner,
+            &AtomicBool::new(false),
+            None,
+            &mut |_| {},
+        );
+        end(
+            cat,
+            id,
+            None,
+            &format!("relocation to {to} failed: {msg} ({owner})"),
+        )?;
+        store.release_job(id, owner, true)?;
+        warn!("relocation of {:?} to {to} failed: {msg}", v.name);
+        Ok(Outcome::Failed(msg))
+    };
+    let src = match cat.open_backing(id, &from, libc::O_RDONLY | libc::O_NOFOLLOW) {
+        Ok(fd) => fd,
+        Err(e) => return fail(e.to_string()),
+    };
+    let st = match sys::fstat(src.as_fd()) {
+        Ok(st) => st,
+        Err(e) => return fail(e.to_string()),
+    };
+    let dir = NewDir {
+        mode: st.st_mode & 0o7777,
+        owner: Some((st.st_uid, st.st_gid)),
+    };
+    let dst = match cat.make_backing(id, &to, dir) {
+        Ok(fd) => fd,
+        Err(e) => return fail(e.to_string()),
+    };
+    let stop = AtomicBool::new(false);
+    let mut last = Instant::now();
+    let copied = copy::copy_tree(src.as_fd(), dst.as_fd(), &stop, &mut |s| {
+        if let Some(p) = pause {
+            thread::sleep(p);
+        }
+        if last.elapsed() >= RENEW_EVERY {
+            last = Instant::now();
+            match store.renew_job(id, owner, LEASE, s.entries) {
+                Ok(true) => {}
+                Ok(false) => stop.store(true, Ordering::Release),
+                Err(e) => warn!("renewing the relocation of {id}: {e}"),
+            }
+        }
+        if cancel.load(Ordering::Acquire) {
+            stop.store(true, Ordering::Release);
+        }
+        progress(s);
+    });
+    let stats = match copied {
+        Ok(s) => s,
+        Err(CopyError::Cancelled) => {
+            store.release_job(id, owner, false)?;
+            return Ok(Outcome::Cancelled);
+        }
+        Err(e) => return fail(e.to_string()),
+    };
+    drop((src, dst));
+    end(
+        cat,
+        id,
+        Some(&to),
+        &format!(
+            "relocated from {from} to {to}: {} entries, {} bytes ({owner})",
+            stats.entries, stats.bytes
+        ),
+    )?;
+    store.release_job(id, owner, true)?;
+    info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
+    cleanup(cat, id, owner, cancel)?;
+    Ok(Outcome::Complete(stats.entries))
+}
+
+/// Removes the old copy a finished relocation left behind (its row names
+/// the old volume until this is done).
+pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Result<Outcome> {
+    let store = cat.store();
+    let Some(_job) = store.claim_job(id, CLEANUP_KIND, owner, LEASE, None, &owner_dead)? else {
+        return Ok(Outcome::HeldElsewhere);
+    };
+    let v = store.get(id)?;
+    let Some(prev) = v.prev_volume.clone().filter(|p| *p != v.volume) else {
+        store.clear_prev_volume(id)?;
+        store.release_job(id, owner, true)?;
+        return Ok(Outcome::NotApplicable);
+    };
+    let mut n = 0;
+    match purge::remove_copy(cat, id, &prev, owner, cancel, None, &mut |d| n = d) {
+        Ok(()) => {
+            store.clear_prev_volume(id)?;
+            store.release_job(id, owner, true)?;
+            Ok(Outcome::Complete(n))
+        }
+        Err(crate::backing::remove::RemoveError::Cancelled) => {
+            store.release_job(id, owner, false)?;
+            Ok(Outcome::Cancelled)
+        }
+        Err(e) => {
+            store.release_job(id, owner, true)?;
+            warn!("removing the old copy of {:?} on {prev}: {e}", v.name);
+            Ok(Outcome::Failed(e.to_string()))
+        }
+    }
+}
