@@ -399,7 +399,8 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     openat(cwd, &p, flags & !libc::O_NOFOLLOW & !libc::O_CREAT, 0)
 }
 
-/// Raises the soft open-file limit to the hard limit (the inode table holds an fd per inode).
+/// Raises the open-file limit as far as allowed: to the system's `nr_open`
+/// for root, else the soft limit to the hard one.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -407,6 +408,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     };
     // SAFETY: lim is a valid rlimit.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0
+        && let Some(n) = nr_open
+        && n > lim.rlim_max
+    {
+        lim.rlim_max = n;
+    }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: lim is a valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
@@ -469,4 +480,64 @@ pub fn parse_dirents(buf: &[u8]) -> impl Iterator<Item = DirEntry<'_>> {
             name,
         })
     })
+}
+
+/// A kernel file handle (`struct file_handle`): stable for the life of an
+/// inode, costs no open file, and reopens with `open_by_handle_at`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    /// `struct file_handle` as the kernel wrote it (header and bytes).
+    raw: Box<[u8]>,
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of the inode an fd
+/// refers to, and the id of its mount.
+pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf holds a file_handle header announcing MAX_HANDLE_SZ bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    buf.truncate(8 + n.min(MAX_HANDLE_SZ));
+    Ok((
+        FileHandle {
+            raw: buf.into_boxed_slice(),
+        },
+        mount_id,
+    ))
+}
+
+/// `open_by_handle_at(mount_fd, handle, flags)` (needs `CAP_DAC_READ_SEARCH`).
+pub fn open_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
+    let mut raw = h.raw.to_vec();
+    // SAFETY: raw is a complete file_handle as the kernel produced it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            raw.as_mut_ptr(),
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

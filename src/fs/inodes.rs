@@ -1,5 +1,8 @@
-//! The inode table: one `O_PATH` fd per backing inode the kernel knows,
-//! keyed by node id and by (device, inode), released when the kernel forgets.
+//! The inode table: every backing inode the kernel knows, keyed by node id
+//! and by (device, inode), released when the kernel forgets it. Directories
+//! hold an `O_PATH` fd (they are the anchors of every `*at` call); other
+//! inodes hold a kernel file handle and are reopened by it when needed, so a
+//! walk over millions of files costs no open file per file.
 //!
 //! Node ids double as the `st_ino` users see (fuser sends `attr.ino` as the
 //! node id), so a backing inode keeps its own inode number whenever that
@@ -7,6 +10,7 @@
 //! 1 and 2) get numbers from a high range instead.
 
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +18,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
+use crate::backing::sys::{self, FileHandle};
+
+/// How an inode is reached.
+enum Anchor {
+    /// An `O_PATH | O_NOFOLLOW` fd (directories, and where handles fail).
+    Fd(OwnedFd),
+    /// A file handle, reopened against an fd of its mount.
+    Handle(FileHandle, Arc<OwnedFd>),
+}
+
+/// An fd on an inode for the length of one operation.
+pub enum InodeFd<'a> {
+    /// The inode's own fd.
+    Held(BorrowedFd<'a>),
+    /// Reopened from its handle; closed when dropped.
+    Opened(OwnedFd),
+}
+
+impl InodeFd<'_> {
+    /// The fd.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            InodeFd::Held(b) => *b,
+            InodeFd::Opened(o) => o.as_fd(),
+        }
+    }
+}
 
 /// One backing inode.
 pub struct Inode {
     /// Node id (and `st_ino`).
     pub nodeid: u64,
-    /// `O_PATH | O_NOFOLLOW` fd on the backing inode.
-    pub fd: OwnedFd,
+    anchor: Anchor,
     /// (st_dev, st_ino) of the backing inode.
     pub key: (u64, u64),
     /// `S_IFMT` bits of the backing inode.
@@ -33,9 +63,16 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// The fd to use in `*at` calls.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An `O_PATH` fd on the inode (directories: their own; others: reopened
+    /// by handle, `ESTALE` once the inode is gone).
+    pub fn fd(&self) -> io::Result<InodeFd<'_>> {
+        match &self.anchor {
+            Anchor::Fd(fd) => Ok(InodeFd::Held(fd.as_fd())),
+            Anchor::Handle(h, mount) => {
+                sys::open_handle(mount.as_fd(), h, libc::O_PATH | libc::O_NOFOLLOW)
+                    .map(InodeFd::Opened)
+            }
+        }
     }
 
     /// Whether this is a directory.
@@ -55,6 +92,8 @@ struct Shard {
 /// The table. Sharded by node id so that parallel requests rarely contend.
 pub struct InodeTable {
     shards: Vec<Mutex<Shard>>,
+    /// One fd per mount seen, for `open_by_handle_at`.
+    mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
     /// (dev, ino) → node id; one lock so that lookups of one inode agree.
     by_key: Mutex<HashMap<(u64, u64), u64>>,
     next_high: AtomicU64,
@@ -67,6 +106,7 @@ impl InodeTable {
     pub fn new(main_dev: u64) -> InodeTable {
         InodeTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            mounts: Mutex::new(HashMap::new()),
             by_key: Mutex::new(HashMap::new()),
             next_high: AtomicU64::new(HIGH_RANGE),
             main_dev,
@@ -82,15 +122,17 @@ impl InodeTable {
         self.shard(nodeid).lock().by_id.get(&nodeid).cloned()
     }
 
-    /// Counts one kernel lookup of the backing inode `fd`/`st`, adding it to
-    /// the table if new (the fd is dropped when the inode is known already).
+    /// Counts one kernel lookup of the backing inode `fd`/`st` found in
+    /// directory `parent` (None: a vfolder's root), adding it to the table
+    /// if new (the fd is dropped when the inode is known already).
     pub fn insert_lookup(
         &self,
         fd: OwnedFd,
         st: &libc::stat,
         vf: &Arc<VfState>,
-        is_vf_root: bool,
+        parent: Option<BorrowedFd<'_>>,
     ) -> Arc<Inode> {
+        let is_vf_root = parent.is_none();
         let key = (st.st_dev, st.st_ino);
         let mut keys = self.by_key.lock();
         if let Some(&nid) = keys.get(&key)
@@ -110,9 +152,10 @@ impl InodeTable {
         } else {
             self.next_high.fetch_add(1, Ordering::Relaxed)
         };
+        let anchor = self.anchor(fd, st, parent);
         let ino = Arc::new(Inode {
             nodeid,
-            fd,
+            anchor,
             key,
             fmt: st.st_mode & libc::S_IFMT,
             vf: vf.clone(),
@@ -125,6 +168,38 @@ impl InodeTable {
         self.shard(nodeid).lock().by_id.insert(nodeid, ino.clone());
         keys.insert(key, nodeid);
         ino
+    }
+
+    /// Keeps a directory's fd; trades any other inode's fd for its handle
+    /// when its mount has (or its parent directory gives) an fd to reopen by.
+    fn anchor(&self, fd: OwnedFd, st: &libc::stat, parent: Option<BorrowedFd<'_>>) -> Anchor {
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Anchor::Fd(fd);
+        }
+        let Ok((h, mount_id)) = sys::handle_of(fd.as_fd()) else {
+            // No handles on this filesystem: keep the fd.
+            return Anchor::Fd(fd);
+        };
+        let mut mounts = self.mounts.lock();
+        if let Some(m) = mounts.get(&mount_id) {
+            return Anchor::Handle(h, m.clone());
+        }
+        // open_by_handle_at wants a real (not O_PATH) fd on the same mount:
+        // the parent directory, reopened, if it is on this mount.
+        let Some(p) = parent else {
+            return Anchor::Fd(fd);
+        };
+        match (
+            sys::handle_of(p),
+            sys::reopen(p, libc::O_RDONLY | libc::O_DIRECTORY),
+        ) {
+            (Ok((_, pm)), Ok(dirfd)) if pm == mount_id => {
+                let m = Arc::new(dirfd);
+                mounts.insert(mount_id, m.clone());
+                Anchor::Handle(h, m)
+            }
+            _ => Anchor::Fd(fd),
+        }
     }
 
     /// The kernel dropped `n` lookups of `nodeid`.

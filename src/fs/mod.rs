@@ -142,9 +142,12 @@ impl VfolderFs {
 
     /// Looks `name` up in a backing directory and counts the kernel's lookup.
     fn lookup_in(&self, parent: &Inode, name: &CString) -> FsResult<FileAttr> {
-        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let pfd = parent.fd()?;
+        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
-        let ino = self.inodes.insert_lookup(fd, &st, &parent.vf, false);
+        let ino = self
+            .inodes
+            .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()));
         Ok(attr::from_stat(ino.nodeid, &st))
     }
 
@@ -155,12 +158,12 @@ impl VfolderFs {
             .cat
             .open_backing(&vf.id, &vf.volume(), libc::O_PATH | libc::O_NOFOLLOW)?;
         let st = sys::fstat(fd.as_fd())?;
-        let ino = self.inodes.insert_lookup(fd, &st, vf, true);
+        let ino = self.inodes.insert_lookup(fd, &st, vf, None);
         Ok(attr::from_stat(ino.nodeid, &st))
     }
 
     fn stat_attr(&self, ino: &Inode) -> FsResult<FileAttr> {
-        let st = sys::fstat(ino.fd())?;
+        let st = sys::fstat(ino.fd()?.as_fd())?;
         Ok(attr::from_stat(ino.nodeid, &st))
     }
 
@@ -205,17 +208,21 @@ impl VfolderFs {
         if let Some(m) = mode {
             match hfd {
                 Some(fd) => sys::fchmod(fd, m & 0o7777)?,
-                None => sys::fchmod_path_fd(i.fd(), m & 0o7777)?,
+                None => sys::fchmod_path_fd(i.fd()?.as_fd(), m & 0o7777)?,
             }
         }
         if uid.is_some() || gid.is_some() {
-            sys::fchown_path_fd(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+            sys::fchown_path_fd(
+                i.fd()?.as_fd(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+            )?;
         }
         if let Some(sz) = size {
             match hfd {
                 Some(fd) => sys::ftruncate(fd, sz)?,
                 None => {
-                    let fd = sys::reopen(i.fd(), libc::O_WRONLY | libc::O_NONBLOCK)?;
+                    let fd = sys::reopen(i.fd()?.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?;
                     sys::ftruncate(fd.as_fd(), sz)?;
                 }
             }
@@ -225,7 +232,7 @@ impl VfolderFs {
             match hfd {
                 Some(fd) => sys::futimens(fd, &times)?,
                 None => sys::utimensat(
-                    i.fd(),
+                    i.fd()?.as_fd(),
                     sys::EMPTY,
                     &times,
                     libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
@@ -257,7 +264,7 @@ impl VfolderFs {
         let _w = p.vf.begin_write()?;
         {
             let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::mknodat(p.fd(), &n, mode, rdev as u64)?;
+            sys::mknodat(p.fd()?.as_fd(), &n, mode, rdev as u64)?;
         }
         self.lookup_in(&p, &n)
     }
@@ -277,7 +284,7 @@ impl VfolderFs {
         let _w = p.vf.begin_write()?;
         {
             let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::mkdirat(p.fd(), &n, mode)?;
+            sys::mkdirat(p.fd()?.as_fd(), &n, mode)?;
         }
         self.lookup_in(&p, &n)
     }
@@ -295,7 +302,7 @@ impl VfolderFs {
         let _w = p.vf.begin_write()?;
         {
             let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::symlinkat(&t, p.fd(), &n)?;
+            sys::symlinkat(&t, p.fd()?.as_fd(), &n)?;
         }
         self.lookup_in(&p, &n)
     }
@@ -309,7 +316,7 @@ impl VfolderFs {
                 let n = cname(name)?;
                 let _w = p.vf.begin_write()?;
                 let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-                sys::unlinkat(p.fd(), &n, flags)?;
+                sys::unlinkat(p.fd()?.as_fd(), &n, flags)?;
                 Ok(())
             }
         }
@@ -330,7 +337,7 @@ impl VfolderFs {
                 }
                 let (n1, n2) = (cname(name)?, cname(newname)?);
                 let _w = a.vf.begin_write()?;
-                sys::renameat2(a.fd(), &n1, b.fd(), &n2, flags.bits())?;
+                sys::renameat2(a.fd()?.as_fd(), &n1, b.fd()?.as_fd(), &n2, flags.bits())?;
                 Ok(())
             }
             (Node::Backing(_), _) | (_, Node::Backing(_)) => Err(FsError::CrossVfolder),
@@ -352,7 +359,7 @@ impl VfolderFs {
         }
         let n = cname(newname)?;
         let _w = p.vf.begin_write()?;
-        sys::link_fd(i.fd(), p.fd(), &n)?;
+        sys::link_fd(i.fd()?.as_fd(), p.fd()?.as_fd(), &n)?;
         self.lookup_in(&p, &n)
     }
 
@@ -372,7 +379,7 @@ impl VfolderFs {
             } else {
                 None
             };
-            let fd = sys::reopen(i.fd(), Self::open_flags(flags.0))?;
+            let fd = sys::reopen(i.fd()?.as_fd(), Self::open_flags(flags.0))?;
             let read_only = !wants_write || i.fmt != libc::S_IFREG;
             let mode = if self.passthrough && i.fmt == libc::S_IFREG {
                 self.handles
@@ -414,7 +421,7 @@ impl VfolderFs {
         let fd = {
             let _as = AsCaller::enter(req.uid(), req.gid())?;
             sys::openat(
-                p.fd(),
+                p.fd()?.as_fd(),
                 &n,
                 (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !(libc::O_NOCTTY | libc::O_DIRECT),
                 mode,
@@ -489,7 +496,7 @@ impl VfolderFs {
             }
             Node::Backing(i) => {
                 i.vf.check_readable()?;
-                let fd = sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                let fd = sys::reopen(i.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
                 DirHandle::Backing {
                     fd: parking_lot::Mutex::new(fd),
                     vf: i.vf.clone(),
@@ -601,10 +608,17 @@ impl VfolderFs {
         })
     }
 
-    fn xattr_target(&self, ino: INodeNo) -> FsResult<(Arc<Inode>, CString)> {
+    /// Runs `f` with the inode and a `/proc/self/fd` path reaching it (the
+    /// xattr calls have no `O_PATH`-fd form).
+    fn with_proc_path<T>(
+        &self,
+        ino: INodeNo,
+        f: impl FnOnce(&Inode, &CString) -> FsResult<T>,
+    ) -> FsResult<T> {
         let i = self.inode(ino)?;
-        let p = sys::proc_fd_path(i.fd());
-        Ok((i, p))
+        let fd = i.fd()?;
+        let path = sys::proc_fd_path(fd.as_fd());
+        f(&i, &path)
     }
 
     fn reply_xattr(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
@@ -664,7 +678,14 @@ impl Filesystem for VfolderFs {
         self.inodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        // An open file answers for itself (it may be unlinked already).
+        if let Some(h) = fh.and_then(|f| self.handles.get(f.0))
+            && let Handle::File(f) = &*h
+            && let Ok(st) = sys::fstat(f.fd())
+        {
+            return reply.attr(&self.cfg.ttl, &attr::from_stat(ino.0, &st));
+        }
         match self.do_getattr(ino) {
             Ok(a) => reply.attr(&self.cfg.ttl, &a),
             Err(e) => reply.error(e.errno()),
@@ -698,7 +719,7 @@ impl Filesystem for VfolderFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self
             .inode(ino)
-            .and_then(|i| Ok(sys::readlinkat(i.fd(), sys::EMPTY)?))
+            .and_then(|i| Ok(sys::readlinkat(i.fd()?.as_fd(), sys::EMPTY)?))
         {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.errno()),
@@ -915,7 +936,10 @@ impl Filesystem for VfolderFs {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let r = match self.node(ino) {
-            Ok(Node::Backing(i)) => sys::fstatvfs(i.fd()).map_err(FsError::from),
+            Ok(Node::Backing(i)) => i
+                .fd()
+                .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+                .map_err(FsError::from),
             _ => sys::fstatvfs(self.data.as_fd()).map_err(FsError::from),
         };
         match r {
@@ -943,12 +967,11 @@ impl Filesystem for VfolderFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            let (i, p) = self.xattr_target(ino)?;
+        let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
             let _w = i.vf.begin_write()?;
-            Ok(sys::setxattr(&p, &n, value, flags)?)
-        })();
+            Ok(sys::setxattr(p, &n, value, flags)?)
+        });
         reply_empty(reply, r);
     }
 
@@ -956,18 +979,17 @@ impl Filesystem for VfolderFs {
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return reply.error(Errno::ENODATA);
         }
-        let r = (|| {
-            let (_i, p) = self.xattr_target(ino)?;
+        let r = self.with_proc_path(ino, |_i, p| {
             let n = cname(name)?;
             if size == 0 {
-                let len = sys::getxattr(&p, &n, &mut [])?;
+                let len = sys::getxattr(p, &n, &mut [])?;
                 return Ok(vec![0; len]);
             }
             let mut buf = vec![0u8; size as usize];
-            let len = sys::getxattr(&p, &n, &mut buf)?;
+            let len = sys::getxattr(p, &n, &mut buf)?;
             buf.truncate(len);
             Ok(buf)
-        })();
+        });
         Self::reply_xattr(reply, size, r);
     }
 
@@ -975,19 +997,16 @@ impl Filesystem for VfolderFs {
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return Self::reply_xattr(reply, size, Ok(Vec::new()));
         }
-        let r = self
-            .xattr_target(ino)
-            .and_then(|(_i, p)| xattr_read(|b| sys::listxattr(&p, b)));
+        let r = self.with_proc_path(ino, |_i, p| xattr_read(|b| sys::listxattr(p, b)));
         Self::reply_xattr(reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let (i, p) = self.xattr_target(ino)?;
+        let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
             let _w = i.vf.begin_write()?;
-            Ok(sys::removexattr(&p, &n)?)
-        })();
+            Ok(sys::removexattr(p, &n)?)
+        });
         reply_empty(reply, r);
     }
 

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""The vfolderfs benchmark: the same workloads, in one run, on the native
+backing filesystem, a vfolder of a vfolderfs mount, bindfs and mergerfs over
+the same disk. Prints absolute figures and each one's speed ratio to native
+(higher is better), medians of several rounds with the order of targets
+rotated between rounds. Run it through scripts/bench.sh, which builds the
+release binary and installs the peers.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "vfolderfs")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == path for line in f)
+
+
+def unmount(path):
+    if not mounted(path):
+        return
+    if subprocess.run(["umount", path], stderr=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if not mounted(path):
+            return
+        time.sleep(0.01)
+
+
+class Target:
+    def __init__(self, name, base):
+        self.name = name
+        self.base = base
+        self.mnt = None
+        self.work = None
+
+    def setup(self):
+        raise NotImplementedError
+
+    def teardown(self):
+        if self.mnt:
+            unmount(self.mnt)
+
+
+class Native(Target):
+    def setup(self):
+        self.work = os.path.join(self.base, "native")
+        os.makedirs(self.work, exist_ok=True)
+
+
+class Vfolderfs(Target):
+    def setup(self):
+        self.store = os.path.join(self.base, "vfs-store")
+        self.mnt = os.path.join(self.base, "vfs-mnt")
+        os.makedirs(self.mnt, exist_ok=True)
+        self.cli("mount", self.mnt)
+        self.cli("create", "bench")
+        self.work = os.path.join(self.mnt, "bench")
+
+    def cli(self, *args, check=True):
+        return subprocess.run([BIN, "--store", self.store, *args], check=check,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def pid(self):
+        for p in os.listdir("/proc"):
+            if not p.isdigit():
+                continue
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"vfolderfs") and self.store.encode() in cmd and b"mount" in cmd:
+                return int(p)
+        return None
+
+
+class Bindfs(Target):
+    def setup(self):
+        src = os.path.join(self.base, "bindfs-src")
+        self.mnt = os.path.join(self.base, "bindfs-mnt")
+        os.makedirs(src, exist_ok=True)
+        os.makedirs(self.mnt, exist_ok=True)
+        sh(f"bindfs {src} {self.mnt}")
+        self.work = self.mnt
+
+
+class Mergerfs(Target):
+    def setup(self):
+        src = os.path.join(self.base, "mergerfs-src")
+        self.mnt = os.path.join(self.base, "mergerfs-mnt")
+        os.makedirs(src, exist_ok=True)
+        os.makedirs(self.mnt, exist_ok=True)
+        sh("mergerfs -o allow_other,use_ino,cache.files=off,dropcacheonclose=true,"
+           f"category.create=mfs {src} {self.mnt}")
+        self.work = self.mnt
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_files(d, n, size=0):
+    data = b"x" * size
+    for i in range(n):
+        fd = os.open(os.path.join(d, f"f{i}"), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        if data:
+            os.write(fd, data)
+        os.close(fd)
+
+
+def make_tree(d, dirs, per):
+    os.mkdir(d)
+    for i in range(dirs):
+        sub = os.path.join(d, f"d{i}")
+        os.mkdir(sub)
+        make_files(sub, per)
+
+
+class Workloads:
+    """Each workload takes a work directory and returns (value, unit, higher_is_better)."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.seq_mib = 256 if quick else 1024
+        self.rand_mib = 64 if quick else 256
+        self.rand_secs = 3 if quick else 10
+        self.create_n = 2000 if quick else 10000
+        self.tree = (50, 100) if quick else (500, 100)
+        self.par = 500 if quick else 2500
+
+    def seq_write(self, w):
+        p = os.path.join(w, "seq")
+        t = timed(lambda: sh(f"dd if=/dev/zero of={p} bs=1M count={self.seq_mib} conv=fsync status=none"))
+        return self.seq_mib / t, "MiB/s", True
+
+    def seq_read_cold(self, w):
+        p = os.path.join(w, "seq")
+        drop_caches()
+        t = timed(lambda: sh(f"dd if={p} of=/dev/null bs=1M status=none"))
+        return self.seq_mib / t, "MiB/s", True
+
+    def seq_read_warm(self, w):
+        p = os.path.join(w, "seq")
+        sh(f"cat {p} > /dev/null")
+        t = timed(lambda: sh(f"dd if={p} of=/dev/null bs=1M status=none"))
+        os.unlink(p)
+        return self.seq_mib / t, "MiB/s", True
+
+    def rand_read_warm(self, w):
+        p = os.path.join(w, "rand")
+        sh(f"dd if=/dev/urandom of={p} bs=1M count={self.rand_mib} status=none && cat {p} > /dev/null")
+        out = subprocess.run(
+            ["fio", "--name=r", f"--filename={p}", "--rw=randread", "--bs=4k", f"--size={self.rand_mib}M",
+             "--ioengine=psync", "--invalidate=0", f"--runtime={self.rand_secs}", "--time_based",
+             "--output-format=terse", "--terse-version=3"],
+            check=True, stdout=subprocess.PIPE, text=True).stdout
+        os.unlink(p)
+        iops = float(out.split(";")[7])
+        return iops, "IOPS", True
+
+    def create_10k(self, w):
+        d = os.path.join(w, "c10k")
+        os.mkdir(d)
+        t = timed(lambda: make_files(d, self.create_n))
+        shutil.rmtree(d)
+        return self.create_n / t, "files/s", True
+
+    def tree_create(self, w):
+        d = os.path.join(w, "tree")
+        t = timed(lambda: make_tree(d, *self.tree))
+        return self.tree[0] * self.tree[1] / t, "files/s", True
+
+    def ls_lr_warm(self, w):
+        d = os.path.join(w, "tree")
+        sh(f"ls -lR {d} > /dev/null")
+        t = timed(lambda: sh(f"ls -lR {d} > /dev/null"))
+        return t, "s", False
+
+    def find_stat_warm(self, w):
+        d = os.path.join(w, "tree")
+        sh(f"find {d} -printf '%s %m %u\\n' > /dev/null")
+        t = timed(lambda: sh(f"find {d} -printf '%s %m %u\\n' > /dev/null"))
+        return t, "s", False
+
+    def rm_rf(self, w):
+        d = os.path.join(w, "tree")
+        t = timed(lambda: sh(f"rm -rf {d}"))
+        return self.tree[0] * self.tree[1] / t, "files/s", True
+
+    def parallel_small(self, w):
+        d = os.path.join(w, "par")
+        os.mkdir(d)
+        n = self.par
+        script = ("import os,sys\n"
+                  "d=sys.argv[1]\n"
+                  f"for i in range({n}):\n"
+                  "    p=os.path.join(d,'f%d'%i)\n"
+                  "    fd=os.open(p,os.O_CREAT|os.O_WRONLY,0o644); os.write(fd,b'y'*4096); os.close(fd)\n"
+                  f"for i in range({n}):\n"
+                  "    fd=os.open(os.path.join(d,'f%d'%i),os.O_RDONLY); os.read(fd,8192); os.close(fd)\n")
+        for k in range(4):
+            os.mkdir(os.path.join(d, str(k)))
+
+        def run():
+            ps = [subprocess.Popen([sys.executable, "-c", script, os.path.join(d, str(k))]) for k in range(4)]
+            for p in ps:
+                if p.wait() != 0:
+                    raise RuntimeError("parallel worker failed")
+        t = timed(run)
+        shutil.rmtree(d)
+        return 4 * n / t, "files/s", True
+
+
+ROWS = [
+    ("seq write (fsync)", "seq_write"),
+    ("seq read cold", "seq_read_cold"),
+    ("seq read warm", "seq_read_warm"),
+    ("4 KiB rand read warm", "rand_read_warm"),
+    ("create files, one dir", "create_10k"),
+    ("tree create", "tree_create"),
+    ("ls -lR tree, warm", "ls_lr_warm"),
+    ("find/stat tree, warm", "find_stat_warm"),
+    ("rm -rf tree", "rm_rf"),
+    ("4 procs small files", "parallel_small"),
+]
+
+
+def lifecycle(vfs, quick, base):
+    """Trash and purge of a populated vfolder against native rm -rf."""
+    n_dirs, per = (50, 200) if quick else (500, 100)
+    files = n_dirs * per
+    out = {}
+    vfs.cli("create", "life")
+    path = None
+    for line in vfs.cli("show", "life", "--json").stdout.splitlines():
+        import json
+        path = json.loads(line)["path"]
+    for i in range(n_dirs):
+        sub = os.path.join(path, f"d{i}")
+        os.mkdir(sub)
+        make_files(sub, per)
+    t_del = timed(lambda: vfs.cli("delete", "life"))
+    t_purge = timed(lambda: vfs.cli("purge", "life"))
+    native = os.path.join(base, "native-rm")
+    make_tree(native, n_dirs, per)
+    os.sync()
+    t_rm = timed(lambda: sh(f"rm -rf {native}"))
+    out["delete to trash"] = (t_del * 1000, f"ms for {files} files")
+    out["purge"] = ((files + n_dirs) / t_purge, f"entries/s (native rm -rf {(files + n_dirs) / t_rm:.0f}/s,"
+                    f" ratio {t_rm / t_purge:.2f})")
+    return out
+
+
+def wait_visible(path, limit=5.0):
+    """A vfolder made by the CLI appears in the mount within the watcher's poll."""
+    t0 = time.perf_counter()
+    while not os.path.isdir(path):
+        if time.perf_counter() - t0 > limit:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+def status_latency(vfs):
+    """Time from a CLI status change to the first refused write in the mount."""
+    samples = []
+    for i in range(5):
+        name = f"lat{i}"
+        vfs.cli("create", name)
+        wait_visible(os.path.join(vfs.mnt, name))
+        p = os.path.join(vfs.mnt, name, "f")
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+        vfs.cli("delete", name)
+        t0 = time.perf_counter()
+        while True:
+            try:
+                os.write(fd, b"x")
+            except OSError:
+                break
+            if time.perf_counter() - t0 > 5:
+                break
+        samples.append((time.perf_counter() - t0) * 1000)
+        os.close(fd)
+    return statistics.median(samples), max(samples)
+
+
+def rss_after_find(vfs, n_files):
+    vfs.cli("create", "rss")
+    import json
+    path = json.loads(vfs.cli("show", "rss", "--json").stdout)["path"]
+    per = 1000
+    for i in range(n_files // per):
+        sub = os.path.join(path, f"d{i}")
+        os.mkdir(sub)
+        make_files(sub, per)
+    wait_visible(os.path.join(vfs.mnt, "rss"))
+    sh(f"find {os.path.join(vfs.mnt, 'rss')} > /dev/null")
+    pid = vfs.pid()
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round (under 2 minutes)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--dir", default="/var/tmp", help="where to work (the disk under test)")
+    ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs)")
+    args = ap.parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    base = tempfile.mkdtemp(prefix="vfolderfs-bench-", dir=args.dir)
+    kinds = {"native": Native, "vfolderfs": Vfolderfs, "bindfs": Bindfs, "mergerfs": Mergerfs}
+    names = args.only.split(",") if args.only else list(kinds)
+    targets = [kinds[n](n, base) for n in names]
+    wl = Workloads(args.quick)
+    results = {(t.name, r[1]): [] for t in targets for r in ROWS}
+    units = {}
+    extra = {}
+
+    def cleanup(*_):
+        for t in targets:
+            try:
+                t.teardown()
+            except Exception:
+                pass
+        shutil.rmtree(base, ignore_errors=True)
+
+    signal.signal(signal.SIGINT, lambda *a: (cleanup(), sys.exit(130)))
+    signal.signal(signal.SIGTERM, lambda *a: (cleanup(), sys.exit(143)))
+    try:
+        for t in targets:
+            t.setup()
+        for rnd in range(rounds):
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for label, fn in ROWS:
+                for t in order:
+                    v, unit, hib = getattr(wl, fn)(t.work)
+                    results[(t.name, fn)].append(v)
+                    units[fn] = (unit, hib)
+            print(f"round {rnd + 1}/{rounds} done", file=sys.stderr)
+        vfs = next((t for t in targets if t.name == "vfolderfs"), None)
+        if vfs:
+            extra.update(lifecycle(vfs, args.quick, base))
+            med, worst = status_latency(vfs)
+            extra["status change → refused write"] = (med, f"ms median (max {worst:.1f} ms; target ≤100)")
+            n = 100_000 if args.quick else 1_000_000
+            rss = rss_after_find(vfs, n)
+            extra[f"daemon peak RSS after find over {n} files"] = (rss, "MiB (target ≤256)")
+    finally:
+        cleanup()
+
+    def cell(name, fn):
+        v = statistics.median(results[(name, fn)])
+        unit, hib = units[fn]
+        nat = statistics.median(results[("native", fn)]) if ("native", fn) in results else None
+        ratio = ""
+        if nat and name != "native":
+            r = v / nat if hib else nat / v
+            ratio = f" ({r:.2f})"
+        return f"{v:,.1f}{ratio}" if v >= 10 else f"{v:.3f}{ratio}"
+
+    print()
+    print(f"vfolderfs benchmark ({'quick' if args.quick else 'full'}, {rounds} round(s), medians;"
+          " ratio to native in parentheses, higher is better)")
+    header = f"{'workload':26} {'unit':8}" + "".join(f" {t.name:>20}" for t in targets)
+    print(header)
+    print("-" * len(header))
+    for label, fn in ROWS:
+        unit, _ = units[fn]
+        print(f"{label:26} {unit:8}" + "".join(f" {cell(t.name, fn):>20}" for t in targets))
+    if extra:
+        print()
+        for k, (v, unit) in extra.items():
+            print(f"{k:45} {v:10.1f} {unit}")
+
+
+if __name__ == "__main__":
+    main()
