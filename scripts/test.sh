@@ -8,6 +8,9 @@ need_pkgs=()
 command -v setfattr >/dev/null || need_pkgs+=(attr)
 command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+command -v setfacl >/dev/null || need_pkgs+=(acl)
+command -v chattr >/dev/null || need_pkgs+=(e2fsprogs)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
 if ((${#need_pkgs[@]})); then
   echo "test.sh: installing ${need_pkgs[*]}" >&2

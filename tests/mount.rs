@@ -490,3 +490,28 @@ fn mount_helper_takes_mount8_arguments() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("frobnicate"));
 }
+
+#[test]
+fn mmap_writes_and_posix_acls_work() {
+    let m = Mount::new(&["--allow-other"]);
+    m.sh_ok("mkdir v && chmod 755 v && printf 'aaaaaaaa' > v/f");
+    // A shared writable mapping of a file opened for writing.
+    m.sh_ok(
+        "/usr/bin/python3 -c \"import mmap; f=open('v/f','r+b'); mm=mmap.mmap(f.fileno(),8); \
+         mm[0:4]=b'bbbb'; mm.flush(); mm.close(); f.close()\"",
+    );
+    assert_eq!(fs::read_to_string(m.p("v/f")).unwrap(), "bbbbaaaa");
+    // An ACL entry grants what the mode bits alone would not.
+    m.sh_ok("chmod 600 v/f");
+    let o = m.sh("setpriv --reuid 4242 --regid 4242 --clear-groups cat v/f");
+    assert!(!o.status.success());
+    m.sh_ok("setfacl -m u:4242:r v/f && getfacl v/f | grep -q 'user:4242:r'");
+    assert_eq!(
+        m.sh_ok("setpriv --reuid 4242 --regid 4242 --clear-groups cat v/f"),
+        "bbbbaaaa"
+    );
+    // And removing it takes the grant away again.
+    m.sh_ok("setfacl -b v/f");
+    let o = m.sh("setpriv --reuid 4242 --regid 4242 --clear-groups cat v/f");
+    assert!(!o.status.success());
+}

@@ -64,8 +64,9 @@ impl AsCaller {
     /// Switches this thread's fsuid/fsgid to the caller's (a no-op for root,
     /// or when the daemon itself is not root).
     pub fn enter(uid: u32, gid: u32) -> io::Result<AsCaller> {
+        static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = *ROOT.get_or_init(|| unsafe { libc::geteuid() } == 0);
         if !root || (uid == 0 && gid == 0) {
             return Ok(AsCaller { switched: false });
         }

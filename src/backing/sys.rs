@@ -411,12 +411,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0
-        && let Some(n) = nr_open
-        && n > lim.rlim_max
-    {
-        lim.rlim_max = n;
+    // Root may lift the hard limit itself (where the sandbox lets it).
+    if let Some(n) = nr_open.filter(|&n| n > lim.rlim_max) {
+        let up = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: up is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
+            return Ok(n);
+        }
     }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: lim is a valid rlimit.

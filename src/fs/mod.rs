@@ -34,6 +34,10 @@ use handles::{DirHandle, FileHandle, Handle, HandleTable, IoMode};
 use inodes::{Inode, InodeTable};
 use vfolders::{ROOT_INO, Registry, TRASH_INO, VfState};
 
+/// The SELinux label attribute, answered "not supported" on hosts without
+/// SELinux, so that `ls -l` stops asking for every file.
+const SELINUX_XATTR: &str = "security.selinux";
+
 /// Tunables of a mount.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -62,6 +66,8 @@ pub struct VfolderFs {
     handles: HandleTable,
     cfg: FsConfig,
     passthrough: bool,
+    direct_writes: bool,
+    no_selinux: bool,
     started: SystemTime,
     purge: Option<Arc<JobPool>>,
 }
@@ -104,6 +110,8 @@ impl VfolderFs {
             inodes: InodeTable::new(st.st_dev),
             handles: HandleTable::new(),
             passthrough: false,
+            direct_writes: false,
+            no_selinux: !std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             cfg,
             started: SystemTime::now(),
             purge: None,
@@ -402,8 +410,19 @@ impl VfolderFs {
         })();
         match r {
             Ok((fh, Some(b))) => reply.opened_passthrough(Fh(fh), FopenFlags::empty(), &b),
-            Ok((fh, None)) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Ok((fh, None)) => reply.opened(Fh(fh), self.served_open_flags(flags.0)),
             Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    /// How the kernel treats a daemon-served open: writers bypass the page
+    /// cache (one request per write, no second copy; mmap still works through
+    /// FUSE_DIRECT_IO_ALLOW_MMAP), readers keep it.
+    fn served_open_flags(&self, flags: i32) -> FopenFlags {
+        if self.direct_writes && (flags & libc::O_ACCMODE) != libc::O_RDONLY {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else {
+            FopenFlags::empty()
         }
     }
 
@@ -665,6 +684,11 @@ impl Filesystem for VfolderFs {
         } else {
             info!("kernel passthrough not in use");
         }
+        // ACLs checked and cached by the kernel (ls -l asks for each file).
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        self.direct_writes = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
@@ -844,8 +868,10 @@ impl Filesystem for VfolderFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
-        reply_empty(reply, self.with_file(fh, |_| Ok(())));
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
+        // Nothing to do at close (data goes straight to the backing file;
+        // locks are the kernel's): ENOSYS tells the kernel to stop asking.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -876,7 +902,22 @@ impl Filesystem for VfolderFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.do_opendir(req, ino) {
-            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                // Listings of a writable vfolder change only through this
+                // mount, which tells the kernel; it also revalidates them by
+                // the directory's mtime. Others (being cloned into, moved)
+                // are read fresh every time.
+                let cache = match self.handles.get(fh).as_deref() {
+                    Some(Handle::Dir(DirHandle::Backing { vf, .. })) => vf.is_writable(),
+                    _ => false,
+                };
+                let flags = if cache {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(Fh(fh), flags)
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -967,6 +1008,9 @@ impl Filesystem for VfolderFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.no_selinux && name == SELINUX_XATTR {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
             let _w = i.vf.begin_write()?;
@@ -976,6 +1020,9 @@ impl Filesystem for VfolderFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.no_selinux && name == SELINUX_XATTR {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return reply.error(Errno::ENODATA);
         }
@@ -1037,7 +1084,7 @@ impl Filesystem for VfolderFs {
                 &a,
                 Generation(0),
                 Fh(fh),
-                FopenFlags::empty(),
+                self.served_open_flags(flags),
             ),
             Err(e) => reply.error(e.errno()),
         }
