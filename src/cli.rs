@@ -167,6 +167,15 @@ pub enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// Check the store against its data volumes (exit 1 if anything is wrong).
+    Fsck {
+        /// Fix what can be fixed safely (unknown data goes to lost+found).
+        #[arg(long)]
+        repair: bool,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the store (the main job).
     Mount(MountCmd),
 }
@@ -590,6 +599,44 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     );
                 }
             }
+        }
+        Command::Fsck { repair, json } => {
+            let findings = crate::fsck::check(&cat)?;
+            let repaired = if repair {
+                crate::fsck::repair(&cat, &findings)
+            } else {
+                Vec::new()
+            };
+            let remaining = if repair {
+                crate::fsck::check(&cat)?.len()
+            } else {
+                findings.len()
+            };
+            if json {
+                let obj = json!({
+                    "findings": findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                    "repairs": repaired.iter().map(|(f, r)| match r {
+                        Ok(done) => json!({"finding": f, "done": done}),
+                        Err(left) => json!({"finding": f, "left": left}),
+                    }).collect::<Vec<_>>(),
+                    "remaining": remaining,
+                });
+                println!("{obj}");
+            } else if findings.is_empty() {
+                println!("store is consistent");
+            } else if repair {
+                for (f, r) in &repaired {
+                    match r {
+                        Ok(done) => println!("repaired: {f}: {done}"),
+                        Err(left) => println!("NOT repaired: {f}: {left}"),
+                    }
+                }
+            } else {
+                for f in &findings {
+                    println!("problem: {f}");
+                }
+            }
+            return Ok(if remaining == 0 { 0 } else { 1 });
         }
         Command::Mount(_) => unreachable!("handled above"),
     }

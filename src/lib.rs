@@ -11,6 +11,7 @@
 //! - [`fs`]: the FUSE layer; [`daemon`]: running a mount;
 //! - [`workers`]: background jobs (the purge pool);
 //! - [`sessions`]: attaching vfolders into session containers;
+//! - [`fsck`]: checking a store against its volumes;
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod cli;
 pub mod daemon;
 pub mod fs;
+pub mod fsck;
 pub mod layout;
 pub mod mountinfo;
 pub mod name;

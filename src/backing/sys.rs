@@ -545,3 +545,44 @@ pub fn open_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> io::
     // SAFETY: a new fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+
+/// Stats the object an fd refers to with `statx`, returning it as a
+/// `stat` and whether it is the root of a mount.
+pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<(libc::stat, bool)> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: valid fd, empty path and buffer.
+    cvt(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: filled by a successful statx.
+    let x = unsafe { stx.assume_init() };
+    // SAFETY: stat is plain old data; every field we use is set below.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(x.stx_dev_major, x.stx_dev_minor);
+    st.st_ino = x.stx_ino;
+    st.st_mode = u32::from(x.stx_mode);
+    st.st_nlink = x.stx_nlink as _;
+    st.st_uid = x.stx_uid;
+    st.st_gid = x.stx_gid;
+    st.st_rdev = libc::makedev(x.stx_rdev_major, x.stx_rdev_minor);
+    st.st_size = x.stx_size as _;
+    st.st_blksize = x.stx_blksize as _;
+    st.st_blocks = x.stx_blocks as _;
+    st.st_atime = x.stx_atime.tv_sec;
+    st.st_atime_nsec = i64::from(x.stx_atime.tv_nsec);
+    st.st_mtime = x.stx_mtime.tv_sec;
+    st.st_mtime_nsec = i64::from(x.stx_mtime.tv_nsec);
+    st.st_ctime = x.stx_ctime.tv_sec;
+    st.st_ctime_nsec = i64::from(x.stx_ctime.tv_nsec);
+    let mount_root = x.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
+        && x.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0;
+    Ok((st, mount_root))
+}

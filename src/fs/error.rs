@@ -35,6 +35,8 @@ pub enum FsError {
     Invalid,
     /// A write open of a file that readers hold in kernel passthrough mode.
     PassthroughBusy,
+    /// A mount point inside a backing directory (never crossed).
+    MountInside,
 }
 
 impl FsError {
@@ -68,6 +70,7 @@ impl FsError {
             FsError::NotEmpty => Errno::ENOTEMPTY,
             FsError::Invalid => Errno::EINVAL,
             FsError::PassthroughBusy => Errno::ETXTBSY,
+            FsError::MountInside => Errno::EACCES,
         }
     }
 }

@@ -75,6 +75,16 @@ impl Inode {
         }
     }
 
+    /// Opens the inode with real access `flags` (never following a symlink,
+    /// never creating): straight from its handle, or by reopening its fd.
+    pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
+        match &self.anchor {
+            Anchor::Fd(fd) => sys::reopen(fd.as_fd(), flags),
+            Anchor::Handle(h, mount) => sys::open_handle(mount.as_fd(), h, flags),
+        }
+    }
+
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         self.fmt == libc::S_IFDIR

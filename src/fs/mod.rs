@@ -152,7 +152,12 @@ impl VfolderFs {
     fn lookup_in(&self, parent: &Inode, name: &CString) -> FsResult<FileAttr> {
         let pfd = parent.fd()?;
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
+        let (st, mount_root) = sys::statx_fd(fd.as_fd())?;
+        if mount_root {
+            // Something is mounted over this name inside the backing
+            // directory: the mount never crosses into it.
+            return Err(FsError::MountInside);
+        }
         let ino = self
             .inodes
             .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()));
@@ -230,7 +235,7 @@ impl VfolderFs {
             match hfd {
                 Some(fd) => sys::ftruncate(fd, sz)?,
                 None => {
-                    let fd = sys::reopen(i.fd()?.as_fd(), libc::O_WRONLY | libc::O_NONBLOCK)?;
+                    let fd = i.open(libc::O_WRONLY | libc::O_NONBLOCK)?;
                     sys::ftruncate(fd.as_fd(), sz)?;
                 }
             }
@@ -387,7 +392,7 @@ impl VfolderFs {
             } else {
                 None
             };
-            let fd = sys::reopen(i.fd()?.as_fd(), Self::open_flags(flags.0))?;
+            let fd = i.open(Self::open_flags(flags.0))?;
             let read_only = !wants_write || i.fmt != libc::S_IFREG;
             let mode = if self.passthrough && i.fmt == libc::S_IFREG {
                 self.handles
@@ -515,7 +520,7 @@ impl VfolderFs {
             }
             Node::Backing(i) => {
                 i.vf.check_readable()?;
-                let fd = sys::reopen(i.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                let fd = i.open(libc::O_RDONLY | libc::O_DIRECTORY)?;
                 DirHandle::Backing {
                     fd: parking_lot::Mutex::new(fd),
                     vf: i.vf.clone(),
@@ -616,6 +621,8 @@ impl VfolderFs {
                 // Vanished since getdents: skip it.
                 Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
                 Err(FsError::NotFound | FsError::Gone) => return Ok(true),
+                // A mount inside the backing directory is not shown.
+                Err(FsError::MountInside) => return Ok(true),
                 Err(e) => return Err(e),
             };
             if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {

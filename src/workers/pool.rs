@@ -181,7 +181,8 @@ fn submit(shared: &Shared, tx: Option<&Sender<Task>>, task: Task) -> bool {
     tx.send(task).is_ok()
 }
 
-fn run(
+/// Runs one task to its end (or until `cancel`) in this thread.
+pub fn run_task(
     cat: &Catalog,
     task: &Task,
     owner: &str,
@@ -209,7 +210,7 @@ fn worker(
         }
         let now = shared.running.fetch_add(1, Ordering::AcqRel) + 1;
         shared.peak.fetch_max(now, Ordering::AcqRel);
-        match run(cat, &task, owner, &shared.cancel, pause) {
+        match run_task(cat, &task, owner, &shared.cancel, pause) {
             Ok(Outcome::Complete(_)) => {
                 shared.completed.fetch_add(1, Ordering::AcqRel);
             }
