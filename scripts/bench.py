@@ -78,6 +78,7 @@ class Vfolderfs(Target):
         self.cli("mount", self.mnt, *(["-o", self.opts] if self.opts else []))
         self.cli("create", "bench")
         self.work = os.path.join(self.mnt, "bench")
+        wait_visible(self.work)
 
     def cli(self, *args, check=True):
         return subprocess.run([BIN, "--store", self.store, *args], check=check,

@@ -515,3 +515,18 @@ fn mmap_writes_and_posix_acls_work() {
     let o = m.sh("setpriv --reuid 4242 --regid 4242 --clear-groups cat v/f");
     assert!(!o.status.success());
 }
+
+#[test]
+fn a_vfolder_made_by_the_cli_is_there_at_once() {
+    let m = Mount::new(&[]);
+    for i in 0..20 {
+        let n = format!("now{i}");
+        m.store.ok(&["create", &n]);
+        // No wait for the watcher's next poll.
+        fs::write(m.p(&format!("{n}/f")), b"x").unwrap();
+    }
+    m.store.ok(&["delete", "now3"]);
+    assert!(m.sh_ok("ls .trash").contains("now3"));
+    m.store.ok(&["restore", "now3", "--as", "again"]);
+    assert_eq!(fs::read(m.p("again/f")).unwrap(), b"x");
+}

@@ -70,6 +70,8 @@ pub struct VfolderFs {
     no_selinux: bool,
     started: SystemTime,
     purge: Option<Arc<JobPool>>,
+    /// The store's change token when the registry was last brought up to date here.
+    seen_token: std::sync::atomic::AtomicU64,
 }
 
 fn cname(name: &OsStr) -> FsResult<CString> {
@@ -115,6 +117,7 @@ impl VfolderFs {
             cfg,
             started: SystemTime::now(),
             purge: None,
+            seen_token: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -511,8 +514,14 @@ impl VfolderFs {
 
     fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
         let h = match self.node(ino)? {
-            Node::Root => DirHandle::Virtual(self.reg.names(false)),
-            Node::Trash => DirHandle::Virtual(self.reg.names(true)),
+            Node::Root => {
+                self.catch_up();
+                DirHandle::Virtual(self.reg.names(false))
+            }
+            Node::Trash => {
+                self.catch_up();
+                DirHandle::Virtual(self.reg.names(true))
+            }
             Node::Backing(i) if i.is_vf_root && self.is_trash_rm(&i, req) => {
                 // `rm -r .trash/NAME`: one purge request, and nothing to descend into.
                 self.purge_trashed(&i.vf, &format!("mount rm -r (pid {})", req.pid()))?;

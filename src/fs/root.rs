@@ -30,6 +30,25 @@ impl VfolderFs {
         }
     }
 
+    /// Catches up with changes other processes committed since the last
+    /// look (cheap when there are none), so that a vfolder created or
+    /// restored by the CLI a moment ago is there at once, not at the next
+    /// poll. Returns whether anything was reread.
+    pub(super) fn catch_up(&self) -> bool {
+        let Ok(tok) = self.cat.store().change_token() else {
+            return false;
+        };
+        if self
+            .seen_token
+            .swap(tok, std::sync::atomic::Ordering::AcqRel)
+            == tok
+        {
+            return false;
+        }
+        self.refresh_now();
+        true
+    }
+
     pub(super) fn root_attr(&self) -> FileAttr {
         let n = self.reg.counts().0 as u32;
         attr::virtual_dir(ROOT_INO, 3 + n, self.started)
@@ -45,13 +64,21 @@ impl VfolderFs {
             return Ok(self.trash_attr());
         }
         let n = valid_name(name)?;
-        let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
+        let vf = match self.reg.live(n) {
+            Some(vf) => vf,
+            None if self.catch_up() => self.reg.live(n).ok_or(FsError::NotFound)?,
+            None => return Err(FsError::NotFound),
+        };
         self.lookup_vf_root(&vf)
     }
 
     pub(super) fn trash_lookup(&self, name: &OsStr) -> FsResult<FileAttr> {
         let n = name.to_str().ok_or(FsError::NotFound)?;
-        let vf = self.reg.trashed(n).ok_or(FsError::NotFound)?;
+        let vf = match self.reg.trashed(n) {
+            Some(vf) => vf,
+            None if self.catch_up() => self.reg.trashed(n).ok_or(FsError::NotFound)?,
+            None => return Err(FsError::NotFound),
+        };
         self.lookup_vf_root(&vf)
     }
 
