@@ -2,7 +2,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -855,9 +854,4 @@ fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Option<String>
             fmt_time(v.created_at)
         );
     }
-}
-
-/// Exit code helper for binaries embedding the CLI.
-pub fn exit_code(code: i32) -> ExitCode {
-    ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -84,11 +84,6 @@ impl Inode {
             Anchor::Handle(h, mount) => sys::open_handle(mount.as_fd(), h, flags),
         }
     }
-
-    /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
-        self.fmt == libc::S_IFDIR
-    }
 }
 
 const HIGH_RANGE: u64 = 1 << 62;
@@ -236,15 +231,5 @@ impl InodeTable {
                 );
             }
         }
-    }
-
-    /// Number of inodes held (for diagnostics and tests).
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().by_id.len()).sum()
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -127,11 +127,6 @@ impl VfolderFs {
         self
     }
 
-    /// The inode table (the daemon reports its size).
-    pub fn inode_count(&self) -> usize {
-        self.inodes.len()
-    }
-
     fn node(&self, ino: INodeNo) -> FsResult<Node> {
         match ino.0 {
             ROOT_INO => Ok(Node::Root),
