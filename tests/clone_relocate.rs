@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Mount, TempStore, errno, eventually};
+use common::{Mount, TempStore, Tmpfs, errno, eventually};
 
 const SLOW: (&str, &str) = ("VFOLDERFS_PURGE_THROTTLE_US", "3000");
 
@@ -200,29 +200,6 @@ fn during_a_clone_the_source_is_read_only_and_undeletable() {
     assert!(eventually(Duration::from_secs(2), || w
         .write_all(b"y")
         .is_ok()));
-}
-
-/// A tmpfs mounted for a test; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(t: &TempStore, name: &str, size: &str) -> Tmpfs {
-        let p = t.dir.path().join(name);
-        fs::create_dir_all(&p).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&p)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs failed");
-        Tmpfs(p)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

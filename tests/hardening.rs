@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Mount, TempStore, errno, eventually};
+use common::{Mount, TempStore, Tmpfs, errno, eventually};
 
 fn path_of(t: &TempStore, name: &str) -> PathBuf {
     PathBuf::from(t.show(name)["path"].as_str().unwrap())
@@ -158,29 +158,6 @@ fn kill_9_at_random_points_loses_nothing_acknowledged() {
     }
     assert!(!acked.is_empty());
     assert!(m.store.ok(&["fsck"]).contains("consistent"));
-}
-
-/// A tmpfs mounted for a test; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(t: &TempStore, name: &str, size: &str) -> Tmpfs {
-        let p = t.dir.path().join(name);
-        fs::create_dir_all(&p).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&p)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        Tmpfs(p)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

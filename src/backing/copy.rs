@@ -168,17 +168,7 @@ fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
 fn set_meta(dst: BorrowedFd<'_>, st: &libc::stat) -> io::Result<()> {
     sys::fchown(dst, st.st_uid, st.st_gid)?;
     sys::fchmod(dst, st.st_mode & 0o7777)?;
-    let times = [
-        libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        },
-        libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        },
-    ];
-    sys::futimens(dst, &times)
+    sys::futimens(dst, &times_of(st))
 }
 
 fn times_of(st: &libc::stat) -> [libc::timespec; 2] {

@@ -6,12 +6,11 @@
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{LEASE, Outcome, RENEW_EVERY, owner_dead};
+use super::{Heartbeat, LEASE, Outcome, owner_dead};
 use crate::backing::copy::{self, CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -56,6 +55,29 @@ pub fn start(
     }
 }
 
+/// Copies `src` into `dst` (see [`copy::copy_tree`]) while keeping `owner`'s
+/// claim on `id` alive; stops on shutdown or a lost claim.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn copy_beating(
+    store: &dyn crate::store::Store,
+    id: &str,
+    owner: &str,
+    cancel: &AtomicBool,
+    pause: Option<Duration>,
+    src: std::os::fd::BorrowedFd<'_>,
+    dst: std::os::fd::BorrowedFd<'_>,
+    progress: &mut dyn FnMut(&CopyStats),
+) -> std::result::Result<CopyStats, CopyError> {
+    let stop = AtomicBool::new(false);
+    let mut beat = Heartbeat::new(store, id, owner, cancel, pause);
+    copy::copy_tree(src, dst, &stop, &mut |st| {
+        if beat.beat(st.entries) {
+            stop.store(true, Ordering::Release);
+        }
+        progress(st);
+    })
+}
+
 /// Runs the clone into `dst` under a job claim for `owner`; `progress`
 /// sees files and bytes copied so far.
 pub fn run(
@@ -94,27 +116,18 @@ pub fn run(
                 err,
             })
     };
-    let stop = AtomicBool::new(false);
-    let mut last = Instant::now();
     let result = open(&s).and_then(|sfd| {
         let dfd = open(&d)?;
-        copy::copy_tree(sfd.as_fd(), dfd.as_fd(), &stop, &mut |st| {
-            if let Some(p) = pause {
-                thread::sleep(p);
-            }
-            if last.elapsed() >= RENEW_EVERY {
-                last = Instant::now();
-                match store.renew_job(dst, owner, LEASE, st.entries) {
-                    Ok(true) => {}
-                    Ok(false) => stop.store(true, Ordering::Release),
-                    Err(e) => warn!("renewing the clone into {dst}: {e}"),
-                }
-            }
-            if cancel.load(Ordering::Acquire) {
-                stop.store(true, Ordering::Release);
-            }
-            progress(st);
-        })
+        copy_beating(
+            store.as_ref(),
+            dst,
+            owner,
+            cancel,
+            pause,
+            sfd.as_fd(),
+            dfd.as_fd(),
+            progress,
+        )
     });
     match result {
         Ok(st) => {

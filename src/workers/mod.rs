@@ -32,6 +32,56 @@ pub fn settle(cancel: &std::sync::atomic::AtomicBool) -> bool {
     true
 }
 
+/// Keeps a job's claim alive while it works: renews the lease and records
+/// progress every [`RENEW_EVERY`], pauses per step when throttled, and
+/// says when to stop (shutdown, or the claim was lost to another owner).
+pub struct Heartbeat<'a> {
+    store: &'a dyn crate::store::Store,
+    id: &'a str,
+    owner: &'a str,
+    cancel: &'a std::sync::atomic::AtomicBool,
+    pause: Option<Duration>,
+    last: std::time::Instant,
+    lost: bool,
+}
+
+impl<'a> Heartbeat<'a> {
+    /// A heartbeat for `owner`'s job on vfolder `id`.
+    pub fn new(
+        store: &'a dyn crate::store::Store,
+        id: &'a str,
+        owner: &'a str,
+        cancel: &'a std::sync::atomic::AtomicBool,
+        pause: Option<Duration>,
+    ) -> Self {
+        Heartbeat {
+            store,
+            id,
+            owner,
+            cancel,
+            pause,
+            last: std::time::Instant::now(),
+            lost: false,
+        }
+    }
+
+    /// Called after each step with the work done so far; true means stop.
+    pub fn beat(&mut self, done: u64) -> bool {
+        if let Some(p) = self.pause {
+            std::thread::sleep(p);
+        }
+        if self.last.elapsed() >= RENEW_EVERY {
+            self.last = std::time::Instant::now();
+            match self.store.renew_job(self.id, self.owner, LEASE, done) {
+                Ok(true) => {}
+                Ok(false) => self.lost = true,
+                Err(e) => log::warn!("renewing the job on {}: {e}", self.id),
+            }
+        }
+        self.lost || self.cancel.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// How a job attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -4,12 +4,11 @@
 //! `delete-ongoing` for the next start to resume.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{error, info};
 
-use super::{LEASE, Outcome, RENEW_EVERY, owner_dead};
+use super::{Heartbeat, LEASE, Outcome, owner_dead};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
@@ -131,11 +130,9 @@ pub fn remove_copy(
     pause: Option<Duration>,
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<(), RemoveError> {
-    let store = cat.store();
-    let lost = AtomicBool::new(false);
-    let stop = || cancel.load(Ordering::Acquire) || lost.load(Ordering::Acquire);
+    let mut beat = Heartbeat::new(cat.store().as_ref(), id, owner, cancel, pause);
     let mut done = 0;
-    let mut last_renew = Instant::now();
+    let mut stopped = false;
     let fd = match cat.open_backing(id, volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => {
@@ -149,23 +146,13 @@ pub fn remove_copy(
     let stop_flag = AtomicBool::new(false);
     remove::empty_dir(fd, &stop_flag, &mut || {
         done += 1;
-        if let Some(p) = pause {
-            thread::sleep(p);
-        }
-        if last_renew.elapsed() >= RENEW_EVERY {
-            last_renew = Instant::now();
-            match store.renew_job(id, owner, LEASE, done) {
-                Ok(true) => {}
-                Ok(false) => lost.store(true, Ordering::Release),
-                Err(e) => warn!("renewing the job on {id}: {e}"),
-            }
-        }
+        stopped = beat.beat(done);
         progress(done);
-        if stop() {
+        if stopped {
             stop_flag.store(true, Ordering::Release);
         }
     })?;
-    if stop() {
+    if stopped || cancel.load(Ordering::Acquire) {
         return Err(RemoveError::Cancelled);
     }
     cat.remove_backing_root(id, volume)

@@ -6,14 +6,13 @@
 //! and no copy is left behind.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{LEASE, Outcome, RENEW_EVERY, owner_dead, purge};
-use crate::backing::copy::{self, CopyError, CopyStats};
+use super::{LEASE, Outcome, owner_dead, purge};
+use crate::backing::copy::{CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
 use crate::status::Op;
@@ -160,25 +159,16 @@ pub fn run(
         Ok(fd) => fd,
         Err(e) => return fail(e.to_string()),
     };
-    let stop = AtomicBool::new(false);
-    let mut last = Instant::now();
-    let copied = copy::copy_tree(src.as_fd(), dst.as_fd(), &stop, &mut |s| {
-        if let Some(p) = pause {
-            thread::sleep(p);
-        }
-        if last.elapsed() >= RENEW_EVERY {
-            last = Instant::now();
-            match store.renew_job(id, owner, LEASE, s.entries) {
-                Ok(true) => {}
-                Ok(false) => stop.store(true, Ordering::Release),
-                Err(e) => warn!("renewing the relocation of {id}: {e}"),
-            }
-        }
-        if cancel.load(Ordering::Acquire) {
-            stop.store(true, Ordering::Release);
-        }
-        progress(s);
-    });
+    let copied = super::clone::copy_beating(
+        store.as_ref(),
+        id,
+        owner,
+        cancel,
+        pause,
+        src.as_fd(),
+        dst.as_fd(),
+        progress,
+    );
     let stats = match copied {
         Ok(s) => s,
         Err(CopyError::Cancelled) => {

@@ -222,3 +222,26 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// A tmpfs mounted inside a test's temporary directory; unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(t: &TempStore, name: &str, size: &str) -> Tmpfs {
+        let p = t.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs failed");
+        Tmpfs(p)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
