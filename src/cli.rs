@@ -404,9 +404,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     .map(|(n, _)| n.clone())
             };
             if json {
+                let opens = cat.store().opens()?;
                 let arr: Vec<Value> = list
                     .iter()
-                    .map(|v| vfolder_json(&cat, v, trash_name(v)))
+                    .map(|v| {
+                        let mut o = vfolder_json(&cat, v, trash_name(v));
+                        o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
+                        o
+                    })
                     .collect();
                 println!("{}", Value::Array(arr));
             } else {

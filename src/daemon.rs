@@ -33,6 +33,8 @@ pub const FULL_REFRESH: Duration = Duration::from_secs(1);
 /// How often the daemon clears attachments whose bind in its own mount
 /// namespace is gone.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How often the daemon records its open counts in the store.
+pub const OPENS_EVERY: Duration = Duration::from_secs(5);
 /// How long the watcher waits for a locked store before failing closed.
 pub const WATCH_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -434,28 +436,11 @@ fn serve_inner(
             .map_err(|e| MountError::Io("starting the signal thread", e))?;
     }
     let janitor = {
-        let (cat, stop) = (cat.clone(), stop.clone());
+        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
         thread::Builder::new()
-            .name("vfolderfs-prune".into())
-            .spawn(move || {
-                let mut last = std::time::Instant::now();
-                while !stop.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(100));
-                    if last.elapsed() < PRUNE_EVERY {
-                        continue;
-                    }
-                    last = std::time::Instant::now();
-                    match crate::sessions::prune(&cat, true) {
-                        Ok(gone) => {
-                            for a in gone {
-                                info!("pruned stale attachment {} ({:?})", a.target, a.session);
-                            }
-                        }
-                        Err(e) => warn!("pruning attachments: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| MountError::Io("starting the prune thread", e))?
+            .name("vfolderfs-janitor".into())
+            .spawn(move || janitor(&cat, &reg, &stop))
+            .map_err(|e| MountError::Io("starting the janitor", e))?
     };
     info!(
         "mounted {} on {}",
@@ -464,12 +449,53 @@ fn serve_inner(
     );
     report(Ok(()));
     let res = session.run();
+    let t = std::time::Instant::now();
     pool.shutdown();
+    log::debug!("pool stopped in {:?}", t.elapsed());
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
+    log::debug!("watcher stopped in {:?}", t.elapsed());
     let _ = janitor.join();
+    log::debug!("janitor stopped in {:?}", t.elapsed());
     info!("unmounted {}", args.mountpoint.display());
     res.map_err(|e| MountError::Io("serving", e))
+}
+
+/// Periodic chores: pruning stale attachments of this namespace, and
+/// recording open counts (also once more on the way out).
+fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool) {
+    let owner = crate::workers::this_owner();
+    let mut last_prune = std::time::Instant::now();
+    let mut last_opens = std::time::Instant::now();
+    let mut recorded: Vec<(String, u64)> = Vec::new();
+    let record = |recorded: &mut Vec<(String, u64)>| {
+        let now = reg.open_counts();
+        if now != *recorded {
+            match cat.store().record_opens(&owner, &now) {
+                Ok(()) => *recorded = now,
+                Err(e) => warn!("recording open counts: {e}"),
+            }
+        }
+    };
+    while !stop.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(100));
+        if last_opens.elapsed() >= OPENS_EVERY {
+            last_opens = std::time::Instant::now();
+            record(&mut recorded);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            match crate::sessions::prune(cat, true) {
+                Ok(gone) => {
+                    for a in gone {
+                        info!("pruned stale attachment {} ({:?})", a.target, a.session);
+                    }
+                }
+                Err(e) => warn!("pruning attachments: {e}"),
+            }
+        }
+    }
+    record(&mut recorded);
 }
 
 /// Keeps the registry in step with the store and sends the kernel the

@@ -306,7 +306,16 @@ fn relocation_across_filesystems_keeps_data_readable_throughout() {
     assert_eq!(status(&m.store, "v"), "ready");
     let new = path_of(&m.store, "v");
     assert!(new.starts_with(&fast.0), "{}", new.display());
-    assert!(!old.exists(), "the old copy is gone");
+    // Readable all along, also while the old copy is being retired.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while old.exists() {
+        assert_eq!(fs::read_to_string(m.p("v/n7")).unwrap(), "7");
+        assert!(
+            std::time::Instant::now() < end,
+            "the old copy was never removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let after = listing(&new);
     assert!(
         after == before,

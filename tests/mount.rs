@@ -530,3 +530,31 @@ fn a_vfolder_made_by_the_cli_is_there_at_once() {
     m.store.ok(&["restore", "now3", "--as", "again"]);
     assert_eq!(fs::read(m.p("again/f")).unwrap(), b"x");
 }
+
+#[test]
+fn open_counts_per_vfolder_are_reported() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir hot cold && echo x > hot/f && echo y > cold/f");
+    for _ in 0..10 {
+        fs::read(m.p("hot/f")).unwrap();
+    }
+    fs::read(m.p("cold/f")).unwrap();
+    // Recorded every few seconds, and once more at unmount.
+    m.unmount();
+    let list: serde_json::Value = serde_json::from_str(&m.store.ok(&["list", "--json"])).unwrap();
+    let opens = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()["opens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(opens("hot") >= 11, "hot: {}", opens("hot"));
+    assert!(
+        opens("cold") >= 2 && opens("cold") < opens("hot"),
+        "cold: {}",
+        opens("cold")
+    );
+}

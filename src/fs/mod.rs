@@ -403,6 +403,8 @@ impl VfolderFs {
                 IoMode::Passthrough(b) => Some(b),
                 IoMode::Served => None,
             };
+            i.vf.opens
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fh = self.handles.insert(Handle::File(FileHandle {
                 fd,
                 vf: i.vf.clone(),
@@ -459,6 +461,8 @@ impl VfolderFs {
             self.inodes.forget(attr.ino.0, 1);
             return Err(FsError::PassthroughBusy);
         }
+        p.vf.opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fh = self.handles.insert(Handle::File(FileHandle {
             fd,
             vf: p.vf.clone(),

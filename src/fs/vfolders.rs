@@ -31,6 +31,8 @@ pub struct VfState {
     /// Node id of its root directory while the kernel knows it (0 if not).
     pub root_nodeid: AtomicU64,
     volume: RwLock<Arc<str>>,
+    /// Files opened in it through this mount (a measure of how hot it is).
+    pub opens: AtomicU64,
 }
 
 impl VfState {
@@ -42,6 +44,7 @@ impl VfState {
             gate: RwLock::new(()),
             root_nodeid: AtomicU64::new(0),
             volume: RwLock::new(Arc::from(volume)),
+            opens: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +165,16 @@ impl Registry {
     pub fn counts(&self) -> (usize, usize) {
         let snap = self.snap.read();
         (snap.live.len(), snap.trash.len())
+    }
+
+    /// Opens counted per vfolder id (those with any).
+    pub fn open_counts(&self) -> Vec<(String, u64)> {
+        self.by_id
+            .read()
+            .iter()
+            .map(|(id, st)| (id.clone(), st.opens.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Whether the last refresh could read the store.

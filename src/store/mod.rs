@@ -339,6 +339,10 @@ pub trait Store: Send + Sync {
     fn add_volume(&self, name: &str, path: &str) -> Result<()>;
     /// The added volumes (name, path); `default` is the store's own `data/`.
     fn volumes(&self) -> Result<Vec<(String, String)>>;
+    /// Records how many file opens mount `owner` has served per vfolder.
+    fn record_opens(&self, owner: &str, counts: &[(String, u64)]) -> Result<()>;
+    /// File opens per vfolder id, summed over every mount that reported.
+    fn opens(&self) -> Result<std::collections::HashMap<String, u64>>;
     /// Records an attachment if the vfolder's status allows it (checked in
     /// the same transaction, so it cannot race a deletion).
     #[allow(clippy::too_many_arguments)]

@@ -91,6 +91,15 @@ fn migrations() -> Vec<String> {
      ALTER TABLE vfolders ADD COLUMN clone_src TEXT;
      ALTER TABLE jobs ADD COLUMN arg TEXT;"
             .to_string(),
+        // Version 5: how often each mount opened files in each vfolder.
+        "CREATE TABLE open_counts (
+         vfolder_id  TEXT NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         owner       TEXT NOT NULL,
+         opens       INTEGER NOT NULL,
+         updated_at  INTEGER NOT NULL,
+         PRIMARY KEY (vfolder_id, owner)
+     );"
+        .to_string(),
     ]
 }
 

@@ -611,6 +611,38 @@ impl Store for SqliteStore {
             .map_err(db("listing volumes"))
     }
 
+    fn record_opens(&self, owner: &str, counts: &[(String, u64)]) -> Result<()> {
+        let now = now_millis();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        for (id, n) in counts {
+            // A vfolder forgotten meanwhile has nothing to count.
+            let _ = tx.execute(
+                "INSERT INTO open_counts (vfolder_id, owner, opens, updated_at) \
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
+                 ON CONFLICT(vfolder_id, owner) DO UPDATE SET opens = ?3, updated_at = ?4",
+                params![id, owner, *n as i64, now],
+            );
+        }
+        tx.commit().map_err(db("committing open counts"))
+    }
+
+    fn opens(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT vfolder_id, sum(opens) FROM open_counts GROUP BY vfolder_id")
+            .map_err(db("reading open counts"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(db("reading open counts"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading open counts"))
+    }
+
     fn audit(&self) -> Result<Vec<AuditEntry>> {
         let conn = self.conn.lock();
         let mut stmt = conn

@@ -189,7 +189,11 @@ pub fn run(
     )?;
     store.release_job(id, owner, true)?;
     info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
-    cleanup(cat, id, owner, cancel)?;
+    // Mounts still reading the old copy switch within the settle time; only
+    // then does it go (if shut down first, the next start removes it).
+    if super::settle(cancel) {
+        cleanup(cat, id, owner, cancel)?;
+    }
     Ok(Outcome::Complete(stats.entries))
 }
 

@@ -162,8 +162,14 @@ impl Mount {
 
     /// The pid of this mount's daemon.
     pub fn daemon_pid(&self) -> i32 {
+        self.try_daemon_pid()
+            .unwrap_or_else(|| panic!("no daemon found for {}", self.store.path().display()))
+    }
+
+    /// The pid of this mount's daemon, if one is running.
+    pub fn try_daemon_pid(&self) -> Option<i32> {
         let store = self.store.path();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
@@ -172,14 +178,32 @@ impl Mount {
             };
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(store.to_str().unwrap()) && cmd.contains(" mount ") {
-                return pid;
+                return Some(pid);
             }
         }
-        panic!("no daemon found for {}", store.display());
+        None
     }
 
     /// Unmounts now and waits for the daemon to go.
     pub fn unmount(&self) {
+        let pid = self.try_daemon_pid();
+        self.unmount_only();
+        if let Some(pid) = pid {
+            // Gone, or a zombie waiting for init to reap it: either way done.
+            let alive = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+                    .unwrap_or(false)
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn unmount_only(&self) {
         if !is_mounted(&self.mnt) {
             return;
         }
