@@ -188,14 +188,19 @@ fn during_a_clone_the_source_is_read_only_and_undeletable() {
     assert_eq!(errno(&e), libc::EBUSY);
     let e = fs::rename(m.p("src"), m.p("other")).unwrap_err();
     assert_eq!(errno(&e), libc::EBUSY);
-    // The target is visible, read-only, until it is ready.
+    // The target is visible, read-only, until it is ready; a name not yet
+    // copied is missing now and there as soon as the clone is done.
     assert!(m.p("dst").is_dir());
+    let _ = fs::metadata(m.p("dst/f999"));
     let e = fs::File::create(m.p("dst/new")).unwrap_err();
     assert_eq!(errno(&e), libc::EROFS);
     assert!(eventually(Duration::from_secs(30), || status(
         &m.store, "dst"
     ) == "ready"));
     assert_eq!(status(&m.store, "src"), "ready");
+    assert!(eventually(Duration::from_secs(1), || m
+        .p("dst/f999")
+        .exists()));
     same_tree(&path_of(&m.store, "src"), &path_of(&m.store, "dst"));
     assert!(eventually(Duration::from_secs(2), || w
         .write_all(b"y")

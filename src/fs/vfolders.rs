@@ -105,7 +105,11 @@ pub enum Inval {
     Inode(u64),
 }
 
-type Published = (Option<String>, Option<String>, String);
+/// What the kernel may have cached about a vfolder: its root name, trash
+/// name, volume, and whether it was writable (writable vfolders get cached
+/// listings and negative entries, so leaving or entering that state
+/// invalidates them).
+type Published = (Option<String>, Option<String>, String, bool);
 
 #[derive(Default)]
 struct Snapshot {
@@ -226,8 +230,15 @@ impl Registry {
             }
             if v.status.is_visible() {
                 snap.live.insert(v.name.clone(), st);
-                snap.names
-                    .insert(v.id.clone(), (Some(v.name.clone()), None, v.volume.clone()));
+                snap.names.insert(
+                    v.id.clone(),
+                    (
+                        Some(v.name.clone()),
+                        None,
+                        v.volume.clone(),
+                        v.status.is_writable(),
+                    ),
+                );
             } else if v.status.is_in_trash() {
                 trashed.push(v.clone());
             }
@@ -235,7 +246,7 @@ impl Registry {
         for (tn, v) in trash_names(trashed) {
             snap.trash.insert(tn.clone(), by_id[&v.id].clone());
             snap.names
-                .insert(v.id.clone(), (None, Some(tn), v.volume.clone()));
+                .insert(v.id.clone(), (None, Some(tn), v.volume.clone(), false));
         }
         // Rows gone from the store (forgotten): their data is gone too.
         by_id.retain(|id, st| {
@@ -248,7 +259,7 @@ impl Registry {
         });
         let old = self.snap.read().clone();
         let mut inval = Vec::new();
-        let empty: Published = (None, None, String::new());
+        let empty: Published = (None, None, String::new(), false);
         let ids = old.names.keys().chain(snap.names.keys());
         for id in ids {
             let was = old.names.get(id).unwrap_or(&empty);
