@@ -59,6 +59,13 @@ pub fn from_stat(nodeid: u64, st: &libc::stat) -> FileAttr {
     }
 }
 
+/// The daemon's uid and gid (owners of the virtual directories).
+fn own_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    // SAFETY: getuid/getgid have no preconditions.
+    *IDS.get_or_init(|| unsafe { (libc::getuid(), libc::getgid()) })
+}
+
 /// Attributes of a virtual directory (the root, `.trash`).
 pub fn virtual_dir(nodeid: u64, nlink: u32, since: SystemTime) -> FileAttr {
     FileAttr {
@@ -72,9 +79,8 @@ pub fn virtual_dir(nodeid: u64, nlink: u32, since: SystemTime) -> FileAttr {
         kind: FileType::Directory,
         perm: 0o755,
         nlink,
-        // SAFETY: getuid/getgid have no preconditions.
-        uid: unsafe { libc::getuid() },
-        gid: unsafe { libc::getgid() },
+        uid: own_ids().0,
+        gid: own_ids().1,
         rdev: 0,
         blksize: 4096,
         flags: 0,
