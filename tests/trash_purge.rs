@@ -399,3 +399,22 @@ fn trash_retention_purges_old_entries_and_gc_keeps_an_audit() {
     assert!(audit[0].history.contains("retention"));
     assert_eq!(cat.store().list(ListFilter::All).unwrap().len(), 1);
 }
+
+#[test]
+fn same_named_trash_entries_through_the_mount() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir foo && echo first > foo/f && mv foo .trash/");
+    let first = m.store.show("foo")["id"].as_str().unwrap().to_string();
+    m.sh_ok("mkdir foo && echo second > foo/f && mv foo .trash/");
+    let older = format!("foo~{}", &first[..8]);
+    let listed = m.sh_ok("ls .trash");
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    assert_eq!(names, vec!["foo", older.as_str()]);
+    assert_eq!(m.sh_ok(&format!("cat .trash/{older}/f")).trim(), "first");
+    assert_eq!(m.sh_ok("cat .trash/foo/f").trim(), "second");
+    // Both can come back, under distinct names.
+    m.sh_ok(&format!("mv .trash/{older} foo-old && mv .trash/foo foo"));
+    assert_eq!(m.sh_ok("cat foo-old/f foo/f"), "first\nsecond\n");
+    assert_eq!(m.sh_ok("ls .trash"), "");
+}
