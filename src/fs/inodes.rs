@@ -75,6 +75,17 @@ impl Inode {
         }
     }
 
+    /// Whether `fd` (just opened on a name) is this very inode, not a new
+    /// one that got a freed inode number: directories are pinned by their fd
+    /// so their numbers cannot be reused; for others the handles (which
+    /// carry the generation) must agree.
+    fn is_same_inode(&self, fd: &OwnedFd) -> bool {
+        match &self.anchor {
+            Anchor::Fd(_) => true,
+            Anchor::Handle(h, _) => sys::handle_of(fd.as_fd()).is_ok_and(|(other, _)| other == *h),
+        }
+    }
+
     /// Opens the inode with real access `flags` (never following a symlink,
     /// never creating): straight from its handle, or by reopening its fd.
     pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
@@ -143,8 +154,13 @@ impl InodeTable {
         if let Some(&nid) = keys.get(&key)
             && let Some(ino) = self.get(nid)
         {
-            ino.nlookup.fetch_add(1, Ordering::AcqRel);
-            return ino;
+            if ino.is_same_inode(&fd) {
+                ino.nlookup.fetch_add(1, Ordering::AcqRel);
+                return ino;
+            }
+            // The number was freed and reused while the kernel still holds
+            // the old inode: the new one gets an entry (and node id) of its own.
+            keys.remove(&key);
         }
         let wanted = st.st_ino;
         let nodeid = if st.st_dev == self.main_dev
