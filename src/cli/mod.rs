@@ -1,4 +1,8 @@
-//! The command line: argument parsing, output formats and exit statuses.
+//! The command line: arguments, dispatch and exit statuses. Output forms
+//! are in [`output`], background jobs run from the CLI in [`jobs`].
+
+mod jobs;
+mod output;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -6,14 +10,15 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::backing::copy::CopyStats;
 use crate::catalog::{Catalog, NewDir};
 use crate::daemon::{self, MountArgs};
 use crate::layout::Layout;
 use crate::sessions;
-use crate::store::{Attachment, HistoryEntry, ListFilter, Millis, StoreError, VFolder};
-use crate::workers::Outcome;
+use crate::store::{ListFilter, Millis, StoreError, VFolder};
 use crate::workers::{clone, purge, relocate};
+use jobs::run_job;
+use output::{attachment_json, history_json, human_bytes, print_table};
+pub use output::{fmt_time, vfolder_json};
 use std::sync::atomic::AtomicBool;
 
 /// vfolderfs: users' storage folders with a lifecycle, served as one FUSE mount.
@@ -275,7 +280,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn cause(what: &str) -> String {
+pub(crate) fn cause(what: &str) -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     format!("cli {what} (uid {uid})")
@@ -501,7 +506,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             let v = cat.restore(&v, as_name.as_deref(), &cause("restore"))?;
             println!("restored vfolder {:?} ({})", v.name, v.id);
         }
-        Command::Purge { name, no_wait } => return purge(&cat, &name, no_wait),
+        Command::Purge { name, no_wait } => return jobs::purge(&cat, &name, no_wait),
         Command::Gc { older_than, json } => {
             let age = if older_than.trim() == "0" {
                 std::time::Duration::ZERO
@@ -645,218 +650,4 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Mount(_) => unreachable!("handled above"),
     }
     Ok(0)
-}
-
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
-}
-
-type JobFn<'a> =
-    dyn Fn(&Catalog, &str, &mut dyn FnMut(&CopyStats)) -> crate::store::Result<Outcome> + 'a;
-
-/// Runs a copy job in this process with a progress line on a terminal, or
-/// follows another process that holds it, until the vfolder settles.
-fn run_job(cat: &Catalog, v: &VFolder, verb: &str, job: &JobFn<'_>) -> Result<i32, CliError> {
-    let owner = crate::workers::this_owner();
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
-    let started = std::time::Instant::now();
-    let mut shown = std::time::Instant::now();
-    let mut show = |s: &CopyStats| {
-        if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
-            shown = std::time::Instant::now();
-            let mb = s.bytes as f64 / 1048576.0;
-            let rate = mb / started.elapsed().as_secs_f64().max(1e-3);
-            eprint!(
-                "\r{verb} {:?}: {} entries, {mb:.1} MiB ({rate:.1} MiB/s)   ",
-                v.name, s.entries
-            );
-        }
-    };
-    loop {
-        let outcome = job(cat, &owner, &mut show)?;
-        if tty {
-            eprintln!();
-        }
-        match outcome {
-            Outcome::Complete(n) => {
-                println!("done: {:?} ({n} entries)", v.name);
-                return Ok(0);
-            }
-            Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
-                return Err(CliError::Failed(format!(
-                    "{verb} {:?} failed: {msg}",
-                    v.name
-                )));
-            }
-            Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
-                let now = cat.store().get(&v.id)?;
-                if now.status.is_cloning() || now.status.is_relocating() {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    continue;
-                }
-                if now.status.is_visible() {
-                    println!("done: {:?} is {}", now.name, now.status);
-                    return Ok(0);
-                }
-                return Err(CliError::Failed(format!(
-                    "{verb} {:?} did not complete: its status is {}{}",
-                    v.name,
-                    now.status,
-                    now.error.map(|e| format!(" ({e})")).unwrap_or_default()
-                )));
-            }
-        }
-    }
-}
-
-fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
-    let name = cat.store().get(&a.vfolder_id).map(|v| v.name).ok();
-    json!({
-        "vfolder": name,
-        "vfolder_id": a.vfolder_id,
-        "session": a.session,
-        "target": a.target,
-        "mode": if a.read_only { "ro" } else { "rw" },
-        "source": a.source,
-        "mnt_ns": a.mnt_ns,
-        "attached_at": fmt_time(a.created_at),
-    })
-}
-
-fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
-    let v = match cat.resolve_trashed(name) {
-        Ok(v) => v,
-        Err(StoreError::NotFound(_)) => cat.resolve(name)?,
-        Err(e) => return Err(e.into()),
-    };
-    purge::request(cat, &v.id, &cause("purge"))?;
-    if no_wait {
-        println!("queued the purge of vfolder {:?} ({})", v.name, v.id);
-        return Ok(0);
-    }
-    let owner = crate::workers::this_owner();
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let started = std::time::Instant::now();
-    let mut shown = std::time::Instant::now();
-    loop {
-        let mut show = |done: u64| {
-            if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
-                shown = std::time::Instant::now();
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                eprint!(
-                    "\rpurging {:?}: {done} entries removed ({rate:.0}/s)   ",
-                    v.name
-                );
-            }
-        };
-        let pause = purge::throttle_from_env();
-        match purge::purge_one(cat, &v.id, &owner, &never, pause, &mut show)? {
-            Outcome::Complete(n) => {
-                if tty {
-                    eprintln!();
-                }
-                println!(
-                    "purged vfolder {:?} ({}): {n} entries removed",
-                    v.name, v.id
-                );
-                return Ok(0);
-            }
-            Outcome::Failed(msg) => {
-                return Err(CliError::Failed(format!(
-                    "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
-                    v.name
-                )));
-            }
-            Outcome::NotApplicable
-            | Outcome::RolledBack(_)
-            | Outcome::HeldElsewhere
-            | Outcome::Cancelled => {
-                // Another process is on it: follow its progress until it ends.
-                let now = cat.store().get(&v.id)?;
-                if now.status.is_purging() {
-                    if let Some(j) = cat.store().job(&v.id)? {
-                        show(j.done);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    continue;
-                }
-                if tty {
-                    eprintln!();
-                }
-                if let Some(err) = now.error {
-                    return Err(CliError::Failed(format!(
-                        "purge of vfolder {:?} failed: {err}",
-                        v.name
-                    )));
-                }
-                println!(
-                    "purged vfolder {:?} ({}) (status {})",
-                    v.name, v.id, now.status
-                );
-                return Ok(0);
-            }
-        }
-    }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn fmt_time(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// The stable JSON form of a vfolder (documented in the README).
-pub fn vfolder_json(cat: &Catalog, v: &VFolder, trash_name: Option<String>) -> Value {
-    json!({
-        "id": v.id,
-        "name": v.name,
-        "status": v.status.as_str(),
-        "path": cat.backing_path(v).display().to_string(),
-        "volume": v.volume,
-        "created_at": fmt_time(v.created_at),
-        "status_changed_at": fmt_time(v.status_changed_at),
-        "error": v.error,
-        "trash_name": trash_name,
-    })
-}
-
-fn history_json(e: &HistoryEntry) -> Value {
-    json!({
-        "from": e.from.map(|s| s.as_str()),
-        "to": e.to.as_str(),
-        "at": fmt_time(e.at),
-        "cause": e.cause,
-    })
-}
-
-fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Option<String>) {
-    let names: Vec<String> = list
-        .iter()
-        .map(|v| trash_name(v).unwrap_or_else(|| v.name.clone()))
-        .collect();
-    let w = names
-        .iter()
-        .map(|n| n.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    println!("{:w$}  {:15}  {:36}  CREATED", "NAME", "STATUS", "ID");
-    for (v, n) in list.iter().zip(&names) {
-        println!(
-            "{n:w$}  {:15}  {:36}  {}",
-            v.status.as_str(),
-            v.id,
-            fmt_time(v.created_at)
-        );
-    }
 }

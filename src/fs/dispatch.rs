@@ -1,0 +1,530 @@
+//! The thin layer between the kernel and the filesystem: each FUSE request
+//! mapped to one operation of [`VfolderFs`], its result to one reply.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle as Fh, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use log::info;
+
+use super::error::FsError;
+use super::handles::{DirHandle, Handle};
+use super::vfolders::{ROOT_INO, TRASH_INO};
+use super::{Node, SELINUX_XATTR, VfolderFs, attr, cname, reply_empty, reply_entry, xattr_read};
+use crate::backing::sys;
+
+impl Filesystem for VfolderFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_BIG_WRITES
+                | InitFlags::FUSE_ASYNC_READ,
+        );
+        if self.cfg.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+            info!("kernel passthrough enabled for read-only opens");
+        } else {
+            info!("kernel passthrough not in use");
+        }
+        // ACLs checked and cached by the kernel (ls -l asks for each file).
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        self.direct_writes = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            // Inside a writable vfolder a miss is cached like a hit (node id
+            // 0 is a negative entry): names appear there only through this
+            // mount, which replaces the entry itself. Elsewhere (the root,
+            // .trash, a clone target filling up) misses are answered afresh.
+            Err(FsError::Io(e))
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && parent.0 > TRASH_INO
+                    && self
+                        .inodes
+                        .get(parent.0)
+                        .is_some_and(|p| p.vf.is_writable()) =>
+            {
+                let negative = attr::virtual_dir(0, 1, self.started);
+                reply.entry(&self.cfg.ttl, &negative, Generation(0));
+            }
+            r => reply_entry(reply, self.cfg.ttl, r),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        // An open file answers for itself (it may be unlinked already).
+        if let Some(h) = fh.and_then(|f| self.handles.get(f.0))
+            && let Handle::File(f) = &*h
+            && let Ok(st) = sys::fstat(f.fd())
+        {
+            return reply.attr(&self.cfg.ttl, &attr::from_stat(ino.0, &st));
+        }
+        match self.do_getattr(ino) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<Fh>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .inode(ino)
+            .and_then(|i| Ok(sys::readlinkat(i.fd()?.as_fd(), sys::EMPTY)?))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.cfg.ttl,
+            self.do_mknod(req, parent, name, mode, rdev),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_mkdir(req, parent, name, mode));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_unlink(parent, name, false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_unlink(parent, name, true));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.cfg.ttl,
+            self.do_symlink(req, parent, link_name, target),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.cfg.ttl, self.do_link(ino, newparent, newname));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.do_open(ino, flags, reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
+        // Nothing to do at close (data goes straight to the backing file;
+        // locks are the kernel's): ENOSYS tells the kernel to stop asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(h) = self.handles.remove(fh.0)
+            && let Handle::File(f) = &*h
+            && self.passthrough
+        {
+            self.handles.release_mode(f);
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.with_file(fh, |f| Ok(sys::fsync(f.fd(), datasync)?)),
+        );
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_opendir(req, ino) {
+            Ok(fh) => {
+                // Listings of a writable vfolder change only through this
+                // mount, which tells the kernel; it also revalidates them by
+                // the directory's mtime. Others (being cloned into, moved)
+                // are read fresh every time.
+                let cache = match self.handles.get(fh).as_deref() {
+                    Some(Handle::Dir(DirHandle::Backing { vf, .. })) => vf.is_writable(),
+                    _ => false,
+                };
+                let flags = if cache {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(Fh(fh), flags)
+            }
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
+            Ok(!reply.add(INodeNo(i), next, kind, name))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.do_readdirplus(ino, fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        let r = self.file(fh).and_then(|h| match &*h {
+            Handle::Dir(DirHandle::Backing { fd, .. }) => {
+                Ok(sys::fsync(fd.lock().as_fd(), datasync)?)
+            }
+            _ => Ok(()),
+        });
+        reply_empty(reply, r);
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let r = match self.node(ino) {
+            Ok(Node::Backing(i)) => i
+                .fd()
+                .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+                .map_err(FsError::from),
+            _ => sys::fstatvfs(self.data.as_fd()).map_err(FsError::from),
+        };
+        match r {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if self.no_selinux && name == SELINUX_XATTR {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let r = self.with_proc_path(ino, |i, p| {
+            let n = cname(name)?;
+            let _w = i.vf.begin_write()?;
+            Ok(sys::setxattr(p, &n, value, flags)?)
+        });
+        reply_empty(reply, r);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.no_selinux && name == SELINUX_XATTR {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        if matches!(ino.0, ROOT_INO | TRASH_INO) {
+            return reply.error(Errno::ENODATA);
+        }
+        let r = self.with_proc_path(ino, |_i, p| {
+            let n = cname(name)?;
+            if size == 0 {
+                let len = sys::getxattr(p, &n, &mut [])?;
+                return Ok(vec![0; len]);
+            }
+            let mut buf = vec![0u8; size as usize];
+            let len = sys::getxattr(p, &n, &mut buf)?;
+            buf.truncate(len);
+            Ok(buf)
+        });
+        Self::reply_xattr(reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if matches!(ino.0, ROOT_INO | TRASH_INO) {
+            return Self::reply_xattr(reply, size, Ok(Vec::new()));
+        }
+        let r = self.with_proc_path(ino, |_i, p| xattr_read(|b| sys::listxattr(p, b)));
+        Self::reply_xattr(reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.with_proc_path(ino, |i, p| {
+            let n = cname(name)?;
+            let _w = i.vf.begin_write()?;
+            Ok(sys::removexattr(p, &n)?)
+        });
+        reply_empty(reply, r);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let r = match self.node(ino) {
+            Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => {
+                i.vf.begin_write().map(drop)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        reply_empty(reply, r);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.do_create(req, parent, name, mode, flags) {
+            Ok((a, fh)) => reply.created(
+                &self.cfg.ttl,
+                &a,
+                Generation(0),
+                Fh(fh),
+                self.served_open_flags(flags),
+            ),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.with_file(fh, |f| {
+            let _w = f.vf.begin_write()?;
+            Ok(sys::fallocate(f.fd(), mode, offset, length)?)
+        });
+        reply_empty(reply, r);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.with_file(fh, |f| Ok(sys::lseek(f.fd(), offset, whence)?)) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: Fh,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: Fh,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let hin = self.file(fh_in)?;
+            let hout = self.file(fh_out)?;
+            let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
+                return Err(FsError::Invalid);
+            };
+            let _w = fout.vf.begin_write()?;
+            Ok(sys::copy_file_range(
+                fin.fd(),
+                offset_in,
+                fout.fd(),
+                offset_out,
+                len,
+                flags.bits() as u32,
+            )?)
+        })();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}
