@@ -321,8 +321,9 @@ fn wait_started(t: &TempStore, name: &str) {
     );
 }
 
-#[test]
-fn sigterm_mid_purge_leaves_ongoing_and_a_restart_completes() {
+/// A mount whose daemon is part-way through a (throttled) purge of "slow";
+/// returns it with the vfolder's backing directory.
+fn mount_mid_purge() -> (Mount, PathBuf) {
     let t = TempStore::new();
     t.ok(&["create", "slow"]);
     let path = backing(&t, "slow");
@@ -331,6 +332,12 @@ fn sigterm_mid_purge_leaves_ongoing_and_a_restart_completes() {
     let m = Mount::on_env(t, &[], &[SLOW]);
     m.sh_ok("rmdir .trash/slow");
     wait_started(&m.store, "slow");
+    (m, path)
+}
+
+#[test]
+fn sigterm_mid_purge_leaves_ongoing_and_a_restart_completes() {
+    let (m, path) = mount_mid_purge();
     // SAFETY: signalling our own daemon.
     unsafe { libc::kill(m.daemon_pid(), libc::SIGTERM) };
     assert!(eventually(Duration::from_secs(10), || {
@@ -349,15 +356,8 @@ fn sigterm_mid_purge_leaves_ongoing_and_a_restart_completes() {
 
 #[test]
 fn kill_9_mid_purge_and_restart_completes() {
-    let t = TempStore::new();
-    t.ok(&["create", "slow"]);
-    let path = backing(&t, "slow");
-    fill(&path, 10, 200);
-    t.ok(&["delete", "slow"]);
-    let m = Mount::on_env(t, &[], &[SLOW]);
-    m.sh_ok("rmdir .trash/slow");
-    wait_started(&m.store, "slow");
-    // SAFETY: as above.
+    let (m, path) = mount_mid_purge();
+    // SAFETY: signalling our own daemon.
     unsafe { libc::kill(m.daemon_pid(), libc::SIGKILL) };
     assert!(eventually(Duration::from_secs(5), || {
         matches!(fs::metadata(&m.mnt), Err(ref e) if errno(e) == libc::ENOTCONN)
