@@ -398,3 +398,43 @@ fn relocation_within_one_filesystem_is_a_rename() {
     assert!(err.contains("nowhere"), "{err}");
     assert_eq!(status(&t, "v"), "ready");
 }
+
+#[test]
+fn a_wide_tree_with_links_across_directories_clones_exactly() {
+    let t = TempStore::new();
+    t.ok(&["create", "wide"]);
+    let src = path_of(&t, "wide");
+    for d in 0..40 {
+        fs::create_dir_all(src.join(format!("d{d}/sub"))).unwrap();
+        for f in 0..15 {
+            fs::write(src.join(format!("d{d}/f{f}")), format!("{d}-{f}")).unwrap();
+        }
+    }
+    // Each file also appears in the next directory, under another name.
+    for d in 0..40 {
+        for f in 0..15 {
+            fs::hard_link(
+                src.join(format!("d{d}/f{f}")),
+                src.join(format!("d{}/sub/link-{d}-{f}", (d + 1) % 40)),
+            )
+            .unwrap();
+        }
+    }
+    sh(&format!(
+        "cd {} && chmod 555 d3 d7/sub && touch -d 2005-05-05 d3 d9/sub \
+         && ln -s f1 d5/sym && ln d5/sym d6/sym-link && mkfifo d8/p && ln d8/p d2/p-link",
+        src.display()
+    ));
+    t.ok(&["clone", "wide", "copy"]);
+    let dst = path_of(&t, "copy");
+    same_tree(&src, &dst);
+    for d in 0..40 {
+        for f in 0..15 {
+            let a = fs::metadata(dst.join(format!("d{d}/f{f}"))).unwrap().ino();
+            let b = fs::metadata(dst.join(format!("d{}/sub/link-{d}-{f}", (d + 1) % 40)))
+                .unwrap()
+                .ino();
+            assert_eq!(a, b, "d{d}/f{f} and its link are one inode");
+        }
+    }
+}

@@ -5,12 +5,15 @@
 //! over the data segments (`SEEK_DATA`/`SEEK_HOLE`), else read/write. Like
 //! `cp -ax`, a mount point inside the tree is copied as an empty directory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 use super::sys;
 
@@ -51,14 +54,43 @@ pub struct CopyStats {
 const FICLONE: libc::c_ulong = 0x4004_9409;
 const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
 
-struct Ctx<'a> {
+/// What every copying thread shares.
+struct Shared<'a> {
     cancel: &'a AtomicBool,
-    progress: &'a mut dyn FnMut(&CopyStats),
-    stats: CopyStats,
-    /// (dev, ino) of multiply-linked sources → an `O_PATH` fd of their copy.
-    links: HashMap<(u64, u64), OwnedFd>,
-    reflink: bool,
+    pause: Option<Duration>,
     root_dev: u64,
+    stop: AtomicBool,
+    failed: Mutex<Option<CopyError>>,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    reflink: AtomicBool,
+    /// (dev, ino) of multiply-linked sources → their first copy.
+    links: Mutex<HashMap<(u64, u64), LinkState>>,
+    links_cv: Condvar,
+    /// Directories waiting to be copied, and how many are not finished.
+    queue: Mutex<(VecDeque<DirTask>, usize)>,
+    queue_cv: Condvar,
+    /// Every directory made, with its source's attributes, for the end.
+    dirs: Mutex<Vec<(String, libc::stat)>>,
+}
+
+enum LinkState {
+    /// Another thread is copying the first name.
+    Copying,
+    /// An `O_PATH` fd of the first copy, to link further names to.
+    Done(OwnedFd),
+}
+
+/// One directory to copy: its source and (empty) destination.
+struct DirTask {
+    src: OwnedFd,
+    dst: OwnedFd,
+    path: String,
+}
+
+/// One copying thread's own state.
+struct Ctx<'s, 'a> {
+    sh: &'s Shared<'a>,
     buf: Vec<u8>,
 }
 
@@ -184,10 +216,13 @@ fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
     ]
 }
 
-impl Ctx<'_> {
+impl Ctx<'_, '_> {
     fn tick(&mut self) -> Result<(), CopyError> {
-        (self.progress)(&self.stats);
-        if self.cancel.load(Ordering::Acquire) {
+        self.sh.entries.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = self.sh.pause {
+            std::thread::sleep(p);
+        }
+        if self.sh.stop.load(Ordering::Acquire) || self.sh.cancel.load(Ordering::Acquire) {
             return Err(CopyError::Cancelled);
         }
         Ok(())
@@ -195,15 +230,15 @@ impl Ctx<'_> {
 
     /// Copies file data from `src` to `dst`, keeping holes.
     fn copy_data(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-        if self.reflink {
+        if self.sh.reflink.load(Ordering::Relaxed) {
             // SAFETY: FICLONE takes the source fd as its argument.
             let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
             if r == 0 {
-                self.stats.bytes += size;
+                self.sh.bytes.fetch_add(size, Ordering::Relaxed);
                 return Ok(());
             }
             // Not supported here: do not ask again in this copy.
-            self.reflink = false;
+            self.sh.reflink.store(false, Ordering::Relaxed);
         }
         let mut pos: i64 = 0;
         while (pos as u64) < size {
@@ -235,7 +270,7 @@ impl Ctx<'_> {
                     Ok(n) => {
                         off += n as u64;
                         len -= n as u64;
-                        self.stats.bytes += n as u64;
+                        self.sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
                         continue;
                     }
                     Err(e)
@@ -260,7 +295,7 @@ impl Ctx<'_> {
             }
             off += n as u64;
             len -= n as u64;
-            self.stats.bytes += n as u64;
+            self.sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -279,12 +314,7 @@ impl Ctx<'_> {
         };
         let fmt = st.st_mode & libc::S_IFMT;
         let key = (st.st_dev, st.st_ino);
-        if fmt != libc::S_IFDIR
-            && st.st_nlink > 1
-            && let Some(first) = self.links.get(&key)
-        {
-            sys::link_fd(first.as_fd(), ddir, name).map_err(|e| at(path, e))?;
-            self.stats.entries += 1;
+        if fmt != libc::S_IFDIR && st.st_nlink > 1 && self.link_if_copied(key, ddir, name, path)? {
             return self.tick();
         }
         match fmt {
@@ -292,14 +322,17 @@ impl Ctx<'_> {
                 sys::mkdirat(ddir, name, 0o700).map_err(|e| at(path, e))?;
                 let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
                 let d = sys::openat(ddir, name, flags, 0).map_err(|e| at(path, e))?;
-                let crosses = st.st_dev != self.root_dev
+                let crosses = st.st_dev != self.sh.root_dev
                     || is_mount_root(sdir, name).map_err(|e| at(path, e))?;
                 let s = sys::openat(sdir, name, flags, 0).map_err(|e| at(path, e))?;
+                self.sh.dirs.lock().push((path.to_string(), st));
                 if !crosses {
-                    self.copy_dir(s.as_fd(), d.as_fd(), path)?;
+                    self.sh.push(DirTask {
+                        src: s,
+                        dst: d,
+                        path: path.to_string(),
+                    });
                 }
-                copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
-                set_meta(d.as_fd(), &st).map_err(|e| at(path, e))?;
             }
             libc::S_IFREG => {
                 let s = sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
@@ -318,7 +351,7 @@ impl Ctx<'_> {
                 if st.st_nlink > 1 {
                     let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                         .map_err(|e| at(path, e))?;
-                    self.links.insert(key, p);
+                    self.sh.copied(key, p);
                 }
             }
             libc::S_IFLNK => {
@@ -341,6 +374,11 @@ impl Ctx<'_> {
                 }
                 sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| at(path, e))?;
+                if st.st_nlink > 1 {
+                    let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                        .map_err(|e| at(path, e))?;
+                    self.sh.copied(key, p);
+                }
             }
             _ => {
                 // FIFOs, sockets and device nodes: recreated, not opened.
@@ -352,12 +390,43 @@ impl Ctx<'_> {
                 sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| at(path, e))?;
                 if st.st_nlink > 1 {
-                    self.links.insert(key, p);
+                    self.sh.copied(key, p);
                 }
             }
         }
-        self.stats.entries += 1;
         self.tick()
+    }
+
+    /// For a multiply-linked source: links `name` to its first copy and
+    /// returns true, or claims the first copy for this thread (false).
+    fn link_if_copied(
+        &self,
+        key: (u64, u64),
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        path: &str,
+    ) -> Result<bool, CopyError> {
+        let mut links = self.sh.links.lock();
+        loop {
+            match links.get(&key) {
+                None => {
+                    links.insert(key, LinkState::Copying);
+                    return Ok(false);
+                }
+                Some(LinkState::Done(first)) => {
+                    sys::link_fd(first.as_fd(), ddir, name).map_err(|e| at(path, e))?;
+                    return Ok(true);
+                }
+                Some(LinkState::Copying) => {
+                    if self.sh.stop.load(Ordering::Acquire) {
+                        return Err(CopyError::Cancelled);
+                    }
+                    self.sh
+                        .links_cv
+                        .wait_for(&mut links, Duration::from_millis(50));
+                }
+            }
+        }
     }
 
     fn copy_dir(
@@ -386,27 +455,145 @@ impl Ctx<'_> {
     }
 }
 
+impl Shared<'_> {
+    fn push(&self, task: DirTask) {
+        let mut q = self.queue.lock();
+        q.0.push_back(task);
+        q.1 += 1;
+        self.queue_cv.notify_one();
+    }
+
+    fn copied(&self, key: (u64, u64), first: OwnedFd) {
+        self.links.lock().insert(key, LinkState::Done(first));
+        self.links_cv.notify_all();
+    }
+
+    fn fail(&self, e: CopyError) {
+        let mut f = self.failed.lock();
+        if f.is_none() && !matches!(e, CopyError::Cancelled) {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::Release);
+        self.queue_cv.notify_all();
+        self.links_cv.notify_all();
+    }
+
+    /// Takes the next directory, or None when all are done (or stopping).
+    fn next(&self) -> Option<DirTask> {
+        let mut q = self.queue.lock();
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(t) = q.0.pop_front() {
+                return Some(t);
+            }
+            if q.1 == 0 {
+                return None;
+            }
+            self.queue_cv.wait_for(&mut q, Duration::from_millis(50));
+        }
+    }
+
+    fn finished_one(&self) {
+        let mut q = self.queue.lock();
+        q.1 -= 1;
+        if q.1 == 0 {
+            self.queue_cv.notify_all();
+        }
+    }
+
+    fn work(&self) {
+        let mut ctx = Ctx {
+            sh: self,
+            buf: vec![0u8; 1 << 20],
+        };
+        while let Some(task) = self.next() {
+            let r = ctx.copy_dir(task.src.as_fd(), task.dst.as_fd(), &task.path);
+            drop(task);
+            if let Err(e) = r {
+                self.fail(e);
+            }
+            self.finished_one();
+        }
+    }
+}
+
 /// Copies everything inside directory `src` into the empty directory `dst`
-/// (both opened `O_RDONLY | O_DIRECTORY`), then gives `dst` the mode, owner,
-/// times and xattrs of `src`. `progress` sees the running totals.
+/// (both opened `O_RDONLY | O_DIRECTORY`) with up to `threads` threads, one
+/// directory at a time each, then gives every directory, `dst` last, the
+/// mode, owner, times and xattrs of its source. `progress` sees the running
+/// totals (from this thread) and may stop the copy by setting `cancel`;
+/// `pause` slows each entry (testing aid).
 pub fn copy_tree(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
+    threads: usize,
+    pause: Option<Duration>,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<CopyStats, CopyError> {
     let st = sys::fstat(src).map_err(|e| at("", e))?;
-    let mut ctx = Ctx {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let reopen = |fd| sys::reopen(fd, flags).map_err(|e| at("", e));
+    let sh = Shared {
         cancel,
-        progress,
-        stats: CopyStats::default(),
-        links: HashMap::new(),
-        reflink: true,
+        pause,
         root_dev: st.st_dev,
-        buf: vec![0u8; 1 << 20],
+        stop: AtomicBool::new(false),
+        failed: Mutex::new(None),
+        entries: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        reflink: AtomicBool::new(true),
+        links: Mutex::new(HashMap::new()),
+        links_cv: Condvar::new(),
+        queue: Mutex::new((VecDeque::new(), 0)),
+        queue_cv: Condvar::new(),
+        dirs: Mutex::new(Vec::new()),
     };
-    ctx.copy_dir(src, dst, "")?;
+    sh.push(DirTask {
+        src: reopen(src)?,
+        dst: reopen(dst)?,
+        path: String::new(),
+    });
+    let stats = |sh: &Shared<'_>| CopyStats {
+        entries: sh.entries.load(Ordering::Relaxed),
+        bytes: sh.bytes.load(Ordering::Relaxed),
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| scope.spawn(|| sh.work()))
+            .collect();
+        while !workers.iter().all(|w| w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            progress(&stats(&sh));
+            if cancel.load(Ordering::Acquire) {
+                sh.fail(CopyError::Cancelled);
+            }
+        }
+    });
+    if let Some(e) = sh.failed.lock().take() {
+        return Err(e);
+    }
+    if sh.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
+        return Err(CopyError::Cancelled);
+    }
+    // Directory attributes last, deepest first: copying into a directory
+    // would change its times, and a read-only mode would stop the copy.
+    let mut dirs = std::mem::take(&mut *sh.dirs.lock());
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
+    for (path, dst_st) in &dirs {
+        let rel = std::path::Path::new(path);
+        let beneath = |root| {
+            sys::open_beneath(root, rel, flags | libc::O_NOFOLLOW, 0).map_err(|e| at(path, e))
+        };
+        let (s, d) = (beneath(src)?, beneath(dst)?);
+        copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
+        set_meta(d.as_fd(), dst_st).map_err(|e| at(path, e))?;
+    }
     copy_xattrs(src, dst).map_err(|e| at("", e))?;
     set_meta(dst, &st).map_err(|e| at("", e))?;
-    Ok(ctx.stats)
+    let s = stats(&sh);
+    progress(&s);
+    Ok(s)
 }

@@ -69,8 +69,10 @@ pub(super) fn copy_beating(
     progress: &mut dyn FnMut(&CopyStats),
 ) -> std::result::Result<CopyStats, CopyError> {
     let stop = AtomicBool::new(false);
-    let mut beat = Heartbeat::new(store, id, owner, cancel, pause);
-    copy::copy_tree(src, dst, &stop, &mut |st| {
+    // The pause slows each copied entry in the copying threads; the
+    // heartbeat here only renews the claim and watches for shutdown.
+    let mut beat = Heartbeat::new(store, id, owner, cancel, None);
+    copy::copy_tree(src, dst, super::COPY_THREADS, pause, &stop, &mut |st| {
         if beat.beat(st.entries) {
             stop.store(true, Ordering::Release);
         }

@@ -14,6 +14,10 @@ pub const LEASE: Duration = Duration::from_secs(15);
 /// How often a running job renews its claim and records progress.
 pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 
+/// How many threads one copy job (clone, relocation) uses, one directory
+/// at a time each; the pool bounds how many jobs run at once.
+pub const COPY_THREADS: usize = 2;
+
 /// How long a copy job waits after its status change before it reads the
 /// source: every mount must have seen the change and drained its in-flight
 /// writes (a mount polls every 20 ms, and fails closed within 1.5 s if it
