@@ -60,6 +60,7 @@ pub struct HandleTable {
     shards: Vec<Mutex<HashMap<u64, Arc<Handle>>>>,
     next: AtomicU64,
     io: Mutex<HashMap<u64, InodeIo>>,
+    no_passthrough: std::sync::atomic::AtomicBool,
 }
 
 /// How the open handles of one inode do their I/O. The kernel requires all
@@ -96,6 +97,7 @@ impl HandleTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next: AtomicU64::new(1),
             io: Mutex::new(HashMap::new()),
+            no_passthrough: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -152,7 +154,10 @@ impl HandleTable {
         let mut map = self.io.lock();
         let e = map.entry(nodeid).or_default();
         let live = e.backing.upgrade();
-        if read_only && e.served == 0 {
+        if read_only
+            && e.served == 0
+            && (live.is_some() || !self.no_passthrough.load(Ordering::Relaxed))
+        {
             if let Some(b) = live {
                 return Ok(IoMode::Passthrough(b));
             }
@@ -162,10 +167,12 @@ impl HandleTable {
                     e.backing = Arc::downgrade(&b);
                     return Ok(IoMode::Passthrough(b));
                 }
-                Some(Err(err)) => {
-                    log::warn!("passthrough unavailable for inode {nodeid}: {err}")
+                // Refused once (no CAP_SYS_ADMIN, too deep a stack): every
+                // later open is served by the daemon.
+                Some(Err(err)) if !self.no_passthrough.swap(true, Ordering::Relaxed) => {
+                    log::warn!("kernel passthrough refused ({err}); serving reads instead");
                 }
-                None => {}
+                Some(Err(_)) | None => {}
             }
         } else if live.is_some() {
             return Err(PassthroughBusy);
