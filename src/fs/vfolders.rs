@@ -200,7 +200,7 @@ impl Registry {
     /// Reloads every vfolder from the store, updates statuses and names, and
     /// queues the kernel invalidations for what changed.
     pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let rows = store.list(ListFilter::All)?;
+        let rows = store.list(ListFilter::Current)?;
         self.apply_rows(rows);
         Ok(())
     }
@@ -248,7 +248,7 @@ impl Registry {
             snap.names
                 .insert(v.id.clone(), (None, Some(tn), v.volume.clone(), false));
         }
-        // Rows gone from the store (forgotten): their data is gone too.
+        // Rows no longer listed (purged, or forgotten): their data is gone.
         by_id.retain(|id, st| {
             if seen.contains_key(id.as_str()) {
                 true

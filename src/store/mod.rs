@@ -116,6 +116,9 @@ pub enum ListFilter {
     Live,
     /// Vfolders in the trash only.
     Trash,
+    /// Every row whose data still exists (all but purged ones): what a
+    /// mount serves and background work looks at.
+    Current,
     /// Every row.
     All,
 }
@@ -126,8 +129,17 @@ impl ListFilter {
         match self {
             ListFilter::Live => status.is_visible(),
             ListFilter::Trash => status.is_in_trash(),
+            ListFilter::Current => status.is_readable() || status.is_purgeable(),
             ListFilter::All => true,
         }
+    }
+
+    /// The statuses it admits.
+    pub fn statuses(self) -> Vec<Status> {
+        Status::ALL
+            .into_iter()
+            .filter(|s| self.admits(*s))
+            .collect()
     }
 }
 

@@ -149,23 +149,25 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, filter: ListFilter) -> Result<Vec<VFolder>> {
+        // The filter's statuses come from the status model; the status
+        // index keeps purged history rows out of the way.
+        let statuses: Vec<String> = filter
+            .statuses()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM vfolders ORDER BY name, created_at, id"
+                "SELECT {COLUMNS} FROM vfolders WHERE status IN ({}) ORDER BY name, created_at, id",
+                statuses.join(", ")
             ))
             .map_err(db("listing vfolders"))?;
         let rows = stmt
             .query_map([], row_to_vfolder)
             .map_err(db("listing vfolders"))?;
-        let mut out = Vec::new();
-        for v in rows {
-            let v = v.map_err(db("listing vfolders"))?;
-            if filter.admits(v.status) {
-                out.push(v);
-            }
-        }
-        Ok(out)
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("listing vfolders"))
     }
 
     fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder> {
