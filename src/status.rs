@@ -120,6 +120,11 @@ impl Status {
         matches!(self, Status::DeleteOngoing)
     }
 
+    /// Its data has been removed.
+    pub const fn is_purged(self) -> bool {
+        matches!(self, Status::DeleteComplete)
+    }
+
     /// A clone runs into or out of it.
     pub const fn is_cloning(self) -> bool {
         matches!(self, Status::Cloning)

@@ -418,3 +418,19 @@ fn same_named_trash_entries_through_the_mount() {
     assert_eq!(m.sh_ok("cat foo-old/f foo/f"), "first\nsecond\n");
     assert_eq!(m.sh_ok("ls .trash"), "");
 }
+
+#[test]
+fn only_who_may_rmdir_in_trash_can_purge_with_rm() {
+    let m = Mount::new(&["--allow-other"]);
+    m.sh_ok("mkdir v && chmod 755 v && echo x > v/f && chmod 644 v/f && mv v .trash/");
+    // Another user can read the trashed vfolder, but rm -r does not purge it.
+    let o = m.sh("setpriv --reuid 4242 --regid 4242 --clear-groups rm -rf .trash/v");
+    assert!(!o.status.success());
+    assert_eq!(status(&m.store, "v"), "delete-pending");
+    assert_eq!(m.sh_ok("cat .trash/v/f").trim(), "x");
+    // Root can.
+    m.sh_ok("rm -rf .trash/v");
+    assert!(eventually(Duration::from_secs(10), || status(
+        &m.store, "v"
+    ) == "delete-complete"));
+}

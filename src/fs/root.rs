@@ -125,6 +125,10 @@ impl VfolderFs {
     /// and hands it to the pool.
     pub(super) fn purge_trashed(&self, vf: &VfState, cause: &str) -> FsResult<()> {
         let pool = self.purge.as_ref().ok_or(FsError::NotPermitted)?;
+        if self.cat.store().get(&vf.id)?.status.is_purged() {
+            // A small purge can finish between rm's opendir and its rmdir.
+            return Ok(());
+        }
         purge::request(&self.cat, &vf.id, cause)?;
         pool.submit(Task::Purge(vf.id.clone()));
         self.refresh_now();
@@ -135,6 +139,12 @@ impl VfolderFs {
     /// root (read from its command line): the whole tree is one purge then.
     pub(super) fn is_trash_rm(&self, ino: &Inode, req: &Request) -> bool {
         if !ino.vf.status().is_in_trash() || self.purge.is_none() {
+            return false;
+        }
+        // Only who may rmdir in .trash (it belongs to the daemon's user):
+        // reading a trashed vfolder must not let anyone else destroy it.
+        let trash = self.trash_attr();
+        if req.uid() != 0 && req.uid() != trash.uid {
             return false;
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{}/cmdline", req.pid())) else {
