@@ -558,3 +558,49 @@ fn open_counts_per_vfolder_are_reported() {
         opens("cold")
     );
 }
+
+#[test]
+fn paths_past_path_max_and_link_counts_after_changes() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir v");
+    // Walk down relative to the working directory until the full path is
+    // well past PATH_MAX (4096): the daemon works by fd, so depth is no limit.
+    let walk = |root: &std::path::Path, make: bool| {
+        // chdir one relative component at a time: no path string is ever long.
+        let script = format!(
+            "import os\nos.chdir({root:?})\nfor i in range(30):\n    n='d'*200\n    \
+             {mk}os.chdir(n)\n{end}",
+            root = root.to_str().unwrap(),
+            mk = if make { "os.mkdir(n); " } else { "" },
+            end = if make {
+                "open('f','w').write('deep')\nprint(open('f').read())\nprint(len(os.getcwd()))"
+            } else {
+                "print(open('f').read())"
+            },
+        );
+        std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap()
+    };
+    let o = walk(&m.p("v"), true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("deep"));
+    let depth: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(depth > 6000, "path length {depth}");
+    // The backing directory holds it, 30 levels down.
+    let path = std::path::PathBuf::from(m.store.show("v")["path"].as_str().unwrap());
+    let o = walk(&path, false);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "deep");
+    // Link counts seen through other names stay true after link, unlink, rename.
+    m.sh_ok("cd v && echo x > a && ln a b && ln a c");
+    assert_eq!(fs::metadata(m.p("v/a")).unwrap().nlink(), 3);
+    m.sh_ok("cd v && rm b && mv c e");
+    assert_eq!(fs::metadata(m.p("v/a")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.p("v/e")).unwrap().nlink(), 2);
+    m.sh_ok("cd v && chmod 600 e");
+    assert_eq!(fs::metadata(m.p("v/a")).unwrap().mode() & 0o777, 0o600);
+}
