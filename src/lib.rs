@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! vfolderfs: a FUSE filesystem that serves a store of vfolders — users'
 //! storage folders with a lifecycle status — as one mount.
 //!
