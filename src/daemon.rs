@@ -514,7 +514,7 @@ fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
         }
         let step = (|| {
             if store.is_none() {
-                store = Some(SqliteStore::open_with_timeout(db, WATCH_BUSY_TIMEOUT)?);
+                store = Some(SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?);
             }
             let s = store.as_ref().expect("opened above");
             let tok = s.change_token()?;

@@ -604,3 +604,40 @@ fn paths_past_path_max_and_link_counts_after_changes() {
     m.sh_ok("cd v && chmod 600 e");
     assert_eq!(fs::metadata(m.p("v/a")).unwrap().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn a_vanished_store_fails_closed_and_is_not_recreated() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir v && echo a > v/f");
+    let db = m.store.path().join("vfolders.db");
+    let aside = m.store.dir.path().join("aside");
+    fs::create_dir(&aside).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = m.store.path().join(format!("vfolders.db{suffix}"));
+        if from.exists() {
+            fs::rename(&from, aside.join(format!("vfolders.db{suffix}"))).unwrap();
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            matches!(fs::write(m.p("v/g"), b"x"), Err(ref e) if errno(e) == libc::EROFS)
+        }),
+        "writes were not refused without a store"
+    );
+    // Reads and the listing go on; no empty store was made in its place.
+    assert_eq!(fs::read_to_string(m.p("v/f")).unwrap(), "a\n");
+    assert!(m.sh_ok("ls").contains('v'));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!db.exists(), "the mount made a new, empty database");
+    for suffix in ["", "-wal", "-shm"] {
+        let from = aside.join(format!("vfolders.db{suffix}"));
+        if from.exists() {
+            fs::rename(&from, m.store.path().join(format!("vfolders.db{suffix}"))).unwrap();
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || fs::write(
+        m.p("v/g"),
+        b"x"
+    )
+    .is_ok()));
+}

@@ -76,11 +76,19 @@ impl SqliteStore {
     /// Like [`SqliteStore::open`], waiting at most `busy` for another
     /// process's lock before a statement fails.
     pub fn open_with_timeout(path: &Path, busy: Duration) -> Result<SqliteStore> {
+        Self::open_flags(path, busy, OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    /// Opens a database that must exist already (a running mount rereading
+    /// its store must not make a new, empty one if the file vanished).
+    pub fn open_existing(path: &Path, busy: Duration) -> Result<SqliteStore> {
+        Self::open_flags(path, busy, OpenFlags::empty())
+    }
+
+    fn open_flags(path: &Path, busy: Duration, extra: OpenFlags) -> Result<SqliteStore> {
         let mut conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
         )
         .map_err(db("opening the database"))?;
         conn.busy_timeout(busy)
