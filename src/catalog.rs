@@ -154,6 +154,12 @@ impl Catalog {
         sys::open_beneath(vol.fd(), &rel, flags | libc::O_DIRECTORY, 0)
     }
 
+    /// Whether vfolder `id` has a backing directory on `volume`.
+    pub fn backing_exists(&self, id: &str, volume: &str) -> bool {
+        self.open_backing(id, volume, libc::O_PATH | libc::O_NOFOLLOW)
+            .is_ok()
+    }
+
     /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
     pub fn remove_backing_root(&self, id: &str, volume: &str) -> std::io::Result<()> {
         let vol = self.volume(volume).map_err(std::io::Error::other)?;

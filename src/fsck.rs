@@ -93,11 +93,6 @@ fn job_is_alive(job: Option<&Job>) -> bool {
     })
 }
 
-fn backing_exists(cat: &Catalog, id: &str, volume: &str) -> bool {
-    cat.open_backing(id, volume, libc::O_PATH | libc::O_NOFOLLOW)
-        .is_ok()
-}
-
 /// Compares the store with its volumes.
 pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
     let rows = cat.store().list(ListFilter::All)?;
@@ -105,7 +100,7 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     for v in &rows {
         let job = cat.store().job(&v.id)?;
-        let present = backing_exists(cat, &v.id, &v.volume);
+        let present = cat.backing_exists(&v.id, &v.volume);
         let busy = job_is_alive(job.as_ref());
         if Task::for_row(v).is_some() && !busy {
             let why = if job.is_none() {

@@ -295,13 +295,7 @@ fn mounts_inside_a_vfolder_are_not_crossed_and_devices_are_inert() {
             .unwrap()
             .success()
     );
-    struct Unbind(PathBuf);
-    impl Drop for Unbind {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _g = Unbind(inner.clone());
+    let _g = common::Undo::new(&["umount", "-l"], &inner);
     let m = Mount::on(t, &[]);
     let e = fs::metadata(m.p("v/inner/secret")).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);

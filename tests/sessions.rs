@@ -92,6 +92,11 @@ fn target(m: &Mount, name: &str) -> PathBuf {
     m.store.dir.path().join("sessions").join(name)
 }
 
+/// How many attachments `show` reports for a vfolder.
+fn attachments(m: &Mount, name: &str) -> usize {
+    m.store.show(name)["attachments"].as_array().unwrap().len()
+}
+
 fn is_mount_point(p: &Path) -> bool {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -275,34 +280,16 @@ fn a_killed_sessions_stale_attachment_is_pruned() {
             t.display()
         ),
     );
-    assert_eq!(
-        m.store.show("data")["attachments"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(attachments(&m, "data"), 1);
     // While the session lives, prune keeps it.
     m.store.ok(&["sessions", "--prune"]);
-    assert_eq!(
-        m.store.show("data")["attachments"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(attachments(&m, "data"), 1);
     let _ = s.child.kill();
     let _ = s.child.wait();
     let o = m.store.cli(&["sessions", "--prune"]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("pruned stale attachment"));
-    assert_eq!(
-        m.store.show("data")["attachments"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(attachments(&m, "data"), 0);
     m.store.ok(&["delete", "data"]);
     // In this namespace too: a target unmounted behind vfolderfs's back.
     m.sh_ok("mkdir d2");
@@ -315,21 +302,12 @@ fn a_killed_sessions_stale_attachment_is_pruned() {
         "--target",
         t2.to_str().unwrap(),
     ]);
-    struct Unbind(PathBuf);
-    impl Drop for Unbind {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let guard = Unbind(t2.clone());
+    let guard = common::Undo::new(&["umount", "-l"], &t2);
     assert!(is_mount_point(&t2));
     assert!(Command::new("umount").arg(&t2).status().unwrap().success());
     drop(guard);
     m.store.ok(&["sessions", "--prune"]);
-    assert_eq!(
-        m.store.show("d2")["attachments"].as_array().unwrap().len(),
-        0
-    );
+    assert_eq!(attachments(&m, "d2"), 0);
 }
 
 #[test]

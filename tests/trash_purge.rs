@@ -140,13 +140,7 @@ fn immutable_file_fails_the_purge_and_a_retry_completes() {
         .status()
         .unwrap();
     assert!(ok.success(), "chattr +i failed (needs ext4 and root)");
-    struct Unlock(PathBuf);
-    impl Drop for Unlock {
-        fn drop(&mut self) {
-            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-        }
-    }
-    let guard = Unlock(locked.clone());
+    let guard = common::Undo::new(&["chattr", "-i"], &locked);
     t.ok(&["delete", "imm"]);
     let err = t.fails(&["purge", "imm"]);
     assert!(
@@ -190,13 +184,7 @@ fn symlinks_and_mounts_inside_survive_a_purge() {
         .status()
         .unwrap();
     assert!(ok.success());
-    struct Unbind(PathBuf);
-    impl Drop for Unbind {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let guard = Unbind(bound.clone());
+    let guard = common::Undo::new(&["umount", "-l"], &bound);
     t.ok(&["delete", "s"]);
     let err = t.fails(&["purge", "s"]);
     assert!(err.contains("mount point"), "{err}");

@@ -52,7 +52,6 @@ pub struct CopyStats {
 }
 
 const FICLONE: libc::c_ulong = 0x4004_9409;
-const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
 
 /// What every copying thread shares.
 struct Shared<'a> {
@@ -103,36 +102,6 @@ fn at(path: &str, err: io::Error) -> CopyError {
         },
         err,
     }
-}
-
-fn join(path: &str, name: &[u8]) -> String {
-    let n = String::from_utf8_lossy(name);
-    if path.is_empty() {
-        n.into_owned()
-    } else {
-        format!("{path}/{n}")
-    }
-}
-
-fn is_mount_root(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: valid fd, name and buffer.
-    let r = unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_TYPE,
-            stx.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: filled by a successful statx.
-    let stx = unsafe { stx.assume_init() };
-    Ok(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
-        && stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0)
 }
 
 /// Copies extended attributes from `src` to `dst` (both open fds).
@@ -323,7 +292,7 @@ impl Ctx<'_, '_> {
                 let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
                 let d = sys::openat(ddir, name, flags, 0).map_err(|e| at(path, e))?;
                 let crosses = st.st_dev != self.sh.root_dev
-                    || is_mount_root(sdir, name).map_err(|e| at(path, e))?;
+                    || sys::statx_at(sdir, name, 0).map_err(|e| at(path, e))?.1;
                 let s = sys::openat(sdir, name, flags, 0).map_err(|e| at(path, e))?;
                 self.sh.dirs.lock().push((path.to_string(), st));
                 if !crosses {
@@ -446,7 +415,7 @@ impl Ctx<'_, '_> {
                 .map(|e| e.name.to_vec())
                 .collect();
             for name in names {
-                let p = join(path, &name);
+                let p = sys::join_rel(path, &name);
                 let c =
                     CString::new(name).map_err(|_| at(&p, io::ErrorKind::InvalidData.into()))?;
                 self.copy_entry(src, dst, &c, &p)?;

@@ -3,11 +3,10 @@
 //! point inside the tree, never touching anything outside it, and stopping
 //! between two entries when asked.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::sys;
@@ -45,39 +44,6 @@ impl fmt::Display for RemoveError {
 
 impl std::error::Error for RemoveError {}
 
-const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
-
-struct Probe {
-    is_dir: bool,
-    dev: (u32, u32),
-    mount_root: bool,
-}
-
-fn probe(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Probe> {
-    let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: valid fd, name and buffer.
-    let r = unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE,
-            stx.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: filled by a successful statx.
-    let stx = unsafe { stx.assume_init() };
-    Ok(Probe {
-        is_dir: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
-        dev: (stx.stx_dev_major, stx.stx_dev_minor),
-        mount_root: stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
-            && stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0,
-    })
-}
-
 struct Level {
     fd: OwnedFd,
     /// The name of this directory in its parent (None for the root).
@@ -86,15 +52,6 @@ struct Level {
     buf: Vec<u8>,
     filled: usize,
     pos: usize,
-}
-
-fn join(path: &str, name: &[u8]) -> String {
-    let n = String::from_utf8_lossy(name);
-    if path.is_empty() {
-        n.into_owned()
-    } else {
-        format!("{path}/{n}")
-    }
 }
 
 /// Removes everything inside the directory `root` (opened `O_RDONLY |
@@ -113,9 +70,7 @@ pub fn empty_dir(
         },
         err,
     };
-    let root_dev = probe(root.as_fd(), sys::EMPTY_DOT)
-        .map_err(|e| fail("", e))?
-        .dev;
+    let root_dev = sys::fstat(root.as_fd()).map_err(|e| fail("", e))?.st_dev;
     let mut stack = vec![Level {
         fd: root,
         name: None,
@@ -157,20 +112,21 @@ pub fn empty_dir(
         if name_bytes == b"." || name_bytes == b".." {
             continue;
         }
-        let path = join(&top.path, &name_bytes);
+        let path = sys::join_rel(&top.path, &name_bytes);
         let name =
             CString::new(name_bytes).map_err(|_| fail(&path, io::ErrorKind::InvalidData.into()))?;
         let dirfd = top.fd.as_fd();
         let is_dir = if dtype == libc::DT_DIR || dtype == libc::DT_UNKNOWN {
-            let p = match probe(dirfd, &name) {
+            let (st, mount_root) = match sys::statx_at(dirfd, &name, libc::AT_STATX_DONT_SYNC) {
                 Ok(p) => p,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => return Err(fail(&path, e)),
             };
-            if p.is_dir && (p.mount_root || p.dev != root_dev) {
+            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            if is_dir && (mount_root || st.st_dev != root_dev) {
                 return Err(RemoveError::MountPoint(path));
             }
-            p.is_dir
+            is_dir
         } else {
             false
         };

@@ -9,8 +9,6 @@ use std::path::Path;
 
 /// The empty path, for `AT_EMPTY_PATH` calls on the fd itself.
 pub const EMPTY: &CStr = c"";
-/// `.`, for `*at` calls on a directory fd itself.
-pub const EMPTY_DOT: &CStr = c".";
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -551,13 +549,19 @@ const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
 /// Stats the object an fd refers to with `statx`, returning it as a
 /// `stat` and whether it is the root of a mount.
 pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<(libc::stat, bool)> {
+    statx_at(fd, EMPTY, libc::AT_EMPTY_PATH)
+}
+
+/// `statx(dir, name)` without following a symlink: the object as a `stat`,
+/// and whether it is the root of a mount (never to be crossed).
+pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<(libc::stat, bool)> {
     let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: valid fd, empty path and buffer.
+    // SAFETY: valid fd, NUL-terminated name and buffer.
     cvt(unsafe {
         libc::statx(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
             libc::STATX_BASIC_STATS,
             stx.as_mut_ptr(),
         )
@@ -585,4 +589,15 @@ pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<(libc::stat, bool)> {
     let mount_root = x.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
         && x.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0;
     Ok((st, mount_root))
+}
+
+/// `path/name` for messages, where `path` is relative to a tree's root
+/// (empty for the root itself).
+pub fn join_rel(path: &str, name: &[u8]) -> String {
+    let n = String::from_utf8_lossy(name);
+    if path.is_empty() {
+        n.into_owned()
+    } else {
+        format!("{path}/{n}")
+    }
 }

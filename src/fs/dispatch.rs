@@ -50,18 +50,8 @@ impl Filesystem for VfolderFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name) {
-            // Inside a writable vfolder a miss is cached like a hit (node id
-            // 0 is a negative entry): names appear there only through this
-            // mount, which replaces the entry itself. Elsewhere (the root,
-            // .trash, a clone target filling up) misses are answered afresh.
-            Err(FsError::Io(e))
-                if e.raw_os_error() == Some(libc::ENOENT)
-                    && parent.0 > TRASH_INO
-                    && self
-                        .inodes
-                        .get(parent.0)
-                        .is_some_and(|p| p.vf.is_writable()) =>
-            {
+            // Node id 0 is a negative entry, cached for the entry TTL.
+            Err(FsError::CacheableMiss) => {
                 let negative = attr::virtual_dir(0, 1, self.started);
                 reply.entry(&self.cfg.ttl, &negative, Generation(0));
             }

@@ -37,6 +37,8 @@ pub enum FsError {
     PassthroughBusy,
     /// A mount point inside a backing directory (never crossed).
     MountInside,
+    /// No such name, in a place where the kernel may cache the miss.
+    CacheableMiss,
 }
 
 impl FsError {
@@ -61,7 +63,7 @@ impl FsError {
                 | StoreError::Io(..) => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,
-            FsError::Gone | FsError::NotFound => Errno::ENOENT,
+            FsError::Gone | FsError::NotFound | FsError::CacheableMiss => Errno::ENOENT,
             FsError::NotPermitted => Errno::EPERM,
             FsError::CrossVfolder => Errno::EXDEV,
             FsError::BadName(NameError::TooLong(_)) => Errno::ENAMETOOLONG,

@@ -182,7 +182,17 @@ impl VfolderFs {
             Node::Trash => self.trash_lookup(name),
             Node::Backing(p) => {
                 p.vf.check_readable()?;
-                self.lookup_in(&p, &cname(name)?)
+                match self.lookup_in(&p, &cname(name)?) {
+                    // Inside a writable vfolder names appear only through this
+                    // mount, which replaces a cached miss itself; elsewhere (a
+                    // clone target filling up) misses are answered afresh.
+                    Err(FsError::Io(e))
+                        if e.raw_os_error() == Some(libc::ENOENT) && p.vf.is_writable() =>
+                    {
+                        Err(FsError::CacheableMiss)
+                    }
+                    r => r,
+                }
             }
         }
     }
@@ -626,7 +636,7 @@ impl VfolderFs {
                 Ok(a) => a,
                 // Vanished since getdents: skip it.
                 Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
-                Err(FsError::NotFound | FsError::Gone) => return Ok(true),
+                Err(FsError::NotFound | FsError::Gone | FsError::CacheableMiss) => return Ok(true),
                 // A mount inside the backing directory is not shown.
                 Err(FsError::MountInside) => return Ok(true),
                 Err(e) => return Err(e),

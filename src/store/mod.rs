@@ -306,7 +306,6 @@ pub trait Store: Send + Sync {
         kind: &str,
         owner: &str,
         lease: std::time::Duration,
-        arg: Option<&str>,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>>;
     /// Records a job nobody runs yet (its first claim counts as its first run).

@@ -268,7 +268,6 @@ impl Store for SqliteStore {
         kind: &str,
         owner: &str,
         lease: Duration,
-        arg: Option<&str>,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>> {
         let now = now_millis();
@@ -281,9 +280,9 @@ impl Store for SqliteStore {
         match Self::job_in(&tx, id)? {
             None => {
                 tx.execute(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, arg) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, kind, owner, until, now, arg],
+                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, kind, owner, until, now],
                 )
                 .map_err(db("claiming a job"))?;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{Heartbeat, LEASE, Outcome, owner_dead};
+use super::{Heartbeat, Outcome};
 use crate::backing::copy::{self, CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -91,10 +91,9 @@ pub fn run(
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some(job) = store.claim_job(dst, KIND, owner, LEASE, None, &owner_dead)? else {
+    let Some((job, d)) = super::claim(store.as_ref(), dst, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
-    let d = store.get(dst)?;
     let Some(src_id) = d.clone_src.clone().filter(|_| d.status.is_cloning()) else {
         store.release_job(dst, owner, true)?;
         return Ok(Outcome::NotApplicable);

@@ -86,6 +86,21 @@ impl<'a> Heartbeat<'a> {
     }
 }
 
+/// Claims `owner`'s job of `kind` on vfolder `id` (see
+/// [`crate::store::Store::claim_job`]) and reads the vfolder; None if
+/// another live process holds the job.
+pub fn claim(
+    store: &dyn crate::store::Store,
+    id: &str,
+    kind: &str,
+    owner: &str,
+) -> crate::store::Result<Option<(crate::store::Job, crate::store::VFolder)>> {
+    let Some(job) = store.claim_job(id, kind, owner, LEASE, &owner_dead)? else {
+        return Ok(None);
+    };
+    Ok(Some((job, store.get(id)?)))
+}
+
 /// How a job attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use log::{error, info};
 
-use super::{Heartbeat, LEASE, Outcome, owner_dead};
+use super::{Heartbeat, LEASE, Outcome};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
@@ -42,10 +42,9 @@ pub fn purge_one(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some(job) = store.claim_job(id, KIND, owner, LEASE, None, &owner_dead)? else {
+    let Some((job, v)) = super::claim(store.as_ref(), id, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
-    let v = store.get(id)?;
     if !v.status.is_purging() {
         store.release_job(id, owner, true)?;
         return Ok(Outcome::NotApplicable);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{LEASE, Outcome, owner_dead, purge};
+use super::{Outcome, purge};
 use crate::backing::copy::{CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -44,11 +44,6 @@ pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder
     Ok(v)
 }
 
-fn exists(cat: &Catalog, id: &str, volume: &str) -> bool {
-    cat.open_backing(id, volume, libc::O_PATH | libc::O_NOFOLLOW)
-        .is_ok()
-}
-
 fn end(cat: &Catalog, id: &str, to: Option<&str>, cause: &str) -> Result<VFolder> {
     cat.store().switch_volume(id, to, cause)
 }
@@ -63,10 +58,9 @@ pub fn run(
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some(job) = store.claim_job(id, KIND, owner, LEASE, None, &owner_dead)? else {
+    let Some((job, v)) = super::claim(store.as_ref(), id, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
-    let v = store.get(id)?;
     if !v.status.is_relocating() {
         store.release_job(id, owner, true)?;
         return Ok(Outcome::NotApplicable);
@@ -80,7 +74,7 @@ pub fn run(
     };
     if job.claims > 1 {
         // Interrupted: finish a rename that happened, undo a partial copy.
-        if !exists(cat, id, &from) && exists(cat, id, &to) {
+        if !cat.backing_exists(id, &from) && cat.backing_exists(id, &to) {
             end(
                 cat,
                 id,
@@ -92,7 +86,7 @@ pub fn run(
             return Ok(Outcome::Complete(0));
         }
         let why = format!("relocation to {to} interrupted; rolled back");
-        if exists(cat, id, &to)
+        if cat.backing_exists(id, &to)
             && let Err(e) = purge::remove_copy(cat, id, &to, owner, cancel, None, &mut |_| {})
         {
             store.release_job(id, owner, false)?;
@@ -201,10 +195,9 @@ pub fn run(
 /// the old volume until this is done).
 pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Result<Outcome> {
     let store = cat.store();
-    let Some(_job) = store.claim_job(id, CLEANUP_KIND, owner, LEASE, None, &owner_dead)? else {
+    let Some((_job, v)) = super::claim(store.as_ref(), id, CLEANUP_KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
-    let v = store.get(id)?;
     let Some(prev) = v.prev_volume.clone().filter(|p| *p != v.volume) else {
         store.clear_prev_volume(id)?;
         store.release_job(id, owner, true)?;

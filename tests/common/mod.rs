@@ -269,3 +269,22 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Runs a command when dropped (unbinding a mount, clearing a file flag),
+/// so a test's system changes are undone even when an assertion fails.
+pub struct Undo(Vec<std::ffi::OsString>);
+
+impl Undo {
+    /// `program args... path` on drop.
+    pub fn new(cmd: &[&str], path: &Path) -> Undo {
+        let mut v: Vec<std::ffi::OsString> = cmd.iter().map(|a| a.into()).collect();
+        v.push(path.as_os_str().to_owned());
+        Undo(v)
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0[0]).args(&self.0[1..]).status();
+    }
+}
