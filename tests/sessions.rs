@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -97,13 +97,6 @@ fn attachments(m: &Mount, name: &str) -> usize {
     m.store.show(name)["attachments"].as_array().unwrap().len()
 }
 
-fn is_mount_point(p: &Path) -> bool {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
-}
-
 #[test]
 fn a_session_reads_and_writes_through_an_attached_vfolder() {
     let m = Mount::new(&[]);
@@ -122,7 +115,7 @@ fn a_session_reads_and_writes_through_an_attached_vfolder() {
         "from-session\n"
     );
     // Not visible in the host namespace: the bind lives in the session's.
-    assert!(!is_mount_point(&t));
+    assert!(!common::is_mounted(&t));
     let v = m.store.show("data");
     let atts = v["attachments"].as_array().unwrap();
     assert_eq!(atts.len(), 1);
@@ -303,7 +296,7 @@ fn a_killed_sessions_stale_attachment_is_pruned() {
         t2.to_str().unwrap(),
     ]);
     let guard = common::Undo::new(&["umount", "-l"], &t2);
-    assert!(is_mount_point(&t2));
+    assert!(common::is_mounted(&t2));
     assert!(Command::new("umount").arg(&t2).status().unwrap().success());
     drop(guard);
     m.store.ok(&["sessions", "--prune"]);
@@ -323,10 +316,10 @@ fn detach_by_target_and_without_a_mount_running() {
         "--target",
         t.to_str().unwrap(),
     ]);
-    assert!(is_mount_point(&t));
+    assert!(common::is_mounted(&t));
     let out = m.store.ok(&["detach", "--target", t.to_str().unwrap()]);
     assert!(out.contains("detached"), "{out}");
-    assert!(!is_mount_point(&t));
+    assert!(!common::is_mounted(&t));
     m.unmount();
     let err = m.store.fails(&[
         "attach",

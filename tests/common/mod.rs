@@ -82,7 +82,8 @@ pub struct Mount {
     pub mnt: PathBuf,
 }
 
-fn is_mounted(mnt: &Path) -> bool {
+/// Whether something is mounted at `mnt` in this mount namespace.
+pub fn is_mounted(mnt: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = mnt.to_string_lossy().replace(' ', "\\040");
     info.lines()
