@@ -250,6 +250,15 @@ ROWS = [
     ("4 procs small files", "parallel_small"),
 ]
 
+# Workloads that use what an earlier one made.
+NEEDS = {
+    "seq_read_cold": "seq_write",
+    "seq_read_warm": "seq_write",
+    "ls_lr_warm": "tree_create",
+    "find_stat_warm": "tree_create",
+    "rm_rf": "tree_create",
+}
+
 
 def lifecycle(vfs, quick, base):
     """Trash and purge of a populated vfolder against native rm -rf."""
@@ -336,6 +345,8 @@ def main():
     ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs)")
     ap.add_argument("--vfs-opts", default=None, help="extra -o options for the vfolderfs mount")
     ap.add_argument("--skip-extra", action="store_true", help="only the table (no lifecycle, latency, RSS)")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated workloads to run (" + ",".join(fn for _, fn in ROWS) + ")")
     args = ap.parse_args()
     Vfolderfs.opts = args.vfs_opts
     rounds = args.rounds or (1 if args.quick else 3)
@@ -344,7 +355,16 @@ def main():
     names = args.only.split(",") if args.only else list(kinds)
     targets = [kinds[n](n, base) for n in names]
     wl = Workloads(args.quick)
-    results = {(t.name, r[1]): [] for t in targets for r in ROWS}
+    rows = ROWS
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = set(wanted) - {fn for _, fn in ROWS}
+        if unknown:
+            ap.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+        # A workload that reads what another one made brings that one along.
+        wanted += [NEEDS[fn] for fn in wanted if fn in NEEDS]
+        rows = [r for r in ROWS if r[1] in wanted]
+    results = {}
     units = {}
     extra = {}
 
@@ -363,11 +383,21 @@ def main():
             t.setup()
         for rnd in range(rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
-            for label, fn in ROWS:
+            for label, fn in rows:
                 for t in order:
+                    # Each measurement starts with no dirty data left by the one before.
+                    os.sync()
                     v, unit, hib = getattr(wl, fn)(t.work)
-                    results[(t.name, fn)].append(v)
+                    results.setdefault((t.name, fn), []).append(v)
                     units[fn] = (unit, hib)
+            for t in targets:
+                # What a partial selection of workloads left behind (untimed).
+                for leftover in ("seq", "tree"):
+                    p = os.path.join(t.work, leftover)
+                    if os.path.isdir(p):
+                        shutil.rmtree(p)
+                    elif os.path.exists(p):
+                        os.unlink(p)
             print(f"round {rnd + 1}/{rounds} done", file=sys.stderr)
         vfs = next((t for t in targets if t.name == "vfolderfs"), None)
         if vfs and not args.skip_extra:
@@ -396,7 +426,7 @@ def main():
     header = f"{'workload':26} {'unit':8}" + "".join(f" {t.name:>20}" for t in targets)
     print(header)
     print("-" * len(header))
-    for label, fn in ROWS:
+    for label, fn in rows:
         unit, _ = units[fn]
         print(f"{label:26} {unit:8}" + "".join(f" {cell(t.name, fn):>20}" for t in targets))
     if extra:
