@@ -75,6 +75,16 @@ pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
         .map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
+/// Request loops by default: one per CPU (at least 2, at most 16). More
+/// loops than CPUs only add context switches; calls that may block for long
+/// run on a pool of their own (`fs::offload`).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
+}
+
 impl MountArgs {
     /// Builds the arguments from the command line, parsing `-o` options.
     pub fn from_cli(layout: Layout, m: &MountCmd) -> Result<MountArgs, String> {
@@ -166,7 +176,7 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
         command: Command::Mount(MountCmd {
             mountpoint,
             foreground: false,
-            threads: 4,
+            threads: default_threads(),
             allow_other: false,
             purge_workers: 2,
             trash_retention: "30d".into(),

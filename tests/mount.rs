@@ -456,6 +456,51 @@ fn fallocate_copy_file_range_seek_and_special_files() {
 }
 
 #[test]
+fn syncs_allocations_and_range_copies_on_open_handles_follow_the_status() {
+    use std::os::fd::AsRawFd;
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir v && mkdir v/d && printf 0123456789 > v/src");
+    let w = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("v/dst"))
+        .unwrap();
+    let src = fs::File::open(m.p("v/src")).unwrap();
+    let dir = fs::File::open(m.p("v/d")).unwrap();
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap();
+    let copy = |n: usize| unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            std::ptr::null_mut(),
+            w.as_raw_fd(),
+            std::ptr::null_mut(),
+            n,
+            0,
+        )
+    };
+    // While writable: every call works and does what it says.
+    assert_eq!(copy(4), 4);
+    assert_eq!(unsafe { libc::fallocate(w.as_raw_fd(), 0, 0, 1 << 20) }, 0);
+    assert_eq!(unsafe { libc::fsync(w.as_raw_fd()) }, 0);
+    assert_eq!(unsafe { libc::fdatasync(w.as_raw_fd()) }, 0);
+    assert_eq!(unsafe { libc::fsync(dir.as_raw_fd()) }, 0);
+    assert_eq!(fs::metadata(m.p("v/dst")).unwrap().len(), 1 << 20);
+    assert_eq!(&fs::read(m.p("v/dst")).unwrap()[..4], b"0123");
+    // In the trash: what changes data is refused, syncing what is there is not.
+    m.store.ok(&["delete", "v"]);
+    assert!(eventually(Duration::from_secs(2), || !m.p("v").exists()));
+    assert_eq!(copy(4), -1);
+    assert_eq!(last(), libc::EROFS);
+    assert_eq!(unsafe { libc::fallocate(w.as_raw_fd(), 0, 0, 2 << 20) }, -1);
+    assert_eq!(last(), libc::EROFS);
+    assert_eq!(unsafe { libc::fsync(w.as_raw_fd()) }, 0);
+    assert_eq!(unsafe { libc::fsync(dir.as_raw_fd()) }, 0);
+    assert_eq!(fs::metadata(m.p(".trash/v/dst")).unwrap().len(), 1 << 20);
+}
+
+#[test]
 fn mount_helper_takes_mount8_arguments() {
     // mount(8) runs /sbin/mount.vfolderfs STORE MOUNTPOINT -o OPTS; a link
     // in the temporary directory stands in for the installed one.

@@ -210,8 +210,8 @@ pub struct MountCmd {
     /// Stay in the foreground instead of returning once the mount is ready.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// Request-handling threads.
-    #[arg(long, default_value_t = 4)]
+    /// Request-handling threads (default: one per CPU, 2 to 16).
+    #[arg(long, default_value_t = crate::daemon::default_threads())]
     pub threads: usize,
     /// Let other users use the mount (permissions are checked by the kernel).
     #[arg(long)]

@@ -255,10 +255,16 @@ impl Filesystem for VfolderFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        reply_empty(
-            reply,
-            self.with_file(fh, |f| Ok(sys::fsync(f.fd(), datasync)?)),
-        );
+        match self.file(fh) {
+            Ok(h) => self.blocking.run(move || {
+                let r = match &*h {
+                    Handle::File(f) => sys::fsync(f.fd(), datasync).map_err(FsError::from),
+                    Handle::Dir(_) => Err(FsError::Invalid),
+                };
+                reply_empty(reply, r);
+            }),
+            Err(e) => reply.error(e.errno()),
+        }
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -327,13 +333,18 @@ impl Filesystem for VfolderFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        let r = self.file(fh).and_then(|h| match &*h {
-            Handle::Dir(DirHandle::Backing { fd, .. }) => {
-                Ok(sys::fsync(fd.lock().as_fd(), datasync)?)
-            }
-            _ => Ok(()),
-        });
-        reply_empty(reply, r);
+        match self.file(fh) {
+            Ok(h) => self.blocking.run(move || {
+                let r = match &*h {
+                    Handle::Dir(DirHandle::Backing { fd, .. }) => {
+                        sys::fsync(fd.lock().as_fd(), datasync).map_err(FsError::from)
+                    }
+                    _ => Ok(()),
+                };
+                reply_empty(reply, r);
+            }),
+            Err(e) => reply.error(e.errno()),
+        }
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -461,11 +472,19 @@ impl Filesystem for VfolderFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.with_file(fh, |f| {
-            let _w = f.vf.begin_write()?;
-            Ok(sys::fallocate(f.fd(), mode, offset, length)?)
-        });
-        reply_empty(reply, r);
+        match self.file(fh) {
+            Ok(h) => self.blocking.run(move || {
+                let r = match &*h {
+                    Handle::File(f) => {
+                        f.vf.begin_write()
+                            .and_then(|_w| Ok(sys::fallocate(f.fd(), mode, offset, length)?))
+                    }
+                    Handle::Dir(_) => Err(FsError::Invalid),
+                };
+                reply_empty(reply, r);
+            }),
+            Err(e) => reply.error(e.errno()),
+        }
     }
 
     fn lseek(
@@ -496,25 +515,29 @@ impl Filesystem for VfolderFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let r = (|| {
-            let hin = self.file(fh_in)?;
-            let hout = self.file(fh_out)?;
-            let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
-                return Err(FsError::Invalid);
-            };
-            let _w = fout.vf.begin_write()?;
-            Ok(sys::copy_file_range(
-                fin.fd(),
-                offset_in,
-                fout.fd(),
-                offset_out,
-                len,
-                flags.bits() as u32,
-            )?)
-        })();
-        match r {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e.errno()),
-        }
+        let (hin, hout) = match (self.file(fh_in), self.file(fh_out)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e.errno()),
+        };
+        self.blocking.run(move || {
+            let r = (|| {
+                let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
+                    return Err(FsError::Invalid);
+                };
+                let _w = fout.vf.begin_write()?;
+                Ok(sys::copy_file_range(
+                    fin.fd(),
+                    offset_in,
+                    fout.fd(),
+                    offset_out,
+                    len,
+                    flags.bits() as u32,
+                )?)
+            })();
+            match r {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
     }
 }

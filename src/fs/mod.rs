@@ -8,6 +8,7 @@ mod dispatch;
 pub mod error;
 pub mod handles;
 pub mod inodes;
+pub mod offload;
 pub mod root;
 pub mod vfolders;
 
@@ -54,6 +55,10 @@ impl Default for FsConfig {
     }
 }
 
+/// Threads for calls that may block for long (`fsync`, `fallocate`,
+/// `copy_file_range`); beyond them such calls run in their request loop.
+const BLOCKING_THREADS: usize = 8;
+
 /// The filesystem served by a mount.
 pub struct VfolderFs {
     cat: Arc<Catalog>,
@@ -68,6 +73,8 @@ pub struct VfolderFs {
     no_selinux: bool,
     started: SystemTime,
     purge: Option<Arc<JobPool>>,
+    /// Where calls that may block for long run.
+    blocking: offload::Offload,
     /// The store's change token when the registry was last brought up to date here.
     seen_token: std::sync::atomic::AtomicU64,
 }
@@ -115,6 +122,7 @@ impl VfolderFs {
             cfg,
             started: SystemTime::now(),
             purge: None,
+            blocking: offload::Offload::new(BLOCKING_THREADS),
             seen_token: std::sync::atomic::AtomicU64::new(0),
         })
     }
