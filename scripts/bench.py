@@ -345,6 +345,7 @@ def main():
     ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs)")
     ap.add_argument("--vfs-opts", default=None, help="extra -o options for the vfolderfs mount")
     ap.add_argument("--skip-extra", action="store_true", help="only the table (no lifecycle, latency, RSS)")
+    ap.add_argument("--samples", action="store_true", help="also print every round's figures")
     ap.add_argument("--rows", default=None,
                     help="comma-separated workloads to run (" + ",".join(fn for _, fn in ROWS) + ")")
     args = ap.parse_args()
@@ -429,6 +430,12 @@ def main():
     for label, fn in rows:
         unit, _ = units[fn]
         print(f"{label:26} {unit:8}" + "".join(f" {cell(t.name, fn):>20}" for t in targets))
+    if args.samples:
+        print()
+        for label, fn in rows:
+            for t in targets:
+                vals = " ".join(f"{v:,.1f}" for v in results[(t.name, fn)])
+                print(f"{label:26} {t.name:10} {vals}")
     if extra:
         print()
         for k, (v, unit) in extra.items():
