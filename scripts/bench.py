@@ -434,7 +434,7 @@ def main():
         print()
         for label, fn in rows:
             for t in targets:
-                vals = " ".join(f"{v:,.1f}" for v in results[(t.name, fn)])
+                vals = " ".join(f"{v:,.1f}" if v >= 10 else f"{v:.3f}" for v in results[(t.name, fn)])
                 print(f"{label:26} {t.name:10} {vals}")
     if extra:
         print()
