@@ -28,8 +28,12 @@ use crate::workers::pool::{JobPool, PoolConfig};
 
 /// How often the watcher polls the store for changes made elsewhere.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// How often the watcher rereads every status even without a change signal.
-pub const FULL_REFRESH: Duration = Duration::from_secs(1);
+/// How often the watcher checks that the store is still the same file and
+/// readable through a fresh connection (else writes are refused).
+pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
+/// How often the watcher rereads every status even without a change signal
+/// (a safety net; changes are signalled by the store's change token).
+pub const FULL_REFRESH: Duration = Duration::from_secs(60);
 /// How often the daemon clears attachments whose bind in its own mount
 /// namespace is gone.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -508,29 +512,55 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool) {
     record(&mut recorded);
 }
 
+/// The (device, inode) of a file, to notice it being replaced.
+fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Keeps the registry in step with the store and sends the kernel the
-/// invalidations owed, until `stop`. Every [`FULL_REFRESH`] it reopens the
-/// database and rereads everything, so a store that became unreadable
-/// (replaced, corrupted, locked) is noticed and writes are refused.
+/// invalidations owed, until `stop`. It rereads the vfolders when the store's
+/// change token moves (and every [`FULL_REFRESH`]); every [`HEALTH_CHECK`] it
+/// makes sure the database is still the file it opened and still readable
+/// through a fresh connection, so a store that was replaced, corrupted or
+/// locked is noticed and writes are refused. Idle, it costs a few syscalls
+/// per poll however many vfolders there are.
 fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
-    let mut store: Option<SqliteStore> = None;
+    let mut store: Option<(SqliteStore, (u64, u64))> = None;
     let mut last = None;
     let mut last_full = std::time::Instant::now();
+    let mut last_check = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
-        let full = store.is_none() || last_full.elapsed() >= FULL_REFRESH;
-        if full {
-            last_full = std::time::Instant::now();
-            store = None;
-        }
         let step = (|| {
-            if store.is_none() {
-                store = Some(SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?);
+            if store.is_some() && last_check.elapsed() >= HEALTH_CHECK {
+                last_check = std::time::Instant::now();
+                let same = store
+                    .as_ref()
+                    .is_some_and(|(_, id)| file_id(db).ok() == Some(*id));
+                if !same {
+                    // Replaced or gone: reopen below (or fail closed).
+                    store = None;
+                } else {
+                    SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?.check_readable()?;
+                }
             }
-            let s = store.as_ref().expect("opened above");
+            let mut full = last_full.elapsed() >= FULL_REFRESH;
+            if store.is_none() {
+                let id = file_id(db)
+                    .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
+                store = Some((SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?, id));
+                last_check = std::time::Instant::now();
+                full = true;
+            }
+            let (s, _) = store.as_ref().expect("opened above");
             let tok = s.change_token()?;
             if full || last != Some(tok) {
                 reg.refresh(s)?;
                 last = Some(tok);
+                if full {
+                    last_full = std::time::Instant::now();
+                }
             }
             Ok::<(), crate::store::StoreError>(())
         })();

@@ -260,3 +260,45 @@ fn store_opens_in_wal_mode_with_version() {
         .unwrap();
     assert_eq!(v, vfolderfs::store::schema::latest_version());
 }
+
+#[test]
+fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let store = cat.store();
+    let mut expect = Vec::new();
+    for (i, st) in Status::ALL.into_iter().enumerate() {
+        let v = cat
+            .create(&format!("s{i}"), NewDir::default(), "test")
+            .unwrap();
+        for step in path_to(st) {
+            store.transition(&v.id, *step, args("setup")).unwrap();
+        }
+        if st.is_purging() || st.is_cloning() || st.is_relocating() || st.is_restorable() {
+            expect.push(v.name.clone());
+        }
+    }
+    // A ready vfolder with an old copy left behind by a relocation.
+    let moved = cat.create("moved", NewDir::default(), "test").unwrap();
+    rusqlite::Connection::open(cat.layout().db_path())
+        .unwrap()
+        .execute(
+            "UPDATE vfolders SET prev_volume = 'old' WHERE id = ?1",
+            [&moved.id],
+        )
+        .unwrap();
+    expect.push("moved".into());
+    expect.sort();
+    let mut got: Vec<String> = store
+        .list(ListFilter::Work)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    got.sort();
+    assert_eq!(got, expect);
+    assert!(
+        !got.contains(&"s0".to_string()),
+        "a plain ready vfolder is no work"
+    );
+}

@@ -119,17 +119,30 @@ pub enum ListFilter {
     /// Every row whose data still exists (all but purged ones): what a
     /// mount serves and background work looks at.
     Current,
+    /// Rows a background worker may have to act on: a status that calls for
+    /// a job (purge, clone, relocation) or for the trash retention, and —
+    /// whatever the status — an old copy left to clean up after a
+    /// relocation. Indexed, so scanning for work costs nothing per idle
+    /// vfolder.
+    Work,
     /// Every row.
     All,
 }
 
 impl ListFilter {
-    /// Whether a vfolder of this status belongs in the list.
+    /// Whether a vfolder of this status belongs in the list (for
+    /// [`ListFilter::Work`], rows with an old copy to clean up belong too).
     pub fn admits(self, status: Status) -> bool {
         match self {
             ListFilter::Live => status.is_visible(),
             ListFilter::Trash => status.is_in_trash(),
             ListFilter::Current => status.is_readable() || status.is_purgeable(),
+            ListFilter::Work => {
+                status.is_purging()
+                    || status.is_cloning()
+                    || status.is_relocating()
+                    || status.is_restorable()
+            }
             ListFilter::All => true,
         }
     }

@@ -100,6 +100,10 @@ fn migrations() -> Vec<String> {
          PRIMARY KEY (vfolder_id, owner)
      );"
         .to_string(),
+        // Version 6: finding rows with an old copy to clean up without a
+        // scan (the job scanner looks every second).
+        "CREATE INDEX vfolders_prev_volume ON vfolders(id) WHERE prev_volume IS NOT NULL;"
+            .to_string(),
     ]
 }
 

@@ -85,6 +85,18 @@ impl SqliteStore {
         Self::open_flags(path, busy, OpenFlags::empty())
     }
 
+    /// Reads a page of the vfolders table: fails if the database cannot be
+    /// read (garbage, locked past the busy timeout).
+    pub fn check_readable(&self) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM vfolders LIMIT 1)",
+            [],
+            |_| Ok(()),
+        )
+        .map_err(db("reading the vfolders table"))
+    }
+
     fn open_flags(path: &Path, busy: Duration, extra: OpenFlags) -> Result<SqliteStore> {
         let mut conn = Connection::open_with_flags(
             path,
@@ -164,13 +176,23 @@ impl Store for SqliteStore {
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
+        let statuses = statuses.join(", ");
+        let sql = if filter == ListFilter::Work {
+            // Both halves use an index (status; the partial one on rows
+            // with an old copy).
+            format!(
+                "SELECT {COLUMNS} FROM vfolders WHERE status IN ({statuses}) \
+                 UNION SELECT {COLUMNS} FROM vfolders WHERE prev_volume IS NOT NULL \
+                 ORDER BY name, created_at, id"
+            )
+        } else {
+            format!(
+                "SELECT {COLUMNS} FROM vfolders WHERE status IN ({statuses}) \
+                 ORDER BY name, created_at, id"
+            )
+        };
         let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM vfolders WHERE status IN ({}) ORDER BY name, created_at, id",
-                statuses.join(", ")
-            ))
-            .map_err(db("listing vfolders"))?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(db("listing vfolders"))?;
         let rows = stmt
             .query_map([], row_to_vfolder)
             .map_err(db("listing vfolders"))?;

@@ -224,7 +224,7 @@ fn worker(
 
 fn scan(cat: &Catalog, tx: &Sender<Task>, shared: &Shared, cfg: &PoolConfig) {
     while !shared.cancel.load(Ordering::Acquire) {
-        match cat.store().list(ListFilter::Current) {
+        match cat.store().list(ListFilter::Work) {
             Ok(all) => {
                 let now = crate::store::sqlite::now_millis();
                 for v in all {
