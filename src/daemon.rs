@@ -556,7 +556,11 @@ fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
             let (s, _) = store.as_ref().expect("opened above");
             let tok = s.change_token()?;
             if full || last != Some(tok) {
-                reg.refresh(s)?;
+                if full {
+                    reg.refresh(s)?;
+                } else {
+                    reg.sync(s)?;
+                }
                 last = Some(tok);
                 if full {
                     last_full = std::time::Instant::now();

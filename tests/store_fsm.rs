@@ -302,3 +302,45 @@ fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else() {
         "a plain ready vfolder is no work"
     );
 }
+
+#[test]
+fn the_change_feed_returns_what_changed_once_and_counts_deletions() {
+    let t = common::TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let store = cat.store();
+    let a = cat.create("a", NewDir::default(), "test").unwrap();
+    let b = cat.create("b", NewDir::default(), "test").unwrap();
+    let all = store.changes_since(0).unwrap();
+    let names: Vec<_> = all.rows.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "oldest change first");
+    let quiet = store.changes_since(all.rev).unwrap();
+    assert!(quiet.rows.is_empty());
+    assert_eq!((quiet.rev, quiet.deletions), (all.rev, all.deletions));
+    // A status change, then a rename: each row once, in that order.
+    store.transition(&a.id, Op::Delete, args("t")).unwrap();
+    store.rename(&b.id, "b2").unwrap();
+    // Work on other tables is not a vfolder change.
+    store.queue_job(&b.id, "noop", None).unwrap();
+    let ch = store.changes_since(all.rev).unwrap();
+    let got: Vec<_> = ch
+        .rows
+        .iter()
+        .map(|v| (v.name.as_str(), v.status))
+        .collect();
+    assert_eq!(got, [("a", Status::DeletePending), ("b2", Status::Ready)]);
+    assert!(ch.rev > all.rev);
+    assert!(store.changes_since(ch.rev).unwrap().rows.is_empty());
+    // Forgetting a purged row is a deletion: the counter moves.
+    for op in [Op::Purge, Op::PurgeDone] {
+        store.transition(&a.id, op, args("t")).unwrap();
+    }
+    let before = store.changes_since(ch.rev).unwrap();
+    // Two changes of one row since: the row once, as it is now.
+    assert_eq!(before.rows.len(), 1);
+    assert_eq!(before.rows[0].status, Status::DeleteComplete);
+    let forgotten = store.forget_purged(i64::MAX).unwrap();
+    assert_eq!(forgotten.len(), 1);
+    let after = store.changes_since(before.rev).unwrap();
+    assert!(after.rows.is_empty());
+    assert_eq!(after.deletions, before.deletions + 1);
+}

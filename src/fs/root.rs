@@ -25,7 +25,7 @@ fn valid_name(n: &OsStr) -> FsResult<&str> {
 
 impl VfolderFs {
     fn refresh_now(&self) {
-        if let Err(e) = self.reg.refresh(self.cat.store().as_ref()) {
+        if let Err(e) = self.reg.sync(self.cat.store().as_ref()) {
             log::warn!("refreshing vfolder states: {e}");
         }
     }

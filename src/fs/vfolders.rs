@@ -3,7 +3,7 @@
 //! shown at the root and in `.trash`, and the invalidations owed to the
 //! kernel when any of that changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use super::error::{FsError, FsResult};
 use crate::catalog::trash_names;
 use crate::status::Status;
-use crate::store::{ListFilter, Store, StoreError, VFolder};
+use crate::store::{Changes, ListFilter, Store, StoreError, VFolder};
 
 /// Node id of the mount root.
 pub const ROOT_INO: u64 = 1;
@@ -111,7 +111,7 @@ pub enum Inval {
 /// invalidates them).
 type Published = (Option<String>, Option<String>, String, bool);
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Snapshot {
     live: HashMap<String, Arc<VfState>>,
     trash: HashMap<String, Arc<VfState>>,
@@ -124,8 +124,21 @@ pub struct Registry {
     by_id: RwLock<HashMap<String, Arc<VfState>>>,
     snap: RwLock<Arc<Snapshot>>,
     healthy: Arc<AtomicBool>,
-    refresh_lock: Mutex<()>,
+    /// Serializes refreshes; where the change feed was read up to.
+    cursor: Mutex<Cursor>,
     pending: Mutex<Vec<Inval>>,
+}
+
+/// The registry's copy of the store, kept in step from its change feed.
+#[derive(Default)]
+struct Cursor {
+    /// (change-feed position, deletion count) of the last read; `None`
+    /// until the first.
+    at: Option<(u64, u64)>,
+    /// Current rows (not purged) as last read.
+    rows: HashMap<String, VFolder>,
+    /// Name → ids of the trashed vfolders that had it.
+    trash_groups: HashMap<String, HashSet<String>>,
 }
 
 impl Default for Registry {
@@ -141,7 +154,7 @@ impl Registry {
             by_id: RwLock::new(HashMap::new()),
             snap: RwLock::new(Arc::new(Snapshot::default())),
             healthy: Arc::new(AtomicBool::new(true)),
-            refresh_lock: Mutex::new(()),
+            cursor: Mutex::new(Cursor::default()),
             pending: Mutex::new(Vec::new()),
         }
     }
@@ -200,53 +213,69 @@ impl Registry {
     /// Reloads every vfolder from the store, updates statuses and names, and
     /// queues the kernel invalidations for what changed.
     pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let rows = store.list(ListFilter::Current)?;
-        self.apply_rows(rows);
+        let mut cur = self.cursor.lock();
+        let all = store.changes_since(0)?;
+        self.apply_all(&mut cur, all);
         Ok(())
     }
 
-    fn apply_rows(&self, rows: Vec<VFolder>) {
-        let _serial = self.refresh_lock.lock();
+    /// Brings the registry up to date with what changed in the store since
+    /// the last look, reading only the changed rows (everything again after
+    /// rows were deleted, or the first time).
+    pub fn sync(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut cur = self.cursor.lock();
+        let Some((rev, deletions)) = cur.at else {
+            let all = store.changes_since(0)?;
+            self.apply_all(&mut cur, all);
+            return Ok(());
+        };
+        let ch = store.changes_since(rev)?;
+        if ch.deletions != deletions {
+            let all = store.changes_since(0)?;
+            self.apply_all(&mut cur, all);
+        } else {
+            cur.at = Some((ch.rev, ch.deletions));
+            self.apply_changes(&mut cur, ch.rows);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds everything from every row.
+    fn apply_all(&self, cur: &mut Cursor, all: Changes) {
+        let rows: Vec<VFolder> = all
+            .rows
+            .into_iter()
+            .filter(|v| ListFilter::Current.admits(v.status))
+            .collect();
+        cur.at = Some((all.rev, all.deletions));
+        cur.rows.clear();
+        cur.trash_groups.clear();
+        for v in &rows {
+            if v.status.is_in_trash() {
+                cur.trash_groups
+                    .entry(v.name.clone())
+                    .or_default()
+                    .insert(v.id.clone());
+            }
+            cur.rows.insert(v.id.clone(), v.clone());
+        }
         let mut by_id = self.by_id.write();
         let mut seen: HashMap<&str, Status> = HashMap::with_capacity(rows.len());
         let mut snap = Snapshot::default();
         let mut trashed = Vec::new();
         for v in &rows {
             seen.insert(v.id.as_str(), v.status);
-            let st = by_id
-                .entry(v.id.clone())
-                .or_insert_with(|| {
-                    Arc::new(VfState::new(
-                        &v.id,
-                        v.status,
-                        &v.volume,
-                        self.healthy.clone(),
-                    ))
-                })
-                .clone();
-            st.set_status(v.status);
-            if *st.volume.read().as_ref() != *v.volume {
-                *st.volume.write() = Arc::from(v.volume.as_str());
-            }
+            let st = self.state_for(&mut by_id, v);
             if v.status.is_visible() {
                 snap.live.insert(v.name.clone(), st);
-                snap.names.insert(
-                    v.id.clone(),
-                    (
-                        Some(v.name.clone()),
-                        None,
-                        v.volume.clone(),
-                        v.status.is_writable(),
-                    ),
-                );
+                snap.names.insert(v.id.clone(), published(v, None));
             } else if v.status.is_in_trash() {
                 trashed.push(v.clone());
             }
         }
         for (tn, v) in trash_names(trashed) {
             snap.trash.insert(tn.clone(), by_id[&v.id].clone());
-            snap.names
-                .insert(v.id.clone(), (None, Some(tn), v.volume.clone(), false));
+            snap.names.insert(v.id.clone(), published(&v, Some(tn)));
         }
         // Rows no longer listed (purged, or forgotten): their data is gone.
         by_id.retain(|id, st| {
@@ -259,37 +288,331 @@ impl Registry {
         });
         let old = self.snap.read().clone();
         let mut inval = Vec::new();
-        let empty: Published = (None, None, String::new(), false);
         let ids = old.names.keys().chain(snap.names.keys());
         for id in ids {
-            let was = old.names.get(id).unwrap_or(&empty);
-            let now = snap.names.get(id).unwrap_or(&empty);
-            if was == now {
-                continue;
-            }
-            for (n, parent) in [(&was.0, ROOT_INO), (&was.1, TRASH_INO)] {
-                if let Some(n) = n {
-                    inval.push(Inval::Entry(parent, n.clone()));
+            let was = old.names.get(id).unwrap_or(&UNPUBLISHED);
+            let now = snap.names.get(id).unwrap_or(&UNPUBLISHED);
+            invalidations(id, was, now, &by_id, &mut inval);
+        }
+        self.queue(inval);
+        *self.snap.write() = Arc::new(snap);
+    }
+
+    /// Applies changed rows only: their states, and the names of the
+    /// vfolders they touch (a trashed name depends on the others trashed
+    /// under the same name).
+    fn apply_changes(&self, cur: &mut Cursor, changed: Vec<VFolder>) {
+        if changed.is_empty() {
+            return;
+        }
+        let mut by_id = self.by_id.write();
+        let mut affected: HashSet<String> = HashSet::new();
+        let mut groups: HashSet<String> = HashSet::new();
+        for v in changed {
+            affected.insert(v.id.clone());
+            if let Some(old) = cur.rows.get(&v.id)
+                && old.status.is_in_trash()
+            {
+                groups.insert(old.name.clone());
+                if let Some(g) = cur.trash_groups.get_mut(&old.name) {
+                    g.remove(&v.id);
+                    if g.is_empty() {
+                        cur.trash_groups.remove(&old.name);
+                    }
                 }
             }
-            for (n, parent) in [(&now.0, ROOT_INO), (&now.1, TRASH_INO)] {
-                if let Some(n) = n {
-                    inval.push(Inval::Entry(parent, n.clone()));
+            let st = self.state_for(&mut by_id, &v);
+            if ListFilter::Current.admits(v.status) {
+                if v.status.is_in_trash() {
+                    groups.insert(v.name.clone());
+                    cur.trash_groups
+                        .entry(v.name.clone())
+                        .or_default()
+                        .insert(v.id.clone());
                 }
-            }
-            if let Some(st) = by_id.get(id) {
-                let nid = st.root_nodeid.load(Ordering::Acquire);
-                if nid != 0 {
-                    inval.push(Inval::Inode(nid));
+                cur.rows.insert(v.id.clone(), v);
+            } else {
+                // Purged: its data is gone.
+                cur.rows.remove(&v.id);
+                if st.root_nodeid.load(Ordering::Acquire) == 0 {
+                    by_id.remove(&v.id);
                 }
             }
         }
+        let mut trash_name_of: HashMap<String, String> = HashMap::new();
+        for g in &groups {
+            if let Some(ids) = cur.trash_groups.get(g) {
+                affected.extend(ids.iter().cloned());
+                let rows = ids.iter().map(|id| cur.rows[id].clone()).collect();
+                for (tn, v) in trash_names(rows) {
+                    trash_name_of.insert(v.id, tn);
+                }
+            }
+        }
+        let mut guard = self.snap.write();
+        let snap = Arc::make_mut(&mut guard);
+        let mut updates = Vec::new();
+        for id in &affected {
+            let now = match cur.rows.get(id) {
+                Some(v) if v.status.is_visible() => published(v, None),
+                Some(v) if v.status.is_in_trash() => published(v, trash_name_of.get(id).cloned()),
+                _ => UNPUBLISHED.clone(),
+            };
+            let was = snap.names.get(id).unwrap_or(&UNPUBLISHED);
+            if *was != now {
+                updates.push((id, was.clone(), now));
+            }
+        }
+        // Names may pass from one vfolder to another: all removals first.
+        for (id, was, _) in &updates {
+            if let Some(n) = &was.0
+                && snap.live.get(n).is_some_and(|s| s.id == **id)
+            {
+                snap.live.remove(n);
+            }
+            if let Some(n) = &was.1
+                && snap.trash.get(n).is_some_and(|s| s.id == **id)
+            {
+                snap.trash.remove(n);
+            }
+        }
+        let mut inval = Vec::new();
+        for (id, was, now) in &updates {
+            if let Some(st) = by_id.get(*id) {
+                if let Some(n) = &now.0 {
+                    snap.live.insert(n.clone(), st.clone());
+                }
+                if let Some(n) = &now.1 {
+                    snap.trash.insert(n.clone(), st.clone());
+                }
+            }
+            if *now == UNPUBLISHED {
+                snap.names.remove(*id);
+            } else {
+                snap.names.insert((*id).clone(), now.clone());
+            }
+            invalidations(id, was, now, &by_id, &mut inval);
+        }
+        self.queue(inval);
+    }
+
+    /// The state of `v`'s vfolder (made if new), brought to its row.
+    fn state_for(&self, by_id: &mut HashMap<String, Arc<VfState>>, v: &VFolder) -> Arc<VfState> {
+        let st = by_id
+            .entry(v.id.clone())
+            .or_insert_with(|| {
+                Arc::new(VfState::new(
+                    &v.id,
+                    v.status,
+                    &v.volume,
+                    self.healthy.clone(),
+                ))
+            })
+            .clone();
+        st.set_status(v.status);
+        if *st.volume.read().as_ref() != *v.volume {
+            *st.volume.write() = Arc::from(v.volume.as_str());
+        }
+        st
+    }
+
+    fn queue(&self, mut inval: Vec<Inval>) {
         inval.dedup();
         if !inval.is_empty() {
             inval.push(Inval::Inode(ROOT_INO));
             inval.push(Inval::Inode(TRASH_INO));
             self.pending.lock().extend(inval);
         }
-        *self.snap.write() = Arc::new(snap);
+    }
+}
+
+static UNPUBLISHED: Published = (None, None, String::new(), false);
+
+/// What the kernel may cache of `v` (with its trash name if trashed).
+fn published(v: &VFolder, trash_name: Option<String>) -> Published {
+    if trash_name.is_some() {
+        (None, trash_name, v.volume.clone(), false)
+    } else {
+        (
+            Some(v.name.clone()),
+            None,
+            v.volume.clone(),
+            v.status.is_writable(),
+        )
+    }
+}
+
+/// The invalidations owed when what the kernel may cache of vfolder `id`
+/// goes from `was` to `now`: its old and new names, and its root's
+/// attributes.
+fn invalidations(
+    id: &str,
+    was: &Published,
+    now: &Published,
+    by_id: &HashMap<String, Arc<VfState>>,
+    out: &mut Vec<Inval>,
+) {
+    if was == now {
+        return;
+    }
+    for (n, parent) in [(&was.0, ROOT_INO), (&was.1, TRASH_INO)] {
+        if let Some(n) = n {
+            out.push(Inval::Entry(parent, n.clone()));
+        }
+    }
+    for (n, parent) in [(&now.0, ROOT_INO), (&now.1, TRASH_INO)] {
+        if let Some(n) = n {
+            out.push(Inval::Entry(parent, n.clone()));
+        }
+    }
+    if let Some(st) = by_id.get(id) {
+        let nid = st.root_nodeid.load(Ordering::Acquire);
+        if nid != 0 {
+            out.push(Inval::Inode(nid));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Create(u8),
+        SetStatus(u8, u8),
+        Rename(u8, u8),
+        Move(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..4).prop_map(Step::Create),
+            (0u8..8, 0u8..7).prop_map(|(i, s)| Step::SetStatus(i, s)),
+            (0u8..8, 0u8..4).prop_map(|(i, n)| Step::Rename(i, n)),
+            (0u8..8).prop_map(Step::Move),
+        ]
+    }
+
+    const NAMES: [&str; 4] = ["a", "b", "c", "a~x"];
+
+    /// Applies `step` to `rows` as the store would allow (a name held by
+    /// one live vfolder only); returns the rows it changed.
+    fn apply(rows: &mut Vec<VFolder>, step: &Step, clock: i64) -> Vec<VFolder> {
+        let taken = |rows: &Vec<VFolder>, name: &str, except: &str| {
+            rows.iter()
+                .any(|r| r.id != except && r.status.holds_name() && r.name == name)
+        };
+        match *step {
+            Step::Create(n) => {
+                let name = NAMES[n as usize];
+                if taken(rows, name, "") {
+                    return vec![];
+                }
+                let v = VFolder {
+                    id: format!("{:08x}-0000", rows.len()),
+                    name: name.into(),
+                    status: Status::Ready,
+                    created_at: clock,
+                    status_changed_at: clock,
+                    error: None,
+                    volume: "default".into(),
+                    prev_volume: None,
+                    clone_src: None,
+                };
+                rows.push(v.clone());
+                vec![v]
+            }
+            Step::SetStatus(i, s) | Step::Rename(i, s) if rows.is_empty() => {
+                let _ = (i, s);
+                vec![]
+            }
+            Step::SetStatus(i, s) => {
+                let k = i as usize % rows.len();
+                let st = Status::ALL[s as usize % Status::ALL.len()];
+                if st.holds_name() && taken(rows, &rows[k].name.clone(), &rows[k].id.clone()) {
+                    return vec![];
+                }
+                rows[k].status = st;
+                rows[k].status_changed_at = clock;
+                vec![rows[k].clone()]
+            }
+            Step::Rename(i, n) => {
+                let k = i as usize % rows.len();
+                let name = NAMES[n as usize];
+                if rows[k].status.holds_name() && taken(rows, name, &rows[k].id.clone()) {
+                    return vec![];
+                }
+                rows[k].name = name.into();
+                vec![rows[k].clone()]
+            }
+            Step::Move(i) => {
+                if rows.is_empty() {
+                    return vec![];
+                }
+                let k = i as usize % rows.len();
+                rows[k].volume = format!("{}x", rows[k].volume);
+                vec![rows[k].clone()]
+            }
+        }
+    }
+
+    type View = (
+        Vec<(String, String)>,
+        Vec<(String, String)>,
+        Vec<(String, Published)>,
+        Vec<(String, Status, String)>,
+    );
+
+    fn view(r: &Registry) -> View {
+        let snap = r.snap.read().clone();
+        let ids = |m: &HashMap<String, Arc<VfState>>| {
+            let mut v: Vec<_> = m.iter().map(|(n, s)| (n.clone(), s.id.clone())).collect();
+            v.sort();
+            v
+        };
+        let mut names: Vec<_> = snap
+            .names
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        names.sort();
+        let mut states: Vec<_> = r
+            .by_id
+            .read()
+            .values()
+            .map(|s| (s.id.clone(), s.status(), s.volume().to_string()))
+            .collect();
+        states.sort();
+        (ids(&snap.live), ids(&snap.trash), names, states)
+    }
+
+    fn pending(r: &Registry) -> Vec<String> {
+        let mut v: Vec<String> = r.take_pending().iter().map(|i| format!("{i:?}")).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    proptest! {
+        /// Following the change feed gives exactly what rereading every row
+        /// gives: the same names, states and invalidations after every step.
+        #[test]
+        fn changes_applied_one_by_one_match_a_full_reread(steps in proptest::collection::vec(step(), 1..60)) {
+            let inc = Registry::new();
+            let full = Registry::new();
+            let mut rows = Vec::new();
+            for (t, s) in steps.iter().enumerate() {
+                let changed = apply(&mut rows, s, t as i64);
+                inc.apply_changes(&mut inc.cursor.lock(), changed);
+                full.apply_all(
+                    &mut full.cursor.lock(),
+                    Changes { rows: rows.clone(), rev: 0, deletions: 0 },
+                );
+                prop_assert_eq!(view(&inc), view(&full), "after {:?}", s);
+                prop_assert_eq!(pending(&inc), pending(&full), "after {:?}", s);
+            }
+        }
     }
 }

@@ -37,6 +37,18 @@ pub struct VFolder {
     pub clone_src: Option<String>,
 }
 
+/// What changed in the store since a point of its change feed.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Rows inserted or changed since, any status, oldest change first.
+    pub rows: Vec<VFolder>,
+    /// The newest change included; pass it to the next call.
+    pub rev: u64,
+    /// How many rows were ever deleted (purged rows forgotten). When it
+    /// moves, a copy kept from the feed must be rebuilt from every row.
+    pub deletions: u64,
+}
+
 /// One status change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -310,6 +322,10 @@ pub trait Store: Send + Sync {
     fn history(&self, id: &str) -> Result<Vec<HistoryEntry>>;
     /// A number that changes whenever any process commits a change to the store.
     fn change_token(&self) -> Result<u64>;
+    /// The vfolders inserted or changed after `rev` (a [`Changes::rev`] from
+    /// an earlier call; 0 for every row), read at one point in time: how a
+    /// mount keeps its copy in step without rereading everything.
+    fn changes_since(&self, rev: u64) -> Result<Changes>;
     /// Claims the job on vfolder `id` for `owner` until `lease` from now:
     /// granted if nobody holds it, `owner` already does, or the holder's
     /// lease expired or `holder_dead` says it is gone. `None` if held.

@@ -104,6 +104,33 @@ fn migrations() -> Vec<String> {
         // scan (the job scanner looks every second).
         "CREATE INDEX vfolders_prev_volume ON vfolders(id) WHERE prev_volume IS NOT NULL;"
             .to_string(),
+        // Version 7: a change feed, so a mount keeps its copy of thousands of
+        // vfolders in step by reading only what changed. Every insert or
+        // update of a row stamps it with the next value of a counter that is
+        // never reused; deletions (forgetting purged rows) are counted.
+        "CREATE TABLE store_meta (
+         key         TEXT PRIMARY KEY NOT NULL,
+         value       INTEGER NOT NULL
+     );
+     ALTER TABLE vfolders ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+     UPDATE vfolders SET rev = rowid;
+     INSERT INTO store_meta (key, value)
+         VALUES ('rev', (SELECT ifnull(max(rev), 0) FROM vfolders)), ('vfolder_deletions', 0);
+     CREATE INDEX vfolders_rev ON vfolders(rev);
+     CREATE TRIGGER vfolders_rev_insert AFTER INSERT ON vfolders BEGIN
+         UPDATE store_meta SET value = value + 1 WHERE key = 'rev';
+         UPDATE vfolders SET rev = (SELECT value FROM store_meta WHERE key = 'rev')
+             WHERE rowid = NEW.rowid;
+     END;
+     CREATE TRIGGER vfolders_rev_update AFTER UPDATE ON vfolders WHEN NEW.rev = OLD.rev BEGIN
+         UPDATE store_meta SET value = value + 1 WHERE key = 'rev';
+         UPDATE vfolders SET rev = (SELECT value FROM store_meta WHERE key = 'rev')
+             WHERE rowid = NEW.rowid;
+     END;
+     CREATE TRIGGER vfolders_deleted AFTER DELETE ON vfolders BEGIN
+         UPDATE store_meta SET value = value + 1 WHERE key = 'vfolder_deletions';
+     END;"
+            .to_string(),
     ]
 }
 

@@ -10,8 +10,8 @@ use rusqlite::{
 };
 
 use super::{
-    Attachment, AuditEntry, HistoryEntry, Job, ListFilter, Millis, Result, Store, StoreError,
-    TransitionArgs, VFolder, schema,
+    Attachment, AuditEntry, Changes, HistoryEntry, Job, ListFilter, Millis, Result, Store,
+    StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
 use crate::status::{Op, Status};
@@ -282,6 +282,38 @@ impl Store for SqliteStore {
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(db("polling for changes"))?;
         Ok(v as u64)
+    }
+
+    fn changes_since(&self, rev: u64) -> Result<Changes> {
+        let mut conn = self.conn.lock();
+        // One read transaction: the rows and the counters agree.
+        let tx = conn.transaction().map_err(db("reading changes"))?;
+        let rows = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM vfolders WHERE rev > ?1 ORDER BY rev"
+                ))
+                .map_err(db("reading changes"))?;
+            let rows = stmt
+                .query_map([rev as i64], row_to_vfolder)
+                .map_err(db("reading changes"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("reading changes"))?
+        };
+        let (now, deletions): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT value FROM store_meta WHERE key = 'rev'), \
+                        (SELECT value FROM store_meta WHERE key = 'vfolder_deletions')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db("reading changes"))?;
+        tx.commit().map_err(db("reading changes"))?;
+        Ok(Changes {
+            rows,
+            rev: now as u64,
+            deletions: deletions as u64,
+        })
     }
 
     fn claim_job(
