@@ -140,6 +140,7 @@ impl MountArgs {
                 "threads" => a.threads = num(v)?.clamp(1, 64) as usize,
                 "ttl" => a.fs.ttl = Duration::from_millis(num(v)?.min(3_600_000)),
                 "nopassthrough" => a.fs.passthrough = false,
+                "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,

@@ -1,8 +1,9 @@
 //! The inode table: every backing inode the kernel knows, keyed by node id
-//! and by (device, inode), released when the kernel forgets it. Directories
-//! hold an `O_PATH` fd (they are the anchors of every `*at` call); other
-//! inodes hold a kernel file handle and are reopened by it when needed, so a
-//! walk over millions of files costs no open file per file.
+//! and by (device, inode), released when the kernel forgets it. Inodes hold
+//! a kernel file handle and are reopened by it when needed, so a walk over
+//! millions of files and directories costs no open file each. Directories
+//! (the anchors of every `*at` call) keep an `O_PATH` fd in a bounded cache
+//! of recently used ones ([`DirFds`]), so the hot ones cost no reopen.
 //!
 //! Node ids double as the `st_ino` users see (fuser sends `attr.ino` as the
 //! node id), so a backing inode keeps its own inode number whenever that
@@ -22,10 +23,93 @@ use crate::backing::sys::{self, FileHandle};
 
 /// How an inode is reached.
 enum Anchor {
-    /// An `O_PATH | O_NOFOLLOW` fd (directories, and where handles fail).
+    /// An `O_PATH | O_NOFOLLOW` fd (where handles fail).
     Fd(OwnedFd),
     /// A file handle, reopened against an fd of its mount.
     Handle(FileHandle, Arc<OwnedFd>),
+    /// A directory's file handle; its fd lives in the cache while used.
+    Dir(FileHandle, Arc<OwnedFd>, Arc<DirFds>),
+}
+
+/// The most directory fds kept open by default (fewer when the open-file
+/// limit is low: a quarter of it).
+pub const DIR_FDS_MAX: usize = 65536;
+
+/// Node id → (fd, when last used).
+type DirShard = HashMap<u64, (Arc<OwnedFd>, u64)>;
+
+/// Open `O_PATH` fds of recently used directories, bounded; an evicted one
+/// is reopened by its handle when next needed. Sharded by node id.
+pub struct DirFds {
+    shards: Vec<Mutex<DirShard>>,
+    per_shard: usize,
+    clock: AtomicU64,
+}
+
+impl DirFds {
+    /// A cache of at most about `capacity` fds.
+    pub fn new(capacity: usize) -> DirFds {
+        DirFds {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// A quarter of the open-file limit, at most [`DIR_FDS_MAX`].
+    pub fn default_capacity() -> usize {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct it is given.
+        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+            r.rlim_cur as usize
+        } else {
+            1024
+        };
+        (cur / 4).clamp(64, DIR_FDS_MAX)
+    }
+
+    fn shard(&self, nodeid: u64) -> &Mutex<DirShard> {
+        &self.shards[(nodeid as usize) % SHARDS]
+    }
+
+    fn get(&self, nodeid: u64) -> Option<Arc<OwnedFd>> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.shard(nodeid).lock();
+        m.get_mut(&nodeid).map(|(fd, used)| {
+            *used = now;
+            fd.clone()
+        })
+    }
+
+    fn put(&self, nodeid: u64, fd: Arc<OwnedFd>) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.shard(nodeid).lock();
+        if m.len() >= self.per_shard && !m.contains_key(&nodeid) {
+            // Full: the least recently used goes (closed once no request
+            // still uses it).
+            if let Some(old) = m.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) {
+                m.remove(&old);
+            }
+        }
+        m.insert(nodeid, (fd, now));
+    }
+
+    fn remove(&self, nodeid: u64) {
+        self.shard(nodeid).lock().remove(&nodeid);
+    }
+
+    /// How many fds it holds.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// An fd on an inode for the length of one operation.
@@ -34,6 +118,8 @@ pub enum InodeFd<'a> {
     Held(BorrowedFd<'a>),
     /// Reopened from its handle; closed when dropped.
     Opened(OwnedFd),
+    /// A directory's cached fd (kept open while used, even if evicted).
+    Cached(Arc<OwnedFd>),
 }
 
 impl InodeFd<'_> {
@@ -42,6 +128,7 @@ impl InodeFd<'_> {
         match self {
             InodeFd::Held(b) => *b,
             InodeFd::Opened(o) => o.as_fd(),
+            InodeFd::Cached(c) => c.as_fd(),
         }
     }
 }
@@ -72,17 +159,31 @@ impl Inode {
                 sys::open_handle(mount.as_fd(), h, libc::O_PATH | libc::O_NOFOLLOW)
                     .map(InodeFd::Opened)
             }
+            Anchor::Dir(h, mount, cache) => {
+                if let Some(fd) = cache.get(self.nodeid) {
+                    return Ok(InodeFd::Cached(fd));
+                }
+                let fd = Arc::new(sys::open_handle(
+                    mount.as_fd(),
+                    h,
+                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                )?);
+                cache.put(self.nodeid, fd.clone());
+                Ok(InodeFd::Cached(fd))
+            }
         }
     }
 
     /// Whether `fd` (just opened on a name) is this very inode, not a new
-    /// one that got a freed inode number: directories are pinned by their fd
-    /// so their numbers cannot be reused; for others the handles (which
+    /// one that got a freed inode number: an inode held by its fd is pinned
+    /// so its number cannot be reused; for the others the handles (which
     /// carry the generation) must agree.
     fn is_same_inode(&self, fd: &OwnedFd) -> bool {
         match &self.anchor {
             Anchor::Fd(_) => true,
-            Anchor::Handle(h, _) => sys::handle_of(fd.as_fd()).is_ok_and(|(other, _)| other == *h),
+            Anchor::Handle(h, _) | Anchor::Dir(h, _, _) => {
+                sys::handle_of(fd.as_fd()).is_ok_and(|(other, _)| other == *h)
+            }
         }
     }
 
@@ -92,7 +193,9 @@ impl Inode {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
         match &self.anchor {
             Anchor::Fd(fd) => sys::reopen(fd.as_fd(), flags),
-            Anchor::Handle(h, mount) => sys::open_handle(mount.as_fd(), h, flags),
+            Anchor::Handle(h, mount) | Anchor::Dir(h, mount, _) => {
+                sys::open_handle(mount.as_fd(), h, flags)
+            }
         }
     }
 }
@@ -108,8 +211,11 @@ struct Shard {
 /// The table. Sharded by node id so that parallel requests rarely contend.
 pub struct InodeTable {
     shards: Vec<Mutex<Shard>>,
-    /// One fd per mount seen, for `open_by_handle_at`.
-    mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
+    /// One fd per mount seen, for `open_by_handle_at`; `None` for a mount
+    /// where reopening by handle does not work (inodes there keep an fd).
+    mounts: Mutex<HashMap<i32, Option<Arc<OwnedFd>>>>,
+    /// Directories' fds while they are used.
+    dir_fds: Arc<DirFds>,
     /// (dev, ino) → node id; one lock so that lookups of one inode agree.
     by_key: Mutex<HashMap<(u64, u64), u64>>,
     next_high: AtomicU64,
@@ -118,11 +224,13 @@ pub struct InodeTable {
 
 impl InodeTable {
     /// An empty table; `main_dev` is the data directory's device, whose
-    /// inode numbers are used as node ids.
-    pub fn new(main_dev: u64) -> InodeTable {
+    /// inode numbers are used as node ids; at most about `dir_fds`
+    /// directory fds stay open.
+    pub fn new(main_dev: u64, dir_fds: usize) -> InodeTable {
         InodeTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             mounts: Mutex::new(HashMap::new()),
+            dir_fds: Arc::new(DirFds::new(dir_fds)),
             by_key: Mutex::new(HashMap::new()),
             next_high: AtomicU64::new(HIGH_RANGE),
             main_dev,
@@ -173,7 +281,7 @@ impl InodeTable {
         } else {
             self.next_high.fetch_add(1, Ordering::Relaxed)
         };
-        let anchor = self.anchor(fd, st, parent);
+        let anchor = self.anchor(nodeid, fd, st, parent);
         let ino = Arc::new(Inode {
             nodeid,
             anchor,
@@ -191,36 +299,64 @@ impl InodeTable {
         ino
     }
 
-    /// Keeps a directory's fd; trades any other inode's fd for its handle
-    /// when its mount has (or its parent directory gives) an fd to reopen by.
-    fn anchor(&self, fd: OwnedFd, st: &libc::stat, parent: Option<BorrowedFd<'_>>) -> Anchor {
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            return Anchor::Fd(fd);
-        }
+    /// Trades the inode's fd for its handle when its mount can reopen by
+    /// handle (a directory's fd goes to the cache, hot); keeps the fd
+    /// otherwise.
+    fn anchor(
+        &self,
+        nodeid: u64,
+        fd: OwnedFd,
+        st: &libc::stat,
+        parent: Option<BorrowedFd<'_>>,
+    ) -> Anchor {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let Ok((h, mount_id)) = sys::handle_of(fd.as_fd()) else {
             // No handles on this filesystem: keep the fd.
             return Anchor::Fd(fd);
         };
-        let mut mounts = self.mounts.lock();
-        if let Some(m) = mounts.get(&mount_id) {
-            return Anchor::Handle(h, m.clone());
-        }
-        // open_by_handle_at wants a real (not O_PATH) fd on the same mount:
-        // the parent directory, reopened, if it is on this mount.
-        let Some(p) = parent else {
+        let Some(mount) = self.mount_fd(mount_id, &h, fd.as_fd(), is_dir, parent) else {
             return Anchor::Fd(fd);
         };
-        match (
-            sys::handle_of(p),
-            sys::reopen(p, libc::O_RDONLY | libc::O_DIRECTORY),
-        ) {
-            (Ok((_, pm)), Ok(dirfd)) if pm == mount_id => {
-                let m = Arc::new(dirfd);
-                mounts.insert(mount_id, m.clone());
-                Anchor::Handle(h, m)
-            }
-            _ => Anchor::Fd(fd),
+        if is_dir {
+            self.dir_fds.put(nodeid, Arc::new(fd));
+            Anchor::Dir(h, mount, self.dir_fds.clone())
+        } else {
+            Anchor::Handle(h, mount)
         }
+    }
+
+    /// An fd to reopen handles of mount `mount_id` against, found the first
+    /// time from the inode itself (a directory) or its parent, and checked
+    /// by reopening `h` (which needs `CAP_DAC_READ_SEARCH`).
+    fn mount_fd(
+        &self,
+        mount_id: i32,
+        h: &FileHandle,
+        fd: BorrowedFd<'_>,
+        is_dir: bool,
+        parent: Option<BorrowedFd<'_>>,
+    ) -> Option<Arc<OwnedFd>> {
+        let mut mounts = self.mounts.lock();
+        if let Some(m) = mounts.get(&mount_id) {
+            return m.clone();
+        }
+        // open_by_handle_at wants a real (not O_PATH) fd on the same mount:
+        // the directory itself, or the parent directory if on this mount.
+        let dir = if is_dir {
+            Some(fd)
+        } else {
+            parent.filter(|p| sys::handle_of(*p).is_ok_and(|(_, pm)| pm == mount_id))
+        };
+        let m = dir
+            .and_then(|d| sys::reopen(d, libc::O_RDONLY | libc::O_DIRECTORY).ok())
+            .map(Arc::new)?;
+        let works = sys::open_handle(m.as_fd(), h, libc::O_PATH).is_ok();
+        if !works {
+            log::warn!("reopening by file handle refused; inodes keep an open file each");
+        }
+        let m = works.then_some(m);
+        mounts.insert(mount_id, m.clone());
+        m
     }
 
     /// The kernel dropped `n` lookups of `nodeid`.
@@ -235,6 +371,7 @@ impl InodeTable {
             .fetch_sub(n.min(ino.nlookup.load(Ordering::Acquire)), Ordering::AcqRel);
         if prev <= n {
             let ino = shard.by_id.remove(&nodeid).expect("present");
+            self.dir_fds.remove(nodeid);
             if keys.get(&ino.key) == Some(&nodeid) {
                 keys.remove(&ino.key);
             }

@@ -44,6 +44,9 @@ pub struct FsConfig {
     pub ttl: Duration,
     /// Use kernel passthrough for read-only opens when the kernel offers it.
     pub passthrough: bool,
+    /// How many directory fds may stay open (None: a quarter of the
+    /// open-file limit when the filesystem is made).
+    pub dir_fds: Option<usize>,
 }
 
 impl Default for FsConfig {
@@ -51,6 +54,7 @@ impl Default for FsConfig {
         FsConfig {
             ttl: Duration::from_secs(5),
             passthrough: true,
+            dir_fds: None,
         }
     }
 }
@@ -114,7 +118,10 @@ impl VfolderFs {
             data,
             cat,
             reg,
-            inodes: InodeTable::new(st.st_dev),
+            inodes: InodeTable::new(
+                st.st_dev,
+                cfg.dir_fds.unwrap_or_else(inodes::DirFds::default_capacity),
+            ),
             handles: HandleTable::new(),
             passthrough: false,
             direct_writes: false,
