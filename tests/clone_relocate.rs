@@ -438,3 +438,149 @@ fn a_wide_tree_with_links_across_directories_clones_exactly() {
         }
     }
 }
+
+/// Makes a chain of `depth` directories named `d` under `root` (deeper than
+/// a path can name, so by fd), with mode 0750 each and a file at the end.
+fn chain(root: &Path, depth: usize) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let d = c"d";
+    let mut fd: OwnedFd = fs::File::open(root).unwrap().into();
+    for _ in 0..depth {
+        // SAFETY: valid fd and names; the new fd is owned here.
+        unsafe {
+            assert_eq!(libc::mkdirat(fd.as_raw_fd(), d.as_ptr(), 0o750), 0);
+            let n = libc::openat(
+                fd.as_raw_fd(),
+                d.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            );
+            assert!(n >= 0);
+            fd = OwnedFd::from_raw_fd(n);
+        }
+    }
+    // SAFETY: as above.
+    let f = unsafe {
+        libc::openat(
+            fd.as_raw_fd(),
+            c"end".as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY,
+            0o640,
+        )
+    };
+    assert!(f >= 0);
+    // SAFETY: f is ours.
+    drop(unsafe { OwnedFd::from_raw_fd(f) });
+}
+
+/// (mode, mtime) of every level of a chain made by [`chain`], and the end.
+fn chain_meta(root: &Path) -> Vec<(u32, i64)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut out = Vec::new();
+    let mut fd: OwnedFd = fs::File::open(root).unwrap().into();
+    loop {
+        // SAFETY: valid fd; the new fd is owned here.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        out.push((st.st_mode, st.st_mtime));
+        let n = unsafe {
+            libc::openat(
+                fd.as_raw_fd(),
+                c"d".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        };
+        if n < 0 {
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            assert_eq!(
+                unsafe { libc::fstatat(fd.as_raw_fd(), c"end".as_ptr(), &mut st, 0) },
+                0
+            );
+            out.push((st.st_mode, st.st_mtime));
+            return out;
+        }
+        fd = unsafe { OwnedFd::from_raw_fd(n) };
+    }
+}
+
+#[test]
+fn trees_deeper_than_a_path_and_the_open_file_limit_clone_and_purge() {
+    let t = TempStore::new();
+    t.ok(&["create", "deep"]);
+    let src = path_of(&t, "deep");
+    // 2,500 levels: past PATH_MAX as a path, and far past the 100 open
+    // files the CLI gets here.
+    chain(&src, 2500);
+    let limited = |args: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 100 && exec {} --store {} {args}",
+                common::bin(),
+                t.path().display()
+            ))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let o = limited("clone deep copy");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(status(&t, "copy"), "ready");
+    let want = chain_meta(&src);
+    assert_eq!(want.len(), 2502);
+    assert_eq!(
+        chain_meta(&path_of(&t, "copy")),
+        want,
+        "every level as in the source"
+    );
+    // A purge that fails deep down says where, briefly.
+    let bottom = {
+        use std::os::fd::AsRawFd;
+        let mut fd: std::os::fd::OwnedFd = fs::File::open(path_of(&t, "copy")).unwrap().into();
+        for _ in 0..2500 {
+            // SAFETY: valid fd; the new fd is owned here.
+            let n = unsafe {
+                libc::openat(
+                    fd.as_raw_fd(),
+                    c"d".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+            };
+            assert!(n >= 0);
+            fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(n) };
+        }
+        fd
+    };
+    let end = {
+        use std::os::fd::AsRawFd;
+        // Reached through this process's fd: no path names it.
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}/end",
+            std::process::id(),
+            bottom.as_raw_fd()
+        ))
+    };
+    let ok = Command::new("chattr").arg("+i").arg(&end).status().unwrap();
+    assert!(ok.success(), "chattr +i failed (needs ext4 and root)");
+    let guard = common::Undo::new(&["chattr", "-i"], &end);
+    t.ok(&["delete", "copy"]);
+    let o = limited("purge copy");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("levels deep") && err.contains("Operation not permitted"),
+        "{err}"
+    );
+    assert!(err.len() < 1000, "a {}-byte message", err.len());
+    assert_eq!(status(&t, "copy"), "delete-error");
+    drop(guard);
+    drop(bottom);
+    for name in ["copy", "deep"] {
+        if name == "deep" {
+            t.ok(&["delete", "deep"]);
+        }
+        let o = limited(&format!("purge {name}"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(status(&t, name), "delete-complete");
+    }
+    assert!(!src.exists());
+}

@@ -10,7 +10,8 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -67,24 +68,76 @@ struct Shared<'a> {
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     links_cv: Condvar,
     /// Directories waiting to be copied, and how many are not finished.
-    queue: Mutex<(VecDeque<DirTask>, usize)>,
+    queue: Mutex<(VecDeque<Arc<DirNode>>, usize)>,
     queue_cv: Condvar,
-    /// Every directory made, with its source's attributes, for the end.
-    dirs: Mutex<Vec<(String, libc::stat)>>,
+    /// Fds to reopen the source's and the destination's file handles
+    /// against (`None`: handles do not work there, fds are kept instead).
+    src_mount: Option<OwnedFd>,
+    dst_mount: Option<OwnedFd>,
 }
 
 enum LinkState {
     /// Another thread is copying the first name.
     Copying,
-    /// An `O_PATH` fd of the first copy, to link further names to.
-    Done(OwnedFd),
+    /// The first copy, to link further names to.
+    Done(Ref),
 }
 
-/// One directory to copy: its source and (empty) destination.
-struct DirTask {
-    src: OwnedFd,
-    dst: OwnedFd,
-    path: String,
+/// An inode reached by its file handle (no open file while it waits) or,
+/// where handles do not work, by an fd kept open.
+enum Ref {
+    Handle(sys::FileHandle),
+    Fd(OwnedFd),
+}
+
+impl Ref {
+    /// Trades `fd` for its handle when `mount` can reopen it.
+    fn of(fd: OwnedFd, mount: &Option<OwnedFd>) -> Ref {
+        match (mount, sys::handle_of(fd.as_fd())) {
+            (Some(_), Ok((h, _))) => Ref::Handle(h),
+            _ => Ref::Fd(fd),
+        }
+    }
+
+    /// An fd on it with `flags` (`O_PATH` or `O_RDONLY | O_DIRECTORY`).
+    fn open(&self, mount: &Option<OwnedFd>, flags: i32) -> io::Result<OwnedFd> {
+        match (self, mount) {
+            (Ref::Handle(h), Some(m)) => sys::open_handle(m.as_fd(), h, flags),
+            (Ref::Fd(fd), _) if flags & libc::O_PATH != 0 => fd.try_clone(),
+            (Ref::Fd(fd), _) => sys::reopen(fd.as_fd(), flags),
+            (Ref::Handle(_), None) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
+/// A directory being copied: held until it and everything below it are
+/// copied, then given its source's attributes. Memory per directory not
+/// yet finished and no open file (with handles), however deep or wide.
+struct DirNode {
+    parent: Option<Arc<DirNode>>,
+    /// Its name in its parent (empty for the root).
+    name: Vec<u8>,
+    src: Ref,
+    dst: Ref,
+    st: libc::stat,
+    /// 1 for its own entries, plus 1 per subdirectory not finished.
+    pending: AtomicUsize,
+}
+
+impl DirNode {
+    /// Its path from the root, for messages (shortened when very deep).
+    fn path(&self) -> String {
+        let mut parts = Vec::new();
+        let mut n = Some(self);
+        while let Some(d) = n {
+            if !d.name.is_empty() {
+                parts.push(String::from_utf8_lossy(&d.name).into_owned());
+            }
+            n = d.parent.as_deref();
+        }
+        parts.reverse();
+        sys::shorten_path(parts)
+    }
 }
 
 /// One copying thread's own state.
@@ -93,12 +146,21 @@ struct Ctx<'s, 'a> {
     buf: Vec<u8>,
 }
 
-fn at(path: &str, err: io::Error) -> CopyError {
+fn at_node(node: &DirNode, err: io::Error) -> CopyError {
     CopyError::Failed {
-        path: if path.is_empty() {
-            ".".into()
+        path: node.path(),
+        err,
+    }
+}
+
+fn at_name(node: &DirNode, name: &CStr, err: io::Error) -> CopyError {
+    let dir = node.path();
+    let name = String::from_utf8_lossy(name.to_bytes());
+    CopyError::Failed {
+        path: if dir == "." {
+            name.into_owned()
         } else {
-            path.to_string()
+            format!("{dir}/{name}")
         },
         err,
     }
@@ -274,60 +336,68 @@ impl Ctx<'_, '_> {
         sdir: BorrowedFd<'_>,
         ddir: BorrowedFd<'_>,
         name: &CStr,
-        path: &str,
+        node: &Arc<DirNode>,
     ) -> Result<(), CopyError> {
+        // The path is only worked out for a message (trees can be deep).
+        let at = |e: io::Error| at_name(node, name, e);
         let st = match sys::fstatat(sdir, name, libc::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(at(path, e)),
+            Err(e) => return Err(at(e)),
         };
         let fmt = st.st_mode & libc::S_IFMT;
         let key = (st.st_dev, st.st_ino);
-        if fmt != libc::S_IFDIR && st.st_nlink > 1 && self.link_if_copied(key, ddir, name, path)? {
+        if fmt != libc::S_IFDIR && st.st_nlink > 1 && self.link_if_copied(key, ddir, name, node)? {
             return self.tick();
         }
         match fmt {
             libc::S_IFDIR => {
-                sys::mkdirat(ddir, name, 0o700).map_err(|e| at(path, e))?;
+                sys::mkdirat(ddir, name, 0o700).map_err(at)?;
                 let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-                let d = sys::openat(ddir, name, flags, 0).map_err(|e| at(path, e))?;
-                let crosses = st.st_dev != self.sh.root_dev
-                    || sys::statx_at(sdir, name, 0).map_err(|e| at(path, e))?.1;
-                let s = sys::openat(sdir, name, flags, 0).map_err(|e| at(path, e))?;
-                self.sh.dirs.lock().push((path.to_string(), st));
-                if !crosses {
-                    self.sh.push(DirTask {
-                        src: s,
-                        dst: d,
-                        path: path.to_string(),
-                    });
+                let d = sys::openat(ddir, name, flags, 0).map_err(at)?;
+                let crosses =
+                    st.st_dev != self.sh.root_dev || sys::statx_at(sdir, name, 0).map_err(at)?.1;
+                let s = sys::openat(sdir, name, flags, 0).map_err(at)?;
+                if crosses {
+                    // A mount point: copied empty, like `cp -ax`.
+                    copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
+                    set_meta(d.as_fd(), &st).map_err(at)?;
+                } else {
+                    node.pending.fetch_add(1, Ordering::AcqRel);
+                    self.sh.push(Arc::new(DirNode {
+                        parent: Some(node.clone()),
+                        name: name.to_bytes().to_vec(),
+                        src: Ref::of(s, &self.sh.src_mount),
+                        dst: Ref::of(d, &self.sh.dst_mount),
+                        st,
+                        pending: AtomicUsize::new(1),
+                    }));
                 }
             }
             libc::S_IFREG => {
-                let s = sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
-                    .map_err(|e| at(path, e))?;
+                let s =
+                    sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(at)?;
                 let d = sys::openat(
                     ddir,
                     name,
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     0o600,
                 )
-                .map_err(|e| at(path, e))?;
+                .map_err(at)?;
                 self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
-                    .map_err(|e| at(path, e))?;
-                copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
-                set_meta(d.as_fd(), &st).map_err(|e| at(path, e))?;
+                    .map_err(at)?;
+                copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
+                set_meta(d.as_fd(), &st).map_err(at)?;
                 if st.st_nlink > 1 {
-                    let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-                        .map_err(|e| at(path, e))?;
-                    self.sh.copied(key, p);
+                    let p =
+                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
+                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
                 }
             }
             libc::S_IFLNK => {
-                let target = sys::readlinkat(sdir, name).map_err(|e| at(path, e))?;
-                let t = CString::new(target)
-                    .map_err(|_| at(path, io::ErrorKind::InvalidData.into()))?;
-                sys::symlinkat(&t, ddir, name).map_err(|e| at(path, e))?;
+                let target = sys::readlinkat(sdir, name).map_err(at)?;
+                let t = CString::new(target).map_err(|_| at(io::ErrorKind::InvalidData.into()))?;
+                sys::symlinkat(&t, ddir, name).map_err(at)?;
                 // SAFETY: valid fd and name.
                 let r = unsafe {
                     libc::fchownat(
@@ -339,27 +409,26 @@ impl Ctx<'_, '_> {
                     )
                 };
                 if r != 0 {
-                    return Err(at(path, io::Error::last_os_error()));
+                    return Err(at(io::Error::last_os_error()));
                 }
                 sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|e| at(path, e))?;
+                    .map_err(at)?;
                 if st.st_nlink > 1 {
-                    let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-                        .map_err(|e| at(path, e))?;
-                    self.sh.copied(key, p);
+                    let p =
+                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
+                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
                 }
             }
             _ => {
                 // FIFOs, sockets and device nodes: recreated, not opened.
-                sys::mknodat(ddir, name, st.st_mode, st.st_rdev).map_err(|e| at(path, e))?;
-                let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-                    .map_err(|e| at(path, e))?;
-                sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid).map_err(|e| at(path, e))?;
-                sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777).map_err(|e| at(path, e))?;
+                sys::mknodat(ddir, name, st.st_mode, st.st_rdev).map_err(at)?;
+                let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
+                sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid).map_err(at)?;
+                sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777).map_err(at)?;
                 sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|e| at(path, e))?;
+                    .map_err(at)?;
                 if st.st_nlink > 1 {
-                    self.sh.copied(key, p);
+                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
                 }
             }
         }
@@ -373,7 +442,7 @@ impl Ctx<'_, '_> {
         key: (u64, u64),
         ddir: BorrowedFd<'_>,
         name: &CStr,
-        path: &str,
+        node: &Arc<DirNode>,
     ) -> Result<bool, CopyError> {
         let mut links = self.sh.links.lock();
         loop {
@@ -383,7 +452,10 @@ impl Ctx<'_, '_> {
                     return Ok(false);
                 }
                 Some(LinkState::Done(first)) => {
-                    sys::link_fd(first.as_fd(), ddir, name).map_err(|e| at(path, e))?;
+                    let r = first
+                        .open(&self.sh.dst_mount, libc::O_PATH)
+                        .and_then(|p| sys::link_fd(p.as_fd(), ddir, name));
+                    r.map_err(|e| at_name(node, name, e))?;
                     return Ok(true);
                 }
                 Some(LinkState::Copying) => {
@@ -398,15 +470,15 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn copy_dir(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        path: &str,
-    ) -> Result<(), CopyError> {
+    /// Copies the entries of `node`'s directory (subdirectories are queued).
+    fn copy_dir(&mut self, node: &Arc<DirNode>) -> Result<(), CopyError> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let here = |e: io::Error| at_node(node, e);
+        let src = node.src.open(&self.sh.src_mount, flags).map_err(here)?;
+        let dst = node.dst.open(&self.sh.dst_mount, flags).map_err(here)?;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let n = sys::getdents(src, &mut buf).map_err(|e| at(path, e))?;
+            let n = sys::getdents(src.as_fd(), &mut buf).map_err(here)?;
             if n == 0 {
                 return Ok(());
             }
@@ -415,24 +487,22 @@ impl Ctx<'_, '_> {
                 .map(|e| e.name.to_vec())
                 .collect();
             for name in names {
-                let p = sys::join_rel(path, &name);
-                let c =
-                    CString::new(name).map_err(|_| at(&p, io::ErrorKind::InvalidData.into()))?;
-                self.copy_entry(src, dst, &c, &p)?;
+                let c = CString::new(name).map_err(|_| here(io::ErrorKind::InvalidData.into()))?;
+                self.copy_entry(src.as_fd(), dst.as_fd(), &c, node)?;
             }
         }
     }
 }
 
 impl Shared<'_> {
-    fn push(&self, task: DirTask) {
+    fn push(&self, node: Arc<DirNode>) {
         let mut q = self.queue.lock();
-        q.0.push_back(task);
+        q.0.push_back(node);
         q.1 += 1;
         self.queue_cv.notify_one();
     }
 
-    fn copied(&self, key: (u64, u64), first: OwnedFd) {
+    fn copied(&self, key: (u64, u64), first: Ref) {
         self.links.lock().insert(key, LinkState::Done(first));
         self.links_cv.notify_all();
     }
@@ -448,7 +518,7 @@ impl Shared<'_> {
     }
 
     /// Takes the next directory, or None when all are done (or stopping).
-    fn next(&self) -> Option<DirTask> {
+    fn next(&self) -> Option<Arc<DirNode>> {
         let mut q = self.queue.lock();
         loop {
             if self.stop.load(Ordering::Acquire) {
@@ -472,14 +542,34 @@ impl Shared<'_> {
         }
     }
 
+    /// `node`'s own entries are copied: once nothing below it is pending
+    /// either, it gets its source's attributes (after its contents, so its
+    /// times stay and a read-only mode cannot stop the copy), and so on up.
+    /// The root's are set by [`copy_tree`] at the very end.
+    fn done(&self, node: Arc<DirNode>) -> Result<(), CopyError> {
+        let mut n = node;
+        while n.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let Some(parent) = n.parent.clone() else {
+                return Ok(());
+            };
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            let here = |e: io::Error| at_node(&n, e);
+            let s = n.src.open(&self.src_mount, flags).map_err(here)?;
+            let d = n.dst.open(&self.dst_mount, flags).map_err(here)?;
+            copy_xattrs(s.as_fd(), d.as_fd()).map_err(here)?;
+            set_meta(d.as_fd(), &n.st).map_err(here)?;
+            n = parent;
+        }
+        Ok(())
+    }
+
     fn work(&self) {
         let mut ctx = Ctx {
             sh: self,
             buf: vec![0u8; 1 << 20],
         };
-        while let Some(task) = self.next() {
-            let r = ctx.copy_dir(task.src.as_fd(), task.dst.as_fd(), &task.path);
-            drop(task);
+        while let Some(node) = self.next() {
+            let r = ctx.copy_dir(&node).and_then(|()| self.done(node));
             if let Err(e) = r {
                 self.fail(e);
             }
@@ -502,9 +592,13 @@ pub fn copy_tree(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<CopyStats, CopyError> {
-    let st = sys::fstat(src).map_err(|e| at("", e))?;
+    let root_err = |e| CopyError::Failed {
+        path: ".".into(),
+        err: e,
+    };
+    let st = sys::fstat(src).map_err(root_err)?;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    let reopen = |fd| sys::reopen(fd, flags).map_err(|e| at("", e));
+    let reopen = |fd| sys::reopen(fd, flags).map_err(root_err);
     let sh = Shared {
         cancel,
         pause,
@@ -518,13 +612,17 @@ pub fn copy_tree(
         links_cv: Condvar::new(),
         queue: Mutex::new((VecDeque::new(), 0)),
         queue_cv: Condvar::new(),
-        dirs: Mutex::new(Vec::new()),
+        src_mount: handle_mount(src),
+        dst_mount: handle_mount(dst),
     };
-    sh.push(DirTask {
-        src: reopen(src)?,
-        dst: reopen(dst)?,
-        path: String::new(),
-    });
+    sh.push(Arc::new(DirNode {
+        parent: None,
+        name: Vec::new(),
+        src: Ref::Fd(reopen(src)?),
+        dst: Ref::Fd(reopen(dst)?),
+        st,
+        pending: AtomicUsize::new(1),
+    }));
     let stats = |sh: &Shared<'_>| CopyStats {
         entries: sh.entries.load(Ordering::Relaxed),
         bytes: sh.bytes.load(Ordering::Relaxed),
@@ -547,22 +645,21 @@ pub fn copy_tree(
     if sh.stop.load(Ordering::Acquire) || cancel.load(Ordering::Acquire) {
         return Err(CopyError::Cancelled);
     }
-    // Directory attributes last, deepest first: copying into a directory
-    // would change its times, and a read-only mode would stop the copy.
-    let mut dirs = std::mem::take(&mut *sh.dirs.lock());
-    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
-    for (path, dst_st) in &dirs {
-        let rel = std::path::Path::new(path);
-        let beneath = |root| {
-            sys::open_beneath(root, rel, flags | libc::O_NOFOLLOW, 0).map_err(|e| at(path, e))
-        };
-        let (s, d) = (beneath(src)?, beneath(dst)?);
-        copy_xattrs(s.as_fd(), d.as_fd()).map_err(|e| at(path, e))?;
-        set_meta(d.as_fd(), dst_st).map_err(|e| at(path, e))?;
-    }
-    copy_xattrs(src, dst).map_err(|e| at("", e))?;
-    set_meta(dst, &st).map_err(|e| at("", e))?;
+    // Every directory below got its attributes once its contents were
+    // copied; the root's come last.
+    copy_xattrs(src, dst).map_err(root_err)?;
+    set_meta(dst, &st).map_err(root_err)?;
     let s = stats(&sh);
     progress(&s);
     Ok(s)
+}
+
+/// An fd of `dir`'s mount to reopen file handles against, if that works
+/// here (it needs `CAP_DAC_READ_SEARCH` and a filesystem that exports
+/// handles); otherwise directories waiting to be copied keep an fd.
+fn handle_mount(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let m = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+    let (h, _) = sys::handle_of(dir).ok()?;
+    sys::open_handle(m.as_fd(), &h, libc::O_PATH).ok()?;
+    Some(m)
 }

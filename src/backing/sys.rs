@@ -601,3 +601,28 @@ pub fn join_rel(path: &str, name: &[u8]) -> String {
         format!("{path}/{n}")
     }
 }
+
+/// A path for a message from its names, root first: whole when short,
+/// else its first name, `…` and its last names, with the depth (a tree can
+/// be thousands of levels deep). `.` for no names.
+pub fn shorten_path(parts: Vec<String>) -> String {
+    if parts.is_empty() {
+        return ".".into();
+    }
+    let full = parts.join("/");
+    if full.len() <= 512 {
+        return full;
+    }
+    let mut tail = String::new();
+    for p in parts.iter().rev() {
+        if !tail.is_empty() && tail.len() + p.len() > 300 {
+            break;
+        }
+        tail = if tail.is_empty() {
+            p.clone()
+        } else {
+            format!("{p}/{tail}")
+        };
+    }
+    format!("{}/…/{tail} ({} levels deep)", parts[0], parts.len())
+}
