@@ -181,6 +181,9 @@ impl Inode {
     fn is_same_inode(&self, fd: &OwnedFd) -> bool {
         match &self.anchor {
             Anchor::Fd(_) => true,
+            // An fd still open in the cache pins the inode: its number
+            // cannot have been reused.
+            Anchor::Dir(_, _, cache) if cache.get(self.nodeid).is_some() => true,
             Anchor::Handle(h, _) | Anchor::Dir(h, _, _) => {
                 sys::handle_of(fd.as_fd()).is_ok_and(|(other, _)| other == *h)
             }
