@@ -402,6 +402,41 @@ fn reads_use_passthrough_and_writers_coexist_when_first() {
 }
 
 #[test]
+fn passthrough_readers_cost_the_daemon_no_open_file() {
+    use std::os::fd::AsRawFd;
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir v && cd v && for i in $(seq 1 400); do echo $i > f$i; done");
+    let pid = m.daemon_pid();
+    let fds = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let base = fds();
+    // 800 opens of 400 files, all held: the kernel keeps the backing files.
+    let held: Vec<fs::File> = (1..=400)
+        .chain(1..=400)
+        .map(|i| fs::File::open(m.p(&format!("v/f{i}"))).unwrap())
+        .collect();
+    assert!(
+        fds() < base + 16,
+        "{} daemon fds for 800 open readers (from {base})",
+        fds()
+    );
+    let mut s = String::new();
+    use std::io::Read;
+    (&held[399]).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "400\n");
+    // What still reaches the daemon on such a handle works, also once the
+    // file is unlinked: fstat, SEEK_DATA, fsync.
+    let f = &held[10];
+    fs::remove_file(m.p("v/f11")).unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!((md.len(), md.nlink()), (3, 0));
+    // SAFETY: a valid fd.
+    assert_eq!(unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) }, 0);
+    assert_eq!(unsafe { libc::fsync(f.as_raw_fd()) }, 0);
+    drop(held);
+    assert!(eventually(Duration::from_secs(5), || fds() <= base + 2));
+}
+
+#[test]
 fn nopassthrough_serves_every_open() {
     let m = Mount::new(&["-o", "nopassthrough"]);
     m.sh_ok("mkdir v && echo abc > v/f");

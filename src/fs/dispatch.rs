@@ -67,7 +67,7 @@ impl Filesystem for VfolderFs {
         // An open file answers for itself (it may be unlinked already).
         if let Some(h) = fh.and_then(|f| self.handles.get(f.0))
             && let Handle::File(f) = &*h
-            && let Ok(st) = sys::fstat(f.fd())
+            && let Ok(st) = f.fd().and_then(|fd| sys::fstat(fd.as_fd()))
         {
             return reply.attr(&self.cfg.ttl, &attr::from_stat(ino.0, &st));
         }
@@ -258,7 +258,10 @@ impl Filesystem for VfolderFs {
         match self.file(fh) {
             Ok(h) => self.blocking.run(move || {
                 let r = match &*h {
-                    Handle::File(f) => sys::fsync(f.fd(), datasync).map_err(FsError::from),
+                    Handle::File(f) => f
+                        .fd()
+                        .and_then(|fd| sys::fsync(fd.as_fd(), datasync))
+                        .map_err(FsError::from),
                     Handle::Dir(_) => Err(FsError::Invalid),
                 };
                 reply_empty(reply, r);
@@ -475,10 +478,10 @@ impl Filesystem for VfolderFs {
         match self.file(fh) {
             Ok(h) => self.blocking.run(move || {
                 let r = match &*h {
-                    Handle::File(f) => {
-                        f.vf.begin_write()
-                            .and_then(|_w| Ok(sys::fallocate(f.fd(), mode, offset, length)?))
-                    }
+                    Handle::File(f) => f
+                        .vf
+                        .begin_write()
+                        .and_then(|_w| Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)),
                     Handle::Dir(_) => Err(FsError::Invalid),
                 };
                 reply_empty(reply, r);
@@ -496,7 +499,7 @@ impl Filesystem for VfolderFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.with_file(fh, |f| Ok(sys::lseek(f.fd(), offset, whence)?)) {
+        match self.with_file(fh, |f| Ok(sys::lseek(f.fd()?.as_fd(), offset, whence)?)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e.errno()),
         }
@@ -526,9 +529,9 @@ impl Filesystem for VfolderFs {
                 };
                 let _w = fout.vf.begin_write()?;
                 Ok(sys::copy_file_range(
-                    fin.fd(),
+                    fin.fd()?.as_fd(),
                     offset_in,
-                    fout.fd(),
+                    fout.fd()?.as_fd(),
                     offset_out,
                     len,
                     flags.bits() as u32,

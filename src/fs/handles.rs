@@ -2,19 +2,25 @@
 //! shared by the read-only opens of one inode.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use fuser::BackingId;
 use parking_lot::Mutex;
 
+use super::inodes::{Inode, InodeFd};
 use super::vfolders::VfState;
 
 /// An open regular file.
 pub struct FileHandle {
-    /// The backing file, opened with the caller's access mode.
-    pub fd: OwnedFd,
+    /// The backing file, opened with the caller's access mode; `None` for a
+    /// kernel-passthrough read-only open: the kernel holds the file, and the
+    /// rare call that still reaches the daemon (fstat, fsync, lseek) reopens
+    /// it by inode, so open files cost the daemon no open file each.
+    pub fd: Option<OwnedFd>,
+    /// The inode, to reopen it by.
+    pub inode: Arc<Inode>,
     /// The vfolder it belongs to (checked on every write).
     pub vf: Arc<VfState>,
     /// Keeps the kernel passthrough mapping alive until release.
@@ -45,9 +51,12 @@ pub enum Handle {
 }
 
 impl FileHandle {
-    /// The fd for I/O.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An fd for I/O: the handle's own, or the inode reopened read-only.
+    pub fn fd(&self) -> std::io::Result<InodeFd<'_>> {
+        match &self.fd {
+            Some(fd) => Ok(InodeFd::Held(fd.as_fd())),
+            None => self.inode.open(libc::O_RDONLY).map(InodeFd::Opened),
+        }
     }
 }
 

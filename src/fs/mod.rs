@@ -235,10 +235,11 @@ impl VfolderFs {
         let i = self.inode(ino)?;
         let _w = i.vf.begin_write()?;
         let handle = fh.and_then(|f| self.handles.get(f.0));
-        let hfd = handle.as_deref().and_then(|h| match h {
-            Handle::File(f) => Some(f.fd()),
-            Handle::Dir(_) => None,
-        });
+        let hfd = match handle.as_deref() {
+            Some(Handle::File(f)) => Some(f.fd()?),
+            _ => None,
+        };
+        let hfd = hfd.as_ref().map(|f| f.as_fd());
         if let Some(m) = mode {
             match hfd {
                 Some(fd) => sys::fchmod(fd, m & 0o7777)?,
@@ -413,23 +414,26 @@ impl VfolderFs {
             } else {
                 None
             };
-            let fd = i.open(Self::open_flags(flags.0))?;
+            let oflags = Self::open_flags(flags.0);
             let read_only = !wants_write || i.fmt != libc::S_IFREG;
             let mode = if self.passthrough && i.fmt == libc::S_IFREG {
+                // The backing file is opened only to make the inode's
+                // backing id; the kernel keeps it, the daemon does not.
                 self.handles
-                    .open_mode(i.nodeid, read_only, || reply.open_backing(&fd))
+                    .open_mode(i.nodeid, read_only, || reply.open_backing(&i.open(oflags)?))
                     .map_err(|_| FsError::PassthroughBusy)?
             } else {
                 IoMode::Served
             };
-            let backing = match mode {
-                IoMode::Passthrough(b) => Some(b),
-                IoMode::Served => None,
+            let (fd, backing) = match mode {
+                IoMode::Passthrough(b) => (None, Some(b)),
+                IoMode::Served => (Some(i.open(oflags)?), None),
             };
             i.vf.opens
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fh = self.handles.insert(Handle::File(FileHandle {
                 fd,
+                inode: i.clone(),
                 vf: i.vf.clone(),
                 backing: backing.clone(),
                 nodeid: i.nodeid,
@@ -487,7 +491,8 @@ impl VfolderFs {
         p.vf.opens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fh = self.handles.insert(Handle::File(FileHandle {
-            fd,
+            fd: Some(fd),
+            inode: self.inode(attr.ino)?,
             vf: p.vf.clone(),
             backing: None,
             nodeid: attr.ino.0,
@@ -497,10 +502,11 @@ impl VfolderFs {
 
     fn do_read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         self.with_file(fh, |f| {
+            let fd = f.fd()?;
             let mut buf = vec![0u8; size as usize];
             let mut done = 0;
             while done < buf.len() {
-                let n = sys::pread(f.fd(), &mut buf[done..], offset + done as u64)?;
+                let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
                 if n == 0 {
                     break;
                 }
@@ -514,9 +520,10 @@ impl VfolderFs {
     fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.with_file(fh, |f| {
             let _w = f.vf.begin_write()?;
+            let fd = f.fd()?;
             let mut done = 0;
             while done < data.len() {
-                let n = sys::pwrite(f.fd(), &data[done..], offset + done as u64)?;
+                let n = sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
                 if n == 0 {
                     break;
                 }
