@@ -728,3 +728,111 @@ fn a_vanished_store_fails_closed_and_is_not_recreated() {
     )
     .is_ok()));
 }
+
+#[test]
+fn the_mount_follows_a_stream_of_cli_changes() {
+    let m = Mount::new(&[]);
+    let names = ["a", "b", "c", "d", "e", "f"];
+    // A small deterministic generator: the same sequence every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % n
+    };
+    let state = |all: bool| -> Vec<serde_json::Value> {
+        let args: &[&str] = if all {
+            &["list", "--all", "--json"]
+        } else {
+            &["list", "--json"]
+        };
+        serde_json::from_str::<Vec<serde_json::Value>>(&m.store.ok(args)).unwrap()
+    };
+    let mut changed = 0;
+    for i in 0..150 {
+        let live: Vec<String> = state(false)
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        let trashed: Vec<String> = state(true)
+            .iter()
+            .filter(|v| v["status"] == "delete-pending")
+            .map(|v| v["trash_name"].as_str().unwrap().to_string())
+            .collect();
+        let pick = |v: &Vec<String>, k: usize| v.get(k % v.len().max(1)).cloned();
+        let (a, b) = (next(1000), next(1000));
+        let name = names[next(names.len())];
+        // Failures (a name taken, nothing to act on) are part of the stream.
+        let o = match next(5) {
+            0 => m.store.cli(&["create", name]),
+            1 => match pick(&live, a) {
+                Some(v) => m.store.cli(&["rename", &v, name]),
+                None => m.store.cli(&["create", name]),
+            },
+            2 => match pick(&live, a) {
+                Some(v) => m.store.cli(&["delete", &v]),
+                None => m.store.cli(&["create", name]),
+            },
+            3 => match pick(&trashed, b) {
+                Some(t) => m.store.cli(&["restore", &t]),
+                None => m.store.cli(&["create", name]),
+            },
+            _ => match pick(&trashed, b) {
+                Some(t) => m.store.cli(&["purge", &t]),
+                None => m.store.cli(&["create", name]),
+            },
+        };
+        changed += usize::from(o.status.success());
+        if i % 7 == 0 {
+            // Looking at the root in between (it catches up by itself too).
+            m.sh_ok("ls -a . .trash > /dev/null");
+        }
+    }
+    assert!(changed > 60, "only {changed} changes took");
+    // End with two trashed vfolders of one name (named apart in .trash).
+    let _ = m.store.cli(&["create", "a"]);
+    for _ in 0..2 {
+        m.store.ok(&["delete", "a"]);
+        m.store.ok(&["create", "a"]);
+    }
+    let want_live = {
+        let mut v: Vec<String> = state(false)
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let want_trash = {
+        let mut v: Vec<String> = state(true)
+            .iter()
+            .filter(|v| v["status"] == "delete-pending")
+            .map(|v| v["trash_name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let listing = |dir: &str| {
+        let mut v: Vec<String> = fs::read_dir(m.p(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".trash")
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || listing(".") == want_live
+            && listing(".trash") == want_trash),
+        "mount shows {:?} and {:?}; the store {:?} and {:?}",
+        listing("."),
+        listing(".trash"),
+        want_live,
+        want_trash
+    );
+    // And every name shown can be entered and is the vfolder the store says.
+    for n in &want_live {
+        m.sh_ok(&format!("touch '{n}/probe' && rm '{n}/probe'"));
+    }
+}
