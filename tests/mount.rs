@@ -391,12 +391,25 @@ fn reads_use_passthrough_and_writers_coexist_when_first() {
     drop(w);
     assert_eq!(&fs::read(m.p("v/f")).unwrap()[..2], b"XY");
     // With a passthrough reader holding the file, a writer gets ETXTBSY.
-    let r = fs::File::open(m.p("v/f")).unwrap();
-    let e = fs::OpenOptions::new()
-        .write(true)
-        .open(m.p("v/f"))
-        .unwrap_err();
-    assert_eq!(errno(&e), libc::ETXTBSY);
+    // (A reader opened while the kernel still sends the releases of the
+    // handles above is served by the daemon instead, and blocks nobody:
+    // retry until the releases are in.)
+    let mut r = None;
+    let refused = eventually(Duration::from_secs(3), || {
+        let reader = fs::File::open(m.p("v/f")).unwrap();
+        match fs::OpenOptions::new().write(true).open(m.p("v/f")) {
+            Err(e) => {
+                assert_eq!(errno(&e), libc::ETXTBSY);
+                r = Some(reader);
+                true
+            }
+            Ok(_) => false,
+        }
+    });
+    assert!(
+        refused,
+        "a writer was never refused while a reader held the file"
+    );
     drop(r);
     fs::OpenOptions::new().write(true).open(m.p("v/f")).unwrap();
 }
@@ -405,10 +418,13 @@ fn reads_use_passthrough_and_writers_coexist_when_first() {
 fn passthrough_readers_cost_the_daemon_no_open_file() {
     use std::os::fd::AsRawFd;
     let m = Mount::new(&[]);
-    m.sh_ok("mkdir v && cd v && for i in $(seq 1 400); do echo $i > f$i; done");
     let pid = m.daemon_pid();
     let fds = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     let base = fds();
+    m.sh_ok("mkdir v && cd v && for i in $(seq 1 400); do echo $i > f$i; done");
+    // The writers' releases reach the daemon after their close() returns:
+    // until they are in, a new reader is served by the daemon instead.
+    assert!(eventually(Duration::from_secs(5), || fds() <= base + 2));
     // 800 opens of 400 files, all held: the kernel keeps the backing files.
     let held: Vec<fs::File> = (1..=400)
         .chain(1..=400)
