@@ -389,3 +389,40 @@ impl InodeTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(std::fs::File::open("/").unwrap().into())
+    }
+
+    #[test]
+    fn the_directory_fd_cache_stays_bounded_and_keeps_what_is_used() {
+        let c = DirFds::new(SHARDS * 2);
+        // Two per shard: node ids 0..16 and 16..32 fill every shard.
+        for id in 0..(SHARDS as u64 * 2) {
+            c.put(id, fd());
+        }
+        assert_eq!(c.len(), SHARDS * 2);
+        // Node 0 used again, then a third id in its shard: the least
+        // recently used of that shard (16) goes, 0 stays.
+        assert!(c.get(0).is_some());
+        let third = SHARDS as u64 * 2;
+        c.put(third, fd());
+        assert_eq!(c.len(), SHARDS * 2);
+        assert!(c.get(0).is_some() && c.get(third).is_some());
+        assert!(c.get(SHARDS as u64).is_none());
+        // An fd still in use outlives its eviction.
+        let held = c.get(third).unwrap();
+        c.remove(third);
+        assert!(c.get(third).is_none());
+        assert!(sys::fstat(held.as_fd()).is_ok());
+        // Many more puts never grow it past its bound.
+        for id in 100..10_000 {
+            c.put(id, fd());
+        }
+        assert!(c.len() <= SHARDS * 2);
+    }
+}
