@@ -591,17 +591,6 @@ pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<(lib
     Ok((st, mount_root))
 }
 
-/// `path/name` for messages, where `path` is relative to a tree's root
-/// (empty for the root itself).
-pub fn join_rel(path: &str, name: &[u8]) -> String {
-    let n = String::from_utf8_lossy(name);
-    if path.is_empty() {
-        n.into_owned()
-    } else {
-        format!("{path}/{n}")
-    }
-}
-
 /// A path for a message from its names, root first: whole when short,
 /// else its first name, `…` and its last names, with the depth (a tree can
 /// be thousands of levels deep). `.` for no names.

@@ -205,10 +205,7 @@ impl Filesystem for VfolderFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(fh, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e.errno()),
-        }
+        self.do_read(fh, offset, size, reply);
     }
 
     fn write(
@@ -255,19 +252,9 @@ impl Filesystem for VfolderFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
-        match self.file(fh) {
-            Ok(h) => self.blocking.run(move || {
-                let r = match &*h {
-                    Handle::File(f) => f
-                        .fd()
-                        .and_then(|fd| sys::fsync(fd.as_fd(), datasync))
-                        .map_err(FsError::from),
-                    Handle::Dir(_) => Err(FsError::Invalid),
-                };
-                reply_empty(reply, r);
-            }),
-            Err(e) => reply.error(e.errno()),
-        }
+        self.with_file_blocking(fh, reply, move |f| {
+            Ok(sys::fsync(f.fd()?.as_fd(), datasync)?)
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -475,19 +462,10 @@ impl Filesystem for VfolderFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.file(fh) {
-            Ok(h) => self.blocking.run(move || {
-                let r = match &*h {
-                    Handle::File(f) => f
-                        .vf
-                        .begin_write()
-                        .and_then(|_w| Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)),
-                    Handle::Dir(_) => Err(FsError::Invalid),
-                };
-                reply_empty(reply, r);
-            }),
-            Err(e) => reply.error(e.errno()),
-        }
+        self.with_file_blocking(fh, reply, move |f| {
+            let _w = f.vf.begin_write()?;
+            Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)
+        });
     }
 
     fn lseek(

@@ -35,24 +35,29 @@ enum Anchor {
 /// limit is low: a quarter of it).
 pub const DIR_FDS_MAX: usize = 65536;
 
-/// Node id → (fd, when last used).
-type DirShard = HashMap<u64, (Arc<OwnedFd>, u64)>;
+/// One shard: node id → (fd, when last used), and the shard's own clock
+/// (eviction is per shard, so no clock is shared between threads).
+#[derive(Default)]
+struct DirShard {
+    map: HashMap<u64, (Arc<OwnedFd>, u64)>,
+    tick: u64,
+}
 
 /// Open `O_PATH` fds of recently used directories, bounded; an evicted one
 /// is reopened by its handle when next needed. Sharded by node id.
 pub struct DirFds {
     shards: Vec<Mutex<DirShard>>,
     per_shard: usize,
-    clock: AtomicU64,
 }
 
 impl DirFds {
     /// A cache of at most about `capacity` fds.
     pub fn new(capacity: usize) -> DirFds {
         DirFds {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(DirShard::default()))
+                .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            clock: AtomicU64::new(0),
         }
     }
 
@@ -76,34 +81,41 @@ impl DirFds {
     }
 
     fn get(&self, nodeid: u64) -> Option<Arc<OwnedFd>> {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        let mut m = self.shard(nodeid).lock();
-        m.get_mut(&nodeid).map(|(fd, used)| {
+        let mut sh = self.shard(nodeid).lock();
+        sh.tick += 1;
+        let now = sh.tick;
+        sh.map.get_mut(&nodeid).map(|(fd, used)| {
             *used = now;
             fd.clone()
         })
     }
 
     fn put(&self, nodeid: u64, fd: Arc<OwnedFd>) {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        let mut m = self.shard(nodeid).lock();
-        if m.len() >= self.per_shard && !m.contains_key(&nodeid) {
+        let mut sh = self.shard(nodeid).lock();
+        sh.tick += 1;
+        let now = sh.tick;
+        if sh.map.len() >= self.per_shard && !sh.map.contains_key(&nodeid) {
             // Full: the least recently used goes (closed once no request
             // still uses it).
-            if let Some(old) = m.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) {
-                m.remove(&old);
+            if let Some(old) = sh
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+            {
+                sh.map.remove(&old);
             }
         }
-        m.insert(nodeid, (fd, now));
+        sh.map.insert(nodeid, (fd, now));
     }
 
     fn remove(&self, nodeid: u64) {
-        self.shard(nodeid).lock().remove(&nodeid);
+        self.shard(nodeid).lock().map.remove(&nodeid);
     }
 
     /// How many fds it holds.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 
     /// Whether it holds none.

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle as Fh, FopenFlags, Generation, INodeNo, OpenFlags, RenameFlags,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, TimeOrNow,
+    ReplyData, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    TimeOrNow,
 };
 
 use crate::backing::creds::AsCaller;
@@ -161,6 +162,11 @@ impl VfolderFs {
 
     /// Looks `name` up in a backing directory and counts the kernel's lookup.
     fn lookup_in(&self, parent: &Inode, name: &CString) -> FsResult<FileAttr> {
+        self.lookup_node(parent, name).map(|(_, a)| a)
+    }
+
+    /// [`Self::lookup_in`], with the inode.
+    fn lookup_node(&self, parent: &Inode, name: &CString) -> FsResult<(Arc<Inode>, FileAttr)> {
         let pfd = parent.fd()?;
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (st, mount_root) = sys::statx_fd(fd.as_fd())?;
@@ -172,7 +178,8 @@ impl VfolderFs {
         let ino = self
             .inodes
             .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()));
-        Ok(attr::from_stat(ino.nodeid, &st))
+        let a = attr::from_stat(ino.nodeid, &st);
+        Ok((ino, a))
     }
 
     /// Looks up a vfolder's root directory and counts the kernel's lookup.
@@ -235,11 +242,13 @@ impl VfolderFs {
         let i = self.inode(ino)?;
         let _w = i.vf.begin_write()?;
         let handle = fh.and_then(|f| self.handles.get(f.0));
+        // The handle's own fd where it has one; else the inode (a handle
+        // without one is a passthrough reader: reopening it would be a
+        // syscall for nothing).
         let hfd = match handle.as_deref() {
-            Some(Handle::File(f)) => Some(f.fd()?),
+            Some(Handle::File(f)) => f.fd.as_ref().map(|fd| fd.as_fd()),
             _ => None,
         };
-        let hfd = hfd.as_ref().map(|f| f.as_fd());
         if let Some(m) = mode {
             match hfd {
                 Some(fd) => sys::fchmod(fd, m & 0o7777)?,
@@ -478,7 +487,7 @@ impl VfolderFs {
                 mode,
             )?
         };
-        let attr = self.lookup_in(&p, &n)?;
+        let (inode, attr) = self.lookup_node(&p, &n)?;
         if self.passthrough
             && self
                 .handles
@@ -492,7 +501,7 @@ impl VfolderFs {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fh = self.handles.insert(Handle::File(FileHandle {
             fd: Some(fd),
-            inode: self.inode(attr.ino)?,
+            inode,
             vf: p.vf.clone(),
             backing: None,
             nodeid: attr.ino.0,
@@ -500,21 +509,34 @@ impl VfolderFs {
         Ok((attr, fh))
     }
 
-    fn do_read(&self, fh: Fh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        self.with_file(fh, |f| {
-            let fd = f.fd()?;
-            let mut buf = vec![0u8; size as usize];
-            let mut done = 0;
-            while done < buf.len() {
-                let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
-                if n == 0 {
-                    break;
-                }
-                done += n;
+    /// Reads into this request thread's buffer (no allocation per read)
+    /// and replies from it.
+    fn do_read(&self, fh: Fh, offset: u64, size: u32, reply: ReplyData) {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
             }
-            buf.truncate(done);
-            Ok(buf)
-        })
+            let buf = &mut buf[..size as usize];
+            let r = self.with_file(fh, |f| {
+                let fd = f.fd()?;
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                Ok(done)
+            });
+            match r {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
     }
 
     fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -538,6 +560,26 @@ impl VfolderFs {
         match &*h {
             Handle::File(file) => f(file),
             Handle::Dir(_) => Err(FsError::Invalid),
+        }
+    }
+
+    /// [`Self::with_file`] for a call that may block for long: runs `f` on
+    /// the blocking pool and replies from there.
+    fn with_file_blocking(
+        &self,
+        fh: Fh,
+        reply: ReplyEmpty,
+        f: impl FnOnce(&FileHandle) -> FsResult<()> + Send + 'static,
+    ) {
+        match self.file(fh) {
+            Ok(h) => self.blocking.run(move || {
+                let r = match &*h {
+                    Handle::File(file) => f(file),
+                    Handle::Dir(_) => Err(FsError::Invalid),
+                };
+                reply_empty(reply, r);
+            }),
+            Err(e) => reply.error(e.errno()),
         }
     }
 
@@ -612,7 +654,9 @@ impl VfolderFs {
                 vf.check_readable()?;
                 let fd = fd.lock();
                 sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;
-                let mut buf = vec![0u8; 32 * 1024];
+                // About what one reply holds: a bigger read is mostly
+                // thrown away (the next request seeks and reads again).
+                let mut buf = [0u8; 8 * 1024];
                 'outer: loop {
                     let n = sys::getdents(fd.as_fd(), &mut buf)?;
                     if n == 0 {

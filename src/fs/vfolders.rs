@@ -240,62 +240,32 @@ impl Registry {
         Ok(())
     }
 
-    /// Rebuilds everything from every row.
+    /// Rebuilds from every row: each current row is applied as a change, and
+    /// each vfolder the store no longer lists as current (purged, forgotten)
+    /// as gone; one mechanism for both ([`Self::apply_changes`]).
     fn apply_all(&self, cur: &mut Cursor, all: Changes) {
-        let rows: Vec<VFolder> = all
+        cur.at = Some((all.rev, all.deletions));
+        let mut changed: Vec<VFolder> = all
             .rows
             .into_iter()
             .filter(|v| ListFilter::Current.admits(v.status))
             .collect();
-        cur.at = Some((all.rev, all.deletions));
-        cur.rows.clear();
-        cur.trash_groups.clear();
-        for v in &rows {
-            if v.status.is_in_trash() {
-                cur.trash_groups
-                    .entry(v.name.clone())
-                    .or_default()
-                    .insert(v.id.clone());
-            }
-            cur.rows.insert(v.id.clone(), v.clone());
-        }
-        let mut by_id = self.by_id.write();
-        let mut seen: HashMap<&str, Status> = HashMap::with_capacity(rows.len());
-        let mut snap = Snapshot::default();
-        let mut trashed = Vec::new();
-        for v in &rows {
-            seen.insert(v.id.as_str(), v.status);
-            let st = self.state_for(&mut by_id, v);
-            if v.status.is_visible() {
-                snap.live.insert(v.name.clone(), st);
-                snap.names.insert(v.id.clone(), published(v, None));
-            } else if v.status.is_in_trash() {
-                trashed.push(v.clone());
-            }
-        }
-        for (tn, v) in trash_names(trashed) {
-            snap.trash.insert(tn.clone(), by_id[&v.id].clone());
-            snap.names.insert(v.id.clone(), published(&v, Some(tn)));
-        }
-        // Rows no longer listed (purged, or forgotten): their data is gone.
-        by_id.retain(|id, st| {
-            if seen.contains_key(id.as_str()) {
-                true
-            } else {
-                st.set_status(Status::DeleteComplete);
-                st.root_nodeid.load(Ordering::Acquire) != 0
-            }
+        let listed: HashSet<&str> = changed.iter().map(|v| v.id.as_str()).collect();
+        let gone: Vec<VFolder> = cur
+            .rows
+            .values()
+            .filter(|v| !listed.contains(v.id.as_str()))
+            .map(|v| VFolder {
+                status: Status::DeleteComplete,
+                ..v.clone()
+            })
+            .collect();
+        changed.extend(gone);
+        self.apply_changes(cur, changed);
+        // States kept for a root the kernel knew, once it forgot it.
+        self.by_id.write().retain(|id, st| {
+            cur.rows.contains_key(id) || st.root_nodeid.load(Ordering::Acquire) != 0
         });
-        let old = self.snap.read().clone();
-        let mut inval = Vec::new();
-        let ids = old.names.keys().chain(snap.names.keys());
-        for id in ids {
-            let was = old.names.get(id).unwrap_or(&UNPUBLISHED);
-            let now = snap.names.get(id).unwrap_or(&UNPUBLISHED);
-            invalidations(id, was, now, &by_id, &mut inval);
-        }
-        self.queue(inval);
-        *self.snap.write() = Arc::new(snap);
     }
 
     /// Applies changed rows only: their states, and the names of the
