@@ -72,18 +72,17 @@ pub fn run(
         store.release_job(id, owner, true)?;
         return Ok(Outcome::RolledBack(why.into()));
     };
+    // The data moved by a rename: no old copy is left to remove.
+    let renamed = |cause: String| -> Result<Outcome> {
+        end(cat, id, Some(&to), &cause)?;
+        store.clear_prev_volume(id)?;
+        store.release_job(id, owner, true)?;
+        Ok(Outcome::Complete(0))
+    };
     if job.claims > 1 {
         // Interrupted: finish a rename that happened, undo a partial copy.
         if !cat.backing_exists(id, &from) && cat.backing_exists(id, &to) {
-            end(
-                cat,
-                id,
-                Some(&to),
-                &format!("relocation to {to} completed on resume ({owner})"),
-            )?;
-            store.clear_prev_volume(id)?;
-            store.release_job(id, owner, true)?;
-            return Ok(Outcome::Complete(0));
+            return renamed(format!("relocation to {to} completed on resume ({owner})"));
         }
         let why = format!("relocation to {to} interrupted; rolled back");
         if cat.backing_exists(id, &to)
@@ -100,16 +99,9 @@ pub fn run(
     if cat.same_filesystem(&from, &to)? {
         cat.rename_backing(id, &from, &to)
             .map_err(|e| StoreError::Io(cat.backing_path(&v).display().to_string(), e))?;
-        end(
-            cat,
-            id,
-            Some(&to),
-            &format!("relocated from {from} to {to} by rename ({owner})"),
-        )?;
-        store.clear_prev_volume(id)?;
-        store.release_job(id, owner, true)?;
+        let done = renamed(format!("relocated from {from} to {to} by rename ({owner})"))?;
         info!("relocated {:?} to {to} (rename)", v.name);
-        return Ok(Outcome::Complete(0));
+        return Ok(done);
     }
     // Across filesystems: copy (once every mount refuses writes), switch,
     // remove the old copy.
