@@ -383,6 +383,13 @@ fn serve_inner(
     if let Err(e) = sys::raise_nofile_limit() {
         warn!("could not raise the open-file limit: {e}");
     }
+    // Records the daemon's own identity before any thread acts for a caller.
+    let me = crate::backing::creds::daemon_identity();
+    log::debug!(
+        "daemon acts as uid {} with capabilities {:#x}",
+        me.uid,
+        me.caps
+    );
     let sigset = block_signals();
     let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
     let reg = Arc::new(Registry::new());

@@ -168,17 +168,21 @@ pub fn renameat2(
     .map(drop)
 }
 
-/// `linkat(fd, "", newdir, name, AT_EMPTY_PATH)`: links the inode an `O_PATH`
-/// fd refers to (needs `CAP_DAC_READ_SEARCH`).
+/// Links the inode an `O_PATH` fd refers to as `newdir/name`.
 pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // Through the fd's /proc magic link rather than AT_EMPTY_PATH, which
+    // would demand CAP_DAC_READ_SEARCH: the link is made with the calling
+    // thread's own rights (protected_hardlinks included), and the magic link
+    // names the inode itself, a symlink included, never what it points to.
+    let p = proc_fd_path(fd);
     // SAFETY: valid fds and names.
     cvt(unsafe {
         libc::linkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
+            libc::AT_FDCWD,
+            p.as_ptr(),
             newdir.as_raw_fd(),
             name.as_ptr(),
-            libc::AT_EMPTY_PATH,
+            libc::AT_SYMLINK_FOLLOW,
         )
     })
     .map(drop)

@@ -20,6 +20,16 @@ use super::vfolders::{ROOT_INO, TRASH_INO};
 use super::{Node, SELINUX_XATTR, VfolderFs, attr, cname, reply_empty, reply_entry, xattr_read};
 use crate::backing::sys;
 
+/// Makes the request thread act for the request (see `VfolderFs::act`) before
+/// any backing call, or replies with the error.
+macro_rules! act {
+    ($fs:expr, $req:expr, $reply:expr, $($ino:expr),+) => {
+        if let Err(e) = $fs.act($req, &[$($ino),+]) {
+            return $reply.error(e.errno());
+        }
+    };
+}
+
 impl Filesystem for VfolderFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(
@@ -38,6 +48,16 @@ impl Filesystem for VfolderFs {
         } else {
             info!("kernel passthrough not in use");
         }
+        // The daemon clears setuid/setgid on writes, truncations and chowns
+        // (by making them as the caller, without CAP_FSETID unless the caller
+        // has it), so the kernel must not send the mode changes of its own
+        // kill-priv emulation, which a non-owner's chmod would fail.
+        if config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_err()
+        {
+            log::warn!("the kernel lacks FUSE_HANDLE_KILLPRIV_V2");
+        }
         // ACLs checked and cached by the kernel (ls -l asks for each file).
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         self.direct_writes = config
@@ -48,7 +68,8 @@ impl Filesystem for VfolderFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        act!(self, req, reply, parent.0);
         match self.do_lookup(parent, name) {
             // Node id 0 is a negative entry, cached for the entry TTL.
             Err(FsError::CacheableMiss) => {
@@ -79,7 +100,7 @@ impl Filesystem for VfolderFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -95,6 +116,7 @@ impl Filesystem for VfolderFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        act!(self, req, reply, ino.0);
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.cfg.ttl, &a),
             Err(e) => reply.error(e.errno()),
@@ -121,11 +143,8 @@ impl Filesystem for VfolderFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(
-            reply,
-            self.cfg.ttl,
-            self.do_mknod(req, parent, name, mode, rdev),
-        );
+        act!(self, req, reply, parent.0);
+        reply_entry(reply, self.cfg.ttl, self.do_mknod(parent, name, mode, rdev));
     }
 
     fn mkdir(
@@ -137,14 +156,17 @@ impl Filesystem for VfolderFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        act!(self, req, reply, parent.0);
         reply_entry(reply, self.cfg.ttl, self.do_mkdir(req, parent, name, mode));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        act!(self, req, reply, parent.0);
         reply_empty(reply, self.do_unlink(parent, name, false));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        act!(self, req, reply, parent.0);
         reply_empty(reply, self.do_unlink(parent, name, true));
     }
 
@@ -156,16 +178,17 @@ impl Filesystem for VfolderFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        act!(self, req, reply, parent.0);
         reply_entry(
             reply,
             self.cfg.ttl,
-            self.do_symlink(req, parent, link_name, target),
+            self.do_symlink(parent, link_name, target),
         );
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -173,6 +196,7 @@ impl Filesystem for VfolderFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        act!(self, req, reply, parent.0, newparent.0);
         reply_empty(
             reply,
             self.do_rename(parent, name, newparent, newname, flags),
@@ -181,16 +205,18 @@ impl Filesystem for VfolderFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        act!(self, req, reply, ino.0, newparent.0);
         reply_entry(reply, self.cfg.ttl, self.do_link(ino, newparent, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        act!(self, req, reply, ino.0);
         self.do_open(ino, flags, reply);
     }
 
@@ -210,8 +236,8 @@ impl Filesystem for VfolderFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         data: &[u8],
@@ -220,6 +246,9 @@ impl Filesystem for VfolderFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // As the caller: a write by one without CAP_FSETID clears setuid and
+        // setgid in the backing filesystem, as natively (FUSE_HANDLE_KILLPRIV_V2).
+        act!(self, req, reply, ino.0);
         match self.do_write(fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.errno()),
@@ -258,6 +287,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        act!(self, req, reply, ino.0);
         match self.do_opendir(req, ino) {
             Ok(fh) => {
                 // Listings of a writable vfolder change only through this
@@ -298,12 +328,13 @@ impl Filesystem for VfolderFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        act!(self, req, reply, ino.0);
         match self.do_readdirplus(ino, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.errno()),
@@ -362,7 +393,7 @@ impl Filesystem for VfolderFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -373,6 +404,7 @@ impl Filesystem for VfolderFs {
         if self.no_selinux && name == SELINUX_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
+        act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
             let _w = i.vf.begin_write()?;
@@ -381,13 +413,14 @@ impl Filesystem for VfolderFs {
         reply_empty(reply, r);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if self.no_selinux && name == SELINUX_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return reply.error(Errno::ENODATA);
         }
+        act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |_i, p| {
             let n = cname(name)?;
             if size == 0 {
@@ -402,15 +435,17 @@ impl Filesystem for VfolderFs {
         Self::reply_xattr(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return Self::reply_xattr(reply, size, Ok(Vec::new()));
         }
+        act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |_i, p| xattr_read(|b| sys::listxattr(p, b)));
         Self::reply_xattr(reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
             let _w = i.vf.begin_write()?;
@@ -440,7 +475,8 @@ impl Filesystem for VfolderFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.do_create(req, parent, name, mode, flags) {
+        act!(self, req, reply, parent.0);
+        match self.do_create(parent, name, mode, flags) {
             Ok((a, fh)) => reply.created(
                 &self.cfg.ttl,
                 &a,
@@ -454,14 +490,15 @@ impl Filesystem for VfolderFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        act!(self, req, reply, ino.0);
         self.with_file_blocking(fh, reply, move |f| {
             let _w = f.vf.begin_write()?;
             Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)
@@ -485,11 +522,11 @@ impl Filesystem for VfolderFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: Fh,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: Fh,
         offset_out: u64,
         len: u64,
@@ -500,7 +537,8 @@ impl Filesystem for VfolderFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e.errno()),
         };
-        self.blocking.run(move || {
+        act!(self, req, reply, ino_out.0);
+        self.blocking.run(Self::as_current(move || {
             let r = (|| {
                 let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
                     return Err(FsError::Invalid);
@@ -519,6 +557,6 @@ impl Filesystem for VfolderFs {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(e.errno()),
             }
-        });
+        }));
     }
 }

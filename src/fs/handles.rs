@@ -55,7 +55,7 @@ impl FileHandle {
     pub fn fd(&self) -> std::io::Result<InodeFd<'_>> {
         match &self.fd {
             Some(fd) => Ok(InodeFd::Held(fd.as_fd())),
-            None => self.inode.open(libc::O_RDONLY).map(InodeFd::Opened),
+            None => self.inode.reopen_granted().map(InodeFd::Opened),
         }
     }
 }

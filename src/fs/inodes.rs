@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
+use crate::backing::creds;
 use crate::backing::sys::{self, FileHandle};
 
 /// How an inode is reached.
@@ -167,19 +168,12 @@ impl Inode {
     pub fn fd(&self) -> io::Result<InodeFd<'_>> {
         match &self.anchor {
             Anchor::Fd(fd) => Ok(InodeFd::Held(fd.as_fd())),
-            Anchor::Handle(h, mount) => {
-                sys::open_handle(mount.as_fd(), h, libc::O_PATH | libc::O_NOFOLLOW)
-                    .map(InodeFd::Opened)
-            }
+            Anchor::Handle(h, mount) => by_handle(mount, h).map(InodeFd::Opened),
             Anchor::Dir(h, mount, cache) => {
                 if let Some(fd) = cache.get(self.nodeid) {
                     return Ok(InodeFd::Cached(fd));
                 }
-                let fd = Arc::new(sys::open_handle(
-                    mount.as_fd(),
-                    h,
-                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
-                )?);
+                let fd = Arc::new(by_handle(mount, h)?);
                 cache.put(self.nodeid, fd.clone());
                 Ok(InodeFd::Cached(fd))
             }
@@ -203,16 +197,43 @@ impl Inode {
     }
 
     /// Opens the inode with real access `flags` (never following a symlink,
-    /// never creating): straight from its handle, or by reopening its fd.
+    /// never creating) as this thread's caller: its `O_PATH` fd is reopened
+    /// through `/proc/self/fd`, so the backing filesystem checks the caller's
+    /// rights on the inode itself, whatever the kernel's cached mode says.
     pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
+        sys::reopen(self.fd()?.as_fd(), flags)
+    }
+
+    /// Reopens the inode read-only for a handle whose opener was already
+    /// granted read access (a kernel-passthrough reader's fstat, lseek or
+    /// fsync): the right was checked at open, as an open fd keeps it natively
+    /// even after a chmod.
+    pub fn reopen_granted(&self) -> io::Result<OwnedFd> {
         match &self.anchor {
-            Anchor::Fd(fd) => sys::reopen(fd.as_fd(), flags),
+            Anchor::Fd(fd) => granted(|| sys::reopen(fd.as_fd(), libc::O_RDONLY)),
             Anchor::Handle(h, mount) | Anchor::Dir(h, mount, _) => {
-                sys::open_handle(mount.as_fd(), h, flags)
+                granted(|| sys::open_handle(mount.as_fd(), h, libc::O_RDONLY))
             }
         }
     }
+}
+
+/// Reaches an inode by its handle, as an `O_PATH` fd.
+fn by_handle(mount: &OwnedFd, h: &FileHandle) -> io::Result<OwnedFd> {
+    // Privileged step: open_by_handle_at demands CAP_DAC_READ_SEARCH. With
+    // O_PATH it opens no data and checks nothing the caller could lack: the
+    // kernel resolved the caller's path to this inode before asking.
+    creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
+        sys::open_handle(mount.as_fd(), h, libc::O_PATH | libc::O_NOFOLLOW)
+    })?
+}
+
+/// Runs a read-only reopen for a handle already granted read access.
+fn granted(f: impl FnOnce() -> io::Result<OwnedFd>) -> io::Result<OwnedFd> {
+    // Privileged step: CAP_DAC_READ_SEARCH (read access only) for an opener
+    // whose read access was checked when it opened; see reopen_granted.
+    creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), f)?
 }
 
 const HIGH_RANGE: u64 = 1 << 62;
@@ -362,10 +383,18 @@ impl InodeTable {
         } else {
             parent.filter(|p| sys::handle_of(*p).is_ok_and(|(_, pm)| pm == mount_id))
         };
-        let m = dir
-            .and_then(|d| sys::reopen(d, libc::O_RDONLY | libc::O_DIRECTORY).ok())
-            .map(Arc::new)?;
-        let works = sys::open_handle(m.as_fd(), h, libc::O_PATH).is_ok();
+        // Privileged step (CAP_DAC_READ_SEARCH): the daemon's own reference
+        // fd for the mount, and the probe whether handles work there; nothing
+        // is opened for a caller, and the outcome must not depend on who
+        // happened to ask first.
+        let (m, works) = creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
+            let m = dir
+                .and_then(|d| sys::reopen(d, libc::O_RDONLY | libc::O_DIRECTORY).ok())
+                .map(Arc::new)?;
+            let works = sys::open_handle(m.as_fd(), h, libc::O_PATH).is_ok();
+            Some((m, works))
+        })
+        .ok()??;
         if !works {
             log::warn!("reopening by file handle refused; inodes keep an open file each");
         }

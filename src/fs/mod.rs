@@ -25,7 +25,7 @@ use fuser::{
     TimeOrNow,
 };
 
-use crate::backing::creds::AsCaller;
+use crate::backing::creds;
 use crate::backing::sys;
 use crate::catalog::Catalog;
 use crate::workers::pool::JobPool;
@@ -295,21 +295,11 @@ impl VfolderFs {
         }
     }
 
-    fn do_mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-    ) -> FsResult<FileAttr> {
+    fn do_mknod(&self, parent: INodeNo, name: &OsStr, mode: u32, rdev: u32) -> FsResult<FileAttr> {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let _w = p.vf.begin_write()?;
-        {
-            let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::mknodat(p.fd()?.as_fd(), &n, mode, rdev as u64)?;
-        }
+        sys::mknodat(p.fd()?.as_fd(), &n, mode, rdev as u64)?;
         self.lookup_in(&p, &n)
     }
 
@@ -326,28 +316,16 @@ impl VfolderFs {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let _w = p.vf.begin_write()?;
-        {
-            let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::mkdirat(p.fd()?.as_fd(), &n, mode)?;
-        }
+        sys::mkdirat(p.fd()?.as_fd(), &n, mode)?;
         self.lookup_in(&p, &n)
     }
 
-    fn do_symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        target: &Path,
-    ) -> FsResult<FileAttr> {
+    fn do_symlink(&self, parent: INodeNo, name: &OsStr, target: &Path) -> FsResult<FileAttr> {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let t = sys::cstr(target)?;
         let _w = p.vf.begin_write()?;
-        {
-            let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::symlinkat(&t, p.fd()?.as_fd(), &n)?;
-        }
+        sys::symlinkat(&t, p.fd()?.as_fd(), &n)?;
         self.lookup_in(&p, &n)
     }
 
@@ -425,18 +403,28 @@ impl VfolderFs {
             };
             let oflags = Self::open_flags(flags.0);
             let read_only = !wants_write || i.fmt != libc::S_IFREG;
+            // Opened as the caller on every open, also when the inode's
+            // backing id already exists: the backing filesystem checks the
+            // caller's rights, not the kernel's possibly stale cached mode.
+            let fd = i.open(oflags)?;
             let mode = if self.passthrough && i.fmt == libc::S_IFREG {
-                // The backing file is opened only to make the inode's
+                // For a passthrough reader the fd only makes the inode's
                 // backing id; the kernel keeps it, the daemon does not.
                 self.handles
-                    .open_mode(i.nodeid, read_only, || reply.open_backing(&i.open(oflags)?))
+                    .open_mode(i.nodeid, read_only, || {
+                        // Privileged step: FUSE_DEV_IOC_BACKING_OPEN demands
+                        // CAP_SYS_ADMIN; the file was opened as the caller.
+                        creds::with_caps(creds::cap::bit(creds::cap::SYS_ADMIN), || {
+                            reply.open_backing(&fd)
+                        })?
+                    })
                     .map_err(|_| FsError::PassthroughBusy)?
             } else {
                 IoMode::Served
             };
             let (fd, backing) = match mode {
                 IoMode::Passthrough(b) => (None, Some(b)),
-                IoMode::Served => (Some(i.open(oflags)?), None),
+                IoMode::Served => (Some(fd), None),
             };
             i.vf.opens
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -469,7 +457,6 @@ impl VfolderFs {
 
     fn do_create(
         &self,
-        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -478,15 +465,14 @@ impl VfolderFs {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let _w = p.vf.begin_write()?;
-        let fd = {
-            let _as = AsCaller::enter(req.uid(), req.gid())?;
-            sys::openat(
-                p.fd()?.as_fd(),
-                &n,
-                (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !(libc::O_NOCTTY | libc::O_DIRECT),
-                mode,
-            )?
-        };
+        // As the caller: if the name exists after all (the kernel's negative
+        // entry was stale), this is an ordinary open with the caller's rights.
+        let fd = sys::openat(
+            p.fd()?.as_fd(),
+            &n,
+            (flags | libc::O_CREAT | libc::O_NOFOLLOW) & !(libc::O_NOCTTY | libc::O_DIRECT),
+            mode,
+        )?;
         let (inode, attr) = self.lookup_node(&p, &n)?;
         if self.passthrough
             && self
@@ -572,15 +558,37 @@ impl VfolderFs {
         f: impl FnOnce(&FileHandle) -> FsResult<()> + Send + 'static,
     ) {
         match self.file(fh) {
-            Ok(h) => self.blocking.run(move || {
+            Ok(h) => self.blocking.run(Self::as_current(move || {
                 let r = match &*h {
                     Handle::File(file) => f(file),
                     Handle::Dir(_) => Err(FsError::Invalid),
                 };
                 reply_empty(reply, r);
-            }),
+            })),
             Err(e) => reply.error(e.errno()),
         }
+    }
+
+    /// Wraps a job for the blocking pool so that it runs with this request
+    /// thread's identity (the caller's), wherever it runs.
+    fn as_current(job: impl FnOnce() + Send + 'static) -> impl FnOnce() + Send + 'static {
+        let id = creds::current();
+        move || match creds::enter(&id) {
+            Ok(()) => job(),
+            Err(e) => log::error!("cannot act as uid {}: {e}; call dropped", id.uid),
+        }
+    }
+
+    /// Makes this request thread act for `req`: as the daemon where any of
+    /// `inos` is the virtual root or `.trash` (lifecycle gestures with rules
+    /// of their own, which touch the store), as the caller everywhere else.
+    fn act(&self, req: &Request, inos: &[u64]) -> FsResult<()> {
+        let r = if inos.iter().any(|&i| i == ROOT_INO || i == TRASH_INO) {
+            creds::enter_daemon()
+        } else {
+            creds::enter(&creds::caller(req.uid(), req.gid(), req.pid()))
+        };
+        r.map_err(FsError::from)
     }
 
     fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
@@ -695,7 +703,23 @@ impl VfolderFs {
                 return Ok(!reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0)));
             }
             let looked = match &parent {
-                Some(p) => self.lookup_in(p, &cname(name)?),
+                Some(p) => {
+                    let n = cname(name)?;
+                    match self.lookup_in(p, &n) {
+                        // A directory the caller may read but not search:
+                        // its names are listed natively, so the entry is
+                        // looked up by the daemon (privileged step,
+                        // CAP_DAC_READ_SEARCH, O_PATH and attributes only);
+                        // the kernel checks search permission on the
+                        // directory before the caller can use any entry.
+                        Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::EACCES) => {
+                            creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
+                                self.lookup_in(p, &n)
+                            })?
+                        }
+                        r => r,
+                    }
+                }
                 None => self.do_lookup(ino, name),
             };
             let a = match looked {

@@ -125,6 +125,9 @@ impl VfolderFs {
     /// and hands it to the pool.
     pub(super) fn purge_trashed(&self, vf: &VfState, cause: &str) -> FsResult<()> {
         let pool = self.purge.as_ref().ok_or(FsError::NotPermitted)?;
+        // The store is the daemon's: `rm -r` of a trashed vfolder arrives as
+        // an opendir inside it, on a thread acting as the caller.
+        crate::backing::creds::enter_daemon()?;
         if self.cat.store().get(&vf.id)?.status.is_purged() {
             // A small purge can finish between rm's opendir and its rmdir.
             return Ok(());
