@@ -75,6 +75,7 @@ class Vfolderfs(Target):
         self.store = os.path.join(self.base, "vfs-store")
         self.mnt = os.path.join(self.base, "vfs-mnt")
         os.makedirs(self.mnt, exist_ok=True)
+        self.cli("init")
         self.cli("mount", self.mnt, *(["-o", self.opts] if self.opts else []))
         self.cli("create", "bench")
         self.work = os.path.join(self.mnt, "bench")

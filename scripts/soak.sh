@@ -21,6 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+"$BIN" --store "$STORE" init >/dev/null
 "$BIN" --store "$STORE" create soak >/dev/null
 DATA=$("$BIN" --store "$STORE" show soak --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 echo "populating $FILES files..."

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use parking_lot::RwLock;
 
 use crate::backing::sys;
 use crate::layout::Layout;
+use crate::privacy;
 use crate::status::Op;
 use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
 
@@ -66,17 +68,98 @@ fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError
 }
 
 impl Catalog {
-    /// Opens the store at `layout`, creating its directories on first use.
+    /// Opens the store at `layout`, which must exist ([`StoreError::Missing`]
+    /// otherwise: only [`Catalog::init`] makes a store). Tightens whatever
+    /// of the store other users could reach (logged; see [`crate::privacy`]).
     pub fn open(layout: Layout) -> Result<Catalog> {
-        fs::create_dir_all(layout.data_dir()).map_err(io_err(layout.data_dir()))?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&layout.db_path())?);
+        Self::open_with(layout, true)
+    }
+
+    /// Opens the store as it is, tightening nothing (fsck reports loose
+    /// modes, and repairs them only when asked).
+    pub fn open_as_is(layout: Layout) -> Result<Catalog> {
+        Self::open_with(layout, false)
+    }
+
+    fn open_with(layout: Layout, tighten: bool) -> Result<Catalog> {
+        let db = layout.db_path();
+        match fs::symlink_metadata(&db) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(layout.root().display().to_string()));
+            }
+            Err(e) => return Err(io_err(&db)(e)),
+            Ok(_) => {}
+        }
+        if tighten {
+            // Before SQLite opens it: new -wal and -shm files take the database's mode.
+            privacy::tighten_all(&privacy::loose_db_files(&layout));
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+        privacy::make_private_dir(&layout.data_dir()).map_err(io_err(layout.data_dir()))?;
         let cat = Catalog {
             layout,
             store,
             volumes: RwLock::new(HashMap::new()),
         };
         cat.volume(DEFAULT_VOLUME)?;
+        if tighten {
+            privacy::tighten_all(&cat.loose_dirs()?);
+        }
         Ok(cat)
+    }
+
+    /// Makes a new store at `layout` (the directory, `data/` and the
+    /// database with a new store id, all private to this user) and opens
+    /// it; returns whether it was made (false: it existed and was opened).
+    /// A directory holding anything but an empty `data/` and no database is
+    /// refused ([`StoreError::NotEmpty`]): it may be a store whose database
+    /// was moved away.
+    pub fn init(layout: Layout) -> Result<(Catalog, bool)> {
+        let (root, db) = (layout.root().to_path_buf(), layout.db_path());
+        if fs::symlink_metadata(&db).is_ok() {
+            return Ok((Self::open(layout)?, false));
+        }
+        privacy::make_private_dir(&root).map_err(io_err(&root))?;
+        for e in fs::read_dir(&root).map_err(io_err(&root))? {
+            let e = e.map_err(io_err(&root))?;
+            let empty_data = e.file_name() == "data"
+                && e.file_type().is_ok_and(|t| t.is_dir())
+                && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
+            if !empty_data {
+                return Err(StoreError::NotEmpty(root.display().to_string()));
+            }
+        }
+        // An empty directory of ours (made just now, or given empty).
+        fs::set_permissions(&root, fs::Permissions::from_mode(privacy::DIR_MODE))
+            .map_err(io_err(&root))?;
+        privacy::make_private_dir(&layout.data_dir()).map_err(io_err(layout.data_dir()))?;
+        fs::set_permissions(
+            layout.data_dir(),
+            fs::Permissions::from_mode(privacy::DIR_MODE),
+        )
+        .map_err(io_err(layout.data_dir()))?;
+        match SqliteStore::create(&db) {
+            Ok(s) => drop(s),
+            // Another init won the race: the store exists.
+            Err(StoreError::Io(_, e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok((Self::open(layout)?, false));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok((Self::open(layout)?, true))
+    }
+
+    /// What other users could reach in this store: database files, the
+    /// store directory, volume roots and shard directories.
+    pub fn loose_modes(&self) -> Result<Vec<privacy::Loose>> {
+        let mut out = privacy::loose_db_files(&self.layout);
+        out.extend(self.loose_dirs()?);
+        Ok(out)
+    }
+
+    fn loose_dirs(&self) -> Result<Vec<privacy::Loose>> {
+        let volumes: Vec<PathBuf> = self.volume_list()?.into_iter().map(|(_, p)| p).collect();
+        Ok(privacy::loose_dirs(&self.layout, &volumes))
     }
 
     /// The store's layout.
@@ -122,13 +205,45 @@ impl Catalog {
         Ok(v)
     }
 
-    /// Adds a data volume at `path` (created if missing).
+    /// Adds a data volume at `path`. A missing directory is made `0700`; an
+    /// existing one that other users can reach is tightened to `0700` if it
+    /// is empty, and refused ([`StoreError::LoosePath`]) if not, since
+    /// something else may rely on it.
     pub fn add_volume(&self, name: &str, path: &std::path::Path) -> Result<()> {
         if name == DEFAULT_VOLUME {
             return Err(StoreError::NameTaken(format!("volume {name}")));
         }
-        fs::create_dir_all(path).map_err(io_err(path))?;
+        privacy::make_private_dir(path).map_err(io_err(path))?;
         let canon = fs::canonicalize(path).map_err(io_err(path))?;
+        let meta = fs::metadata(&canon).map_err(io_err(&canon))?;
+        if !meta.is_dir() {
+            return Err(io_err(&canon)(std::io::ErrorKind::NotADirectory.into()));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let empty = fs::read_dir(&canon)
+                .map_err(io_err(&canon))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(StoreError::LoosePath {
+                    path: canon.display().to_string(),
+                    mode,
+                });
+            }
+            privacy::tighten_all(&[privacy::Loose {
+                path: canon.clone(),
+                mode,
+                want: mode & 0o700,
+            }]);
+            let now = fs::metadata(&canon).map_err(io_err(&canon))?.mode();
+            if now & 0o077 != 0 {
+                return Err(StoreError::LoosePath {
+                    path: canon.display().to_string(),
+                    mode: now & 0o7777,
+                });
+            }
+        }
         self.store.add_volume(name, &canon.display().to_string())
     }
 
@@ -186,7 +301,7 @@ impl Catalog {
         let shard =
             CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         if create {
-            match sys::mkdirat(vol.fd(), &shard, 0o755) {
+            match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
                 Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
                 _ => {}
             }
@@ -238,7 +353,7 @@ impl Catalog {
                 std::io::ErrorKind::InvalidInput.into(),
             )
         })?;
-        match sys::mkdirat(vol.fd(), &shard, 0o755) {
+        match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(io_err(&path)(e)),

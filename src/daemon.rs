@@ -250,9 +250,10 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
 /// Mounts the store. Without `foreground`, returns once the mount is ready
 /// and leaves a daemon serving it.
 pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
-    args.mountpoint = prepare_mountpoint(&args.mountpoint)?;
-    // Fail early, in the caller's terminal, if the store cannot be opened.
+    // Fail early, in the caller's terminal, if the store cannot be opened
+    // (a missing one is refused: only `init` makes a store).
     drop(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
+    args.mountpoint = prepare_mountpoint(&args.mountpoint)?;
     if args.foreground {
         return serve(&args, |_| {});
     }
@@ -392,6 +393,16 @@ fn serve_inner(
     );
     let sigset = block_signals();
     let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
+    // The watcher serves from this store only, never from a database put in its place.
+    let store_id = cat
+        .store()
+        .store_id()
+        .map_err(MountError::Store)?
+        .ok_or_else(|| {
+            MountError::Store(crate::store::StoreError::Corrupt(
+                "the database has no store id".into(),
+            ))
+        })?;
     let reg = Arc::new(Registry::new());
     reg.refresh(cat.store().as_ref())
         .map_err(MountError::Store)?;
@@ -436,7 +447,7 @@ fn serve_inner(
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&db, &reg, &notifier, &stop))
+            .spawn(move || watch(&db, &store_id, &reg, &notifier, &stop))
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -520,6 +531,18 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool) {
     record(&mut recorded);
 }
 
+/// Fails unless the database `s` (at `db`) is the store with id `want`.
+fn check_store_id(s: &SqliteStore, db: &Path, want: &str) -> crate::store::Result<()> {
+    match s.store_id()? {
+        Some(id) if id == want => Ok(()),
+        found => Err(crate::store::StoreError::Foreign {
+            path: db.display().to_string(),
+            expected: want.to_string(),
+            found,
+        }),
+    }
+}
+
 /// The (device, inode) of a file, to notice it being replaced.
 fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -531,10 +554,12 @@ fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
 /// invalidations owed, until `stop`. It rereads the vfolders when the store's
 /// change token moves (and every [`FULL_REFRESH`]); every [`HEALTH_CHECK`] it
 /// makes sure the database is still the file it opened and still readable
-/// through a fresh connection, so a store that was replaced, corrupted or
-/// locked is noticed and writes are refused. Idle, it costs a few syscalls
-/// per poll however many vfolders there are.
-fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
+/// through a fresh connection with the store id `store_id`, so a store that
+/// was replaced (by another store's database too), corrupted or locked is
+/// noticed and writes are refused; nothing from a database with another id
+/// reaches the registry. Idle, it costs a few syscalls per poll however
+/// many vfolders there are.
+fn watch(db: &Path, store_id: &str, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
     let mut store: Option<(SqliteStore, (u64, u64))> = None;
     let mut last = None;
     let mut last_full = std::time::Instant::now();
@@ -550,14 +575,18 @@ fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
                     // Replaced or gone: reopen below (or fail closed).
                     store = None;
                 } else {
-                    SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?.check_readable()?;
+                    let fresh = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+                    fresh.check_readable()?;
+                    check_store_id(&fresh, db, store_id)?;
                 }
             }
             let mut full = last_full.elapsed() >= FULL_REFRESH;
             if store.is_none() {
                 let id = file_id(db)
                     .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
-                store = Some((SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?, id));
+                let s = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+                check_store_id(&s, db, store_id)?;
+                store = Some((s, id));
                 last_check = std::time::Instant::now();
                 full = true;
             }
@@ -585,7 +614,7 @@ fn watch(db: &Path, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
             Err(e) => {
                 store = None;
                 if reg.set_healthy(false) {
-                    error!("store unreadable, refusing writes until it recovers: {e}");
+                    error!("store unavailable, refusing writes until it recovers: {e}");
                 }
             }
         }

@@ -38,6 +38,9 @@ pub enum Finding {
     Stuck(VFolder, &'static str),
     /// A relocated vfolder whose old copy was not removed.
     LeftoverCopy(VFolder),
+    /// A store path other users could reach (a mode looser than
+    /// [`crate::privacy`] allows).
+    LooseMode(crate::privacy::Loose),
     /// An attachment whose bind is gone.
     StaleAttachment {
         /// Its target.
@@ -75,6 +78,7 @@ impl fmt::Display for Finding {
                 v.id,
                 v.prev_volume.as_deref().unwrap_or("?")
             ),
+            Finding::LooseMode(l) => l.fmt(f),
             Finding::StaleAttachment { target, session } => {
                 write!(
                     f,
@@ -93,7 +97,8 @@ fn job_is_alive(job: Option<&Job>) -> bool {
     })
 }
 
-/// Compares the store with its volumes.
+/// Compares the store with its volumes, and checks that both are private
+/// to vfolderfs's user.
 pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
     let rows = cat.store().list(ListFilter::All)?;
     let by_id: HashMap<&str, &VFolder> = rows.iter().map(|v| (v.id.as_str(), v)).collect();
@@ -154,6 +159,7 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
             }
         }
     }
+    out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
     let me = sessions::current_mnt_ns().ok();
     for a in cat.store().attachments(None)? {
         if Some(a.mnt_ns) == me && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none() {
@@ -247,6 +253,9 @@ pub fn repair(
             )
             .map(|p| format!("moved to {}", p.display()))
             .map_err(|e| e.to_string()),
+            Finding::LooseMode(l) => crate::privacy::tighten(l)
+                .map(|()| format!("set to {:04o}", l.want))
+                .map_err(|e| e.to_string()),
             Finding::StaleAttachment { .. } => sessions::prune(cat, true)
                 .map(|gone| format!("pruned {} stale attachment(s)", gone.len()))
                 .map_err(|e| e.to_string()),

@@ -13,6 +13,7 @@
 //! - [`workers`]: background jobs (the purge pool);
 //! - [`sessions`]: attaching vfolders into session containers;
 //! - [`fsck`]: checking a store against its volumes;
+//! - [`privacy`]: the modes that keep a store private to its user;
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -24,6 +25,7 @@ pub mod fsck;
 pub mod layout;
 pub mod mountinfo;
 pub mod name;
+pub mod privacy;
 pub mod sessions;
 pub mod status;
 pub mod store;

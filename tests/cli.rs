@@ -162,12 +162,14 @@ fn invalid_names_are_refused_and_nothing_is_written() {
 fn store_location_from_env_and_flag() {
     let t = TempStore::new();
     let env_store = t.dir.path().join("from-env");
-    let o = std::process::Command::new(common::bin())
-        .args(["create", "e"])
-        .env("VFOLDERFS_STORE", &env_store)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for args in [&["init"][..], &["create", "e"]] {
+        let o = std::process::Command::new(common::bin())
+            .args(args)
+            .env("VFOLDERFS_STORE", &env_store)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     assert!(env_store.join("vfolders.db").is_file());
     assert!(env_store.join("data").is_dir());
     // --store wins over the environment.

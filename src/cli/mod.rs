@@ -37,6 +37,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Make the store (the only command that does); on an existing store,
+    /// say so and succeed.
+    Init,
     /// Create a ready vfolder.
     Create {
         /// Its name.
@@ -227,6 +230,11 @@ pub struct MountCmd {
     pub options: Vec<String>,
 }
 
+/// Exit status when there is no store at the path (it was never made with
+/// `init`, or its database is gone): distinct from failures (1) and usage
+/// errors (2).
+pub const EXIT_NO_STORE: i32 = 3;
+
 /// An error worth one line on stderr.
 #[derive(Debug)]
 pub enum CliError {
@@ -241,6 +249,16 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Store(e) => e.fmt(f),
             CliError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Store(StoreError::Missing(_)) => EXIT_NO_STORE,
+            _ => 1,
         }
     }
 }
@@ -275,7 +293,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vfolderfs: {e}");
-            1
+            e.exit_code()
         }
     }
 }
@@ -291,11 +309,28 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     let layout = Layout::resolve(cli.store.as_deref());
     if let Command::Mount(m) = cli.command {
         let args = MountArgs::from_cli(layout, &m).map_err(CliError::Failed)?;
-        return daemon::mount(args)
-            .map(|()| 0)
-            .map_err(|e| CliError::Failed(e.to_string()));
+        return daemon::mount(args).map(|()| 0).map_err(|e| match e {
+            daemon::MountError::Store(e) => CliError::Store(e),
+            e => CliError::Failed(e.to_string()),
+        });
     }
-    let cat = Catalog::open(layout)?;
+    if let Command::Init = cli.command {
+        let root = layout.root().display().to_string();
+        let (cat, made) = Catalog::init(layout)?;
+        let id = cat.store().store_id()?.unwrap_or_default();
+        if made {
+            println!("initialized store {root} (id {id})");
+        } else {
+            println!("store {root} already exists (id {id})");
+        }
+        return Ok(0);
+    }
+    // fsck reports loose modes rather than tightening them on open.
+    let cat = if matches!(cli.command, Command::Fsck { .. }) {
+        Catalog::open_as_is(layout)?
+    } else {
+        Catalog::open(layout)?
+    };
     match cli.command {
         Command::Create { name, volume } => {
             let v = cat.create_on(
@@ -647,7 +682,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             }
             return Ok(if remaining == 0 { 0 } else { 1 });
         }
-        Command::Mount(_) => unreachable!("handled above"),
+        Command::Mount(_) | Command::Init => unreachable!("handled above"),
     }
     Ok(0)
 }

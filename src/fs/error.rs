@@ -60,7 +60,11 @@ impl FsError {
                 StoreError::TooNew { .. }
                 | StoreError::Corrupt(_)
                 | StoreError::Db(..)
-                | StoreError::Io(..) => Errno::EIO,
+                | StoreError::Io(..)
+                | StoreError::Missing(_)
+                | StoreError::NotEmpty(_)
+                | StoreError::Foreign { .. }
+                | StoreError::LoosePath { .. } => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,
             FsError::Gone | FsError::NotFound | FsError::CacheableMiss => Errno::ENOENT,

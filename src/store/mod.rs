@@ -239,6 +239,29 @@ pub enum StoreError {
     Db(&'static str, rusqlite::Error),
     /// A filesystem error on the store directory, with the path.
     Io(String, std::io::Error),
+    /// There is no store at this path (no database): only `vfolderfs init`
+    /// makes one.
+    Missing(String),
+    /// `init` was asked for a directory that holds other things but no
+    /// database (perhaps a store whose database was moved away).
+    NotEmpty(String),
+    /// The database found is not the store's: another store id, or none.
+    Foreign {
+        /// The database file.
+        path: String,
+        /// The id the store had.
+        expected: String,
+        /// The id found (`None`: the database has none).
+        found: Option<String>,
+    },
+    /// A directory other users can reach, which vfolderfs will not tighten
+    /// itself because something is in it.
+    LoosePath {
+        /// The directory.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 impl StoreError {
@@ -292,6 +315,35 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(m) => write!(f, "store is corrupt: {m}"),
             StoreError::Db(what, e) => write!(f, "database error while {what}: {e}"),
             StoreError::Io(path, e) => write!(f, "{path}: {e}"),
+            StoreError::Missing(path) => write!(
+                f,
+                "no store at {path} (no vfolders.db there); create one with \
+                 `vfolderfs --store {path} init`"
+            ),
+            StoreError::NotEmpty(path) => write!(
+                f,
+                "{path} is not empty but holds no vfolders.db: if it is a store whose database \
+                 was moved away, put the database back; otherwise choose a new or empty directory"
+            ),
+            StoreError::Foreign {
+                path,
+                expected,
+                found: Some(found),
+            } => write!(
+                f,
+                "{path} belongs to another store (id {found}, expected {expected})"
+            ),
+            StoreError::Foreign {
+                path,
+                expected,
+                found: None,
+            } => write!(f, "{path} has no store id (expected {expected})"),
+            StoreError::LoosePath { path, mode } => write!(
+                f,
+                "{path} is {mode:04o} and not empty: a data volume must be private to \
+                 vfolderfs's user (0700) and other users may rely on this directory; \
+                 `chmod 700` it yourself if nothing else needs it, or choose an empty directory"
+            ),
         }
     }
 }
@@ -320,6 +372,9 @@ pub trait Store: Send + Sync {
     fn rename(&self, id: &str, new_name: &str) -> Result<VFolder>;
     /// The status history of a vfolder, oldest first.
     fn history(&self, id: &str) -> Result<Vec<HistoryEntry>>;
+    /// The store's id, recorded when it was made (`None` if the database
+    /// has none): tells one store's database from another's.
+    fn store_id(&self) -> Result<Option<String>>;
     /// A number that changes whenever any process commits a change to the store.
     fn change_token(&self) -> Result<u64>;
     /// The vfolders inserted or changed after `rev` (a [`Changes::rev`] from

@@ -131,16 +131,31 @@ fn migrations() -> Vec<String> {
          UPDATE store_meta SET value = value + 1 WHERE key = 'vfolder_deletions';
      END;"
             .to_string(),
+        // Version 8: the store's id, so that a mount can tell its own
+        // database from another store's put in its place. A store made
+        // before gets its id here, on its first open.
+        format!(
+            "CREATE TABLE store_info (
+         key         TEXT PRIMARY KEY NOT NULL,
+         value       TEXT NOT NULL
+     );
+     INSERT INTO store_info (key, value) VALUES ('id', '{}');",
+            uuid::Uuid::new_v4().hyphenated()
+        ),
     ]
 }
+
+/// The first schema version with a store id.
+pub const STORE_ID_VERSION: i64 = 8;
 
 /// The schema version this binary writes.
 pub fn latest_version() -> i64 {
     migrations().len() as i64
 }
 
-/// Brings the database up to [`latest_version`], refusing a newer one.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
+/// Brings the database up to [`latest_version`], refusing a newer one;
+/// returns the version it found (0: a new database).
+pub fn migrate(conn: &mut Connection) -> Result<i64> {
     let db = |what| move |e| StoreError::Db(what, e);
     let current: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -154,7 +169,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         });
     }
     if current == latest {
-        return Ok(());
+        return Ok(current);
     }
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
@@ -174,5 +189,6 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", v as i64 + 1)
             .map_err(db("writing the schema version"))?;
     }
-    tx.commit().map_err(db("committing the schema migration"))
+    tx.commit().map_err(db("committing the schema migration"))?;
+    Ok(current)
 }

@@ -68,21 +68,37 @@ fn checked_name(n: &str) -> Result<()> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and migrates it forward.
+    /// Opens an existing database file and migrates it forward. A missing
+    /// file is an error: only [`SqliteStore::create`] makes one, so that a
+    /// typo or a database moved away never turns into a new, empty store.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        Self::open_with_timeout(path, BUSY_TIMEOUT)
+        Self::open_existing(path, BUSY_TIMEOUT)
     }
 
     /// Like [`SqliteStore::open`], waiting at most `busy` for another
     /// process's lock before a statement fails.
-    pub fn open_with_timeout(path: &Path, busy: Duration) -> Result<SqliteStore> {
-        Self::open_flags(path, busy, OpenFlags::SQLITE_OPEN_CREATE)
+    pub fn open_existing(path: &Path, busy: Duration) -> Result<SqliteStore> {
+        Self::open_flags(path, busy)
     }
 
-    /// Opens a database that must exist already (a running mount rereading
-    /// its store must not make a new, empty one if the file vanished).
-    pub fn open_existing(path: &Path, busy: Duration) -> Result<SqliteStore> {
-        Self::open_flags(path, busy, OpenFlags::empty())
+    /// Makes a new database at `path` (which must not exist) with the latest
+    /// schema and a new store id. The file is created `0600` whatever the
+    /// umask; SQLite gives the `-wal` and `-shm` files it makes beside it
+    /// the database's mode.
+    pub fn create(path: &Path) -> Result<SqliteStore> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e| StoreError::Io(path.display().to_string(), e);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        drop(f);
+        Self::open_flags(path, BUSY_TIMEOUT)
     }
 
     /// Reads a page of the vfolders table: fails if the database cannot be
@@ -97,10 +113,10 @@ impl SqliteStore {
         .map_err(db("reading the vfolders table"))
     }
 
-    fn open_flags(path: &Path, busy: Duration, extra: OpenFlags) -> Result<SqliteStore> {
+    fn open_flags(path: &Path, busy: Duration) -> Result<SqliteStore> {
         let mut conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db("opening the database"))?;
         conn.busy_timeout(busy)
@@ -116,10 +132,25 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
             .map_err(db("setting pragmas"))?;
-        schema::migrate(&mut conn)?;
-        Ok(SqliteStore {
+        let found = schema::migrate(&mut conn)?;
+        let store = SqliteStore {
             conn: Mutex::new(conn),
-        })
+        };
+        if found > 0 && found < schema::latest_version() {
+            log::info!(
+                "{}: schema migrated from version {found} to {}",
+                path.display(),
+                schema::latest_version()
+            );
+        }
+        if found > 0 && found < schema::STORE_ID_VERSION {
+            log::warn!(
+                "{}: a store made by an older vfolderfs now has the store id {}",
+                path.display(),
+                store.store_id()?.unwrap_or_default()
+            );
+        }
+        Ok(store)
     }
 
     fn get_in(conn: &Connection, id: &str) -> Result<VFolder> {
@@ -274,6 +305,16 @@ impl Store for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn store_id(&self) -> Result<Option<String>> {
+        self.conn
+            .lock()
+            .query_row("SELECT value FROM store_info WHERE key = 'id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db("reading the store id"))
     }
 
     fn change_token(&self) -> Result<u64> {

@@ -17,7 +17,15 @@ pub struct TempStore {
 }
 
 impl TempStore {
+    /// A new store, made with `vfolderfs init` (nothing else makes one).
     pub fn new() -> TempStore {
+        let t = Self::bare();
+        t.ok(&["init"]);
+        t
+    }
+
+    /// A temporary directory whose store path has no store (yet).
+    pub fn bare() -> TempStore {
         TempStore {
             dir: tempfile::Builder::new()
                 .prefix("vfolderfs-test-")
