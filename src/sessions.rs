@@ -25,6 +25,13 @@ pub enum SessionError {
         /// The error.
         err: io::Error,
     },
+    /// A session id breaks the rule of [`check_session_id`].
+    InvalidSession {
+        /// The id given.
+        id: String,
+        /// Which part of the rule it breaks.
+        why: String,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -33,6 +40,9 @@ impl fmt::Display for SessionError {
             SessionError::Store(e) => e.fmt(f),
             SessionError::Mount(m) => f.write_str(m),
             SessionError::Bind { target, err } => write!(f, "{target}: {err}"),
+            SessionError::InvalidSession { id, why } => {
+                write!(f, "invalid session id {id:?}: {why}")
+            }
         }
     }
 }
@@ -43,6 +53,34 @@ impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
         SessionError::Store(e)
     }
+}
+
+/// The longest session id, in bytes.
+pub const MAX_SESSION_ID: usize = 255;
+
+/// Checks a session id: non-empty, at most [`MAX_SESSION_ID`] bytes, no
+/// control characters (Unicode category Cc: C0, DEL, C1). Anything else a
+/// container runtime uses as an id (hex, UUIDs, names) passes.
+pub fn check_session_id(id: &str) -> Result<(), SessionError> {
+    let why = if id.is_empty() {
+        "a session id must not be empty".to_string()
+    } else if id.len() > MAX_SESSION_ID {
+        format!(
+            "a session id is at most {MAX_SESSION_ID} bytes; this one has {}",
+            id.len()
+        )
+    } else if let Some(c) = id.chars().find(|c| c.is_control()) {
+        format!(
+            "a session id must not contain a control character (U+{:04X})",
+            c as u32
+        )
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::InvalidSession {
+        id: id.to_string(),
+        why,
+    })
 }
 
 /// The inode of this process's mount namespace.
@@ -141,7 +179,8 @@ fn unbind(target: &Path) -> io::Result<bool> {
     }
 }
 
-/// Attaches vfolder `name` to `session` at `target`: records it (checking
+/// Attaches vfolder `name` to `session` at `target`: checks the session id
+/// ([`check_session_id`]), records it (checking
 /// the status in the same transaction), then binds; a failed bind removes
 /// the record again.
 pub fn attach(
@@ -152,6 +191,7 @@ pub fn attach(
     read_only: bool,
     mount_flag: Option<&Path>,
 ) -> Result<Attachment, SessionError> {
+    check_session_id(session)?;
     let mp = find_mount(cat, mount_flag)?;
     // Resolve any status: the store refuses what is not mountable, naming it.
     let v = cat.resolve(name)?;

@@ -332,3 +332,72 @@ fn detach_by_target_and_without_a_mount_running() {
     assert!(err.contains("no vfolderfs mount"), "{err}");
     assert!(m.store.ok(&["sessions", "--json"]).trim() == "[]");
 }
+
+/// Runs `attach` with `session` in a throwaway mount namespace; returns the
+/// output and how many mounts sat at the target in that namespace.
+fn attach_in_new_ns(
+    m: &Mount,
+    session: &str,
+    t: &std::path::Path,
+) -> (std::process::Output, usize) {
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "\"$B\" --store \"$S\" attach data --session \"$ID\" --target \"$T\"; rc=$?; \
+             grep -c \" $T \" /proc/self/mountinfo; exit $rc",
+        )
+        .env("B", common::bin())
+        .env("S", m.store.path())
+        .env("ID", session)
+        .env("T", t)
+        .output()
+        .unwrap();
+    let n = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    (o, n)
+}
+
+#[test]
+fn session_ids_must_be_non_empty_printable_and_at_most_255_bytes() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let long = "s".repeat(256);
+    let cases: [(&str, &str); 5] = [
+        ("", "empty"),
+        (&long, "255 bytes"),
+        ("a\nb", "control character"),
+        ("tab\there", "control character"),
+        ("del\u{7f}", "control character"),
+    ];
+    for (i, (id, why)) in cases.iter().enumerate() {
+        let t = target(&m, &format!("bad{i}"));
+        let (o, mounted) = attach_in_new_ns(&m, id, &t);
+        let err = String::from_utf8_lossy(&o.stderr);
+        // The CLI's usage-error path: exit status 2, the rule in the message.
+        assert_eq!(o.status.code(), Some(2), "{id:?}: {err}");
+        assert!(
+            err.contains("session id") && err.contains(why),
+            "{id:?}: {err}"
+        );
+        assert_eq!(mounted, 0, "{id:?}: something was mounted");
+        assert_eq!(attachments(&m, "data"), 0, "{id:?}: a record was made");
+        // detach checks the same rule.
+        let o = m.store.cli(&["detach", "--session", id]);
+        assert_eq!(o.status.code(), Some(2), "detach {id:?}");
+    }
+    // At the limits: 255 bytes, any printable Unicode.
+    for (i, id) in ["s".repeat(255), "세션 1 ✓".to_string()].iter().enumerate() {
+        let t = target(&m, &format!("good{i}"));
+        let (o, mounted) = attach_in_new_ns(&m, id, &t);
+        assert!(
+            o.status.success(),
+            "{id:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(mounted, 1);
+    }
+    assert_eq!(attachments(&m, "data"), 2);
+}

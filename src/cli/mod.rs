@@ -138,8 +138,8 @@ pub enum Command {
     Attach {
         /// The vfolder's name.
         name: String,
-        /// The session (container) id.
-        #[arg(long)]
+        /// The session (container) id: non-empty, printable, at most 255 bytes.
+        #[arg(long, value_parser = session_id)]
         session: String,
         /// Where to bind it (created if missing).
         #[arg(long)]
@@ -154,7 +154,7 @@ pub enum Command {
     /// Unmount session binds and remove their records.
     Detach {
         /// Every attachment of this session ...
-        #[arg(long, required_unless_present = "target")]
+        #[arg(long, required_unless_present = "target", value_parser = session_id)]
         session: Option<String>,
         /// ... only this vfolder's.
         name: Option<String>,
@@ -200,6 +200,16 @@ pub enum VolumeCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Parses a session id argument: refused ids take clap's usage-error path
+/// (exit status 2, the rule in the message).
+fn session_id(s: &str) -> Result<String, String> {
+    match sessions::check_session_id(s) {
+        Ok(()) => Ok(s.to_string()),
+        Err(sessions::SessionError::InvalidSession { why, .. }) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Arguments of `vfolderfs mount`.
