@@ -96,7 +96,8 @@ pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, Session
         mountinfo::own().map_err(|e| SessionError::Mount(format!("reading mountinfo: {e}")))?;
     let ours: Vec<&MountEntry> = mounts
         .iter()
-        .filter(|m| m.is_fuse() && m.source == store)
+        // A whole vfolderfs mount, not a session bind from one.
+        .filter(|m| m.is_fuse() && m.source == store && m.root == Path::new("/"))
         .collect();
     match flag {
         Some(p) => {

@@ -401,3 +401,23 @@ fn session_ids_must_be_non_empty_printable_and_at_most_255_bytes() {
     }
     assert_eq!(attachments(&m, "data"), 2);
 }
+
+#[test]
+fn a_second_attach_in_a_namespace_finds_the_mount_not_the_first_bind() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir a b");
+    let (ta, tb) = (target(&m, "a"), target(&m, "b"));
+    let s = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach a --session s --target {ta} && \
+             $B --store $S attach b --session s --target {tb} && \
+             touch {ta}/in-a {tb}/in-b",
+            ta = ta.display(),
+            tb = tb.display()
+        ),
+    );
+    assert!(m.p("a/in-a").exists() && m.p("b/in-b").exists());
+    let o = s.exec(&m, "$B --store $S detach --session s");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
