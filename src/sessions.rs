@@ -6,6 +6,11 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+mod bind;
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+
 use crate::backing::sys;
 use crate::catalog::Catalog;
 use crate::mountinfo::{self, MountEntry};
@@ -125,43 +130,6 @@ pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, Session
     }
 }
 
-fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
-    let (s, t) = (sys::cstr(source)?, sys::cstr(target)?);
-    let flags = libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: valid C strings; a bind mount takes no data.
-    let r = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if read_only {
-        let flags = flags | libc::MS_REMOUNT | libc::MS_RDONLY;
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                t.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            let _ = unbind(target);
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
 /// Unmounts a bind; `Ok(false)` if nothing was mounted there.
 fn unbind(target: &Path) -> io::Result<bool> {
     let t = sys::cstr(target)?;
@@ -178,6 +146,32 @@ fn unbind(target: &Path) -> io::Result<bool> {
         }
         _ => Err(e),
     }
+}
+
+/// Binds vfolder `v` from the vfolderfs mount whose root `mdir` is onto
+/// the directory `tdir`: a detached copy of its mount, made `nosuid,nodev`
+/// (and `ro`) and checked to show `v`'s backing directory before it is
+/// attached (see [`bind`]).
+fn bind_vfolder(
+    cat: &Catalog,
+    v: &crate::store::VFolder,
+    mdir: &OwnedFd,
+    tdir: &OwnedFd,
+    read_only: bool,
+) -> io::Result<()> {
+    let name = CString::new(v.name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let tree = bind::clone_tree(mdir, &name)?;
+    bind::restrict(&tree, read_only)?;
+    // The name could have changed hands before the record was made: the
+    // bind must show this vfolder's backing directory.
+    let want = std::fs::metadata(cat.backing_path(v))?.ino();
+    if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
+        return Err(io::Error::other(format!(
+            "the mount's {:?} no longer shows vfolder {:?}",
+            v.name, v.name
+        )));
+    }
+    bind::attach_tree(&tree, tdir)
 }
 
 /// Attaches vfolder `name` to `session` at `target`: checks the session id
@@ -202,6 +196,8 @@ pub fn attach(
     };
     std::fs::create_dir_all(target).map_err(bind_err)?;
     let target = std::fs::canonicalize(target).map_err(bind_err)?;
+    let tdir = std::fs::File::open(&target).map_err(bind_err)?.into();
+    let mdir: OwnedFd = std::fs::File::open(&mp).map_err(bind_err)?.into();
     let source = mp.join(&v.name);
     let ns = current_mnt_ns().map_err(bind_err)?;
     let a = cat.store().attach(
@@ -212,24 +208,13 @@ pub fn attach(
         ns,
         &source.display().to_string(),
     )?;
-    let bound = bind(&source, &target, read_only).and_then(|()| {
-        // The name could have changed hands before the record was made:
-        // the bind must show this vfolder's backing directory.
-        let want = std::fs::metadata(cat.backing_path(&v))?.ino();
-        let got = std::fs::metadata(&target)?.ino();
-        if want != got {
-            let _ = unbind(&target);
-            return Err(io::Error::other(format!(
-                "{} no longer shows vfolder {:?}",
-                source.display(),
-                v.name
-            )));
-        }
-        Ok(())
-    });
+    let bound = bind_vfolder(cat, &v, &mdir, &tdir, read_only);
     if let Err(e) = bound {
         cat.store().detach(a.seq)?;
-        return Err(bind_err(e));
+        return Err(SessionError::Bind {
+            target: target.display().to_string(),
+            err: e,
+        });
     }
     Ok(a)
 }

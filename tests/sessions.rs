@@ -421,3 +421,55 @@ fn a_second_attach_in_a_namespace_finds_the_mount_not_the_first_bind() {
     let o = s.exec(&m, "$B --store $S detach --session s");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The per-mount options (mountinfo field 6) of the topmost mount at
+/// `point` in the mount namespace of `pid`.
+fn mount_options(pid: u32, point: &std::path::Path) -> Vec<String> {
+    let info = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let want = point.to_string_lossy().replace(' ', "\\040");
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .unwrap_or_else(|| panic!("nothing mounted at {}:\n{info}", point.display()));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn session_binds_are_nosuid_nodev_even_from_a_suid_dev_mount() {
+    for opts in [&[][..], &["-o", "suid,dev"][..]] {
+        let m = Mount::new(opts);
+        m.sh_ok("mkdir data");
+        if !opts.is_empty() {
+            // The premise: the vfolderfs mount itself allows suid and devices.
+            let own = mount_options(std::process::id(), &m.mnt);
+            assert!(
+                !own.iter().any(|o| o == "nosuid" || o == "nodev"),
+                "{own:?}"
+            );
+        }
+        let (rw, ro) = (target(&m, "rw"), target(&m, "ro"));
+        let s = Session::start(
+            &m,
+            &format!(
+                "$B --store $S attach data --session s --target {rw} && \
+                 $B --store $S attach data --session s --target {ro} --read-only",
+                rw = rw.display(),
+                ro = ro.display()
+            ),
+        );
+        for (t, mode) in [(&rw, "rw"), (&ro, "ro")] {
+            let o = mount_options(s.pid(), t);
+            for want in [mode, "nosuid", "nodev"] {
+                assert!(
+                    o.iter().any(|x| x == want),
+                    "{opts:?} {mode} bind: {want} missing from {o:?}"
+                );
+            }
+        }
+    }
+}
