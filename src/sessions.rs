@@ -4,12 +4,13 @@
 use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 mod bind;
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 
 use crate::backing::sys;
 use crate::catalog::Catalog;
@@ -30,6 +31,20 @@ pub enum SessionError {
         /// The error.
         err: io::Error,
     },
+    /// A session target could not be resolved or created.
+    Target {
+        /// The path where resolving stopped.
+        path: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// A session target is a symlink or has one on its path.
+    Symlink {
+        /// The target given.
+        target: String,
+        /// The component that is a symlink (the target itself, or one of its ancestors).
+        component: String,
+    },
     /// A session id breaks the rule of [`check_session_id`].
     InvalidSession {
         /// The id given.
@@ -45,6 +60,15 @@ impl fmt::Display for SessionError {
             SessionError::Store(e) => e.fmt(f),
             SessionError::Mount(m) => f.write_str(m),
             SessionError::Bind { target, err } => write!(f, "{target}: {err}"),
+            SessionError::Target { path, err } => write!(f, "target {path}: {err}"),
+            SessionError::Symlink { target, component } if target == component => write!(
+                f,
+                "target {target} is a symbolic link; session targets are resolved without following symlinks"
+            ),
+            SessionError::Symlink { target, component } => write!(
+                f,
+                "target {target}: {component} is a symbolic link; session targets are resolved without following symlinks"
+            ),
             SessionError::InvalidSession { id, why } => {
                 write!(f, "invalid session id {id:?}: {why}")
             }
@@ -86,6 +110,75 @@ pub fn check_session_id(id: &str) -> Result<(), SessionError> {
         id: id.to_string(),
         why,
     })
+}
+
+/// `path` made absolute (against the working directory) and normalized
+/// lexically: `.` and repeated or trailing slashes dropped, `..` removing
+/// the component before it. This is how attachment targets are recorded and
+/// matched; since targets are resolved without following symlinks, it
+/// names the same directory as the path resolved by the kernel.
+pub fn normalize_target(path: &Path) -> Result<PathBuf, SessionError> {
+    if path.as_os_str().is_empty() {
+        return Err(SessionError::Target {
+            path: "\"\"".into(),
+            err: io::Error::new(io::ErrorKind::InvalidInput, "an empty path"),
+        });
+    }
+    let mut out = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().map_err(|err| SessionError::Target {
+            path: path.display().to_string(),
+            err,
+        })?
+    };
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the directory at the normalized absolute `path` (`O_PATH`)
+/// component by component from `/`, refusing a symlink anywhere on the way
+/// (`openat2` with `RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`). With
+/// `create`, a missing component is made with `mkdirat` in its parent's fd
+/// and then opened the same way, so a component swapped for a symlink in
+/// between is refused too.
+fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, SessionError> {
+    let at = |p: &Path, err| SessionError::Target {
+        path: p.display().to_string(),
+        err,
+    };
+    let mut fd = bind::open_root().map_err(|e| at(Path::new("/"), e))?;
+    let mut sofar = PathBuf::from("/");
+    for c in path.components() {
+        let Component::Normal(n) = c else { continue };
+        sofar.push(n);
+        let name = CString::new(n.as_bytes())
+            .map_err(|_| at(&sofar, io::ErrorKind::InvalidInput.into()))?;
+        let mut r = bind::open_dir_nofollow(&fd, &name);
+        if create && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            bind::mkdir_at(&fd, &name).map_err(|e| at(&sofar, e))?;
+            r = bind::open_dir_nofollow(&fd, &name);
+        }
+        fd = match r {
+            Ok(next) => next,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(SessionError::Symlink {
+                    target: path.display().to_string(),
+                    component: sofar.display().to_string(),
+                });
+            }
+            Err(e) => return Err(at(&sofar, e)),
+        };
+    }
+    Ok(fd)
 }
 
 /// The inode of this process's mount namespace.
@@ -175,7 +268,8 @@ fn bind_vfolder(
 }
 
 /// Attaches vfolder `name` to `session` at `target`: checks the session id
-/// ([`check_session_id`]), records it (checking
+/// ([`check_session_id`]), opens (and creates) the target without following
+/// symlinks, records it under its [`normalize_target`] form (checking
 /// the status in the same transaction), then binds; a failed bind removes
 /// the record again.
 pub fn attach(
@@ -190,16 +284,14 @@ pub fn attach(
     let mp = find_mount(cat, mount_flag)?;
     // Resolve any status: the store refuses what is not mountable, naming it.
     let v = cat.resolve(name)?;
-    let bind_err = |err| SessionError::Bind {
-        target: target.display().to_string(),
-        err,
-    };
-    std::fs::create_dir_all(target).map_err(bind_err)?;
-    let target = std::fs::canonicalize(target).map_err(bind_err)?;
-    let tdir = std::fs::File::open(&target).map_err(bind_err)?.into();
-    let mdir: OwnedFd = std::fs::File::open(&mp).map_err(bind_err)?.into();
+    let target = normalize_target(target)?;
+    let tdir = open_dir_path(&target, true)?;
+    let mdir = open_dir_path(&mp, false)?;
     let source = mp.join(&v.name);
-    let ns = current_mnt_ns().map_err(bind_err)?;
+    let ns = current_mnt_ns().map_err(|err| SessionError::Target {
+        path: "/proc/self/ns/mnt".into(),
+        err,
+    })?;
     let a = cat.store().attach(
         &v.id,
         session,

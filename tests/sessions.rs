@@ -473,3 +473,158 @@ fn session_binds_are_nosuid_nodev_even_from_a_suid_dev_mount() {
         }
     }
 }
+
+/// Runs `vfolderfs attach ARGS` in a throwaway mount namespace; returns the
+/// output and, for each of `watch`, how many mounts were at it or below it
+/// in that namespace afterwards.
+fn attach_watching(
+    m: &Mount,
+    args: &[&str],
+    watch: &[&std::path::Path],
+) -> (std::process::Output, Vec<usize>) {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "\"$B\" --store \"$S\" attach \"$@\"; rc=$?; \
+             for w in $WATCH; do cut -d' ' -f5 /proc/self/mountinfo | grep -c \"^$w\" ; done; \
+             exit $rc",
+        )
+        .arg("sh")
+        .args(args)
+        .env("B", common::bin())
+        .env("S", m.store.path())
+        .env(
+            "WATCH",
+            watch
+                .iter()
+                .map(|w| w.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    let o = c.output().unwrap();
+    let counts = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    (o, counts)
+}
+
+/// A directory other users can reach (temporary directories are 0700).
+fn open_dir(m: &Mount, name: &str) -> PathBuf {
+    let d = m.store.dir.path().join(name);
+    fs::create_dir_all(&d).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(m.store.dir.path())
+        .arg(&d)
+        .status()
+        .unwrap();
+    d
+}
+
+#[test]
+fn attach_refuses_a_target_whose_component_a_user_swapped_for_a_symlink() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let base = open_dir(&m, "pub");
+    let elsewhere = open_dir(&m, "elsewhere");
+    let user = base.join("user");
+    fs::create_dir_all(user.join("sub")).unwrap();
+    // The user owns a directory on the target's path ...
+    assert!(
+        Command::new("chown")
+            .args(["-R", "65533:65533"])
+            .arg(&user)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // ... and replaces a component with a symlink to somewhere else.
+    let o = Command::new("setpriv")
+        .args(["--reuid", "65533", "--regid", "65533", "--clear-groups"])
+        .args([
+            "sh",
+            "-c",
+            "rmdir \"$1/sub\" && ln -s \"$2\" \"$1/sub\"",
+            "sh",
+        ])
+        .arg(&user)
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = user.join("sub/t");
+    let (o, counts) = attach_watching(
+        &m,
+        &["data", "--session", "s", "--target", t.to_str().unwrap()],
+        &[&elsewhere, &user],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "attach followed the symlink");
+    assert!(
+        err.contains(&user.join("sub").display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(counts, [0, 0], "something was mounted");
+    assert!(!elsewhere.join("t").exists(), "created behind the symlink");
+    assert_eq!(attachments(&m, "data"), 0);
+}
+
+#[test]
+fn attach_refuses_a_target_that_is_a_symlink() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let elsewhere = open_dir(&m, "elsewhere");
+    let link = m.store.dir.path().join("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let (o, counts) = attach_watching(
+        &m,
+        &["data", "--session", "s", "--target", link.to_str().unwrap()],
+        &[&elsewhere, &link],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "attach followed the symlink");
+    assert!(
+        err.contains(&link.display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(counts, [0, 0], "something was mounted");
+    assert_eq!(attachments(&m, "data"), 0);
+}
+
+#[test]
+fn targets_are_recorded_absolute_and_normalized_and_detach_matches_them() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let dir = m.store.dir.path();
+    let given = format!("{}/sessions//a/./b/../rel/", dir.display());
+    let want = dir.join("sessions/a/rel");
+    m.store
+        .ok(&["attach", "data", "--session", "n", "--target", &given]);
+    let _guard = common::Undo::new(&["umount", "-l"], &want);
+    assert!(common::is_mounted(&want));
+    assert_eq!(
+        m.store.show("data")["attachments"][0]["target"],
+        want.display().to_string()
+    );
+    // A relative target is taken against the working directory.
+    let o = std::process::Command::new(common::bin())
+        .current_dir(dir)
+        .args(["--store", m.store.path().to_str().unwrap()])
+        .args(["attach", "data", "--session", "r", "--target", "sessions/r"])
+        .output()
+        .unwrap();
+    let _guard2 = common::Undo::new(&["umount", "-l"], &dir.join("sessions/r"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(common::is_mounted(&dir.join("sessions/r")));
+    let out = m.store.ok(&["detach", "--target", &given]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(!common::is_mounted(&want));
+    m.store.ok(&[
+        "detach",
+        "--target",
+        dir.join("sessions/r").to_str().unwrap(),
+    ]);
+    assert!(!common::is_mounted(&dir.join("sessions/r")));
+    assert_eq!(attachments(&m, "data"), 0);
+}

@@ -561,13 +561,24 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             name,
             target,
         } => {
-            let target = target.map(|t| std::fs::canonicalize(&t).unwrap_or(t));
+            // Targets are recorded normalized lexically (see
+            // sessions::normalize_target); a path naming one through a
+            // symlink matches too.
+            let target = target
+                .map(|t| {
+                    let canon = std::fs::canonicalize(&t).ok();
+                    sessions::normalize_target(&t).map(|n| (n, canon))
+                })
+                .transpose()
+                .map_err(|e| CliError::Failed(e.to_string()))?;
             let id = match &name {
                 Some(n) => Some(cat.resolve(n)?.id),
                 None => None,
             };
             let done = sessions::detach(&cat, &|a| match (&target, &session) {
-                (Some(t), _) => Path::new(&a.target) == t,
+                (Some((t, canon)), _) => {
+                    Path::new(&a.target) == t || canon.as_deref() == Some(Path::new(&a.target))
+                }
                 (None, Some(s)) => {
                     &a.session == s && id.as_ref().is_none_or(|i| &a.vfolder_id == i)
                 }

@@ -32,12 +32,65 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// `struct open_how` (libc's is `non_exhaustive`).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
 fn fd_or_err(r: libc::c_long) -> io::Result<OwnedFd> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this new descriptor to us alone.
     Ok(unsafe { OwnedFd::from_raw_fd(r as libc::c_int) })
+}
+
+/// `openat2(dir, name, O_PATH|O_DIRECTORY|O_CLOEXEC)` refusing symlinks
+/// (`ELOOP`) and magic links anywhere in `name`.
+pub(super) fn open_dir_nofollow(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: a valid fd, C string and open_how of the size passed.
+    fd_or_err(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })
+}
+
+/// `open("/", O_PATH|O_DIRECTORY|O_CLOEXEC)`.
+pub(super) fn open_root() -> io::Result<OwnedFd> {
+    // SAFETY: a valid C string.
+    let fd = unsafe {
+        libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    fd_or_err(fd as libc::c_long)
+}
+
+/// `mkdirat(dir, name, 0777)` (less the umask); an existing entry is fine.
+pub(super) fn mkdir_at(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: a valid fd and C string.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Ok(());
+    }
+    Err(e)
 }
 
 /// A detached, non-recursive copy of the mount at `dir`/`name` (not
