@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 /// One mount, as far as vfolderfs needs it.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
+    /// The mount id (field 1; `statx`'s `stx_mnt_id`).
+    pub id: u64,
     /// The directory of its filesystem that is mounted (`/` for a whole
     /// filesystem, the bound directory for a bind mount).
     pub root: PathBuf,
@@ -52,7 +54,9 @@ pub fn read(path: &Path) -> io::Result<Vec<MountEntry>> {
         .lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let mut pre = pre.split(' ').skip(3);
+            let mut pre = pre.split(' ');
+            let id = pre.next()?.parse().ok()?;
+            let mut pre = pre.skip(2);
             let path = |f: &str| PathBuf::from(std::ffi::OsString::from_vec(unescape(f)));
             let root = path(pre.next()?);
             let point = path(pre.next()?);
@@ -60,6 +64,7 @@ pub fn read(path: &Path) -> io::Result<Vec<MountEntry>> {
             let fstype = post.next()?.to_string();
             let source = String::from_utf8_lossy(&unescape(post.next()?)).into_owned();
             Some(MountEntry {
+                id,
                 root,
                 point,
                 fstype,
@@ -97,6 +102,7 @@ mod tests {
         let m = read(&dir).unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(m.len(), 1);
+        assert_eq!(m[0].id, 36);
         assert_eq!(m[0].root, Path::new("/data"));
         assert_eq!(m[0].point, Path::new("/s/a b"));
         assert_eq!(m[0].fstype, "fuse");

@@ -12,7 +12,6 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::backing::sys;
 use crate::catalog::Catalog;
 use crate::mountinfo::{self, MountEntry};
 use crate::store::{Attachment, StoreError};
@@ -223,22 +222,38 @@ pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, Session
     }
 }
 
-/// Unmounts a bind; `Ok(false)` if nothing was mounted there.
-fn unbind(target: &Path) -> io::Result<bool> {
-    let t = sys::cstr(target)?;
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount2(t.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
-        // SAFETY: as above; a busy bind is detached lazily.
-        Some(libc::EBUSY) if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 => {
-            Ok(true)
+/// Unmounts the session bind at `target` (a recorded, normalized path);
+/// `Ok(false)` if none is there. The path is opened without following
+/// symlinks ([`open_dir_path`]), so a component swapped for a symlink since
+/// the attach is refused rather than followed to another mount; and only a
+/// bind from a vfolderfs mount of `store` is unmounted, by its fd.
+fn unbind(store: &str, target: &Path) -> Result<bool, SessionError> {
+    let fd = match open_dir_path(target, false) {
+        Ok(fd) => fd,
+        Err(SessionError::Target { err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(false);
         }
-        _ => Err(e),
+        Err(e) => return Err(e),
+    };
+    let at = |err| SessionError::Bind {
+        target: target.display().to_string(),
+        err,
+    };
+    let id = bind::mount_id(&fd).map_err(at)?;
+    let mounts =
+        mountinfo::own().map_err(|e| SessionError::Mount(format!("reading mountinfo: {e}")))?;
+    let ours = mounts.iter().any(|m| {
+        m.id == id
+            && m.point == target
+            && m.is_fuse()
+            && m.source == store
+            && m.root != Path::new("/")
+    });
+    if !ours {
+        return Ok(false);
     }
+    bind::unmount_fd(&fd).map_err(at)?;
+    Ok(true)
 }
 
 /// Binds vfolder `v` from the vfolderfs mount whose root `mdir` is onto
@@ -252,19 +267,23 @@ fn bind_vfolder(
     tdir: &OwnedFd,
     read_only: bool,
 ) -> io::Result<()> {
+    let step =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     let name = CString::new(v.name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let tree = bind::clone_tree(mdir, &name)?;
-    bind::restrict(&tree, read_only)?;
+    let tree = bind::clone_tree(mdir, &name).map_err(step("open_tree"))?;
+    bind::restrict(&tree, read_only).map_err(step("mount_setattr"))?;
     // The name could have changed hands before the record was made: the
     // bind must show this vfolder's backing directory.
-    let want = std::fs::metadata(cat.backing_path(v))?.ino();
+    let want = std::fs::metadata(cat.backing_path(v))
+        .map_err(step("the backing directory"))?
+        .ino();
     if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
         return Err(io::Error::other(format!(
             "the mount's {:?} no longer shows vfolder {:?}",
             v.name, v.name
         )));
     }
-    bind::attach_tree(&tree, tdir)
+    bind::attach_tree(&tree, tdir).map_err(step("move_mount"))
 }
 
 /// Attaches vfolder `name` to `session` at `target`: checks the session id
@@ -330,6 +349,7 @@ pub fn detach(
         target: "/proc/self/ns/mnt".into(),
         err,
     })?;
+    let store = cat.layout().root().display().to_string();
     let mut out = Vec::new();
     for a in cat
         .store()
@@ -338,10 +358,7 @@ pub fn detach(
         .filter(|a| pick(a))
     {
         let unmounted = if a.mnt_ns == ns {
-            unbind(Path::new(&a.target)).map_err(|err| SessionError::Bind {
-                target: a.target.clone(),
-                err,
-            })?
+            unbind(&store, Path::new(&a.target))?
         } else {
             false
         };

@@ -15,8 +15,8 @@ use vfolderfs::layout::Layout;
 use vfolderfs::status::{Op, Status};
 use vfolderfs::store::{StoreError, TransitionArgs};
 
-/// A session: a process in its own mount namespace that ran `script`,
-/// touched `ready`, and sleeps until killed.
+/// A session: a process in its own mount namespace that ran `script`
+/// successfully, touched `ready`, and sleeps until killed.
 struct Session {
     child: Child,
 }
@@ -30,7 +30,7 @@ impl Session {
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c"])
             .arg(format!(
-                "set -e; {script}; touch {r}; exec sleep 600",
+                "{{ {script}; }} && touch {r} && exec sleep 600",
                 r = ready.display()
             ))
             .env("B", common::bin())
@@ -41,7 +41,13 @@ impl Session {
             .spawn()
             .unwrap();
         let mut s = Session { child };
-        if !eventually(Duration::from_secs(10), || ready.exists()) {
+        // A failing script (any part of an && chain too) ends the session.
+        let mut exited = false;
+        eventually(Duration::from_secs(10), || {
+            exited = exited || s.child.try_wait().is_ok_and(|w| w.is_some());
+            exited || ready.exists()
+        });
+        if !ready.exists() {
             let _ = s.child.kill();
             let out = s.child.wait_with_output_ref();
             panic!("session did not start: {out}");
@@ -627,4 +633,76 @@ fn targets_are_recorded_absolute_and_normalized_and_detach_matches_them() {
     ]);
     assert!(!common::is_mounted(&dir.join("sessions/r")));
     assert_eq!(attachments(&m, "data"), 0);
+}
+
+/// Mount points (mountinfo field 5) in the mount namespace of `pid`.
+fn mount_points(pid: u32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn detach_is_not_steered_by_a_symlink_swapped_into_the_target_path() {
+    let m = Mount::new(&[]);
+    m.sh_ok("mkdir data");
+    let base = open_dir(&m, "pub");
+    let elsewhere = open_dir(&m, "elsewhere");
+    let user = base.join("user");
+    fs::create_dir_all(user.join("sub")).unwrap();
+    fs::create_dir_all(elsewhere.join("t")).unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["-R", "65533:65533"])
+            .arg(&user)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = user.join("sub/t");
+    let victim = elsewhere.join("t");
+    // In the session: the bind, and another mount the user must not reach.
+    let s = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session s --target {t} && \
+             mount -t tmpfs victim {v}",
+            t = t.display(),
+            v = victim.display()
+        ),
+    );
+    let points = mount_points(s.pid());
+    assert!(points.contains(&t.display().to_string()), "{points:?}");
+    // The user moves the directory away and puts a symlink in its place.
+    let o = Command::new("setpriv")
+        .args(["--reuid", "65533", "--regid", "65533", "--clear-groups"])
+        .args([
+            "sh",
+            "-c",
+            "mv \"$1/sub\" \"$1/moved\" && ln -s \"$2\" \"$1/sub\"",
+            "sh",
+        ])
+        .arg(&user)
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = s.exec(&m, "$B --store $S detach --session s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let points = mount_points(s.pid());
+    assert!(
+        points.contains(&victim.display().to_string()),
+        "detach unmounted {} through the symlink ({err})",
+        victim.display()
+    );
+    assert!(!o.status.success(), "detach claimed success");
+    assert!(err.contains("symbolic link"), "{err}");
+    // The bind (now under the moved directory) and its record remain.
+    assert!(
+        points.contains(&user.join("moved/t").display().to_string()),
+        "{points:?}"
+    );
+    assert_eq!(attachments(&m, "data"), 1);
 }

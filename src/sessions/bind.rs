@@ -172,3 +172,39 @@ pub(super) fn is_fuse(fd: &OwnedFd) -> io::Result<bool> {
     }
     Ok(st.f_type == libc::FUSE_SUPER_MAGIC)
 }
+
+/// The id of the mount `fd` is on (`statx` `STATX_MNT_ID`, Linux 5.8+).
+pub(super) fn mount_id(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: a zeroed statx is a valid out-buffer.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty C string and an out-buffer.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    Ok(st.stx_mnt_id)
+}
+
+/// Lazily unmounts the mount `fd` is the root of, by `/proc/self/fd/N`
+/// (the mount itself, not a path that could be changed meanwhile). Lazily,
+/// as `fd` itself keeps it busy.
+pub(super) fn unmount_fd(fd: &OwnedFd) -> io::Result<()> {
+    let p = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
