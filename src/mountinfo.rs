@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 /// One mount, as far as vfolderfs needs it.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
+    /// The mount id (field 1; `statx`'s `stx_mnt_id`).
+    pub id: u64,
+    /// The directory of its filesystem that is mounted (`/` for a whole
+    /// filesystem, the bound directory for a bind mount).
+    pub root: PathBuf,
     /// Where it is mounted.
     pub point: PathBuf,
     /// Filesystem type (`fuse`, `ext4`, ...).
@@ -49,13 +54,18 @@ pub fn read(path: &Path) -> io::Result<Vec<MountEntry>> {
         .lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let point = PathBuf::from(std::ffi::OsString::from_vec(unescape(
-                pre.split(' ').nth(4)?,
-            )));
+            let mut pre = pre.split(' ');
+            let id = pre.next()?.parse().ok()?;
+            let mut pre = pre.skip(2);
+            let path = |f: &str| PathBuf::from(std::ffi::OsString::from_vec(unescape(f)));
+            let root = path(pre.next()?);
+            let point = path(pre.next()?);
             let mut post = post.split(' ');
             let fstype = post.next()?.to_string();
             let source = String::from_utf8_lossy(&unescape(post.next()?)).into_owned();
             Some(MountEntry {
+                id,
+                root,
                 point,
                 fstype,
                 source,
@@ -82,5 +92,20 @@ mod tests {
     fn escapes_are_undone() {
         assert_eq!(unescape(r"/a\040b\011c\134d"), b"/a b\tc\\d");
         assert_eq!(unescape("/plain"), b"/plain");
+    }
+
+    #[test]
+    fn fields_are_read() {
+        let dir = std::env::temp_dir().join(format!("mountinfo-test-{}", std::process::id()));
+        let line = "36 35 0:31 /data /s/a\\040b rw,nosuid,nodev shared:1 - fuse /st\\040ore rw\n";
+        std::fs::write(&dir, line).unwrap();
+        let m = read(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].id, 36);
+        assert_eq!(m[0].root, Path::new("/data"));
+        assert_eq!(m[0].point, Path::new("/s/a b"));
+        assert_eq!(m[0].fstype, "fuse");
+        assert_eq!(m[0].source, "/st ore");
     }
 }

@@ -4,9 +4,14 @@
 use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-use crate::backing::sys;
+mod bind;
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+
 use crate::catalog::Catalog;
 use crate::mountinfo::{self, MountEntry};
 use crate::store::{Attachment, StoreError};
@@ -25,6 +30,27 @@ pub enum SessionError {
         /// The error.
         err: io::Error,
     },
+    /// A session target could not be resolved or created.
+    Target {
+        /// The path where resolving stopped.
+        path: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// A session target is a symlink or has one on its path.
+    Symlink {
+        /// The target given.
+        target: String,
+        /// The component that is a symlink (the target itself, or one of its ancestors).
+        component: String,
+    },
+    /// A session id breaks the rule of [`check_session_id`].
+    InvalidSession {
+        /// The id given.
+        id: String,
+        /// Which part of the rule it breaks.
+        why: String,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -33,6 +59,18 @@ impl fmt::Display for SessionError {
             SessionError::Store(e) => e.fmt(f),
             SessionError::Mount(m) => f.write_str(m),
             SessionError::Bind { target, err } => write!(f, "{target}: {err}"),
+            SessionError::Target { path, err } => write!(f, "target {path}: {err}"),
+            SessionError::Symlink { target, component } if target == component => write!(
+                f,
+                "target {target} is a symbolic link; session targets are resolved without following symlinks"
+            ),
+            SessionError::Symlink { target, component } => write!(
+                f,
+                "target {target}: {component} is a symbolic link; session targets are resolved without following symlinks"
+            ),
+            SessionError::InvalidSession { id, why } => {
+                write!(f, "invalid session id {id:?}: {why}")
+            }
         }
     }
 }
@@ -43,6 +81,103 @@ impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
         SessionError::Store(e)
     }
+}
+
+/// The longest session id, in bytes.
+pub const MAX_SESSION_ID: usize = 255;
+
+/// Checks a session id: non-empty, at most [`MAX_SESSION_ID`] bytes, no
+/// control characters (Unicode category Cc: C0, DEL, C1). Anything else a
+/// container runtime uses as an id (hex, UUIDs, names) passes.
+pub fn check_session_id(id: &str) -> Result<(), SessionError> {
+    let why = if id.is_empty() {
+        "a session id must not be empty".to_string()
+    } else if id.len() > MAX_SESSION_ID {
+        format!(
+            "a session id is at most {MAX_SESSION_ID} bytes; this one has {}",
+            id.len()
+        )
+    } else if let Some(c) = id.chars().find(|c| c.is_control()) {
+        format!(
+            "a session id must not contain a control character (U+{:04X})",
+            c as u32
+        )
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::InvalidSession {
+        id: id.to_string(),
+        why,
+    })
+}
+
+/// `path` made absolute (against the working directory) and normalized
+/// lexically: `.` and repeated or trailing slashes dropped, `..` removing
+/// the component before it. This is how attachment targets are recorded and
+/// matched; since targets are resolved without following symlinks, it
+/// names the same directory as the path resolved by the kernel.
+pub fn normalize_target(path: &Path) -> Result<PathBuf, SessionError> {
+    if path.as_os_str().is_empty() {
+        return Err(SessionError::Target {
+            path: "\"\"".into(),
+            err: io::Error::new(io::ErrorKind::InvalidInput, "an empty path"),
+        });
+    }
+    let mut out = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().map_err(|err| SessionError::Target {
+            path: path.display().to_string(),
+            err,
+        })?
+    };
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the directory at the normalized absolute `path` (`O_PATH`)
+/// component by component from `/`, refusing a symlink anywhere on the way
+/// (`openat2` with `RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`). With
+/// `create`, a missing component is made with `mkdirat` in its parent's fd
+/// and then opened the same way, so a component swapped for a symlink in
+/// between is refused too.
+fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, SessionError> {
+    let at = |p: &Path, err| SessionError::Target {
+        path: p.display().to_string(),
+        err,
+    };
+    let mut fd = bind::open_root().map_err(|e| at(Path::new("/"), e))?;
+    let mut sofar = PathBuf::from("/");
+    for c in path.components() {
+        let Component::Normal(n) = c else { continue };
+        sofar.push(n);
+        let name = CString::new(n.as_bytes())
+            .map_err(|_| at(&sofar, io::ErrorKind::InvalidInput.into()))?;
+        let mut r = bind::open_dir_nofollow(&fd, &name);
+        if create && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            bind::mkdir_at(&fd, &name).map_err(|e| at(&sofar, e))?;
+            r = bind::open_dir_nofollow(&fd, &name);
+        }
+        fd = match r {
+            Ok(next) => next,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(SessionError::Symlink {
+                    target: path.display().to_string(),
+                    component: sofar.display().to_string(),
+                });
+            }
+            Err(e) => return Err(at(&sofar, e)),
+        };
+    }
+    Ok(fd)
 }
 
 /// The inode of this process's mount namespace.
@@ -58,7 +193,8 @@ pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, Session
         mountinfo::own().map_err(|e| SessionError::Mount(format!("reading mountinfo: {e}")))?;
     let ours: Vec<&MountEntry> = mounts
         .iter()
-        .filter(|m| m.is_fuse() && m.source == store)
+        // A whole vfolderfs mount, not a session bind from one.
+        .filter(|m| m.is_fuse() && m.source == store && m.root == Path::new("/"))
         .collect();
     match flag {
         Some(p) => {
@@ -86,62 +222,73 @@ pub fn find_mount(cat: &Catalog, flag: Option<&Path>) -> Result<PathBuf, Session
     }
 }
 
-fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
-    let (s, t) = (sys::cstr(source)?, sys::cstr(target)?);
-    let flags = libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: valid C strings; a bind mount takes no data.
-    let r = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
+/// Unmounts the session bind at `target` (a recorded, normalized path);
+/// `Ok(false)` if none is there. The path is opened without following
+/// symlinks ([`open_dir_path`]), so a component swapped for a symlink since
+/// the attach is refused rather than followed to another mount; and only a
+/// bind from a vfolderfs mount of `store` is unmounted, by its fd.
+fn unbind(store: &str, target: &Path) -> Result<bool, SessionError> {
+    let fd = match open_dir_path(target, false) {
+        Ok(fd) => fd,
+        Err(SessionError::Target { err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
     };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
+    let at = |err| SessionError::Bind {
+        target: target.display().to_string(),
+        err,
+    };
+    let id = bind::mount_id(&fd).map_err(at)?;
+    let mounts =
+        mountinfo::own().map_err(|e| SessionError::Mount(format!("reading mountinfo: {e}")))?;
+    let ours = mounts.iter().any(|m| {
+        m.id == id
+            && m.point == target
+            && m.is_fuse()
+            && m.source == store
+            && m.root != Path::new("/")
+    });
+    if !ours {
+        return Ok(false);
     }
-    if read_only {
-        let flags = flags | libc::MS_REMOUNT | libc::MS_RDONLY;
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                t.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            let _ = unbind(target);
-            return Err(e);
-        }
-    }
-    Ok(())
+    bind::unmount_fd(&fd).map_err(at)?;
+    Ok(true)
 }
 
-/// Unmounts a bind; `Ok(false)` if nothing was mounted there.
-fn unbind(target: &Path) -> io::Result<bool> {
-    let t = sys::cstr(target)?;
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount2(t.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
-        return Ok(true);
+/// Binds vfolder `v` from the vfolderfs mount whose root `mdir` is onto
+/// the directory `tdir`: a detached copy of its mount, made `nosuid,nodev`
+/// (and `ro`) and checked to show `v`'s backing directory before it is
+/// attached (see [`bind`]).
+fn bind_vfolder(
+    cat: &Catalog,
+    v: &crate::store::VFolder,
+    mdir: &OwnedFd,
+    tdir: &OwnedFd,
+    read_only: bool,
+) -> io::Result<()> {
+    let step =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let name = CString::new(v.name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let tree = bind::clone_tree(mdir, &name).map_err(step("open_tree"))?;
+    bind::restrict(&tree, read_only).map_err(step("mount_setattr"))?;
+    // The name could have changed hands before the record was made: the
+    // bind must show this vfolder's backing directory.
+    let want = std::fs::metadata(cat.backing_path(v))
+        .map_err(step("the backing directory"))?
+        .ino();
+    if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
+        return Err(io::Error::other(format!(
+            "the mount's {:?} no longer shows vfolder {:?}",
+            v.name, v.name
+        )));
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
-        // SAFETY: as above; a busy bind is detached lazily.
-        Some(libc::EBUSY) if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 => {
-            Ok(true)
-        }
-        _ => Err(e),
-    }
+    bind::attach_tree(&tree, tdir).map_err(step("move_mount"))
 }
 
-/// Attaches vfolder `name` to `session` at `target`: records it (checking
+/// Attaches vfolder `name` to `session` at `target`: checks the session id
+/// ([`check_session_id`]), opens (and creates) the target without following
+/// symlinks, records it under its [`normalize_target`] form (checking
 /// the status in the same transaction), then binds; a failed bind removes
 /// the record again.
 pub fn attach(
@@ -152,17 +299,18 @@ pub fn attach(
     read_only: bool,
     mount_flag: Option<&Path>,
 ) -> Result<Attachment, SessionError> {
+    check_session_id(session)?;
     let mp = find_mount(cat, mount_flag)?;
     // Resolve any status: the store refuses what is not mountable, naming it.
     let v = cat.resolve(name)?;
-    let bind_err = |err| SessionError::Bind {
-        target: target.display().to_string(),
-        err,
-    };
-    std::fs::create_dir_all(target).map_err(bind_err)?;
-    let target = std::fs::canonicalize(target).map_err(bind_err)?;
+    let target = normalize_target(target)?;
+    let tdir = open_dir_path(&target, true)?;
+    let mdir = open_dir_path(&mp, false)?;
     let source = mp.join(&v.name);
-    let ns = current_mnt_ns().map_err(bind_err)?;
+    let ns = current_mnt_ns().map_err(|err| SessionError::Target {
+        path: "/proc/self/ns/mnt".into(),
+        err,
+    })?;
     let a = cat.store().attach(
         &v.id,
         session,
@@ -171,24 +319,13 @@ pub fn attach(
         ns,
         &source.display().to_string(),
     )?;
-    let bound = bind(&source, &target, read_only).and_then(|()| {
-        // The name could have changed hands before the record was made:
-        // the bind must show this vfolder's backing directory.
-        let want = std::fs::metadata(cat.backing_path(&v))?.ino();
-        let got = std::fs::metadata(&target)?.ino();
-        if want != got {
-            let _ = unbind(&target);
-            return Err(io::Error::other(format!(
-                "{} no longer shows vfolder {:?}",
-                source.display(),
-                v.name
-            )));
-        }
-        Ok(())
-    });
+    let bound = bind_vfolder(cat, &v, &mdir, &tdir, read_only);
     if let Err(e) = bound {
         cat.store().detach(a.seq)?;
-        return Err(bind_err(e));
+        return Err(SessionError::Bind {
+            target: target.display().to_string(),
+            err: e,
+        });
     }
     Ok(a)
 }
@@ -212,6 +349,7 @@ pub fn detach(
         target: "/proc/self/ns/mnt".into(),
         err,
     })?;
+    let store = cat.layout().root().display().to_string();
     let mut out = Vec::new();
     for a in cat
         .store()
@@ -220,10 +358,7 @@ pub fn detach(
         .filter(|a| pick(a))
     {
         let unmounted = if a.mnt_ns == ns {
-            unbind(Path::new(&a.target)).map_err(|err| SessionError::Bind {
-                target: a.target.clone(),
-                err,
-            })?
+            unbind(&store, Path::new(&a.target))?
         } else {
             false
         };

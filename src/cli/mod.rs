@@ -141,8 +141,8 @@ pub enum Command {
     Attach {
         /// The vfolder's name.
         name: String,
-        /// The session (container) id.
-        #[arg(long)]
+        /// The session (container) id: non-empty, printable, at most 255 bytes.
+        #[arg(long, value_parser = session_id)]
         session: String,
         /// Where to bind it (created if missing).
         #[arg(long)]
@@ -157,7 +157,7 @@ pub enum Command {
     /// Unmount session binds and remove their records.
     Detach {
         /// Every attachment of this session ...
-        #[arg(long, required_unless_present = "target")]
+        #[arg(long, required_unless_present = "target", value_parser = session_id)]
         session: Option<String>,
         /// ... only this vfolder's.
         name: Option<String>,
@@ -203,6 +203,16 @@ pub enum VolumeCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Parses a session id argument: refused ids take clap's usage-error path
+/// (exit status 2, the rule in the message).
+fn session_id(s: &str) -> Result<String, String> {
+    match sessions::check_session_id(s) {
+        Ok(()) => Ok(s.to_string()),
+        Err(sessions::SessionError::InvalidSession { why, .. }) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Arguments of `vfolderfs mount`.
@@ -586,13 +596,24 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             name,
             target,
         } => {
-            let target = target.map(|t| std::fs::canonicalize(&t).unwrap_or(t));
+            // Targets are recorded normalized lexically (see
+            // sessions::normalize_target); a path naming one through a
+            // symlink matches too.
+            let target = target
+                .map(|t| {
+                    let canon = std::fs::canonicalize(&t).ok();
+                    sessions::normalize_target(&t).map(|n| (n, canon))
+                })
+                .transpose()
+                .map_err(|e| CliError::Failed(e.to_string()))?;
             let id = match &name {
                 Some(n) => Some(cat.resolve(n)?.id),
                 None => None,
             };
             let done = sessions::detach(&cat, &|a| match (&target, &session) {
-                (Some(t), _) => Path::new(&a.target) == t,
+                (Some((t, canon)), _) => {
+                    Path::new(&a.target) == t || canon.as_deref() == Some(Path::new(&a.target))
+                }
                 (None, Some(s)) => {
                     &a.session == s && id.as_ref().is_none_or(|i| &a.vfolder_id == i)
                 }
