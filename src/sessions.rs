@@ -270,21 +270,37 @@ fn bind_vfolder(
     let step =
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     let name = CString::new(v.name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let tree = bind::clone_tree(mdir, &name).map_err(step("open_tree"))?;
-    bind::restrict(&tree, read_only).map_err(step("mount_setattr"))?;
     // The name could have changed hands before the record was made: the
     // bind must show this vfolder's backing directory.
     let want = std::fs::metadata(cat.backing_path(v))
         .map_err(step("the backing directory"))?
         .ino();
-    if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
-        return Err(io::Error::other(format!(
-            "the mount's {:?} no longer shows vfolder {:?}",
-            v.name, v.name
-        )));
+    let mut attempts = 0;
+    loop {
+        let tree = bind::clone_tree(mdir, &name).map_err(step("open_tree"))?;
+        bind::restrict(&tree, read_only).map_err(step("mount_setattr"))?;
+        if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
+            return Err(io::Error::other(format!(
+                "the mount's {:?} no longer shows vfolder {:?}",
+                v.name, v.name
+            )));
+        }
+        match bind::attach_tree(&tree, tdir) {
+            // The daemon invalidated the vfolder's entry (any change to its
+            // row: its creation a moment ago, a rename elsewhere) after the
+            // copy was made: the copy's root dentry is unhashed and can no
+            // longer be mounted. A new copy looks the name up afresh.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && attempts < BIND_ATTEMPTS => {
+                attempts += 1;
+            }
+            r => return r.map_err(step("move_mount")),
+        }
     }
-    bind::attach_tree(&tree, tdir).map_err(step("move_mount"))
 }
+
+/// How often a bind is tried again when its copy went stale before it was
+/// attached (a kernel entry invalidation in between).
+const BIND_ATTEMPTS: u32 = 8;
 
 /// Attaches vfolder `name` to `session` at `target`: checks the session id
 /// ([`check_session_id`]), opens (and creates) the target without following

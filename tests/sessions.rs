@@ -706,3 +706,27 @@ fn detach_is_not_steered_by_a_symlink_swapped_into_the_target_path() {
     );
     assert_eq!(attachments(&m, "data"), 1);
 }
+
+#[test]
+fn attach_right_after_mkdir_through_the_mount_succeeds() {
+    // The daemon invalidates a new vfolder's entry a moment after creating
+    // it; an attach whose mount copy was made before that must not fail.
+    let m = Mount::new(&[]);
+    let dir = m.store.dir.path().join("sessions");
+    let s = Session::start(
+        &m,
+        &format!(
+            "for i in $(seq 1 20); do mkdir $M/v$i && \
+             $B --store $S attach v$i --session s --target {d}/t$i >/dev/null && \
+             $B --store $S attach v$i --session s --target {d}/r$i --read-only >/dev/null \
+             || exit 1; done",
+            d = dir.display()
+        ),
+    );
+    let o = s.exec(&m, "grep -c ' fuse' /proc/self/mountinfo");
+    let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(
+        n >= 41,
+        "{n} fuse mounts in the session: the mount and 40 binds expected"
+    );
+}
