@@ -19,7 +19,8 @@ use log::{error, info, warn};
 use crate::backing::sys;
 use crate::catalog::Catalog;
 use crate::cli::{Cli, Command, MountCmd};
-use crate::fs::vfolders::{Inval, Registry};
+use crate::enforce::MountLease;
+use crate::fs::vfolders::{Inval, Registry, clock};
 use crate::fs::{FsConfig, VfolderFs};
 use crate::layout::Layout;
 use crate::mountinfo;
@@ -67,6 +68,9 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     /// The purge pool's settings.
     pub purge: PoolConfig,
+    /// How long the mount serves writes without confirming its view of the
+    /// store (see [`crate::enforce`]).
+    pub lease: Duration,
 }
 
 /// Parses a retention like `30d`, `12h`, `90m`; `0` means keep forever.
@@ -103,6 +107,7 @@ impl MountArgs {
             extra: Vec::new(),
             fs: FsConfig::default(),
             log_file: None,
+            lease: crate::enforce::DEFAULT_LEASE,
             purge: PoolConfig {
                 workers: m.purge_workers.max(1),
                 retention: parse_retention(&m.trash_retention)?,
@@ -145,6 +150,14 @@ impl MountArgs {
                 "log" => a.log_file = v.map(PathBuf::from),
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
                 "trash_retention" => a.purge.retention = parse_retention(v.unwrap_or_default())?,
+                "lease" => {
+                    let d = humantime::parse_duration(v.unwrap_or_default())
+                        .map_err(|e| format!("option lease: {e}"))?;
+                    if d < Duration::from_millis(200) || d > Duration::from_secs(3600) {
+                        return Err("option lease must be between 200ms and 1h".into());
+                    }
+                    a.lease = d;
+                }
                 other => return Err(format!("unknown mount option {other:?}")),
             }
         }
@@ -178,6 +191,7 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
         .map_err(|_| "usage: mount.vfolderfs STORE MOUNTPOINT [-o OPTIONS]".to_string())?;
     Ok(Cli {
         store: Some(store),
+        confirm_timeout: crate::enforce::DEFAULT_CONFIRM_TIMEOUT,
         command: Command::Mount(MountCmd {
             mountpoint,
             foreground: false,
@@ -404,7 +418,17 @@ fn serve_inner(
             ))
         })?;
     let reg = Arc::new(Registry::new());
+    // Recorded before the first read: a change made after that read began
+    // waits for this mount's confirmation, one made before is in the read.
+    let mut lease = MountLease::new(&args.mountpoint.display().to_string(), args.lease);
+    lease
+        .register(cat.store().as_ref(), &reg, clock())
+        .map_err(MountError::Store)?;
+    let began = clock();
     reg.refresh(cat.store().as_ref())
+        .map_err(MountError::Store)?;
+    lease
+        .confirm(cat.store().as_ref(), &reg, began)
         .map_err(MountError::Store)?;
     let pool =
         Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
@@ -447,7 +471,7 @@ fn serve_inner(
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&db, &store_id, &reg, &notifier, &stop))
+            .spawn(move || watch(&db, &store_id, &reg, &notifier, &stop, lease))
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -559,12 +583,21 @@ fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
 /// noticed and writes are refused; nothing from a database with another id
 /// reaches the registry. Idle, it costs a few syscalls per poll however
 /// many vfolders there are.
-fn watch(db: &Path, store_id: &str, reg: &Registry, notifier: &Notifier, stop: &AtomicBool) {
+fn watch(
+    db: &Path,
+    store_id: &str,
+    reg: &Registry,
+    notifier: &Notifier,
+    stop: &AtomicBool,
+    mut lease: MountLease,
+) {
     let mut store: Option<(SqliteStore, (u64, u64))> = None;
     let mut last = None;
     let mut last_full = std::time::Instant::now();
     let mut last_check = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
+        // What this pass confirms is the store as read from here on.
+        let began = clock();
         let step = (|| {
             if store.is_some() && last_check.elapsed() >= HEALTH_CHECK {
                 last_check = std::time::Instant::now();
@@ -603,6 +636,26 @@ fn watch(db: &Path, store_id: &str, reg: &Registry, notifier: &Notifier, stop: &
                     last_full = std::time::Instant::now();
                 }
             }
+            // Confirms what is applied and drained (when that changed, and
+            // to keep the lease); a lapsed lease means this mount may have
+            // missed changes others no longer wait for: reread everything
+            // before registering again.
+            match lease.confirm(s, reg, began) {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        "this mount's lease lapsed: rereading the store before serving writes again"
+                    );
+                    let again = clock();
+                    reg.refresh(s)?;
+                    lease.register(s, reg, again)?;
+                }
+                // Locked by a long transaction: the view read above is
+                // current, but cannot be confirmed; the lease runs on, and
+                // past it writes are refused.
+                Err(e) if e.is_busy() => log::debug!("confirming this mount's view: {e}"),
+                Err(e) => return Err(e),
+            }
             Ok::<(), crate::store::StoreError>(())
         })();
         match step {
@@ -630,5 +683,16 @@ fn watch(db: &Path, store_id: &str, reg: &Registry, notifier: &Notifier, stop: &
             }
         }
         thread::sleep(POLL_INTERVAL);
+    }
+    // A clean unmount: no command waits for this mount any more.
+    let gone = match &store {
+        Some((s, _)) => lease.remove(s),
+        None => SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT).and_then(|s| {
+            check_store_id(&s, db, store_id)?;
+            lease.remove(&s)
+        }),
+    };
+    if let Err(e) = gone {
+        warn!("forgetting this mount in the store: {e}");
     }
 }

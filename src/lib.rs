@@ -20,6 +20,7 @@ pub mod backing;
 pub mod catalog;
 pub mod cli;
 pub mod daemon;
+pub mod enforce;
 pub mod fs;
 pub mod fsck;
 pub mod layout;

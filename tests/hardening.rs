@@ -199,7 +199,9 @@ fn backing_faults_reach_the_caller_and_nothing_else() {
 
 #[test]
 fn a_locked_store_makes_status_decisions_wait_a_bounded_time() {
-    let m = Mount::new(&[]);
+    // A lease longer than the lock below: within its lease a mount serves
+    // the statuses it knows (past it, it refuses writes: tests/enforcement.rs).
+    let m = Mount::new(&["-o", "lease=60s"]);
     m.sh_ok("mkdir v && echo a > v/f");
     let db = m.store.path().join("vfolders.db");
     let c = rusqlite::Connection::open(&db).unwrap();

@@ -29,6 +29,12 @@ pub struct Cli {
     /// for root and $XDG_DATA_HOME/vfolderfs otherwise).
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// How long a command that changes a vfolder waits for every live mount
+    /// to confirm the change (then it names those that did not and exits
+    /// with status 4; the change stays made).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub confirm_timeout: std::time::Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -47,6 +53,9 @@ pub enum Command {
         /// The data volume to put it on (default: the store's own).
         #[arg(long)]
         volume: Option<String>,
+        /// Return without waiting for the mounts to confirm.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Clone a vfolder into a new one (a background job).
     Clone {
@@ -106,11 +115,17 @@ pub enum Command {
         old: String,
         /// New name.
         new: String,
+        /// Return without waiting for the mounts to confirm.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Move a vfolder to the trash (restorable).
     Delete {
         /// Its name.
         name: String,
+        /// Return without waiting for the mounts to confirm.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Restore a vfolder from the trash.
     Restore {
@@ -119,6 +134,9 @@ pub enum Command {
         /// Restore under another name.
         #[arg(long = "as", value_name = "NEW")]
         as_name: Option<String>,
+        /// Return without waiting for the mounts to confirm.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Destroy a trashed (or failed) vfolder's data.
     Purge {
@@ -245,6 +263,10 @@ pub struct MountCmd {
 /// errors (2).
 pub const EXIT_NO_STORE: i32 = 3;
 
+/// Exit status when a change was made but not every live mount confirmed it
+/// within the time allowed (the change stays made).
+pub const EXIT_UNCONFIRMED: i32 = 4;
+
 /// An error worth one line on stderr.
 #[derive(Debug)]
 pub enum CliError {
@@ -268,6 +290,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Store(StoreError::Missing(_)) => EXIT_NO_STORE,
+            CliError::Store(StoreError::Unconfirmed { .. }) => EXIT_UNCONFIRMED,
             _ => 1,
         }
     }
@@ -308,6 +331,21 @@ pub fn main() -> i32 {
     }
 }
 
+/// Waits until every live mount has confirmed the change just made to `v`
+/// (see [`crate::enforce`]), unless `no_wait`.
+fn confirm(
+    cat: &Catalog,
+    v: &VFolder,
+    no_wait: bool,
+    timeout: std::time::Duration,
+) -> Result<(), CliError> {
+    if no_wait {
+        return Ok(());
+    }
+    crate::enforce::confirm_latest(cat.store().as_ref(), &v.id, &v.name, timeout, None)?;
+    Ok(())
+}
+
 pub(crate) fn cause(what: &str) -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -342,7 +380,11 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Catalog::open(layout)?
     };
     match cli.command {
-        Command::Create { name, volume } => {
+        Command::Create {
+            name,
+            volume,
+            no_wait,
+        } => {
             let v = cat.create_on(
                 &name,
                 NewDir::default(),
@@ -353,6 +395,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 "created vfolder {:?} ({}) on volume {}",
                 v.name, v.id, v.volume
             );
+            confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
         }
         Command::Clone {
             src,
@@ -522,17 +565,23 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
-        Command::Rename { old, new } => {
+        Command::Rename { old, new, no_wait } => {
             let v = cat.store().get_live(&old)?;
             let v = cat.store().rename(&v.id, &new)?;
             println!("renamed vfolder {old:?} to {:?}", v.name);
+            confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
         }
-        Command::Delete { name } => {
+        Command::Delete { name, no_wait } => {
             let v = cat.store().get_live(&name)?;
             let v = cat.delete(&v, &cause("delete"))?;
             println!("moved vfolder {:?} to the trash ({})", v.name, v.id);
+            confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
         }
-        Command::Restore { name, as_name } => {
+        Command::Restore {
+            name,
+            as_name,
+            no_wait,
+        } => {
             let v = match cat.resolve_trashed(&name) {
                 Ok(v) => v,
                 // Not in the trash: name the status it has, if it exists at all.
@@ -550,6 +599,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             };
             let v = cat.restore(&v, as_name.as_deref(), &cause("restore"))?;
             println!("restored vfolder {:?} ({})", v.name, v.id);
+            confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
         }
         Command::Purge { name, no_wait } => return jobs::purge(&cat, &name, no_wait),
         Command::Gc { older_than, json } => {

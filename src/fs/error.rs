@@ -64,6 +64,7 @@ impl FsError {
                 | StoreError::Missing(_)
                 | StoreError::NotEmpty(_)
                 | StoreError::Foreign { .. }
+                | StoreError::Unconfirmed { .. }
                 | StoreError::LoosePath { .. } => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock};
 
 use super::error::{FsError, FsResult};
 use crate::catalog::trash_names;
@@ -19,15 +19,50 @@ pub const ROOT_INO: u64 = 1;
 /// Node id of the virtual `.trash` directory.
 pub const TRASH_INO: u64 = 2;
 
+/// Whether this mount may serve writes at all: the store was readable at
+/// its last look, and the mount's lease holds (it confirmed its view of the
+/// store recently enough; see [`crate::enforce`]).
+pub struct Health {
+    healthy: AtomicBool,
+    /// Until when writes may be served, in nanoseconds of [`clock`]
+    /// (`u64::MAX`: no lease, as in tools and tests without a watcher).
+    deadline: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            healthy: AtomicBool::new(true),
+            deadline: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether writes may be served now.
+    pub fn may_write(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && clock() < self.deadline.load(Ordering::Acquire)
+    }
+}
+
+/// Monotonic nanoseconds since the first call in this process (it goes on
+/// while the process is stopped, so a stopped mount wakes up past its lease).
+pub fn clock() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
 /// One vfolder as the mount sees it.
 pub struct VfState {
     /// The vfolder's id.
     pub id: String,
     status: AtomicU8,
-    healthy: Arc<AtomicBool>,
-    /// Writes hold it shared while they run; a status change that forbids
-    /// writes takes it exclusively once, so no write is in flight after it.
-    gate: RwLock<()>,
+    health: Arc<Health>,
+    /// Writes in flight: counted up before a write checks the status and
+    /// down when it ends. A status change that forbids writes is stored
+    /// first, then this is watched until it reads zero: from then on no
+    /// write that passed its check under the old status is running.
+    inflight: AtomicU64,
     /// Node id of its root directory while the kernel knows it (0 if not).
     pub root_nodeid: AtomicU64,
     volume: RwLock<Arc<str>>,
@@ -36,12 +71,12 @@ pub struct VfState {
 }
 
 impl VfState {
-    fn new(id: &str, status: Status, volume: &str, healthy: Arc<AtomicBool>) -> VfState {
+    fn new(id: &str, status: Status, volume: &str, health: Arc<Health>) -> VfState {
         VfState {
             id: id.to_string(),
             status: AtomicU8::new(status as u8),
-            healthy,
-            gate: RwLock::new(()),
+            health,
+            inflight: AtomicU64::new(0),
             root_nodeid: AtomicU64::new(0),
             volume: RwLock::new(Arc::from(volume)),
             opens: AtomicU64::new(0),
@@ -58,12 +93,18 @@ impl VfState {
         Status::from_u8(self.status.load(Ordering::Acquire)).unwrap_or(Status::DeleteComplete)
     }
 
-    fn set_status(&self, s: Status) {
-        let old = self.status.swap(s as u8, Ordering::AcqRel);
-        if old != s as u8 && !s.is_writable() {
-            // Wait for writes that passed their check under the old status.
-            drop(self.gate.write());
-        }
+    /// Stores the status at once (new writes see it) and returns whether
+    /// writes that began under the old one must be waited for: it allowed
+    /// writes and the new one does not. Never blocks: the drain is watched
+    /// by the registry ([`Registry::poll_drains`]), off this path.
+    fn set_status(&self, s: Status) -> bool {
+        let old = self.status.swap(s as u8, Ordering::SeqCst);
+        Status::from_u8(old).is_some_and(|o| o.is_writable()) && !s.is_writable()
+    }
+
+    /// Whether writes that passed their check are still running.
+    fn is_drained(&self) -> bool {
+        self.inflight.load(Ordering::SeqCst) == 0
     }
 
     /// Fails unless the vfolder's data may be read.
@@ -77,22 +118,37 @@ impl VfState {
 
     /// Whether a change would be allowed now (no guard held).
     pub fn is_writable(&self) -> bool {
-        self.healthy.load(Ordering::Acquire) && self.status().is_writable()
+        self.health.may_write() && self.status().is_writable()
     }
 
     /// Checks that the vfolder may be changed and holds that true until the
-    /// guard is dropped: do the write while holding it.
-    pub fn begin_write(&self) -> FsResult<RwLockReadGuard<'_, ()>> {
-        let g = self.gate.read();
-        let st = self.status();
+    /// guard is dropped: do the write while holding it. Never waits: a
+    /// refused write is refused at once, whatever else is stuck.
+    pub fn begin_write(&self) -> FsResult<WriteGuard<'_>> {
+        // Counted first, checked after (both SeqCst): either this write sees
+        // a status change stored before, or the drain sees this write.
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let g = WriteGuard(self);
+        let st =
+            Status::from_u8(self.status.load(Ordering::SeqCst)).unwrap_or(Status::DeleteComplete);
         if !st.is_writable() {
             return Err(FsError::ReadOnly(st));
         }
-        if !self.healthy.load(Ordering::Acquire) {
-            // Fail closed: the store could not be read lately.
+        if !self.health.may_write() {
+            // Fail closed: the store could not be read lately, or this
+            // mount's lease lapsed.
             return Err(FsError::ReadOnly(st));
         }
         Ok(g)
+    }
+}
+
+/// A write in progress (see [`VfState::begin_write`]).
+pub struct WriteGuard<'a>(&'a VfState);
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -123,7 +179,10 @@ struct Snapshot {
 pub struct Registry {
     by_id: RwLock<HashMap<String, Arc<VfState>>>,
     snap: RwLock<Arc<Snapshot>>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
+    /// Vfolders whose writes from before their last status change may still
+    /// be running.
+    draining: Mutex<HashMap<String, Arc<VfState>>>,
     /// Serializes refreshes; where the change feed was read up to.
     cursor: Mutex<Cursor>,
     pending: Mutex<Vec<Inval>>,
@@ -153,7 +212,8 @@ impl Registry {
         Registry {
             by_id: RwLock::new(HashMap::new()),
             snap: RwLock::new(Arc::new(Snapshot::default())),
-            healthy: Arc::new(AtomicBool::new(true)),
+            health: Arc::new(Health::new()),
+            draining: Mutex::new(HashMap::new()),
             cursor: Mutex::new(Cursor::default()),
             pending: Mutex::new(Vec::new()),
         }
@@ -196,13 +256,39 @@ impl Registry {
 
     /// Whether the last refresh could read the store.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.health.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether this mount may serve writes now (store readable, lease holds).
+    pub fn may_write(&self) -> bool {
+        self.health.may_write()
+    }
+
+    /// Lets writes be served until `deadline` ([`clock`] nanoseconds): the
+    /// lease a confirmation of the store's view bought.
+    pub fn set_deadline(&self, deadline: u64) {
+        self.health.deadline.store(deadline, Ordering::Release);
+    }
+
+    /// The change-feed position applied (0 before the first read).
+    pub fn applied_rev(&self) -> u64 {
+        self.cursor.lock().at.map_or(0, |(rev, _)| rev)
+    }
+
+    /// Forgets the drains that finished; returns the ids still draining,
+    /// sorted.
+    pub fn poll_drains(&self) -> Vec<String> {
+        let mut d = self.draining.lock();
+        d.retain(|_, st| !st.is_drained());
+        let mut v: Vec<String> = d.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Marks the store unreadable (writes refused) or readable again;
     /// returns whether that changed.
     pub fn set_healthy(&self, ok: bool) -> bool {
-        self.healthy.swap(ok, Ordering::AcqRel) != ok
+        self.health.healthy.swap(ok, Ordering::AcqRel) != ok
     }
 
     /// Invalidations collected since the last call.
@@ -375,13 +461,17 @@ impl Registry {
                     &v.id,
                     v.status,
                     &v.volume,
-                    self.healthy.clone(),
+                    self.health.clone(),
                 ))
             })
             .clone();
-        st.set_status(v.status);
+        // Where it lives first, its status after: a write that sees the new
+        // status also sees the new location.
         if *st.volume.read().as_ref() != *v.volume {
             *st.volume.write() = Arc::from(v.volume.as_str());
+        }
+        if st.set_status(v.status) && !st.is_drained() {
+            self.draining.lock().insert(v.id.clone(), st.clone());
         }
         st
     }

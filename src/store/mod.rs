@@ -37,6 +37,30 @@ pub struct VFolder {
     pub clone_src: Option<String>,
 }
 
+/// A live mount as recorded in the store (the enforcement protocol; see
+/// [`crate::enforce`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountRecord {
+    /// Unique id of this mount instance.
+    pub id: String,
+    /// Host name of its node.
+    pub node: String,
+    /// Its daemon's process id.
+    pub pid: u32,
+    /// Where it is mounted.
+    pub mountpoint: String,
+    /// When it started.
+    pub started_at: Millis,
+    /// Until when it may serve writes without confirming its view again
+    /// (the store's clock).
+    pub lease_until: Millis,
+    /// Every change of the change feed up to here is in force on it.
+    pub applied_rev: u64,
+    /// Vfolders whose writes from before their last status change have not
+    /// finished there yet.
+    pub draining: Vec<String>,
+}
+
 /// What changed in the store since a point of its change feed.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -254,6 +278,15 @@ pub enum StoreError {
         /// The id found (`None`: the database has none).
         found: Option<String>,
     },
+    /// Not every live mount confirmed a change within the time allowed.
+    Unconfirmed {
+        /// The vfolder changed.
+        name: String,
+        /// The mounts that have not confirmed ("node pid mountpoint").
+        mounts: Vec<String>,
+        /// How long was waited.
+        waited: std::time::Duration,
+    },
     /// A directory other users can reach, which vfolderfs will not tighten
     /// itself because something is in it.
     LoosePath {
@@ -338,6 +371,19 @@ impl fmt::Display for StoreError {
                 expected,
                 found: None,
             } => write!(f, "{path} has no store id (expected {expected})"),
+            StoreError::Unconfirmed {
+                name,
+                mounts,
+                waited,
+            } => write!(
+                f,
+                "the change to vfolder {name:?} is made, but {} mount(s) did not confirm it within \
+                 {}: {} (writes in flight on a stuck volume, or an overloaded node); it takes \
+                 effect there as soon as they do, or when their lease lapses",
+                mounts.len(),
+                humantime::format_duration(*waited),
+                mounts.join("; ")
+            ),
             StoreError::LoosePath { path, mode } => write!(
                 f,
                 "{path} is {mode:04o} and not empty: a data volume must be private to \
@@ -454,4 +500,25 @@ pub trait Store: Send + Sync {
     fn detach(&self, seq: i64) -> Result<bool>;
     /// Attachments, of one vfolder or all.
     fn attachments(&self, vfolder: Option<&str>) -> Result<Vec<Attachment>>;
+    /// The change-feed position of a vfolder's row (where its last insert
+    /// or update stands).
+    fn rev_of(&self, id: &str) -> Result<u64>;
+    /// Records a mount (or records it again) with a lease of `lease` from
+    /// now; mounts whose lease lapsed long ago are forgotten meanwhile.
+    fn register_mount(&self, m: &MountRecord, lease: std::time::Duration) -> Result<()>;
+    /// Records what mount `id` has applied and extends its lease, only if
+    /// the lease still holds (so a lapsed mount cannot come back without
+    /// registering again after rereading the store); false if it lapsed or
+    /// the mount is not recorded.
+    fn renew_mount(
+        &self,
+        id: &str,
+        applied_rev: u64,
+        draining: &[String],
+        lease: std::time::Duration,
+    ) -> Result<bool>;
+    /// Forgets a mount (a clean unmount).
+    fn remove_mount(&self, id: &str) -> Result<()>;
+    /// The recorded mounts and the store's clock, read together.
+    fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)>;
 }

@@ -142,6 +142,20 @@ fn migrations() -> Vec<String> {
      INSERT INTO store_info (key, value) VALUES ('id', '{}');",
             uuid::Uuid::new_v4().hyphenated()
         ),
+        // Version 9: live mounts and what each has applied, for the
+        // enforcement protocol: a status change is in force once every mount
+        // whose lease holds has applied it and drained the writes before it.
+        "CREATE TABLE IF NOT EXISTS mounts (
+         id          TEXT PRIMARY KEY NOT NULL,
+         node        TEXT NOT NULL,
+         pid         INTEGER NOT NULL,
+         mountpoint  TEXT NOT NULL,
+         started_at  INTEGER NOT NULL,
+         lease_until INTEGER NOT NULL,
+         applied_rev INTEGER NOT NULL DEFAULT 0,
+         draining    TEXT NOT NULL DEFAULT ''
+     );"
+        .to_string(),
     ]
 }
 

@@ -10,8 +10,8 @@ use rusqlite::{
 };
 
 use super::{
-    Attachment, AuditEntry, Changes, HistoryEntry, Job, ListFilter, Millis, Result, Store,
-    StoreError, TransitionArgs, VFolder, schema,
+    Attachment, AuditEntry, Changes, HistoryEntry, Job, ListFilter, Millis, MountRecord, Result,
+    Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
 use crate::status::{Op, Status};
@@ -593,6 +593,110 @@ impl Store for SqliteStore {
             .map_err(db("listing attachments"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(db("listing attachments"))
+    }
+
+    fn rev_of(&self, id: &str) -> Result<u64> {
+        let conn = self.conn.lock();
+        let rev: Option<i64> = conn
+            .query_row("SELECT rev FROM vfolders WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(db("reading a change position"))?;
+        rev.map(|r| r as u64)
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
+
+    fn register_mount(&self, m: &MountRecord, lease: Duration) -> Result<()> {
+        let now = now_millis();
+        let until = now + lease.as_millis() as Millis;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        // Mounts whose lease lapsed an hour ago are long gone (killed).
+        tx.execute(
+            "DELETE FROM mounts WHERE lease_until < ?1",
+            [now - 3_600_000],
+        )
+        .map_err(db("forgetting lapsed mounts"))?;
+        tx.execute(
+            "INSERT INTO mounts (id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT(id) DO UPDATE SET lease_until = ?6, applied_rev = ?7, draining = ?8",
+            params![
+                m.id,
+                m.node,
+                m.pid,
+                m.mountpoint,
+                m.started_at,
+                until,
+                m.applied_rev as i64,
+                m.draining.join(",")
+            ],
+        )
+        .map_err(db("registering a mount"))?;
+        tx.commit().map_err(db("committing a mount"))
+    }
+
+    fn renew_mount(
+        &self,
+        id: &str,
+        applied_rev: u64,
+        draining: &[String],
+        lease: Duration,
+    ) -> Result<bool> {
+        let now = now_millis();
+        let until = now + lease.as_millis() as Millis;
+        let conn = self.conn.lock();
+        // One statement: the lease is extended only while it still holds.
+        let n = conn
+            .execute(
+                "UPDATE mounts SET lease_until = ?2, applied_rev = ?3, draining = ?4 \
+                 WHERE id = ?1 AND lease_until >= ?5",
+                params![id, until, applied_rev as i64, draining.join(","), now],
+            )
+            .map_err(db("renewing a mount's lease"))?;
+        Ok(n == 1)
+    }
+
+    fn remove_mount(&self, id: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM mounts WHERE id = ?1", [id])
+            .map_err(db("forgetting a mount"))?;
+        Ok(())
+    }
+
+    fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)> {
+        let conn = self.conn.lock();
+        let now = now_millis();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining \
+                 FROM mounts ORDER BY started_at, id",
+            )
+            .map_err(db("listing mounts"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let draining: String = r.get(7)?;
+                Ok(MountRecord {
+                    id: r.get(0)?,
+                    node: r.get(1)?,
+                    pid: r.get(2)?,
+                    mountpoint: r.get(3)?,
+                    started_at: r.get(4)?,
+                    lease_until: r.get(5)?,
+                    applied_rev: r.get::<_, i64>(6)? as u64,
+                    draining: draining
+                        .split(',')
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                })
+            })
+            .map_err(db("listing mounts"))?;
+        let v = rows
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db("listing mounts"))?;
+        Ok((now, v))
     }
 
     fn begin_clone(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{Heartbeat, Outcome};
+use super::{Heartbeat, Outcome, Settled};
 use crate::backing::copy::{self, CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -106,9 +106,21 @@ pub fn run(
         return Ok(Outcome::RolledBack(why.into()));
     }
     let s = store.get(&src_id)?;
-    if !super::settle(cancel) {
-        store.release_job(dst, owner, false)?;
-        return Ok(Outcome::Cancelled);
+    // The source is read only once every mount refuses writes to it and
+    // the writes begun before have drained.
+    match super::settle(store.as_ref(), &src_id, &s.name, cancel)? {
+        Settled::Confirmed => {}
+        Settled::Cancelled => {
+            store.release_job(dst, owner, false)?;
+            return Ok(Outcome::Cancelled);
+        }
+        Settled::Unconfirmed(e) => {
+            let why = format!("clone abandoned: {e}");
+            store.finish_clone(dst, Some(&why), &format!("{why} ({owner})"))?;
+            store.release_job(dst, owner, true)?;
+            warn!("{why}");
+            return Ok(Outcome::RolledBack(why));
+        }
     }
     let open = |v: &VFolder| {
         cat.open_backing(&v.id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW)

@@ -18,22 +18,51 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 /// at a time each; the pool bounds how many jobs run at once.
 pub const COPY_THREADS: usize = 2;
 
-/// How long a copy job waits after its status change before it reads the
-/// source: every mount must have seen the change and drained its in-flight
-/// writes (a mount polls every 20 ms, and fails closed within 1.5 s if it
-/// cannot read the store).
-pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long a copy job waits for every live mount to confirm that the
+/// vfolder it reads no longer takes writes (the status change applied and
+/// the writes from before it drained; see [`crate::enforce`]). A mount
+/// whose write is stuck (a frozen volume, a hung NFS server) holds the job
+/// up this long at most; then the job gives up and says why.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Waits [`SETTLE`]; false if `cancel` was set meanwhile.
-pub fn settle(cancel: &std::sync::atomic::AtomicBool) -> bool {
-    let end = std::time::Instant::now() + SETTLE;
-    while std::time::Instant::now() < end {
-        if cancel.load(std::sync::atomic::Ordering::Acquire) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// [`SETTLE_TIMEOUT`], or `$VFOLDERFS_SETTLE_TIMEOUT` (a duration such as
+/// `5s`) where an operator or a test sets it.
+pub fn settle_timeout() -> Duration {
+    static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("VFOLDERFS_SETTLE_TIMEOUT")
+            .ok()
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .unwrap_or(SETTLE_TIMEOUT)
+    })
+}
+
+/// What waiting for the mounts' confirmation came to.
+#[derive(Debug)]
+pub enum Settled {
+    /// Every live mount confirmed.
+    Confirmed,
+    /// The job was asked to stop meanwhile.
+    Cancelled,
+    /// Some mount did not confirm in time (the error names it).
+    Unconfirmed(crate::store::StoreError),
+}
+
+/// Waits until every live mount has confirmed the latest change of vfolder
+/// `id` (its status change, and the drain of writes begun before it), at
+/// most [`settle_timeout`].
+pub fn settle(
+    store: &dyn crate::store::Store,
+    id: &str,
+    name: &str,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> crate::store::Result<Settled> {
+    match crate::enforce::confirm_latest(store, id, name, settle_timeout(), Some(cancel)) {
+        Ok(()) => Ok(Settled::Confirmed),
+        Err(_) if cancel.load(std::sync::atomic::Ordering::Acquire) => Ok(Settled::Cancelled),
+        Err(e @ crate::store::StoreError::Unconfirmed { .. }) => Ok(Settled::Unconfirmed(e)),
+        Err(e) => Err(e),
     }
-    true
 }
 
 /// Keeps a job's claim alive while it works: renews the lease and records

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{Outcome, purge};
+use super::{Outcome, Settled, purge};
 use crate::backing::copy::{CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -103,11 +103,21 @@ pub fn run(
         info!("relocated {:?} to {to} (rename)", v.name);
         return Ok(done);
     }
-    // Across filesystems: copy (once every mount refuses writes), switch,
-    // remove the old copy.
-    if !super::settle(cancel) {
-        store.release_job(id, owner, false)?;
-        return Ok(Outcome::Cancelled);
+    // Across filesystems: copy (once every mount refuses writes and the
+    // writes begun before have drained), switch, remove the old copy.
+    match super::settle(store.as_ref(), id, &v.name, cancel)? {
+        Settled::Confirmed => {}
+        Settled::Cancelled => {
+            store.release_job(id, owner, false)?;
+            return Ok(Outcome::Cancelled);
+        }
+        Settled::Unconfirmed(e) => {
+            let why = format!("relocation to {to} abandoned: {e}");
+            end(cat, id, None, &format!("{why} ({owner})"))?;
+            store.release_job(id, owner, true)?;
+            warn!("{why}");
+            return Ok(Outcome::RolledBack(why));
+        }
     }
     let fail = |msg: String| -> Result<Outcome> {
         let _ = purge::remove_copy(
@@ -175,11 +185,9 @@ pub fn run(
     )?;
     store.release_job(id, owner, true)?;
     info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
-    // Mounts still reading the old copy switch within the settle time; only
-    // then does it go (if shut down first, the next start removes it).
-    if super::settle(cancel) {
-        cleanup(cat, id, owner, cancel)?;
-    }
+    // The old copy goes once every mount has switched (cleanup waits for
+    // their confirmation; if shut down first, the next start removes it).
+    cleanup(cat, id, owner, cancel)?;
     Ok(Outcome::Complete(stats.entries))
 }
 
@@ -195,6 +203,16 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
         store.release_job(id, owner, true)?;
         return Ok(Outcome::NotApplicable);
     };
+    // Every mount must have switched to the new copy (and drained writes
+    // begun before the relocation) before the old one goes.
+    match super::settle(store.as_ref(), id, &v.name, cancel)? {
+        Settled::Confirmed => {}
+        Settled::Cancelled | Settled::Unconfirmed(_) => {
+            // Tried again at the next start or scan; the row keeps the old volume.
+            store.release_job(id, owner, false)?;
+            return Ok(Outcome::Cancelled);
+        }
+    }
     let mut n = 0;
     match purge::remove_copy(cat, id, &prev, owner, cancel, None, &mut |d| n = d) {
         Ok(()) => {
