@@ -132,6 +132,7 @@ pub fn run(
     });
     match result {
         Ok(st) => {
+            super::stop_point("clone-end");
             let cause = format!(
                 "clone done: {} entries, {} bytes from {:?} ({owner})",
                 st.entries, st.bytes, s.name

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use log::{error, info};
 
-use super::{Heartbeat, LEASE, Outcome};
+use super::{Heartbeat, Outcome, lease};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
@@ -59,6 +59,7 @@ pub fn purge_one(
     });
     match result {
         Ok(()) => {
+            super::stop_point("purge-end");
             let cause = format!("purge done: {done} entries removed ({owner})");
             store.transition(
                 id,
@@ -73,7 +74,7 @@ pub fn purge_one(
             Ok(Outcome::Complete(done))
         }
         Err(RemoveError::Cancelled) => {
-            let _ = store.renew_job(id, owner, LEASE, done);
+            let _ = store.renew_job(id, owner, lease(), done);
             store.release_job(id, owner, false)?;
             Ok(Outcome::Cancelled)
         }

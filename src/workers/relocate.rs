@@ -164,6 +164,7 @@ pub fn run(
         Err(e) => return fail(e.to_string()),
     };
     drop((src, dst));
+    super::stop_point("relocate-switch");
     end(
         cat,
         id,
@@ -196,6 +197,7 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
         return Ok(Outcome::NotApplicable);
     };
     let mut n = 0;
+    super::stop_point("cleanup-remove");
     match purge::remove_copy(cat, id, &prev, owner, cancel, None, &mut |d| n = d) {
         Ok(()) => {
             store.clear_prev_volume(id)?;
