@@ -2,6 +2,21 @@
 //! relocate), and the identity with which a process claims jobs in the store
 //! so that others can tell whether it lives.
 
+/// Evaluates a fenced store step (`Result<T>`) for the job holding
+/// `claim`; if the claim was lost, logs it and returns
+/// `Ok(Outcome::ClaimLost)` from the enclosing function, touching nothing
+/// further.
+macro_rules! fenced {
+    ($claim:expr, $step:expr, $e:expr) => {
+        match $e {
+            Err($crate::store::StoreError::ClaimLost { .. }) => {
+                return Ok($crate::workers::claim_lost($claim, $step));
+            }
+            other => other?,
+        }
+    };
+}
+
 pub mod clone;
 pub mod pool;
 pub mod purge;
@@ -161,6 +176,33 @@ pub enum Outcome {
     HeldElsewhere,
     /// The vfolder's status asks for no such job (nothing to do).
     NotApplicable,
+    /// This process lost its claim (it was stopped past its lease and
+    /// another process took the job over): it stopped without its final
+    /// step and left everything to the new owner.
+    ClaimLost,
+}
+
+/// Logs that the job holding `claim` lost it before `step`, and says so.
+pub fn claim_lost(claim: &crate::store::Claim, step: &str) -> Outcome {
+    log::warn!(
+        "{} job on {}: this process ({}) lost its claim {} to another process; \
+         stopping without {step}",
+        claim.kind,
+        claim.vfolder_id,
+        claim.owner,
+        claim.token
+    );
+    Outcome::ClaimLost
+}
+
+/// Whether `claim` is still held (a read, not a fence: for telling a
+/// stop on a lost claim from a shutdown).
+pub fn holds(store: &dyn crate::store::Store, claim: &crate::store::Claim) -> bool {
+    store
+        .job(&claim.vfolder_id)
+        .ok()
+        .flatten()
+        .is_some_and(|j| j.owner == claim.owner && j.kind == claim.kind && j.claims == claim.token)
 }
 
 fn hostname() -> String {
