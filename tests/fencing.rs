@@ -435,3 +435,57 @@ fn fenced_store_steps_refuse_a_lost_claim() {
     store.clear_prev_volume(&c).unwrap();
     assert_eq!(store.get(&r.id).unwrap().prev_volume, None);
 }
+
+/// The same with a `SIGSTOP` from outside in the middle of the copy: the
+/// stale owner, resumed, neither switches nor removes anything.
+#[test]
+fn a_relocation_stopped_from_outside_mid_copy_stays_quiet_after_a_takeover() {
+    let t = TempStore::new();
+    let fast = Tmpfs::new(&t, "fast", "64m");
+    t.ok(&["volume", "add", "fast", fast.0.to_str().unwrap()]);
+    t.ok(&["create", "v"]);
+    let old = path_of(&t, "v");
+    fill(&old, 1000);
+    let a = spawn(
+        &t,
+        &["relocate", "v", "--to", "fast"],
+        &[LEASE, ("VFOLDERFS_PURGE_THROTTLE_US", "3000")],
+    );
+    let a_pid = a.id();
+    assert!(
+        eventually(LONG, || t.show("v")["job"]["done"]
+            .as_u64()
+            .is_some_and(|d| d > 0)),
+        "the copy never started"
+    );
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(a_pid as i32, libc::SIGSTOP) };
+    assert!(eventually(LONG, || stopped(a_pid)));
+    let m = Mount::on(t, &[]);
+    assert!(
+        eventually(LONG, || status(&m.store, "v") == "ready"
+            && m.store.show("v")["job"].is_null()),
+        "the takeover never ended"
+    );
+    m.unmount();
+    m.store.ok(&["relocate", "v", "--to", "fast", "--no-wait"]);
+    let out = resume(a);
+    let v = m.store.show("v");
+    assert_eq!(v["status"], "performing", "{v}");
+    assert_eq!(v["volume"], "default", "{v}");
+    intact(&old, 1000);
+    says_claim_lost(&out);
+    assert!(
+        !causes(&m.store, "v")
+            .iter()
+            .any(|c| c.contains(&tag(a_pid)))
+    );
+    m.remount(&[], &[]);
+    assert!(eventually(LONG, || {
+        let v = m.store.show("v");
+        v["status"] == "ready" && v["volume"] == "fast" && !old.exists()
+    }));
+    intact(&path_of(&m.store, "v"), 1000);
+    m.unmount();
+    fsck_consistent(&m.store);
+}
