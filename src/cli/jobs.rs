@@ -50,6 +50,7 @@ pub(super) fn run_job(
                     v.name
                 )));
             }
+            Outcome::ClaimLost => return Err(lost(verb, v)),
             Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
                 let now = cat.store().get(&v.id)?;
                 if now.status.is_cloning() || now.status.is_relocating() {
@@ -69,6 +70,17 @@ pub(super) fn run_job(
             }
         }
     }
+}
+
+/// This process was stopped past its job's lease and another process took
+/// the job over: it made no final step, and does not follow the job further.
+fn lost(verb: &str, v: &VFolder) -> CliError {
+    CliError::Failed(format!(
+        "{verb} {:?}: this process lost its claim on the job to another process \
+         (it was stopped longer than the lease); it stopped without a final step, \
+         and the other process carries on",
+        v.name
+    ))
 }
 
 pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
@@ -116,6 +128,12 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                     "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
                     v.name
                 )));
+            }
+            Outcome::ClaimLost => {
+                if tty {
+                    eprintln!();
+                }
+                return Err(lost("purging", &v));
             }
             Outcome::NotApplicable
             | Outcome::RolledBack(_)

@@ -53,6 +53,7 @@ impl FsError {
                 | StoreError::RenameRefused { .. }
                 | StoreError::Attached { .. } => Errno::EBUSY,
                 StoreError::NotMountable { .. } => Errno::EBUSY,
+                StoreError::ClaimLost { .. } => Errno::EBUSY,
                 StoreError::TargetTaken(_) => Errno::EEXIST,
                 StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).errno(),
                 // Failing closed: the store could not decide.

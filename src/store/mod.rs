@@ -107,6 +107,36 @@ pub struct Job {
     pub arg: Option<String>,
 }
 
+impl Job {
+    /// The claim this row grants its owner: what the fenced final steps
+    /// check (see [`Claim`]).
+    pub fn claim(&self) -> Claim {
+        Claim {
+            vfolder_id: self.vfolder_id.clone(),
+            kind: self.kind.clone(),
+            owner: self.owner.clone(),
+            token: self.claims,
+        }
+    }
+}
+
+/// A job claim as it was granted, carrying its fencing token: the job
+/// row's claim counter, which every takeover by another owner increments.
+/// A final step of a job (a relocation's switch, removing a copy, ending a
+/// purge or a clone) is made only while the row still has this owner, kind
+/// and token, checked in the same transaction as the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// The job kind it was granted for.
+    pub kind: String,
+    /// Who holds it ("host:pid:start").
+    pub owner: String,
+    /// The job's claim count when it was granted.
+    pub token: i64,
+}
+
 /// A vfolder bind-mounted into a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -287,6 +317,17 @@ pub enum StoreError {
         /// How long was waited.
         waited: std::time::Duration,
     },
+    /// A job's claim is no longer held by its owner: another process took
+    /// the job over (the owner was stopped past its lease) or it ended. The
+    /// step asked for was not made.
+    ClaimLost {
+        /// The vfolder.
+        id: String,
+        /// The owner that lost it.
+        owner: String,
+        /// The token of the lost claim.
+        token: i64,
+    },
     /// A directory other users can reach, which vfolderfs will not tighten
     /// itself because something is in it.
     LoosePath {
@@ -384,6 +425,11 @@ impl fmt::Display for StoreError {
                 humantime::format_duration(*waited),
                 mounts.join("; ")
             ),
+            StoreError::ClaimLost { id, owner, token } => write!(
+                f,
+                "the job on vfolder {id} is no longer held by {owner} (claim {token}): \
+                 another process took it over"
+            ),
             StoreError::LoosePath { path, mode } => write!(
                 f,
                 "{path} is {mode:04o} and not empty: a data volume must be private to \
@@ -468,14 +514,23 @@ pub trait Store: Send + Sync {
         volume: &str,
         cause: &str,
     ) -> Result<(VFolder, VFolder)>;
-    /// Ends a clone in one transaction: the source back to ready, and the
-    /// target ready (no `error`) or on to purging its partial data.
-    fn finish_clone(&self, dst: &str, error: Option<&str>, cause: &str) -> Result<VFolder>;
-    /// Ends a relocation: performing → ready, now on `volume` (None: stays),
-    /// remembering the old volume until its copy is removed.
-    fn switch_volume(&self, id: &str, volume: Option<&str>, cause: &str) -> Result<VFolder>;
-    /// The old copy of a relocated vfolder is gone.
-    fn clear_prev_volume(&self, id: &str) -> Result<()>;
+    /// Proves `claim` is still held, in a transaction that also extends its
+    /// lease by `lease`: what a job does immediately before a step that
+    /// destroys data. [`StoreError::ClaimLost`] if it is not.
+    fn confirm_claim(&self, claim: &Claim, lease: std::time::Duration) -> Result<()>;
+    /// Ends a purge under `claim` (fenced): delete-ongoing → delete-complete,
+    /// or → delete-error recording `error`.
+    fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder>;
+    /// Ends the clone into `claim`'s vfolder in one transaction (fenced): the
+    /// source back to ready, and the target ready (no `error`) or on to
+    /// purging its partial data.
+    fn finish_clone(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder>;
+    /// Ends the relocation of `claim`'s vfolder (fenced): performing →
+    /// ready, now on `volume` (None: stays), remembering the old volume
+    /// until its copy is removed.
+    fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder>;
+    /// The old copy of `claim`'s relocated vfolder is gone (fenced).
+    fn clear_prev_volume(&self, claim: &Claim) -> Result<()>;
     /// Adds a named data volume at `path`.
     fn add_volume(&self, name: &str, path: &str) -> Result<()>;
     /// The added volumes (name, path); `default` is the store's own `data/`.

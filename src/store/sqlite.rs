@@ -10,8 +10,8 @@ use rusqlite::{
 };
 
 use super::{
-    Attachment, AuditEntry, Changes, HistoryEntry, Job, ListFilter, Millis, MountRecord, Result,
-    Store, StoreError, TransitionArgs, VFolder, schema,
+    Attachment, AuditEntry, Changes, Claim, HistoryEntry, Job, ListFilter, Millis, MountRecord,
+    Result, Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
 use crate::status::{Op, Status};
@@ -729,11 +729,49 @@ impl Store for SqliteStore {
         Ok((s, d))
     }
 
-    fn finish_clone(&self, dst: &str, error: Option<&str>, cause: &str) -> Result<VFolder> {
+    fn confirm_claim(&self, claim: &Claim, lease: Duration) -> Result<()> {
+        let until = now_millis() + lease.as_millis() as Millis;
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
+        Self::check_claim(&tx, claim)?;
+        tx.execute(
+            "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
+            params![claim.vfolder_id, until],
+        )
+        .map_err(db("renewing a job"))?;
+        tx.commit().map_err(db("committing a claim check"))
+    }
+
+    fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        Self::check_claim(&tx, claim)?;
+        let op = if error.is_none() {
+            Op::PurgeDone
+        } else {
+            Op::PurgeFailed
+        };
+        let args = TransitionArgs {
+            cause,
+            error,
+            ..Default::default()
+        };
+        let v = Self::transition_in(&tx, &claim.vfolder_id, op, &args, &[])?;
+        tx.commit().map_err(db("committing a purge end"))?;
+        Ok(v)
+    }
+
+    fn finish_clone(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
+        let dst = claim.vfolder_id.as_str();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        Self::check_claim(&tx, claim)?;
         let d = Self::get_in(&tx, dst)?;
         let args = TransitionArgs {
             cause,
@@ -761,11 +799,13 @@ impl Store for SqliteStore {
         Ok(v)
     }
 
-    fn switch_volume(&self, id: &str, volume: Option<&str>, cause: &str) -> Result<VFolder> {
+    fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder> {
+        let id = claim.vfolder_id.as_str();
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
+        Self::check_claim(&tx, claim)?;
         let cur = Self::get_in(&tx, id)?;
         let args = TransitionArgs {
             cause,
@@ -783,10 +823,22 @@ impl Store for SqliteStore {
         Ok(v)
     }
 
-    fn clear_prev_volume(&self, id: &str) -> Result<()> {
+    fn clear_prev_volume(&self, claim: &Claim) -> Result<()> {
         let conn = self.conn.lock();
-        conn.execute("UPDATE vfolders SET prev_volume = NULL WHERE id = ?1", [id])
+        // One statement: the claim check and the change are atomic.
+        let n = conn
+            .execute(
+                "UPDATE vfolders SET prev_volume = NULL WHERE id = ?1 AND EXISTS \
+                 (SELECT 1 FROM jobs WHERE vfolder_id = ?1 AND owner = ?2 AND kind = ?3 \
+                  AND claims = ?4)",
+                params![claim.vfolder_id, claim.owner, claim.kind, claim.token],
+            )
             .map_err(db("clearing a relocation"))?;
+        if n == 0 {
+            // Not held, or no such vfolder: say which.
+            Self::check_claim(&conn, claim)?;
+            Self::get_in(&conn, &claim.vfolder_id)?;
+        }
         Ok(())
     }
 
@@ -986,6 +1038,29 @@ impl SqliteStore {
             });
         }
         Ok(())
+    }
+
+    /// The fence: [`StoreError::ClaimLost`] unless the job row still has
+    /// `claim`'s owner, kind and token. Called inside the transaction that
+    /// makes the fenced step.
+    fn check_claim(conn: &Connection, claim: &Claim) -> Result<()> {
+        let held = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE vfolder_id = ?1 AND owner = ?2 \
+                 AND kind = ?3 AND claims = ?4)",
+                params![claim.vfolder_id, claim.owner, claim.kind, claim.token],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(db("checking a job claim"))?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::ClaimLost {
+                id: claim.vfolder_id.clone(),
+                owner: claim.owner.clone(),
+                token: claim.token,
+            })
+        }
     }
 
     fn job_in(conn: &Connection, id: &str) -> Result<Option<Job>> {

@@ -98,9 +98,17 @@ pub fn run(
         store.release_job(dst, owner, true)?;
         return Ok(Outcome::NotApplicable);
     };
+    let claim = job.claim();
+    // The clone's end (both ready, or the source ready and the target on to
+    // the purge, which removes its partial data under a claim of its own)
+    // is fenced: made only while this claim holds.
     if job.claims > 1 {
         let why = "clone interrupted (shutdown or crash); rolled back";
-        store.finish_clone(dst, Some(why), &format!("{why} ({owner})"))?;
+        fenced!(
+            &claim,
+            "rolling the clone back",
+            store.finish_clone(&claim, Some(why), &format!("{why} ({owner})"))
+        );
         store.release_job(dst, owner, true)?;
         info!("rolled back the interrupted clone into {:?}", d.name);
         return Ok(Outcome::RolledBack(why.into()));
@@ -116,7 +124,11 @@ pub fn run(
         }
         Settled::Unconfirmed(e) => {
             let why = format!("clone abandoned: {e}");
-            store.finish_clone(dst, Some(&why), &format!("{why} ({owner})"))?;
+            fenced!(
+                &claim,
+                "abandoning the clone",
+                store.finish_clone(&claim, Some(&why), &format!("{why} ({owner})"))
+            );
             store.release_job(dst, owner, true)?;
             warn!("{why}");
             return Ok(Outcome::RolledBack(why));
@@ -144,11 +156,16 @@ pub fn run(
     });
     match result {
         Ok(st) => {
+            super::stop_point("clone-end");
             let cause = format!(
                 "clone done: {} entries, {} bytes from {:?} ({owner})",
                 st.entries, st.bytes, s.name
             );
-            store.finish_clone(dst, None, &cause)?;
+            fenced!(
+                &claim,
+                "ending the clone",
+                store.finish_clone(&claim, None, &cause)
+            );
             store.release_job(dst, owner, true)?;
             info!(
                 "cloned {:?} into {:?}: {} entries",
@@ -157,13 +174,20 @@ pub fn run(
             Ok(Outcome::Complete(st.entries))
         }
         Err(CopyError::Cancelled) => {
+            if !super::holds(store.as_ref(), &claim) {
+                return Ok(super::claim_lost(&claim, "ending the clone"));
+            }
             store.release_job(dst, owner, false)?;
             Ok(Outcome::Cancelled)
         }
         Err(e) => {
             let msg = e.to_string();
             let cause = format!("clone failed: {msg}; rolled back ({owner})");
-            store.finish_clone(dst, Some(&msg), &cause)?;
+            fenced!(
+                &claim,
+                "rolling the failed clone back",
+                store.finish_clone(&claim, Some(&msg), &cause)
+            );
             store.release_job(dst, owner, true)?;
             warn!("clone of {:?} into {:?} failed: {msg}", s.name, d.name);
             Ok(Outcome::Failed(msg))

@@ -2,6 +2,21 @@
 //! relocate), and the identity with which a process claims jobs in the store
 //! so that others can tell whether it lives.
 
+/// Evaluates a fenced store step (`Result<T>`) for the job holding
+/// `claim`; if the claim was lost, logs it and returns
+/// `Ok(Outcome::ClaimLost)` from the enclosing function, touching nothing
+/// further.
+macro_rules! fenced {
+    ($claim:expr, $step:expr, $e:expr) => {
+        match $e {
+            Err($crate::store::StoreError::ClaimLost { .. }) => {
+                return Ok($crate::workers::claim_lost($claim, $step));
+            }
+            other => other?,
+        }
+    };
+}
+
 pub mod clone;
 pub mod pool;
 pub mod purge;
@@ -9,10 +24,55 @@ pub mod relocate;
 
 use std::time::Duration;
 
-/// How long a claim holds without renewal.
+/// How long a claim holds without renewal, unless [`LEASE_ENV`] says otherwise.
 pub const LEASE: Duration = Duration::from_secs(15);
-/// How often a running job renews its claim and records progress.
+/// How often a running job renews its claim and records progress (more
+/// often if the lease is shorter than three times this).
 pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// Environment variable overriding [`LEASE`] in milliseconds (at least 100):
+/// for tests and operators who need a stopped owner taken over sooner. Read
+/// once per process.
+pub const LEASE_ENV: &str = "VFOLDERFS_JOB_LEASE_MS";
+
+/// The lease this process's claims get: [`LEASE_ENV`] if set and valid,
+/// else [`LEASE`].
+pub fn lease() -> Duration {
+    static LEASE_NOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LEASE_NOW.get_or_init(|| {
+        std::env::var(LEASE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms >= 100)
+            .map_or(LEASE, Duration::from_millis)
+    })
+}
+
+/// How often this process renews a running job's claim: [`RENEW_EVERY`],
+/// or a third of a shorter [`lease`].
+pub fn renew_every() -> Duration {
+    RENEW_EVERY.min(lease() / 3)
+}
+
+/// Environment variable naming a point at which a job stops its own
+/// process (`SIGSTOP`), as if it had been stopped there from outside: a
+/// testing aid for the window between a job's last renewal and its final
+/// step (see [`stop_point`]). Not for production.
+pub const STOP_AT_ENV: &str = "VFOLDERFS_TEST_STOP_AT";
+
+/// Stops this process with `SIGSTOP` if [`STOP_AT_ENV`] names `point`
+/// (once per process); it goes on when it gets `SIGCONT`. The points are
+/// `purge-end`, `clone-end`, `relocate-switch` and `cleanup-remove`.
+pub fn stop_point(point: &str) {
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var(STOP_AT_ENV).is_ok_and(|p| p == point)
+        && !STOPPED.swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        log::warn!("{STOP_AT_ENV}: stopping at {point}");
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
 
 /// How many threads one copy job (clone, relocation) uses, one directory
 /// at a time each; the pool bounds how many jobs run at once.
@@ -103,9 +163,9 @@ impl<'a> Heartbeat<'a> {
         if let Some(p) = self.pause {
             std::thread::sleep(p);
         }
-        if self.last.elapsed() >= RENEW_EVERY {
+        if self.last.elapsed() >= renew_every() {
             self.last = std::time::Instant::now();
-            match self.store.renew_job(self.id, self.owner, LEASE, done) {
+            match self.store.renew_job(self.id, self.owner, lease(), done) {
                 Ok(true) => {}
                 Ok(false) => self.lost = true,
                 Err(e) => log::warn!("renewing the job on {}: {e}", self.id),
@@ -124,7 +184,7 @@ pub fn claim(
     kind: &str,
     owner: &str,
 ) -> crate::store::Result<Option<(crate::store::Job, crate::store::VFolder)>> {
-    let Some(job) = store.claim_job(id, kind, owner, LEASE, &owner_dead)? else {
+    let Some(job) = store.claim_job(id, kind, owner, lease(), &owner_dead)? else {
         return Ok(None);
     };
     Ok(Some((job, store.get(id)?)))
@@ -145,6 +205,33 @@ pub enum Outcome {
     HeldElsewhere,
     /// The vfolder's status asks for no such job (nothing to do).
     NotApplicable,
+    /// This process lost its claim (it was stopped past its lease and
+    /// another process took the job over): it stopped without its final
+    /// step and left everything to the new owner.
+    ClaimLost,
+}
+
+/// Logs that the job holding `claim` lost it before `step`, and says so.
+pub fn claim_lost(claim: &crate::store::Claim, step: &str) -> Outcome {
+    log::warn!(
+        "{} job on {}: this process ({}) lost its claim {} to another process; \
+         stopping without {step}",
+        claim.kind,
+        claim.vfolder_id,
+        claim.owner,
+        claim.token
+    );
+    Outcome::ClaimLost
+}
+
+/// Whether `claim` is still held (a read, not a fence: for telling a
+/// stop on a lost claim from a shutdown).
+pub fn holds(store: &dyn crate::store::Store, claim: &crate::store::Claim) -> bool {
+    store
+        .job(&claim.vfolder_id)
+        .ok()
+        .flatten()
+        .is_some_and(|j| j.owner == claim.owner && j.kind == claim.kind && j.claims == claim.token)
 }
 
 fn hostname() -> String {

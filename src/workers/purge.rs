@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use log::{error, info};
 
-use super::{Heartbeat, LEASE, Outcome};
+use super::{Heartbeat, Outcome, lease};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
-use crate::store::{Result, StoreError, TransitionArgs};
+use crate::store::{Claim, Result, StoreError, TransitionArgs};
 
 /// Job kind recorded in the store.
 pub const KIND: &str = "purge";
@@ -52,43 +52,45 @@ pub fn purge_one(
     if job.claims > 1 {
         info!("resuming the purge of {:?} ({id})", v.name);
     }
+    let claim = job.claim();
     let mut done = job.done;
-    let result = remove_copy(cat, id, &v.volume, owner, cancel, pause, &mut |n| {
+    // Removing a delete-ongoing vfolder's data is what every owner of this
+    // job does (that status only ends in delete-complete or delete-error),
+    // so a stale owner removing along with a new one does no harm; the
+    // status end below is what is fenced.
+    let result = remove_copy(cat, &claim, &v.volume, cancel, pause, &mut |n| {
         done = job.done + n;
         progress(done);
     });
     match result {
         Ok(()) => {
+            super::stop_point("purge-end");
             let cause = format!("purge done: {done} entries removed ({owner})");
-            store.transition(
-                id,
-                Op::PurgeDone,
-                TransitionArgs {
-                    cause: &cause,
-                    ..Default::default()
-                },
-            )?;
+            fenced!(
+                &claim,
+                "ending the purge",
+                store.finish_purge(&claim, None, &cause)
+            );
             store.release_job(id, owner, true)?;
             info!("purged {:?} ({id}): {done} entries", v.name);
             Ok(Outcome::Complete(done))
         }
         Err(RemoveError::Cancelled) => {
-            let _ = store.renew_job(id, owner, LEASE, done);
+            if !super::holds(store.as_ref(), &claim) {
+                return Ok(super::claim_lost(&claim, "ending the purge"));
+            }
+            let _ = store.renew_job(id, owner, lease(), done);
             store.release_job(id, owner, false)?;
             Ok(Outcome::Cancelled)
         }
         Err(e) => {
             let msg = e.to_string();
             let cause = format!("purge failed ({owner})");
-            store.transition(
-                id,
-                Op::PurgeFailed,
-                TransitionArgs {
-                    cause: &cause,
-                    error: Some(&msg),
-                    ..Default::default()
-                },
-            )?;
+            fenced!(
+                &claim,
+                "recording the purge failure",
+                store.finish_purge(&claim, Some(&msg), &cause)
+            );
             store.release_job(id, owner, true)?;
             error!("purge of {:?} ({id}) failed: {msg}", v.name);
             Ok(Outcome::Failed(msg))
@@ -117,19 +119,31 @@ pub fn request(cat: &Catalog, id: &str, cause: &str) -> Result<()> {
     }
 }
 
-/// Removes vfolder `id`'s backing directory on `volume` (a missing one is
-/// fine), renewing `owner`'s job claim as it goes; stops between two
-/// entries when `cancel` is set or the claim is lost.
+/// Removes `claim`'s vfolder's backing directory on `volume` (a missing
+/// one is fine) under that job claim, renewing it as it goes; stops between
+/// two entries when `cancel` is set or the claim is lost (both give
+/// [`RemoveError::Cancelled`]; [`super::holds`] tells them apart).
+///
+/// Fencing: the claim is confirmed in a fenced transaction after the
+/// directory is opened and before anything in it is removed, and again
+/// just before the emptied directory itself is removed. The walk works on
+/// the directory opened while the claim was held, so an owner stopped after
+/// the confirmation and taken over meanwhile only removes what the new
+/// owner removes too (the same copy; once the new owner has removed it, the
+/// stale owner's descriptor points at an unlinked, empty directory), never
+/// a copy made later at the same path. The final `rmdir` goes by name but
+/// removes only an empty directory.
 pub fn remove_copy(
     cat: &Catalog,
-    id: &str,
+    claim: &Claim,
     volume: &str,
-    owner: &str,
     cancel: &AtomicBool,
     pause: Option<Duration>,
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<(), RemoveError> {
-    let mut beat = Heartbeat::new(cat.store().as_ref(), id, owner, cancel, pause);
+    let id = claim.vfolder_id.as_str();
+    let store = cat.store();
+    let mut beat = Heartbeat::new(store.as_ref(), id, &claim.owner, cancel, pause);
     let mut done = 0;
     let mut stopped = false;
     let fd = match cat.open_backing(id, volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
@@ -142,6 +156,7 @@ pub fn remove_copy(
         }
         Ok(fd) => fd,
     };
+    confirm(store.as_ref(), claim)?;
     let stop_flag = AtomicBool::new(false);
     remove::empty_dir(fd, &stop_flag, &mut || {
         done += 1;
@@ -154,9 +169,22 @@ pub fn remove_copy(
     if stopped || cancel.load(Ordering::Acquire) {
         return Err(RemoveError::Cancelled);
     }
+    confirm(store.as_ref(), claim)?;
     cat.remove_backing_root(id, volume)
         .map_err(|err| RemoveError::Failed {
             path: ".".into(),
             err,
         })
+}
+
+/// The fenced proof that `claim` is held, as a removal step's error.
+fn confirm(store: &dyn crate::store::Store, claim: &Claim) -> std::result::Result<(), RemoveError> {
+    match store.confirm_claim(claim, lease()) {
+        Ok(()) => Ok(()),
+        Err(StoreError::ClaimLost { .. }) => Err(RemoveError::Cancelled),
+        Err(e) => Err(RemoveError::Failed {
+            path: ".".into(),
+            err: std::io::Error::other(e.to_string()),
+        }),
+    }
 }

@@ -44,11 +44,17 @@ pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder
     Ok(v)
 }
 
-fn end(cat: &Catalog, id: &str, to: Option<&str>, cause: &str) -> Result<VFolder> {
-    cat.store().switch_volume(id, to, cause)
-}
-
 /// Runs (or resumes) the relocation of `id` under a job claim for `owner`.
+///
+/// Fencing: the switch (`switch_volume`) and clearing the old volume are
+/// fenced store steps, made only while this claim holds. The filesystem
+/// steps come in this order: a partial new copy is removed before the
+/// fenced switch back, by [`purge::remove_copy`], which confirms the claim
+/// in a fenced transaction before it removes anything (removing a partial
+/// copy is what a new owner would do too); the old copy goes only after the
+/// fenced switch, in [`cleanup`] under a claim of its own, confirmed the
+/// same way. A rename within one filesystem is made only after a fenced
+/// confirmation, and undone if the switch then finds the claim lost.
 pub fn run(
     cat: &Catalog,
     id: &str,
@@ -65,17 +71,45 @@ pub fn run(
         store.release_job(id, owner, true)?;
         return Ok(Outcome::NotApplicable);
     }
+    let claim = job.claim();
     let from = v.volume.clone();
     let Some(to) = job.arg.clone().filter(|t| cat.volume(t).is_ok()) else {
         let why = "relocation has no usable target volume; rolled back";
-        end(cat, id, None, why)?;
+        fenced!(
+            &claim,
+            "rolling the relocation back",
+            store.switch_volume(&claim, None, why)
+        );
         store.release_job(id, owner, true)?;
         return Ok(Outcome::RolledBack(why.into()));
     };
+    // Removes the partial new copy under the claim; None when done.
+    let remove_partial = || -> Result<Option<Outcome>> {
+        match purge::remove_copy(cat, &claim, &to, cancel, None, &mut |_| {}) {
+            Ok(()) => Ok(None),
+            Err(_) if !super::holds(store.as_ref(), &claim) => Ok(Some(super::claim_lost(
+                &claim,
+                "removing the partial copy or switching",
+            ))),
+            Err(e) => {
+                store.release_job(id, owner, false)?;
+                warn!("removing the partial copy of {id} on {to}: {e}");
+                Ok(Some(Outcome::Cancelled))
+            }
+        }
+    };
     // The data moved by a rename: no old copy is left to remove.
     let renamed = |cause: String| -> Result<Outcome> {
-        end(cat, id, Some(&to), &cause)?;
-        store.clear_prev_volume(id)?;
+        fenced!(
+            &claim,
+            "switching",
+            store.switch_volume(&claim, Some(&to), &cause)
+        );
+        fenced!(
+            &claim,
+            "clearing the old volume",
+            store.clear_prev_volume(&claim)
+        );
         store.release_job(id, owner, true)?;
         Ok(Outcome::Complete(0))
     };
@@ -85,21 +119,43 @@ pub fn run(
             return renamed(format!("relocation to {to} completed on resume ({owner})"));
         }
         let why = format!("relocation to {to} interrupted; rolled back");
-        if cat.backing_exists(id, &to)
-            && let Err(e) = purge::remove_copy(cat, id, &to, owner, cancel, None, &mut |_| {})
-        {
-            store.release_job(id, owner, false)?;
-            warn!("removing the partial copy of {id} on {to}: {e}");
-            return Ok(Outcome::Cancelled);
+        if let Some(o) = remove_partial()? {
+            return Ok(o);
         }
-        end(cat, id, None, &format!("{why} ({owner})"))?;
+        fenced!(
+            &claim,
+            "rolling the relocation back",
+            store.switch_volume(&claim, None, &format!("{why} ({owner})"))
+        );
         store.release_job(id, owner, true)?;
         return Ok(Outcome::RolledBack(why));
     }
     if cat.same_filesystem(&from, &to)? {
+        fenced!(
+            &claim,
+            "moving the data",
+            store.confirm_claim(&claim, super::lease())
+        );
         cat.rename_backing(id, &from, &to)
             .map_err(|e| StoreError::Io(cat.backing_path(&v).display().to_string(), e))?;
         let done = renamed(format!("relocated from {from} to {to} by rename ({owner})"))?;
+        if done == Outcome::ClaimLost {
+            // Stopped between the confirmation and the rename, and taken
+            // over: the new owner saw the data where the row said and rolled
+            // back; put the data back there. (A new owner that saw the
+            // rename finished it instead, and the row names `to`.)
+            let now = store.get(id)?;
+            if now.volume == from
+                && !cat.backing_exists(id, &from)
+                && let Err(e) = cat.rename_backing(id, &to, &from)
+            {
+                warn!(
+                    "moving {:?} back to {from} after losing the claim: {e}",
+                    v.name
+                );
+            }
+            return Ok(done);
+        }
         info!("relocated {:?} to {to} (rename)", v.name);
         return Ok(done);
     }
@@ -113,28 +169,31 @@ pub fn run(
         }
         Settled::Unconfirmed(e) => {
             let why = format!("relocation to {to} abandoned: {e}");
-            end(cat, id, None, &format!("{why} ({owner})"))?;
+            fenced!(
+                &claim,
+                "abandoning the relocation",
+                store.switch_volume(&claim, None, &format!("{why} ({owner})"))
+            );
             store.release_job(id, owner, true)?;
             warn!("{why}");
             return Ok(Outcome::RolledBack(why));
         }
     }
     let fail = |msg: String| -> Result<Outcome> {
-        let _ = purge::remove_copy(
-            cat,
-            id,
-            &to,
-            owner,
-            &AtomicBool::new(false),
-            None,
-            &mut |_| {},
+        // The partial copy first, while the claim (confirmed before any
+        // removal) still shows it is this job's; then the fenced switch back.
+        if let Some(o) = remove_partial()? {
+            return Ok(o);
+        }
+        fenced!(
+            &claim,
+            "rolling the relocation back",
+            store.switch_volume(
+                &claim,
+                None,
+                &format!("relocation to {to} failed: {msg} ({owner})"),
+            )
         );
-        end(
-            cat,
-            id,
-            None,
-            &format!("relocation to {to} failed: {msg} ({owner})"),
-        )?;
         store.release_job(id, owner, true)?;
         warn!("relocation of {:?} to {to} failed: {msg}", v.name);
         Ok(Outcome::Failed(msg))
@@ -168,21 +227,28 @@ pub fn run(
     let stats = match copied {
         Ok(s) => s,
         Err(CopyError::Cancelled) => {
+            if !super::holds(store.as_ref(), &claim) {
+                return Ok(super::claim_lost(&claim, "switching"));
+            }
             store.release_job(id, owner, false)?;
             return Ok(Outcome::Cancelled);
         }
         Err(e) => return fail(e.to_string()),
     };
     drop((src, dst));
-    end(
-        cat,
-        id,
-        Some(&to),
-        &format!(
-            "relocated from {from} to {to}: {} entries, {} bytes ({owner})",
-            stats.entries, stats.bytes
-        ),
-    )?;
+    super::stop_point("relocate-switch");
+    fenced!(
+        &claim,
+        "switching",
+        store.switch_volume(
+            &claim,
+            Some(&to),
+            &format!(
+                "relocated from {from} to {to}: {} entries, {} bytes ({owner})",
+                stats.entries, stats.bytes
+            ),
+        )
+    );
     store.release_job(id, owner, true)?;
     info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
     // The old copy goes once every mount has switched (cleanup waits for
@@ -192,14 +258,22 @@ pub fn run(
 }
 
 /// Removes the old copy a finished relocation left behind (its row names
-/// the old volume until this is done).
+/// the old volume until this is done), under a claim of its own: the
+/// removal confirms the claim in a fenced transaction before it removes
+/// anything (see [`purge::remove_copy`]), and clearing the old volume is
+/// fenced.
 pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Result<Outcome> {
     let store = cat.store();
-    let Some((_job, v)) = super::claim(store.as_ref(), id, CLEANUP_KIND, owner)? else {
+    let Some((job, v)) = super::claim(store.as_ref(), id, CLEANUP_KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
+    let claim = job.claim();
     let Some(prev) = v.prev_volume.clone().filter(|p| *p != v.volume) else {
-        store.clear_prev_volume(id)?;
+        fenced!(
+            &claim,
+            "clearing the old volume",
+            store.clear_prev_volume(&claim)
+        );
         store.release_job(id, owner, true)?;
         return Ok(Outcome::NotApplicable);
     };
@@ -214,11 +288,19 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
         }
     }
     let mut n = 0;
-    match purge::remove_copy(cat, id, &prev, owner, cancel, None, &mut |d| n = d) {
+    super::stop_point("cleanup-remove");
+    match purge::remove_copy(cat, &claim, &prev, cancel, None, &mut |d| n = d) {
         Ok(()) => {
-            store.clear_prev_volume(id)?;
+            fenced!(
+                &claim,
+                "clearing the old volume",
+                store.clear_prev_volume(&claim)
+            );
             store.release_job(id, owner, true)?;
             Ok(Outcome::Complete(n))
+        }
+        Err(_) if !super::holds(store.as_ref(), &claim) => {
+            Ok(super::claim_lost(&claim, "removing the old copy"))
         }
         Err(crate::backing::remove::RemoveError::Cancelled) => {
             store.release_job(id, owner, false)?;
