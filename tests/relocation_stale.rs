@@ -56,18 +56,32 @@ fn go(mut c: Child) -> (String, String) {
 /// afterwards, on the mount and in the new backing copy.
 #[test]
 fn no_acknowledged_write_is_lost_by_a_cross_filesystem_relocation() {
+    appender_across_a_move(&[]);
+}
+
+/// The same with every open served by the daemon (no kernel passthrough):
+/// the old reader's reads fail with `ESTALE` too.
+#[test]
+fn no_acknowledged_write_is_lost_by_a_relocation_without_passthrough() {
+    appender_across_a_move(&["-o", "nopassthrough"]);
+}
+
+fn appender_across_a_move(opts: &[&str]) {
     let t = TempStore::new();
     let v2 = Tmpfs::new(&t, "v2", "64m");
     t.ok(&["volume", "add", "v2", v2.0.to_str().unwrap()]);
     t.ok(&["create", "r2"]);
     let old = path_of(&t, "r2");
-    let m = Mount::on(t, &[]);
+    let m = Mount::on(t, opts);
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(m.p("r2/log"))
         .unwrap();
     f.write_all(b"line 0\n").unwrap();
+    // A reader opened before the move (kernel passthrough where offered).
+    m.sh_ok("echo kept > r2/ro");
+    let mut reader = fs::File::open(m.p("r2/ro")).unwrap();
     let mut acked: Vec<String> = vec!["line 0\n".into()];
     let mut errors: Vec<i32> = Vec::new();
     let mut write = |f: &mut fs::File, i: usize| {
@@ -103,12 +117,6 @@ fn no_acknowledged_write_is_lost_by_a_cross_filesystem_relocation() {
             .all(|&e| e == libc::EROFS || e == libc::ESTALE),
         "only EROFS (while copying) and ESTALE (after the switch): {errors:?}"
     );
-    // After the switch the old handle no longer writes into the old copy.
-    assert_eq!(
-        errors.last(),
-        Some(&libc::ESTALE),
-        "writes after the switch fail with ESTALE"
-    );
     if let Err(e) = synced {
         assert_eq!(errno(&e), libc::ESTALE, "{e}");
     }
@@ -120,6 +128,21 @@ fn no_acknowledged_write_is_lost_by_a_cross_filesystem_relocation() {
         want,
         "every acknowledged write is in the new backing copy"
     );
+    // After the switch the old handle no longer writes into the old copy.
+    assert_eq!(
+        errors.last(),
+        Some(&libc::ESTALE),
+        "writes after the switch fail with ESTALE"
+    );
+    // The reader reads the data as it was at the switch (passthrough: the
+    // kernel reads the old file directly) or fails with ESTALE (served by
+    // the daemon); the file is unchanged either way.
+    let mut s = String::new();
+    match std::io::Read::read_to_string(&mut reader, &mut s) {
+        Ok(_) if opts.is_empty() => assert_eq!(s, "kept\n"),
+        Ok(_) => panic!("a daemon-served reader of the old copy read {s:?}"),
+        Err(e) => assert_eq!(errno(&e), libc::ESTALE, "{e}"),
+    }
     // Path access goes to the new copy (the kernel retries a stale path
     // once, revalidating every name), reads and appends.
     assert_eq!(fs::read_to_string(m.p("r2/log")).unwrap(), want);
