@@ -86,7 +86,7 @@ impl Filesystem for VfolderFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
         // An open file answers for itself (it may be unlinked already).
-        if let Some(h) = fh.and_then(|f| self.handles.get(f.0))
+        if let Some(h) = fh.and_then(|f| self.file(f).ok())
             && let Handle::File(f) = &*h
             && let Ok(st) = f.fd().and_then(|fd| sys::fstat(fd.as_fd()))
         {
@@ -407,7 +407,7 @@ impl Filesystem for VfolderFs {
         act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
-            let _w = i.vf.begin_write()?;
+            let _w = i.begin_write()?;
             Ok(sys::setxattr(p, &n, value, flags)?)
         });
         reply_empty(reply, r);
@@ -448,7 +448,7 @@ impl Filesystem for VfolderFs {
         act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
-            let _w = i.vf.begin_write()?;
+            let _w = i.begin_write()?;
             Ok(sys::removexattr(p, &n)?)
         });
         reply_empty(reply, r);
@@ -456,9 +456,7 @@ impl Filesystem for VfolderFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let r = match self.node(ino) {
-            Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => {
-                i.vf.begin_write().map(drop)
-            }
+            Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => i.begin_write().map(drop),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
@@ -500,7 +498,7 @@ impl Filesystem for VfolderFs {
     ) {
         act!(self, req, reply, ino.0);
         self.with_file_blocking(fh, reply, move |f| {
-            let _w = f.vf.begin_write()?;
+            let _w = f.inode.begin_write()?;
             Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)
         });
     }
@@ -543,7 +541,7 @@ impl Filesystem for VfolderFs {
                 let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
                     return Err(FsError::Invalid);
                 };
-                let _w = fout.vf.begin_write()?;
+                let _w = fout.inode.begin_write()?;
                 Ok(sys::copy_file_range(
                     fin.fd()?.as_fd(),
                     offset_in,

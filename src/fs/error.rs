@@ -29,6 +29,10 @@ pub enum FsError {
     BadName(NameError),
     /// Unknown file handle or inode.
     Stale,
+    /// An inode or handle of a copy the vfolder has since moved away from
+    /// (a relocation across filesystems): `ESTALE`, as NFS does, so the
+    /// kernel looks the path up afresh and reaches the new copy.
+    Moved,
     /// The vfolder is not empty (rmdir at the root).
     NotEmpty,
     /// Not supported here.
@@ -75,6 +79,7 @@ impl FsError {
             FsError::BadName(NameError::TooLong(_)) => Errno::ENAMETOOLONG,
             FsError::BadName(_) => Errno::EINVAL,
             FsError::Stale => Errno::EBADF,
+            FsError::Moved => Errno::ESTALE,
             FsError::NotEmpty => Errno::ENOTEMPTY,
             FsError::Invalid => Errno::EINVAL,
             FsError::PassthroughBusy => Errno::ETXTBSY,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use fuser::BackingId;
 use parking_lot::Mutex;
 
+use super::error::{FsError, FsResult};
 use super::inodes::{Inode, InodeFd};
 use super::vfolders::VfState;
 
@@ -37,6 +38,8 @@ pub enum DirHandle {
         fd: Mutex<OwnedFd>,
         /// The vfolder it belongs to.
         vf: Arc<VfState>,
+        /// The vfolder's location epoch of the directory it was opened on.
+        epoch: u64,
     },
     /// The root or `.trash`: the names as they were at opendir.
     Virtual(Vec<(String, Arc<VfState>)>),
@@ -48,6 +51,22 @@ pub enum Handle {
     File(FileHandle),
     /// A directory.
     Dir(DirHandle),
+}
+
+impl Handle {
+    /// Fails with [`FsError::Moved`] if the handle is on a copy its vfolder
+    /// has moved away from (a file through its inode, a directory by the
+    /// epoch it was opened under).
+    #[inline]
+    pub fn check_current(&self) -> FsResult<()> {
+        match self {
+            Handle::File(f) => f.inode.check_current(),
+            Handle::Dir(DirHandle::Backing { vf, epoch, .. }) if *epoch < vf.epoch() => {
+                Err(FsError::Moved)
+            }
+            Handle::Dir(_) => Ok(()),
+        }
+    }
 }
 
 impl FileHandle {

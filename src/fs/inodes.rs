@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::error::{FsError, FsResult};
 use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
 use crate::backing::creds;
 use crate::backing::sys::{self, FileHandle};
@@ -160,9 +161,37 @@ pub struct Inode {
     /// Whether this is a vfolder's root directory.
     pub is_vf_root: bool,
     nlookup: AtomicU64,
+    /// The vfolder's location epoch it was found under (raised when the
+    /// same backing inode is found again under a newer one).
+    epoch: AtomicU64,
 }
 
 impl Inode {
+    /// The location epoch it belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Fails with [`FsError::Moved`] once its vfolder moved to a new copy
+    /// (two atomic loads).
+    #[inline]
+    pub fn check_current(&self) -> FsResult<()> {
+        if self.epoch() >= self.vf.epoch() {
+            Ok(())
+        } else {
+            Err(FsError::Moved)
+        }
+    }
+
+    /// [`VfState::begin_write`] for a change through this inode: also fails
+    /// if the vfolder moved to a new copy. The epoch is read after the
+    /// status, so a write allowed by a status stored after a move sees it.
+    pub fn begin_write(&self) -> FsResult<impl Sized + '_> {
+        let g = self.vf.begin_write()?;
+        self.check_current()?;
+        Ok(g)
+    }
+
     /// An `O_PATH` fd on the inode (directories: their own; others: reopened
     /// by handle, `ESTALE` once the inode is gone).
     pub fn fd(&self) -> io::Result<InodeFd<'_>> {
@@ -284,13 +313,16 @@ impl InodeTable {
 
     /// Counts one kernel lookup of the backing inode `fd`/`st` found in
     /// directory `parent` (None: a vfolder's root), adding it to the table
-    /// if new (the fd is dropped when the inode is known already).
+    /// if new (the fd is dropped when the inode is known already). `epoch`
+    /// is the vfolder's location epoch read before the inode was reached
+    /// (the parent's own, for a name looked up in it).
     pub fn insert_lookup(
         &self,
         fd: OwnedFd,
         st: &libc::stat,
         vf: &Arc<VfState>,
         parent: Option<BorrowedFd<'_>>,
+        epoch: u64,
     ) -> Arc<Inode> {
         let is_vf_root = parent.is_none();
         let key = (st.st_dev, st.st_ino);
@@ -300,6 +332,8 @@ impl InodeTable {
         {
             if ino.is_same_inode(&fd) {
                 ino.nlookup.fetch_add(1, Ordering::AcqRel);
+                // Found in the copy of `epoch`: it belongs to that copy.
+                ino.epoch.fetch_max(epoch, Ordering::AcqRel);
                 return ino;
             }
             // The number was freed and reused while the kernel still holds
@@ -326,6 +360,7 @@ impl InodeTable {
             vf: vf.clone(),
             is_vf_root,
             nlookup: AtomicU64::new(1),
+            epoch: AtomicU64::new(epoch),
         });
         if is_vf_root {
             vf.root_nodeid.store(nodeid, Ordering::Release);

@@ -115,6 +115,14 @@ impl VfolderFs {
     pub fn new(cat: Arc<Catalog>, reg: Arc<Registry>, cfg: FsConfig) -> std::io::Result<Self> {
         let data = sys::open_dir_path(&cat.layout().data_dir())?;
         let st = sys::fstat(data.as_fd())?;
+        // A move keeps the copy (and so inodes and handles stay valid) when
+        // it was one rename: both volumes on one filesystem, the test the
+        // relocation itself makes. Unknown: a new copy (fail safe, ESTALE).
+        let weak = Arc::downgrade(&cat);
+        reg.set_keeps_copy(Box::new(move |from, to| {
+            weak.upgrade()
+                .is_some_and(|c| c.same_filesystem(from, to).unwrap_or(false))
+        }));
         Ok(VfolderFs {
             data,
             cat,
@@ -145,7 +153,11 @@ impl VfolderFs {
         match ino.0 {
             ROOT_INO => Ok(Node::Root),
             TRASH_INO => Ok(Node::Trash),
-            n => self.inodes.get(n).map(Node::Backing).ok_or(FsError::Stale),
+            n => {
+                let i = self.inodes.get(n).ok_or(FsError::Stale)?;
+                i.check_current()?;
+                Ok(Node::Backing(i))
+            }
         }
     }
 
@@ -157,7 +169,9 @@ impl VfolderFs {
     }
 
     fn file(&self, fh: Fh) -> FsResult<Arc<Handle>> {
-        self.handles.get(fh.0).ok_or(FsError::Stale)
+        let h = self.handles.get(fh.0).ok_or(FsError::Stale)?;
+        h.check_current()?;
+        Ok(h)
     }
 
     /// Looks `name` up in a backing directory and counts the kernel's lookup.
@@ -177,7 +191,7 @@ impl VfolderFs {
         }
         let ino = self
             .inodes
-            .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()));
+            .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()), parent.epoch());
         let a = attr::from_stat(ino.nodeid, &st);
         Ok((ino, a))
     }
@@ -185,11 +199,14 @@ impl VfolderFs {
     /// Looks up a vfolder's root directory and counts the kernel's lookup.
     fn lookup_vf_root(&self, vf: &Arc<VfState>) -> FsResult<FileAttr> {
         vf.check_readable()?;
+        // The epoch before the volume: the registry stores them the other
+        // way round, so the copy opened is at least as new as the epoch.
+        let epoch = vf.epoch();
         let fd = self
             .cat
             .open_backing(&vf.id, &vf.volume(), libc::O_PATH | libc::O_NOFOLLOW)?;
         let st = sys::fstat(fd.as_fd())?;
-        let ino = self.inodes.insert_lookup(fd, &st, vf, None);
+        let ino = self.inodes.insert_lookup(fd, &st, vf, None, epoch);
         Ok(attr::from_stat(ino.nodeid, &st))
     }
 
@@ -240,7 +257,7 @@ impl VfolderFs {
         fh: Option<Fh>,
     ) -> FsResult<FileAttr> {
         let i = self.inode(ino)?;
-        let _w = i.vf.begin_write()?;
+        let _w = i.begin_write()?;
         let handle = fh.and_then(|f| self.handles.get(f.0));
         // The handle's own fd where it has one; else the inode (a handle
         // without one is a passthrough reader: reopening it would be a
@@ -298,7 +315,7 @@ impl VfolderFs {
     fn do_mknod(&self, parent: INodeNo, name: &OsStr, mode: u32, rdev: u32) -> FsResult<FileAttr> {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
-        let _w = p.vf.begin_write()?;
+        let _w = p.begin_write()?;
         sys::mknodat(p.fd()?.as_fd(), &n, mode, rdev as u64)?;
         self.lookup_in(&p, &n)
     }
@@ -315,7 +332,7 @@ impl VfolderFs {
         }
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
-        let _w = p.vf.begin_write()?;
+        let _w = p.begin_write()?;
         sys::mkdirat(p.fd()?.as_fd(), &n, mode)?;
         self.lookup_in(&p, &n)
     }
@@ -324,7 +341,7 @@ impl VfolderFs {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let t = sys::cstr(target)?;
-        let _w = p.vf.begin_write()?;
+        let _w = p.begin_write()?;
         sys::symlinkat(&t, p.fd()?.as_fd(), &n)?;
         self.lookup_in(&p, &n)
     }
@@ -336,7 +353,7 @@ impl VfolderFs {
             Node::Root | Node::Trash => Err(FsError::NotPermitted),
             Node::Backing(p) => {
                 let n = cname(name)?;
-                let _w = p.vf.begin_write()?;
+                let _w = p.begin_write()?;
                 let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
                 sys::unlinkat(p.fd()?.as_fd(), &n, flags)?;
                 Ok(())
@@ -358,7 +375,8 @@ impl VfolderFs {
                     return Err(FsError::CrossVfolder);
                 }
                 let (n1, n2) = (cname(name)?, cname(newname)?);
-                let _w = a.vf.begin_write()?;
+                let _w = a.begin_write()?;
+                b.check_current()?;
                 sys::renameat2(a.fd()?.as_fd(), &n1, b.fd()?.as_fd(), &n2, flags.bits())?;
                 Ok(())
             }
@@ -380,7 +398,8 @@ impl VfolderFs {
             return Err(FsError::CrossVfolder);
         }
         let n = cname(newname)?;
-        let _w = p.vf.begin_write()?;
+        let _w = p.begin_write()?;
+        i.check_current()?;
         sys::link_fd(i.fd()?.as_fd(), p.fd()?.as_fd(), &n)?;
         self.lookup_in(&p, &n)
     }
@@ -397,7 +416,7 @@ impl VfolderFs {
             let wants_write =
                 (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
             let _w = if wants_write {
-                Some(i.vf.begin_write()?)
+                Some(i.begin_write()?)
             } else {
                 None
             };
@@ -464,7 +483,7 @@ impl VfolderFs {
     ) -> FsResult<(FileAttr, u64)> {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
-        let _w = p.vf.begin_write()?;
+        let _w = p.begin_write()?;
         // As the caller: if the name exists after all (the kernel's negative
         // entry was stale), this is an ordinary open with the caller's rights.
         let fd = sys::openat(
@@ -527,7 +546,7 @@ impl VfolderFs {
 
     fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.with_file(fh, |f| {
-            let _w = f.vf.begin_write()?;
+            let _w = f.inode.begin_write()?;
             let fd = f.fd()?;
             let mut done = 0;
             while done < data.len() {
@@ -612,6 +631,7 @@ impl VfolderFs {
                 DirHandle::Backing {
                     fd: parking_lot::Mutex::new(fd),
                     vf: i.vf.clone(),
+                    epoch: i.epoch(),
                 }
             }
         };
@@ -658,7 +678,7 @@ impl VfolderFs {
                 }
                 Ok(())
             }
-            DirHandle::Backing { fd, vf } => {
+            DirHandle::Backing { fd, vf, .. } => {
                 vf.check_readable()?;
                 let fd = fd.lock();
                 sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;

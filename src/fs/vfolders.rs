@@ -68,6 +68,9 @@ pub struct VfState {
     volume: RwLock<Arc<str>>,
     /// Files opened in it through this mount (a measure of how hot it is).
     pub opens: AtomicU64,
+    /// Location epoch: bumped when its data moves to a new copy (another
+    /// filesystem), before the status that allows writes again is stored.
+    epoch: AtomicU64,
 }
 
 impl VfState {
@@ -80,7 +83,15 @@ impl VfState {
             root_nodeid: AtomicU64::new(0),
             volume: RwLock::new(Arc::from(volume)),
             opens: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The location epoch: inodes and handles made under an older one belong
+    /// to a copy the vfolder has moved away from. Read after the status (as
+    /// [`Self::begin_write`] does), it is at least the epoch stored with it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The volume holding its backing directory.
@@ -186,7 +197,14 @@ pub struct Registry {
     /// Serializes refreshes; where the change feed was read up to.
     cursor: Mutex<Cursor>,
     pending: Mutex<Vec<Inval>>,
+    /// Whether moving a vfolder between two volumes keeps its copy (one
+    /// rename within a filesystem); unset: every move makes a new copy.
+    keeps_copy: std::sync::OnceLock<KeepsCopy>,
 }
+
+/// Tells whether a move from the first volume to the second keeps the
+/// vfolder's copy (a rename) rather than making a new one.
+pub type KeepsCopy = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// The registry's copy of the store, kept in step from its change feed.
 #[derive(Default)]
@@ -216,7 +234,14 @@ impl Registry {
             draining: Mutex::new(HashMap::new()),
             cursor: Mutex::new(Cursor::default()),
             pending: Mutex::new(Vec::new()),
+            keeps_copy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how to tell a rename from a copy when a vfolder's volume
+    /// changes (once; later calls are ignored).
+    pub fn set_keeps_copy(&self, f: KeepsCopy) {
+        let _ = self.keeps_copy.set(f);
     }
 
     /// The live vfolder with this root name.
@@ -465,10 +490,14 @@ impl Registry {
                 ))
             })
             .clone();
-        // Where it lives first, its status after: a write that sees the new
-        // status also sees the new location.
-        if *st.volume.read().as_ref() != *v.volume {
+        // The volume, and the epoch if the data is a new copy, before the
+        // status: a write that sees `ready` sees the new location and epoch.
+        let old = st.volume();
+        if *old != *v.volume {
             *st.volume.write() = Arc::from(v.volume.as_str());
+            if !self.keeps_copy.get().is_some_and(|f| f(&old, &v.volume)) {
+                st.epoch.fetch_add(1, Ordering::AcqRel);
+            }
         }
         if st.set_status(v.status) && !st.is_drained() {
             self.draining.lock().insert(v.id.clone(), st.clone());
