@@ -225,8 +225,11 @@ fn read_caller(uid: u32, gid: u32, tid: u32) -> Identity {
         uid,
         gid,
         groups: p.groups.into(),
+        // Only what this thread can actually hold: the identity compared
+        // against what is in force must be exactly what a switch makes
+        // effective (see with_caps).
         caps: if same_ns {
-            p.cap_eff & HONOURED_CAPS
+            p.cap_eff & HONOURED_CAPS & d.permitted
         } else {
             0
         },
@@ -359,9 +362,22 @@ pub fn with_caps<T>(caps: u64, f: impl FnOnce() -> T) -> io::Result<T> {
         return Ok(f());
     }
     capset(want, d.permitted)?;
-    let r = f();
-    capset(cur, d.permitted)?;
-    Ok(r)
+    // Lowered again whatever happens in `f` (a panic included); if lowering
+    // fails, the thread falls back to the daemon's identity and forgets
+    // what it acted as, so the next request switches afresh rather than
+    // run with the raised capability.
+    struct Lower(u64, u64);
+    impl Drop for Lower {
+        fn drop(&mut self) {
+            if capset(self.0, self.1).is_err() {
+                let d = daemon();
+                let _ = switch(d, &d.id);
+                CURRENT.with_borrow_mut(|c| *c = None);
+            }
+        }
+    }
+    let _lower = Lower(cur, d.permitted);
+    Ok(f())
 }
 
 #[repr(C)]

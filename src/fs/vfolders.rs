@@ -43,13 +43,17 @@ impl Health {
     }
 }
 
-/// Monotonic nanoseconds since the first call in this process (it goes on
-/// while the process is stopped, so a stopped mount wakes up past its lease).
+/// Nanoseconds of `CLOCK_BOOTTIME`: monotonic, and it goes on while the
+/// process is stopped and while the system is suspended (a paused VM), so a
+/// mount that was stopped or suspended wakes up past its lease.
 pub fn clock() -> u64 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One vfolder as the mount sees it.
