@@ -84,7 +84,8 @@ impl Filesystem for VfolderFs {
         self.inodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        act!(self, req, reply, ino.0);
         // An open file answers for itself (it may be unlinked already).
         if let Some(h) = fh.and_then(|f| self.file(f).ok())
             && let Handle::File(f) = &*h
@@ -123,7 +124,8 @@ impl Filesystem for VfolderFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        act!(self, req, reply, ino.0);
         match self
             .inode(ino)
             .and_then(|i| Ok(sys::readlinkat(i.fd()?.as_fd(), sys::EMPTY)?))
@@ -222,8 +224,8 @@ impl Filesystem for VfolderFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         size: u32,
@@ -231,6 +233,7 @@ impl Filesystem for VfolderFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        act!(self, req, reply, ino.0);
         self.do_read(fh, offset, size, reply);
     }
 
@@ -280,7 +283,8 @@ impl Filesystem for VfolderFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        act!(self, req, reply, ino.0);
         self.with_file_blocking(fh, reply, move |f| {
             Ok(sys::fsync(f.fd()?.as_fd(), datasync)?)
         });
@@ -309,14 +313,8 @@ impl Filesystem for VfolderFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
+        act!(self, req, reply, ino.0);
         let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
             Ok(!reply.add(INodeNo(i), next, kind, name))
         });
@@ -353,9 +351,10 @@ impl Filesystem for VfolderFs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        act!(self, req, reply, ino.0);
         match self.file(fh) {
-            Ok(h) => self.blocking.run(move || {
+            Ok(h) => self.blocking.run(Self::as_current(move || {
                 let r = match &*h {
                     Handle::Dir(DirHandle::Backing { fd, .. }) => {
                         sys::fsync(fd.lock().as_fd(), datasync).map_err(FsError::from)
@@ -363,12 +362,13 @@ impl Filesystem for VfolderFs {
                     _ => Ok(()),
                 };
                 reply_empty(reply, r);
-            }),
+            })),
             Err(e) => reply.error(e.errno()),
         }
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        act!(self, req, reply, ino.0);
         let r = match self.node(ino) {
             Ok(Node::Backing(i)) => i
                 .fd()
@@ -505,13 +505,14 @@ impl Filesystem for VfolderFs {
 
     fn lseek(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: Fh,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        act!(self, req, reply, ino.0);
         match self.with_file(fh, |f| Ok(sys::lseek(f.fd()?.as_fd(), offset, whence)?)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e.errno()),
