@@ -86,6 +86,39 @@ fn within<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}: it hangs"))
 }
 
+/// A write into `rel` (a file on `vol`) that blocks in the daemon once
+/// `vol` is frozen; returns when a daemon thread is seen waiting on it.
+fn stuck_write(
+    m: &Mount,
+    vol: &LoopVolume,
+    rel: &str,
+) -> std::thread::JoinHandle<(std::io::Result<()>, fs::File)> {
+    let mut f = fs::OpenOptions::new().append(true).open(m.p(rel)).unwrap();
+    vol.freeze();
+    let stuck = std::thread::spawn(move || {
+        let r = f.write_all(&[b'y'; 4096]).and_then(|()| f.sync_all());
+        (r, f)
+    });
+    let pid = m.daemon_pid();
+    let waiting = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten().any(|t| {
+                    fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('D')))
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        eventually(Duration::from_secs(60), waiting),
+        "no daemon thread ever waited on the frozen volume"
+    );
+    stuck
+}
+
 fn write_one(p: &Path) -> std::io::Result<()> {
     fs::OpenOptions::new()
         .create(true)
@@ -105,22 +138,12 @@ fn a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
     t.ok(&["create", "third"]);
     let m = Mount::on(t, &[]);
     m.sh_ok("echo a > fz/f && echo a > other/f && echo a > third/f");
-    // A write into fz blocks in the daemon on the frozen volume.
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(m.p("fz/f"))
-        .unwrap();
     let mut held_other = fs::OpenOptions::new()
         .append(true)
         .open(m.p("other/f"))
         .unwrap();
-    vol.freeze();
-    let stuck = std::thread::spawn(move || {
-        let r = f.write_all(&[b'y'; 4096]).and_then(|()| f.sync_all());
-        (r, f)
-    });
-    // Let it reach the daemon (it cannot finish while frozen).
-    std::thread::sleep(Duration::from_millis(300));
+    // A write into fz blocks in the daemon on the frozen volume.
+    let stuck = stuck_write(&m, &vol, "fz/f");
     assert!(
         !stuck.is_finished(),
         "the write into the frozen volume did not block"
@@ -202,16 +225,7 @@ fn a_copy_job_gives_up_when_a_mount_cannot_drain_and_says_why() {
     t.ok(&["create", "src", "--volume", "frz"]);
     let m = Mount::on_env(t, &[], &[]);
     m.sh_ok("echo a > src/f");
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(m.p("src/f"))
-        .unwrap();
-    vol.freeze();
-    let stuck = std::thread::spawn(move || {
-        let r = f.write_all(&[b'y'; 4096]).and_then(|()| f.sync_all());
-        (r, f)
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let stuck = stuck_write(&m, &vol, "src/f");
     let o = m.store.cli_env(
         &["clone", "src", "dst", "--volume", "default"],
         &[("VFOLDERFS_SETTLE_TIMEOUT", "1s")],
