@@ -608,33 +608,28 @@ impl Store for SqliteStore {
     fn register_mount(&self, m: &MountRecord, lease: Duration) -> Result<()> {
         let now = now_millis();
         let until = now + lease.as_millis() as Millis;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        // Mounts whose lease lapsed an hour ago are long gone (killed).
-        tx.execute(
-            "DELETE FROM mounts WHERE lease_until < ?1",
-            [now - 3_600_000],
-        )
-        .map_err(db("forgetting lapsed mounts"))?;
-        tx.execute(
-            "INSERT INTO mounts (id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT(id) DO UPDATE SET lease_until = ?6, applied_rev = ?7, draining = ?8",
-            params![
-                m.id,
-                m.node,
-                m.pid,
-                m.mountpoint,
-                m.started_at,
-                until,
-                m.applied_rev as i64,
-                m.draining.join(",")
-            ],
-        )
-        .map_err(db("registering a mount"))?;
-        tx.commit().map_err(db("committing a mount"))
+        self.write_tx("committing a mount", |tx| {
+            // Mounts whose lease lapsed an hour ago are long gone (killed).
+            tx.execute("DELETE FROM mounts WHERE lease_until < ?1", [now - 3_600_000])
+                .map_err(db("forgetting lapsed mounts"))?;
+            tx.execute(
+                "INSERT INTO mounts (id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT(id) DO UPDATE SET lease_until = ?6, applied_rev = ?7, draining = ?8",
+                params![
+                    m.id,
+                    m.node,
+                    m.pid,
+                    m.mountpoint,
+                    m.started_at,
+                    until,
+                    m.applied_rev as i64,
+                    m.draining.join(",")
+                ],
+            )
+            .map_err(db("registering a mount"))?;
+            Ok(())
+        })
     }
 
     fn renew_mount(
@@ -731,25 +726,17 @@ impl Store for SqliteStore {
 
     fn confirm_claim(&self, claim: &Claim, lease: Duration) -> Result<()> {
         let until = now_millis() + lease.as_millis() as Millis;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::check_claim(&tx, claim)?;
-        tx.execute(
-            "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
-            params![claim.vfolder_id, until],
-        )
-        .map_err(db("renewing a job"))?;
-        tx.commit().map_err(db("committing a claim check"))
+        self.fenced(claim, "committing a claim check", |tx| {
+            tx.execute(
+                "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
+                params![claim.vfolder_id, until],
+            )
+            .map_err(db("renewing a job"))?;
+            Ok(())
+        })
     }
 
     fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::check_claim(&tx, claim)?;
         let op = if error.is_none() {
             Op::PurgeDone
         } else {
@@ -760,67 +747,34 @@ impl Store for SqliteStore {
             error,
             ..Default::default()
         };
-        let v = Self::transition_in(&tx, &claim.vfolder_id, op, &args, &[])?;
-        tx.commit().map_err(db("committing a purge end"))?;
-        Ok(v)
+        self.fenced(claim, "committing a purge end", |tx| {
+            Self::transition_in(tx, &claim.vfolder_id, op, &args, &[])
+        })
     }
 
     fn finish_clone(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let dst = claim.vfolder_id.as_str();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::check_claim(&tx, claim)?;
-        let d = Self::get_in(&tx, dst)?;
-        let args = TransitionArgs {
-            cause,
-            error,
-            ..Default::default()
-        };
-        if let Some(src) = &d.clone_src {
-            let src_args = TransitionArgs {
-                cause,
-                ..Default::default()
-            };
-            match Self::transition_in(&tx, src, Op::CloneEnd, &src_args, &[]) {
-                // The source may have been forgotten meanwhile; the target decides.
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let op = if error.is_none() {
-            Op::CloneEnd
-        } else {
-            Op::CloneAbort
-        };
-        let v = Self::transition_in(&tx, dst, op, &args, &[("clone_src", Value::Null)])?;
-        tx.commit().map_err(db("committing a clone end"))?;
-        Ok(v)
+        self.fenced(claim, "committing a clone end", |tx| {
+            Self::finish_clone_in(tx, &claim.vfolder_id, error, cause)
+        })
     }
 
     fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder> {
         let id = claim.vfolder_id.as_str();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::check_claim(&tx, claim)?;
-        let cur = Self::get_in(&tx, id)?;
-        let args = TransitionArgs {
-            cause,
-            ..Default::default()
-        };
-        let extra = match volume {
-            Some(new) if new != cur.volume => vec![
-                ("volume", Value::Text(new.into())),
-                ("prev_volume", Value::Text(cur.volume.clone())),
-            ],
-            _ => vec![],
-        };
-        let v = Self::transition_in(&tx, id, Op::RelocateEnd, &args, &extra)?;
-        tx.commit().map_err(db("committing a relocation"))?;
-        Ok(v)
+        self.fenced(claim, "committing a relocation", |tx| {
+            let cur = Self::get_in(tx, id)?;
+            let args = TransitionArgs {
+                cause,
+                ..Default::default()
+            };
+            let extra = match volume {
+                Some(new) if new != cur.volume => vec![
+                    ("volume", Value::Text(new.into())),
+                    ("prev_volume", Value::Text(cur.volume.clone())),
+                ],
+                _ => vec![],
+            };
+            Self::transition_in(tx, id, Op::RelocateEnd, &args, &extra)
+        })
     }
 
     fn clear_prev_volume(&self, claim: &Claim) -> Result<()> {
@@ -1043,6 +997,68 @@ impl SqliteStore {
     /// The fence: [`StoreError::ClaimLost`] unless the job row still has
     /// `claim`'s owner, kind and token. Called inside the transaction that
     /// makes the fenced step.
+    /// Runs `f` in one immediate (write) transaction and commits it.
+    fn write_tx<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let v = f(&tx)?;
+        tx.commit().map_err(db(what))?;
+        Ok(v)
+    }
+
+    /// [`Self::write_tx`] made only while `claim` still holds, checked in
+    /// the same transaction (fencing).
+    fn fenced<T>(
+        &self,
+        claim: &Claim,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        self.write_tx(what, |tx| {
+            Self::check_claim(tx, claim)?;
+            f(tx)
+        })
+    }
+
+    /// Ends the clone into `dst` in `tx`: the source back to ready (if it
+    /// still exists), the target ready or (with `error`) on to its purge.
+    fn finish_clone_in(
+        tx: &Connection,
+        dst: &str,
+        error: Option<&str>,
+        cause: &str,
+    ) -> Result<VFolder> {
+        let d = Self::get_in(tx, dst)?;
+        let args = TransitionArgs {
+            cause,
+            error,
+            ..Default::default()
+        };
+        if let Some(src) = &d.clone_src {
+            let src_args = TransitionArgs {
+                cause,
+                ..Default::default()
+            };
+            match Self::transition_in(tx, src, Op::CloneEnd, &src_args, &[]) {
+                // The source may have been forgotten meanwhile; the target decides.
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let op = if error.is_none() {
+            Op::CloneEnd
+        } else {
+            Op::CloneAbort
+        };
+        Self::transition_in(tx, dst, op, &args, &[("clone_src", Value::Null)])
+    }
+
     fn check_claim(conn: &Connection, claim: &Claim) -> Result<()> {
         let held = conn
             .query_row(
