@@ -154,6 +154,10 @@ thread_local! {
     static CURRENT: RefCell<Option<Identity>> = const { RefCell::new(None) };
     /// The last caller looked up on this thread, and when.
     static LAST: RefCell<Option<(CacheKey, Instant, Identity)>> = const { RefCell::new(None) };
+    /// The caller this thread acts for now, and when its identity was read:
+    /// while fresh, serving the same caller again costs one clock read.
+    static ACTING_FOR: std::cell::Cell<Option<(CacheKey, Instant)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 type CacheKey = (u32, u32, u32);
@@ -165,31 +169,54 @@ static CALLERS: OnceLock<Mutex<HashMap<CacheKey, (Instant, Identity)>>> = OnceLo
 /// (the caller's fsuid/fsgid) and its thread id `tid` (0 when the kernel
 /// could not name it).
 pub fn caller(uid: u32, gid: u32, tid: u32) -> Identity {
-    let now = Instant::now();
+    lookup((tid, uid, gid), Instant::now()).0
+}
+
+/// Makes this thread act for the caller `uid`/`gid` of thread `tid` (see
+/// [`caller`]); no syscall and no lookup when it already does.
+pub fn enter_caller(uid: u32, gid: u32, tid: u32) -> io::Result<()> {
     let key = (tid, uid, gid);
+    let now = Instant::now();
+    if let Some((k, at)) = ACTING_FOR.get()
+        && k == key
+        && now.duration_since(at) < CACHE_FOR
+    {
+        return Ok(());
+    }
+    let (id, at) = lookup(key, now);
+    enter(&id)?;
+    ACTING_FOR.set(Some((key, at)));
+    Ok(())
+}
+
+/// The identity for `key` and when it was read from `/proc`.
+fn lookup(key: CacheKey, now: Instant) -> (Identity, Instant) {
+    let (tid, uid, gid) = key;
     let hit = LAST.with_borrow(|l| match l {
-        Some((k, at, id)) if *k == key && now.duration_since(*at) < CACHE_FOR => Some(id.clone()),
+        Some((k, at, id)) if *k == key && now.duration_since(*at) < CACHE_FOR => {
+            Some((id.clone(), *at))
+        }
         _ => None,
     });
-    if let Some(id) = hit {
-        return id;
+    if let Some(hit) = hit {
+        return hit;
     }
     let cache = CALLERS.get_or_init(|| Mutex::new(HashMap::new()));
     let cached = cache
         .lock()
-        .get(&(tid, uid, gid))
-        .and_then(|(at, id)| (now.duration_since(*at) < CACHE_FOR).then(|| id.clone()));
-    let id = cached.unwrap_or_else(|| {
+        .get(&key)
+        .and_then(|(at, id)| (now.duration_since(*at) < CACHE_FOR).then(|| (id.clone(), *at)));
+    let (id, at) = cached.unwrap_or_else(|| {
         let id = read_caller(uid, gid, tid);
         let mut c = cache.lock();
         if c.len() >= 4096 {
             c.retain(|_, (at, _)| now.duration_since(*at) < CACHE_FOR);
         }
-        c.insert((tid, uid, gid), (now, id.clone()));
-        id
+        c.insert(key, (now, id.clone()));
+        (id, now)
     });
-    LAST.with_borrow_mut(|l| *l = Some((key, now, id.clone())));
-    id
+    LAST.with_borrow_mut(|l| *l = Some((key, at, id.clone())));
+    (id, at)
 }
 
 /// Reads a caller's groups and capabilities from `/proc`.
@@ -279,6 +306,9 @@ fn parse_status(s: &str) -> Option<StatusCreds> {
 
 /// Makes this thread act as `id` for the backing calls that follow.
 pub fn enter(id: &Identity) -> io::Result<()> {
+    // Whatever this thread acted for, it is `id` now (enter_caller sets it
+    // again after).
+    ACTING_FOR.set(None);
     let d = daemon();
     if !d.can_switch {
         // Not root: the daemon acts as itself, limited by its own rights.
@@ -311,6 +341,11 @@ pub fn enter_daemon() -> io::Result<()> {
 /// What this thread currently acts as.
 pub fn current() -> Identity {
     CURRENT.with_borrow(|c| c.clone().unwrap_or_else(|| daemon().id.clone()))
+}
+
+/// The capabilities this thread has in effect (no copy of the identity).
+fn current_caps() -> u64 {
+    CURRENT.with_borrow(|c| c.as_ref().map_or(daemon().id.caps, |i| i.caps))
 }
 
 fn switch(d: &Daemon, id: &Identity) -> io::Result<()> {
@@ -356,7 +391,7 @@ pub fn with_caps<T>(caps: u64, f: impl FnOnce() -> T) -> io::Result<T> {
     if !d.can_switch {
         return Ok(f());
     }
-    let cur = current().caps;
+    let cur = current_caps();
     let want = (cur | caps) & d.permitted;
     if want == cur {
         return Ok(f());
@@ -373,6 +408,7 @@ pub fn with_caps<T>(caps: u64, f: impl FnOnce() -> T) -> io::Result<T> {
                 let d = daemon();
                 let _ = switch(d, &d.id);
                 CURRENT.with_borrow_mut(|c| *c = None);
+                ACTING_FOR.set(None);
             }
         }
     }

@@ -605,7 +605,7 @@ impl VfolderFs {
         let r = if inos.iter().any(|&i| i == ROOT_INO || i == TRASH_INO) {
             creds::enter_daemon()
         } else {
-            creds::enter(&creds::caller(req.uid(), req.gid(), req.pid()))
+            creds::enter_caller(req.uid(), req.gid(), req.pid())
         };
         r.map_err(FsError::from)
     }
