@@ -35,6 +35,11 @@ pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// How often the watcher rereads every status even without a change signal
 /// (a safety net; changes are signalled by the store's change token).
 pub const FULL_REFRESH: Duration = Duration::from_secs(60);
+/// Test hook: while the file this names exists, the watcher does nothing, as
+/// if its process were stopped or its store read hung (the mount's lease
+/// then lapses and it must refuse writes). Tests must not stop a FUSE daemon
+/// itself: every process that looks at it would hang with it.
+pub const WATCHER_HOLD_ENV: &str = "VFOLDERFS_TEST_WATCHER_HOLD";
 /// How often the daemon clears attachments whose bind in its own mount
 /// namespace is gone.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -595,7 +600,17 @@ fn watch(
     let mut last = None;
     let mut last_full = std::time::Instant::now();
     let mut last_check = std::time::Instant::now();
+    let hold = std::env::var_os(WATCHER_HOLD_ENV).map(std::path::PathBuf::from);
     while !stop.load(Ordering::Acquire) {
+        // Test hook: a watcher that cannot run (its process stopped, its
+        // store read hung), without stopping a FUSE daemon, which would hang
+        // every process that looks at it.
+        if let Some(h) = &hold
+            && h.exists()
+        {
+            thread::sleep(POLL_INTERVAL);
+            continue;
+        }
         // What this pass confirms is the store as read from here on.
         let began = clock();
         let step = (|| {

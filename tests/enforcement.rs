@@ -247,3 +247,94 @@ fn a_copy_job_gives_up_when_a_mount_cannot_drain_and_says_why() {
     let (r, _f) = stuck.join().unwrap();
     r.unwrap();
 }
+
+/// A second mount of the test's store, unmounted (lazily if busy) on drop.
+struct OtherMount(PathBuf);
+
+impl Drop for OtherMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0)
+            && !Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A write through `f`: `Ok` or the errno.
+fn try_write(f: &mut fs::File, what: &[u8]) -> Result<(), i32> {
+    f.write_all(what).map_err(|e| errno(&e))
+}
+
+/// A mount that cannot confirm its view (its watcher held, as if its process
+/// were stopped or its store read hung) is waited for only until its lease
+/// lapses; from then on it refuses every write, also through handles opened
+/// before and in vfolders whose status did not change, while reads go on.
+/// Once it runs again it rereads the store, registers anew and serves writes
+/// by status again. (The watcher is held by a test hook: stopping a FUSE
+/// daemon would hang every process on the host that looks at it.)
+#[test]
+fn a_mount_that_cannot_confirm_is_not_waited_for_past_its_lease_and_writes_nothing() {
+    let _s = serial();
+    let t = TempStore::new();
+    let hold = t.dir.path().join("hold-watcher");
+    let other = OtherMount(t.dir.path().join("mnt-b"));
+    fs::create_dir_all(&other.0).unwrap();
+    let m = Mount::on(t, &[]);
+    m.sh_ok("mkdir a b && echo one > a/f && echo one > b/f");
+    let o = m.store.cli_env(
+        &["mount", other.0.to_str().unwrap(), "-o", "lease=2s"],
+        &[("VFOLDERFS_TEST_WATCHER_HOLD", hold.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = |rel: &str| other.0.join(rel);
+    let mut held_b = fs::OpenOptions::new().append(true).open(b("b/f")).unwrap();
+    let mut held_a = fs::OpenOptions::new().append(true).open(b("a/f")).unwrap();
+    try_write(&mut held_b, b"two\n").unwrap();
+    try_write(&mut held_a, b"two\n").unwrap();
+
+    // The other mount's watcher stops; the delete waits for it only until
+    // its lease lapses (2 s, well inside the default confirmation timeout)
+    // and then succeeds.
+    fs::write(&hold, b"").unwrap();
+    let o = m.store.cli(&["delete", "a"]);
+    assert!(
+        o.status.success(),
+        "delete waited for a mount past its lease: {:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The command has returned: no write begun now succeeds anywhere.
+    assert_eq!(try_write(&mut held_a, b"late\n"), Err(libc::EROFS));
+    assert!(fs::write(m.p("a/g"), b"x").is_err());
+    // The lapsed mount refuses every write, also where the status allows it
+    // (it cannot know), through old handles and new opens alike ...
+    assert_eq!(try_write(&mut held_b, b"late\n"), Err(libc::EROFS));
+    let e = fs::write(b("b/new"), b"x").unwrap_err();
+    assert_eq!(errno(&e), libc::EROFS, "{e}");
+    // ... while it still serves reads, and the healthy mount writes.
+    assert_eq!(fs::read_to_string(b("b/f")).unwrap(), "one\ntwo\n");
+    fs::write(m.p("b/g"), b"x").unwrap();
+
+    // Running again: it rereads the store and registers anew; writes are
+    // served by status again (the trashed vfolder stays refused).
+    fs::remove_file(&hold).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || try_write(
+            &mut held_b,
+            b"three\n"
+        )
+        .is_ok()),
+        "the mount never served writes again after its watcher ran"
+    );
+    assert_eq!(try_write(&mut held_a, b"late\n"), Err(libc::EROFS));
+    assert!(!b("a").exists());
+    assert_eq!(fs::read_to_string(m.p("b/f")).unwrap(), "one\ntwo\nthree\n");
+    assert_eq!(fs::read_to_string(m.p(".trash/a/f")).unwrap(), "one\ntwo\n");
+    // And it is waited for again: a status change confirmed by both mounts.
+    m.store.ok(&["delete", "b"]);
+    assert_eq!(try_write(&mut held_b, b"late\n"), Err(libc::EROFS));
+}
