@@ -203,6 +203,15 @@ class Workloads:
         t = timed(lambda: sh(f"ls -lR {d} > /dev/null"))
         return t, "s", False
 
+    def ls_lr_idle(self, w):
+        """A walk after the tree sat idle (a data loader's next epoch, a
+        later `find` or `rsync`): 60 s (20 s quick) after the previous one."""
+        d = os.path.join(w, "tree")
+        sh(f"ls -lR {d} > /dev/null")
+        time.sleep(20 if self.quick else 60)
+        t = timed(lambda: sh(f"ls -lR {d} > /dev/null"))
+        return t, "s", False
+
     def find_stat_warm(self, w):
         d = os.path.join(w, "tree")
         sh(f"find {d} -printf '%s %m %u\\n' > /dev/null")
@@ -246,6 +255,7 @@ ROWS = [
     ("create files, one dir", "create_10k"),
     ("tree create", "tree_create"),
     ("ls -lR tree, warm", "ls_lr_warm"),
+    ("ls -lR tree, after idle", "ls_lr_idle"),
     ("find/stat tree, warm", "find_stat_warm"),
     ("rm -rf tree", "rm_rf"),
     ("4 procs small files", "parallel_small"),
@@ -256,6 +266,7 @@ NEEDS = {
     "seq_read_cold": "seq_write",
     "seq_read_warm": "seq_write",
     "ls_lr_warm": "tree_create",
+    "ls_lr_idle": "tree_create",
     "find_stat_warm": "tree_create",
     "rm_rf": "tree_create",
 }

@@ -22,6 +22,9 @@ use crate::cli::{Cli, Command, MountCmd};
 use crate::enforce::MountLease;
 use crate::fs::vfolders::{Inval, Registry, clock};
 use crate::fs::{FsConfig, VfolderFs};
+use std::os::fd::AsFd;
+
+use crate::fs::caching::{self, CacheConfig, Ttl};
 use crate::layout::Layout;
 use crate::mountinfo;
 use crate::store::{SqliteStore, Store};
@@ -35,6 +38,31 @@ pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// How often the watcher rereads every status even without a change signal
 /// (a safety net; changes are signalled by the store's change token).
 pub const FULL_REFRESH: Duration = Duration::from_secs(60);
+/// Makes the kernel look every name up again and drop every inode's cached
+/// attributes (a tree changed behind the mount, or another mount appeared).
+fn drop_kernel_cache(
+    reg: &Registry,
+    notifier: &Notifier,
+    dev: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let r = caching::inc_epoch(dev.as_fd());
+    if let Err(e) = &r {
+        // Without it (kernels before 6.16) names cached before lapse by
+        // their timeout only: say so once.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| warn!("the kernel cannot drop all cached names at once ({e})"));
+    }
+    for ino in reg.known_nodes() {
+        // Attributes only (offset -1): the page cache stays.
+        match notifier.inval_inode(INodeNo(ino), -1, 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Test hook: while the file this names exists, the watcher does nothing, as
 /// if its process were stopped or its store read hung (the mount's lease
 /// then lapses and it must refuse writes). Tests must not stop a FUSE daemon
@@ -148,7 +176,19 @@ impl MountArgs {
                 "noexec" => a.extra.push(MountOption::NoExec),
                 "exec" => a.extra.push(MountOption::Exec),
                 "threads" => a.threads = num(v)?.clamp(1, 64) as usize,
-                "ttl" => a.fs.ttl = Duration::from_millis(num(v)?.min(3_600_000)),
+                "ttl" => {
+                    a.fs.cache =
+                        CacheConfig::all(Ttl::Fixed(Duration::from_millis(num(v)?.min(3_600_000))))
+                }
+                "attr_timeout" | "entry_timeout" | "negative_timeout" => {
+                    let t = Ttl::parse(v.unwrap_or_default())
+                        .map_err(|e| format!("option {k}: {e}"))?;
+                    match k {
+                        "attr_timeout" => a.fs.cache.attr = t,
+                        "entry_timeout" => a.fs.cache.entry = t,
+                        _ => a.fs.cache.negative = t,
+                    }
+                }
                 "nopassthrough" => a.fs.passthrough = false,
                 "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
                 "foreground" => a.foreground = true,
@@ -435,6 +475,18 @@ fn serve_inner(
     lease
         .confirm(cat.store().as_ref(), &reg, began)
         .map_err(MountError::Store)?;
+    // Another live mount of the store must know of this one before it
+    // serves: it caches names for long only while it is alone.
+    let unseen = lease
+        .wait_seen(cat.store().as_ref(), &reg, args.lease * 2)
+        .map_err(MountError::Store)?;
+    if !unseen.is_empty() {
+        warn!(
+            "serving although these mounts did not renew their lease since this one registered \
+             (their lease lapses, or they see it at their next renewal): {}",
+            unseen.join("; ")
+        );
+    }
     let pool =
         Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
@@ -470,13 +522,18 @@ fn serve_inner(
     let mut session =
         Session::new(fs, &args.mountpoint, &config).map_err(|e| MountError::Io("mounting", e))?;
     let notifier = session.notifier();
+    // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
+    let dev = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
     let mut unmounter = session.unmount_callable();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&db, &store_id, &reg, &notifier, &stop, lease))
+            .spawn(move || watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease))
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -592,7 +649,7 @@ fn watch(
     db: &Path,
     store_id: &str,
     reg: &Registry,
-    notifier: &Notifier,
+    (notifier, dev): (&Notifier, &std::os::fd::OwnedFd),
     stop: &AtomicBool,
     mut lease: MountLease,
 ) {
@@ -690,6 +747,7 @@ fn watch(
             let r = match &inv {
                 Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
                 Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                Inval::All => drop_kernel_cache(reg, notifier, dev),
             };
             if let Err(e) = r
                 && e.raw_os_error() != Some(libc::ENOENT)

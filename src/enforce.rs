@@ -99,12 +99,69 @@ impl MountLease {
         {
             return Ok(true);
         }
+        // Who else serves the store, read before every renewal: a mount
+        // that saw two renewals of ours after it registered knows we
+        // cache for it ([`Self::wait_seen`], [`crate::fs::caching`]).
+        self.note_others(store, reg)?;
         if !store.renew_mount(&self.rec.id, applied, &draining, self.lease)? {
             return Ok(false);
         }
         reg.set_deadline(self.deadline(began));
         self.last = Some((applied, draining, Instant::now()));
         Ok(true)
+    }
+
+    /// Reads which other mounts of the store are live and tells `reg`.
+    fn note_others(&self, store: &dyn Store, reg: &Registry) -> Result<()> {
+        let (now, mounts) = store.mounts()?;
+        reg.set_shared(
+            mounts
+                .iter()
+                .any(|m| m.id != self.rec.id && m.lease_until >= now),
+        );
+        Ok(())
+    }
+
+    /// After [`Self::register`], before serving: waits until every other
+    /// live mount of the store has renewed its lease twice since (so has
+    /// read the mount list, this mount in it, before its last renewal and
+    /// caches names and attributes briefly from then on) or has let its
+    /// lease lapse. At most `limit`; returns the mounts still not seen then.
+    pub fn wait_seen(
+        &self,
+        store: &dyn Store,
+        reg: &Registry,
+        limit: Duration,
+    ) -> Result<Vec<String>> {
+        use std::collections::HashMap;
+        let start = Instant::now();
+        // id → (lease_until last seen, renewals seen since registering)
+        let mut seen: HashMap<String, (i64, u32)> = HashMap::new();
+        loop {
+            let (now, mounts) = store.mounts()?;
+            let mut waiting = Vec::new();
+            for m in mounts
+                .iter()
+                .filter(|m| m.id != self.rec.id && m.lease_until >= now)
+            {
+                let e = seen.entry(m.id.clone()).or_insert((m.lease_until, 0));
+                if e.0 != m.lease_until {
+                    *e = (m.lease_until, e.1 + 1);
+                }
+                if e.1 < 2 {
+                    waiting.push(format!("{} pid {} at {}", m.node, m.pid, m.mountpoint));
+                }
+            }
+            reg.set_shared(
+                mounts
+                    .iter()
+                    .any(|m| m.id != self.rec.id && m.lease_until >= now),
+            );
+            if waiting.is_empty() || start.elapsed() >= limit {
+                return Ok(waiting);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Forgets the mount (a clean unmount).

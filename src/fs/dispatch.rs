@@ -74,9 +74,9 @@ impl Filesystem for VfolderFs {
             // Node id 0 is a negative entry, cached for the entry TTL.
             Err(FsError::CacheableMiss) => {
                 let negative = attr::virtual_dir(0, 1, self.started);
-                reply.entry(&self.cfg.ttl, &negative, Generation(0));
+                reply.entry(&self.ttl_negative(parent.0), &negative, Generation(0));
             }
-            r => reply_entry(reply, self.cfg.ttl, r),
+            r => reply_entry(reply, self.ttl_entry(parent.0), r),
         }
     }
 
@@ -91,10 +91,10 @@ impl Filesystem for VfolderFs {
             && let Handle::File(f) = &*h
             && let Ok(st) = f.fd().and_then(|fd| sys::fstat(fd.as_fd()))
         {
-            return reply.attr(&self.cfg.ttl, &attr::from_stat(ino.0, &st));
+            return reply.attr(&self.ttl_attr(ino.0), &attr::from_stat(ino.0, &st));
         }
         match self.do_getattr(ino) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Ok(a) => reply.attr(&self.ttl_attr(ino.0), &a),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -119,7 +119,7 @@ impl Filesystem for VfolderFs {
     ) {
         act!(self, req, reply, ino.0);
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &a),
+            Ok(a) => reply.attr(&self.ttl_attr(ino.0), &a),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -146,7 +146,11 @@ impl Filesystem for VfolderFs {
         reply: ReplyEntry,
     ) {
         act!(self, req, reply, parent.0);
-        reply_entry(reply, self.cfg.ttl, self.do_mknod(parent, name, mode, rdev));
+        reply_entry(
+            reply,
+            self.ttl_entry(parent.0),
+            self.do_mknod(parent, name, mode, rdev),
+        );
     }
 
     fn mkdir(
@@ -159,7 +163,11 @@ impl Filesystem for VfolderFs {
         reply: ReplyEntry,
     ) {
         act!(self, req, reply, parent.0);
-        reply_entry(reply, self.cfg.ttl, self.do_mkdir(req, parent, name, mode));
+        reply_entry(
+            reply,
+            self.ttl_entry(parent.0),
+            self.do_mkdir(req, parent, name, mode),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -183,7 +191,7 @@ impl Filesystem for VfolderFs {
         act!(self, req, reply, parent.0);
         reply_entry(
             reply,
-            self.cfg.ttl,
+            self.ttl_entry(parent.0),
             self.do_symlink(parent, link_name, target),
         );
     }
@@ -214,7 +222,11 @@ impl Filesystem for VfolderFs {
         reply: ReplyEntry,
     ) {
         act!(self, req, reply, ino.0, newparent.0);
-        reply_entry(reply, self.cfg.ttl, self.do_link(ino, newparent, newname));
+        reply_entry(
+            reply,
+            self.ttl_entry(newparent.0),
+            self.do_link(ino, newparent, newname),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -476,7 +488,7 @@ impl Filesystem for VfolderFs {
         act!(self, req, reply, parent.0);
         match self.do_create(parent, name, mode, flags) {
             Ok((a, fh)) => reply.created(
-                &self.cfg.ttl,
+                &self.ttl_entry(parent.0),
                 &a,
                 Generation(0),
                 Fh(fh),

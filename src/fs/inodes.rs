@@ -306,6 +306,15 @@ impl InodeTable {
         &self.shards[(nodeid as usize) % SHARDS]
     }
 
+    /// Every node id in the table (the inodes the kernel holds).
+    pub fn node_ids(&self) -> Vec<u64> {
+        let mut v = Vec::new();
+        for sh in &self.shards {
+            v.extend(sh.lock().by_id.keys().copied());
+        }
+        v
+    }
+
     /// The inode with this node id.
     pub fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
         self.shard(nodeid).lock().by_id.get(&nodeid).cloned()

@@ -4,6 +4,7 @@
 //! directory by file descriptor.
 
 pub mod attr;
+pub mod caching;
 mod dispatch;
 pub mod error;
 pub mod handles;
@@ -42,7 +43,7 @@ const SELINUX_XATTR: &str = "security.selinux";
 #[derive(Debug, Clone)]
 pub struct FsConfig {
     /// How long the kernel may cache names and attributes.
-    pub ttl: Duration,
+    pub cache: caching::CacheConfig,
     /// Use kernel passthrough for read-only opens when the kernel offers it.
     pub passthrough: bool,
     /// How many directory fds may stay open (None: a quarter of the
@@ -53,7 +54,7 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            ttl: Duration::from_secs(5),
+            cache: caching::CacheConfig::default(),
             passthrough: true,
             dir_fds: None,
         }
@@ -70,7 +71,7 @@ pub struct VfolderFs {
     /// The data directory, for statfs at the virtual top.
     data: std::os::fd::OwnedFd,
     reg: Arc<Registry>,
-    inodes: InodeTable,
+    inodes: Arc<InodeTable>,
     handles: HandleTable,
     cfg: FsConfig,
     passthrough: bool,
@@ -82,6 +83,42 @@ pub struct VfolderFs {
     blocking: offload::Offload,
     /// The store's change token when the registry was last brought up to date here.
     seen_token: std::sync::atomic::AtomicU64,
+}
+
+impl VfolderFs {
+    /// How long the kernel may cache a name in directory `parent` (and the
+    /// attributes that come with it: fuser has one timeout per entry
+    /// reply). Names at the top and in `.trash` follow status changes,
+    /// whose invalidations can cross a lookup in flight: short there.
+    fn ttl_entry(&self, parent: u64) -> Duration {
+        let s = self.reg.sharing();
+        let t = self.cfg.cache.entry(s).min(self.cfg.cache.attr(s));
+        if parent == ROOT_INO || parent == TRASH_INO {
+            t.min(caching::SHARED_TTL)
+        } else {
+            t
+        }
+    }
+
+    /// How long the kernel may cache that `parent` has no such name.
+    fn ttl_negative(&self, parent: u64) -> Duration {
+        let t = self.cfg.cache.negative(self.reg.sharing());
+        if parent == ROOT_INO || parent == TRASH_INO {
+            t.min(caching::SHARED_TTL)
+        } else {
+            t
+        }
+    }
+
+    /// How long the kernel may cache the attributes of `ino`.
+    fn ttl_attr(&self, ino: u64) -> Duration {
+        let t = self.cfg.cache.attr(self.reg.sharing());
+        if ino == ROOT_INO || ino == TRASH_INO {
+            t.min(caching::SHARED_TTL)
+        } else {
+            t
+        }
+    }
 }
 
 fn cname(name: &OsStr) -> FsResult<CString> {
@@ -123,14 +160,19 @@ impl VfolderFs {
             weak.upgrade()
                 .is_some_and(|c| c.same_filesystem(from, to).unwrap_or(false))
         }));
+        let inodes = Arc::new(InodeTable::new(
+            st.st_dev,
+            cfg.dir_fds.unwrap_or_else(inodes::DirFds::default_capacity),
+        ));
+        let weak = Arc::downgrade(&inodes);
+        reg.set_known_nodes(Box::new(move || {
+            weak.upgrade().map(|t| t.node_ids()).unwrap_or_default()
+        }));
         Ok(VfolderFs {
             data,
             cat,
             reg,
-            inodes: InodeTable::new(
-                st.st_dev,
-                cfg.dir_fds.unwrap_or_else(inodes::DirFds::default_capacity),
-            ),
+            inodes,
             handles: HandleTable::new(),
             passthrough: false,
             direct_writes: false,
@@ -709,7 +751,7 @@ impl VfolderFs {
         offset: u64,
         reply: &mut ReplyDirectoryPlus,
     ) -> FsResult<()> {
-        let ttl = self.cfg.ttl;
+        let ttl = self.ttl_entry(ino.0);
         let parent = match self.node(ino)? {
             Node::Backing(p) => Some(p),
             _ => None,

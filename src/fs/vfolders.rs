@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::error::{FsError, FsResult};
 use crate::catalog::trash_names;
+use crate::fs::caching::Sharing;
 use crate::status::Status;
 use crate::store::{Changes, ListFilter, Store, StoreError, VFolder};
 
@@ -174,6 +175,10 @@ pub enum Inval {
     Entry(u64, String),
     /// An inode's attributes.
     Inode(u64),
+    /// Every name the kernel cached, and every inode's attributes: a tree
+    /// changed behind the mount (a relocation's new copy, a clone's end) or
+    /// another mount appeared (see [`crate::fs::caching`]).
+    All,
 }
 
 /// What the kernel may have cached about a vfolder: its root name, trash
@@ -204,7 +209,15 @@ pub struct Registry {
     /// Whether moving a vfolder between two volumes keeps its copy (one
     /// rename within a filesystem); unset: every move makes a new copy.
     keeps_copy: std::sync::OnceLock<KeepsCopy>,
+    /// Whether other mounts of the store are live (how long the kernel may
+    /// cache).
+    sharing: Sharing,
+    /// The node ids the kernel knows (to drop their cached attributes).
+    known_nodes: std::sync::OnceLock<KnownNodes>,
 }
+
+/// Lists the node ids the kernel holds.
+pub type KnownNodes = Box<dyn Fn() -> Vec<u64> + Send + Sync>;
 
 /// Tells whether a move from the first volume to the second keeps the
 /// vfolder's copy (a rename) rather than making a new one.
@@ -239,6 +252,41 @@ impl Registry {
             cursor: Mutex::new(Cursor::default()),
             pending: Mutex::new(Vec::new()),
             keeps_copy: std::sync::OnceLock::new(),
+            sharing: Sharing::default(),
+            known_nodes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether other mounts of the store are live.
+    pub fn sharing(&self) -> &Sharing {
+        &self.sharing
+    }
+
+    /// Sets how to list the node ids the kernel holds (once; later calls
+    /// are ignored).
+    pub fn set_known_nodes(&self, f: KnownNodes) {
+        let _ = self.known_nodes.set(f);
+    }
+
+    /// The node ids the kernel holds (none before [`Self::set_known_nodes`]).
+    pub fn known_nodes(&self) -> Vec<u64> {
+        self.known_nodes.get().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Records whether other mounts of the store are live. When one
+    /// appears, replies are short-lived from now on and what the kernel
+    /// cached before is dropped (see [`crate::fs::caching`]).
+    pub fn set_shared(&self, shared: bool) {
+        if !self.sharing.set(shared) {
+            return;
+        }
+        if shared {
+            log::info!(
+                "another mount of this store is live: names and attributes are cached briefly"
+            );
+            self.pending.lock().push(Inval::All);
+        } else {
+            log::info!("the only live mount of this store: names and attributes are cached long");
         }
     }
 
@@ -497,11 +545,20 @@ impl Registry {
         // The volume, and the epoch if the data is a new copy, before the
         // status: a write that sees `ready` sees the new location and epoch.
         let old = st.volume();
+        let mut behind = false;
         if *old != *v.volume {
             *st.volume.write() = Arc::from(v.volume.as_str());
             if !self.keeps_copy.get().is_some_and(|f| f(&old, &v.volume)) {
                 st.epoch.fetch_add(1, Ordering::AcqRel);
+                behind = true;
             }
+        }
+        // A clone's target was filled behind the mount; a new copy has new
+        // inodes: what the kernel cached there goes, race-free (a lookup in
+        // flight is stamped with the old epoch).
+        behind |= st.status() == Status::Cloning && v.status != Status::Cloning;
+        if behind {
+            self.pending.lock().push(Inval::All);
         }
         if st.set_status(v.status) && !st.is_drained() {
             self.draining.lock().insert(v.id.clone(), st.clone());

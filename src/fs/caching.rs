@@ -1,0 +1,190 @@
+//! How long the kernel may cache names and attributes, and when that must
+//! change.
+//!
+//! The backing tree is private to the daemon's user (see the security model):
+//! every change to a vfolder's files passes through a mount of the store or a
+//! job whose end is a status change. So a mount that is the only live mount of
+//! its store sees every change to the tree itself, and the kernel may cache
+//! names and attributes for long ([`PRIVATE_TTL`]): the kernel updates its
+//! cache for what goes through this mount, and the watcher invalidates a
+//! vfolder's whole subtree when its row changes (a clone or relocation ending,
+//! a restore, a rename). Another mount of the same store (a second mount
+//! point, or another node sharing the store and the volumes) changes files
+//! behind this mount's back, so while one is live the kernel caches for
+//! [`SHARED_TTL`] only, NFS's `actimeo` bound.
+//!
+//! The switch is safe because a mount does not serve before every other live
+//! mount has taken it into account: a mount, once registered, waits until each
+//! other live mount has renewed its lease twice (or let it lapse), and the
+//! watcher reads the mount list before every renewal ([`crate::enforce`]).
+//! When a mount sees another one appear it first makes new replies short-lived,
+//! then drops every name the kernel holds ([`inc_epoch`]) and every inode's
+//! cached attributes. Explicit `attr_timeout=`, `entry_timeout=` and
+//! `negative_timeout=` options override the automatic choice.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long names and attributes are cached while this mount is the only
+/// live mount of its store.
+pub const PRIVATE_TTL: Duration = Duration::from_secs(3600);
+/// How long names and attributes are cached while another mount of the
+/// store is live.
+pub const SHARED_TTL: Duration = Duration::from_secs(1);
+
+/// One cache timeout: chosen by the mount's situation, or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ttl {
+    /// [`PRIVATE_TTL`] alone, [`SHARED_TTL`] beside other mounts.
+    #[default]
+    Auto,
+    /// Always this long.
+    Fixed(Duration),
+}
+
+impl Ttl {
+    /// Parses an option value: `auto`, seconds as in libfuse (`1.5`), or a
+    /// duration with a unit (`500ms`, `10m`). At most an hour.
+    pub fn parse(v: &str) -> Result<Ttl, String> {
+        if v == "auto" {
+            return Ok(Ttl::Auto);
+        }
+        let d = match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Ok(_) => return Err(format!("{v:?} is not a timeout")),
+            Err(_) => humantime::parse_duration(v).map_err(|e| format!("{v:?}: {e}"))?,
+        };
+        if d > PRIVATE_TTL {
+            return Err(format!("{v:?} is longer than an hour"));
+        }
+        Ok(Ttl::Fixed(d))
+    }
+
+    fn get(self, shared: bool) -> Duration {
+        match self {
+            Ttl::Fixed(d) => d,
+            Ttl::Auto if shared => SHARED_TTL,
+            Ttl::Auto => PRIVATE_TTL,
+        }
+    }
+}
+
+/// The cache timeouts of a mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Positive names (`entry_timeout`).
+    pub entry: Ttl,
+    /// Attributes (`attr_timeout`).
+    pub attr: Ttl,
+    /// Names that do not exist (`negative_timeout`).
+    pub negative: Ttl,
+}
+
+/// Whether other live mounts share this mount's store: read on every reply,
+/// written by the watcher.
+#[derive(Debug, Default)]
+pub struct Sharing(AtomicBool);
+
+impl Sharing {
+    /// Whether another mount of the store is live.
+    pub fn shared(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records whether another mount is live; returns whether that changed.
+    pub fn set(&self, shared: bool) -> bool {
+        self.0.swap(shared, Ordering::AcqRel) != shared
+    }
+}
+
+impl CacheConfig {
+    /// The same timeout for names, attributes and negative names (the old
+    /// `ttl=` option).
+    pub fn all(t: Ttl) -> CacheConfig {
+        CacheConfig {
+            entry: t,
+            attr: t,
+            negative: t,
+        }
+    }
+
+    /// How long a name may be cached now.
+    pub fn entry(&self, s: &Sharing) -> Duration {
+        self.entry.get(s.shared())
+    }
+
+    /// How long attributes may be cached now.
+    pub fn attr(&self, s: &Sharing) -> Duration {
+        self.attr.get(s.shared())
+    }
+
+    /// How long a missing name may be cached now.
+    pub fn negative(&self, s: &Sharing) -> Duration {
+        self.negative.get(s.shared())
+    }
+
+    /// Whether any timeout follows the mount's situation.
+    pub fn is_auto(&self) -> bool {
+        [self.entry, self.attr, self.negative].contains(&Ttl::Auto)
+    }
+}
+
+/// `FUSE_NOTIFY_INC_EPOCH` (protocol 7.44, Linux 6.16): every name the
+/// kernel cached for the connection before it is looked up again.
+const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+
+/// Tells the kernel to drop every cached name of this connection
+/// (`FUSE_NOTIFY_INC_EPOCH`), through a descriptor of the connection's
+/// `/dev/fuse`. Fails (`EINVAL`) on kernels without it.
+pub fn inc_epoch(dev: BorrowedFd<'_>) -> std::io::Result<()> {
+    // struct fuse_out_header { u32 len; i32 error; u64 unique; }: a
+    // notification has unique 0 and the notify code in `error`.
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
+    // SAFETY: writes 16 bytes from a live buffer to a descriptor we hold.
+    let n = unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libfuse_seconds_units_and_auto() {
+        assert_eq!(Ttl::parse("auto"), Ok(Ttl::Auto));
+        assert_eq!(
+            Ttl::parse("1.5"),
+            Ok(Ttl::Fixed(Duration::from_millis(1500)))
+        );
+        assert_eq!(Ttl::parse("0"), Ok(Ttl::Fixed(Duration::ZERO)));
+        assert_eq!(
+            Ttl::parse("250ms"),
+            Ok(Ttl::Fixed(Duration::from_millis(250)))
+        );
+        assert!(Ttl::parse("-1").is_err());
+        assert!(Ttl::parse("2h").is_err());
+        assert!(Ttl::parse("soon").is_err());
+    }
+
+    #[test]
+    fn auto_follows_the_mount_situation_and_fixed_does_not() {
+        let c = CacheConfig {
+            entry: Ttl::Auto,
+            attr: Ttl::Fixed(Duration::from_secs(7)),
+            negative: Ttl::Auto,
+        };
+        let s = Sharing::default();
+        assert_eq!(c.entry(&s), PRIVATE_TTL);
+        assert!(s.set(true));
+        assert!(!s.set(true));
+        assert_eq!(c.entry(&s), SHARED_TTL);
+        assert_eq!(c.negative(&s), SHARED_TTL);
+        assert_eq!(c.attr(&s), Duration::from_secs(7));
+    }
+}
