@@ -65,7 +65,9 @@ fn drop_kernel_cache(
 
 /// Test hook: while the file this names exists, the watcher does nothing, as
 /// if its process were stopped or its store read hung (the mount's lease
-/// then lapses and it must refuse writes). Tests must not stop a FUSE daemon
+/// then lapses and it must refuse writes); while `NAME.reread` exists, a
+/// watcher whose lease lapsed stops after rereading the store, before it
+/// confirms that read. Tests must not stop a FUSE daemon
 /// itself: every process that looks at it would hang with it.
 pub const WATCHER_HOLD_ENV: &str = "VFOLDERFS_TEST_WATCHER_HOLD";
 /// How often the daemon clears attachments whose bind in its own mount
@@ -467,7 +469,7 @@ fn serve_inner(
     // waits for this mount's confirmation, one made before is in the read.
     let mut lease = MountLease::new(&args.mountpoint.display().to_string(), args.lease);
     lease
-        .register(cat.store().as_ref(), &reg, clock())
+        .register(cat.store().as_ref(), &reg)
         .map_err(MountError::Store)?;
     let began = clock();
     reg.refresh(cat.store().as_ref())
@@ -718,9 +720,25 @@ fn watch(
                     warn!(
                         "this mount's lease lapsed: rereading the store before serving writes again"
                     );
+                    // Live again first, then the read, then its
+                    // confirmation: a change a command committed while this
+                    // mount was counted gone is in the read (see
+                    // `MountLease::register`).
+                    lease.register(s, reg)?;
                     let again = clock();
                     reg.refresh(s)?;
-                    lease.register(s, reg, again)?;
+                    if let Some(h) = &hold {
+                        // Test hook: held between the reread and its
+                        // confirmation while `HOLD.reread` exists.
+                        let mut p = h.clone().into_os_string();
+                        p.push(".reread");
+                        while std::path::Path::new(&p).exists() && !stop.load(Ordering::Acquire) {
+                            thread::sleep(POLL_INTERVAL);
+                        }
+                    }
+                    // Lapsed again already (a starved host): the next
+                    // pass starts over; writes stay refused meanwhile.
+                    lease.confirm(s, reg, again)?;
                 }
                 // Locked by a long transaction: the view read above is
                 // current, but cannot be confirmed; the lease runs on, and

@@ -69,18 +69,20 @@ impl MountLease {
         began.saturating_add(self.lease.as_nanos() as u64)
     }
 
-    /// Records the mount (again) with what `reg` has applied: call it after
-    /// a full read of the store that began at `began` ([`crate::fs::vfolders::clock`]).
-    pub fn register(&mut self, store: &dyn Store, reg: &Registry, began: u64) -> Result<()> {
+    /// Records the mount (again) as live with what `reg` has applied so far,
+    /// BEFORE the full read of the store that it will then confirm
+    /// ([`Self::confirm`]): a command that commits a change after this
+    /// record is made waits for the mount; one whose change was committed
+    /// before is in the read. Registering does not let the mount write: only
+    /// a confirmation does (a mount that re-registers after its lease lapsed
+    /// still has the view it had before, which commands that saw it lapsed
+    /// did not wait for).
+    pub fn register(&mut self, store: &dyn Store, reg: &Registry) -> Result<()> {
         self.rec.applied_rev = reg.applied_rev();
         self.rec.draining = reg.poll_drains();
         store.register_mount(&self.rec, self.lease)?;
-        reg.set_deadline(self.deadline(began));
-        self.last = Some((
-            self.rec.applied_rev,
-            self.rec.draining.clone(),
-            Instant::now(),
-        ));
+        // The next confirmation renews, whatever it has to say.
+        self.last = None;
         Ok(())
     }
 

@@ -338,3 +338,67 @@ fn a_mount_that_cannot_confirm_is_not_waited_for_past_its_lease_and_writes_nothi
     m.store.ok(&["delete", "b"]);
     assert_eq!(try_write(&mut held_b, b"late\n"), Err(libc::EROFS));
 }
+
+/// A mount whose lease lapsed reads the store again before it serves writes;
+/// a change committed while it was counted gone, after that read began, must
+/// still be waited for or be in force there. (The bug: the mount reread, then
+/// registered, so a delete that saw it lapsed returned while the mount went
+/// on serving writes with the view from before the delete.)
+#[test]
+fn a_mount_coming_back_from_a_lapse_never_serves_a_view_older_than_a_returned_command() {
+    let _s = serial();
+    let t = TempStore::new();
+    let hold = t.dir.path().join("hold-watcher");
+    let mut reread = hold.clone().into_os_string();
+    reread.push(".reread");
+    let reread = PathBuf::from(reread);
+    let other = OtherMount(t.dir.path().join("mnt-b"));
+    fs::create_dir_all(&other.0).unwrap();
+    let m = Mount::on(t, &[]);
+    m.sh_ok("mkdir a && echo one > a/f");
+    let o = m.store.cli_env(
+        &["mount", other.0.to_str().unwrap(), "-o", "lease=1s"],
+        &[("VFOLDERFS_TEST_WATCHER_HOLD", hold.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut held = fs::OpenOptions::new()
+        .append(true)
+        .open(other.0.join("a/f"))
+        .unwrap();
+    try_write(&mut held, b"two\n").unwrap();
+    // Held past its lease: it refuses writes.
+    fs::write(&hold, b"").unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || try_write(&mut held, b"x")
+            .is_err()),
+        "the held mount kept writing past its lease"
+    );
+    // It comes back: rereads the store, and is held before confirming.
+    fs::write(&reread, b"").unwrap();
+    fs::remove_file(&hold).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The delete commits after that read.
+    let o = m.store.cli(&["delete", "a", "--confirm-timeout", "20s"]);
+    assert!(
+        o.status.success(),
+        "{:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The command has returned: whatever the held mount does next, no
+    // write begun now succeeds there.
+    fs::remove_file(&reread).unwrap();
+    for _ in 0..200 {
+        assert_eq!(
+            try_write(&mut held, b"late\n"),
+            Err(libc::EROFS),
+            "a write into the trashed vfolder succeeded after the delete returned"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let data = fs::read_to_string(m.p(".trash/a/f")).unwrap();
+    assert!(
+        data.starts_with("one\ntwo\n") && !data.contains("late"),
+        "{data:?}"
+    );
+}
