@@ -45,6 +45,7 @@ pub fn start(
     let started = cat.store().begin_clone(&s.id, &id, dst, &volume, cause);
     match started {
         Ok(pair) => {
+            cat.remake_if_moved(&id, &volume, dir)?;
             cat.store().queue_job(&id, KIND, None)?;
             Ok(pair)
         }

@@ -17,6 +17,7 @@ use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
 use crate::status::Op;
 use crate::store::{Result, StoreError, TransitionArgs, VFolder};
+use crate::volumes::VolumeError;
 
 /// Job kind recorded in the store.
 pub const KIND: &str = "relocate";
@@ -28,9 +29,11 @@ pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder
     let v = cat.store().get_live(name)?;
     cat.volume(to)?;
     if v.volume == to {
-        return Err(StoreError::Corrupt(format!(
-            "vfolder {name:?} is on volume {to} already"
-        )));
+        return Err(VolumeError::AlreadyOn {
+            vfolder: v.name,
+            volume: to.to_string(),
+        }
+        .into());
     }
     let v = cat.store().transition(
         &v.id,
