@@ -281,6 +281,9 @@ impl Catalog {
             path: p.display().to_string(),
             why,
         };
+        if let Some(why) = volumes::mount_table_refusal(path) {
+            return Err(unsafe_path(path, why).into());
+        }
         let planned = volumes::prospective(path).map_err(io_err(path))?;
         if let Some(why) = volumes::refusal(&planned, &occupied) {
             return Err(unsafe_path(&planned, why).into());

@@ -212,6 +212,14 @@ fn mount_refusal(mounts: &[MountEntry], p: &Path) -> Option<String> {
     None
 }
 
+/// What this namespace's mount table alone says against `p` (made
+/// absolute lexically) as a volume directory: asked first, since it costs
+/// no access to the directory, which on a stuck FUSE mount could hang.
+pub fn mount_table_refusal(p: &Path) -> Option<String> {
+    let mounts = mountinfo::own().unwrap_or_default();
+    mount_refusal(&mounts, &lexical_absolute(p))
+}
+
 /// `statfs(p).f_type`.
 pub fn fs_magic(p: &Path) -> std::io::Result<i64> {
     let c = crate::backing::sys::cstr(p)?;
