@@ -330,6 +330,28 @@ impl Catalog {
         self.store.add_volume(name, &canon.display().to_string())
     }
 
+    /// Volume `name`, refused ([`VolumeError::Unsafe`]) if it should never
+    /// have been accepted (a store made before volumes were checked may have
+    /// one inside a vfolderfs mount, where moving data deadlocks the kernel):
+    /// what new data is placed on.
+    pub fn usable_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        let v = self.volume(name)?;
+        if name != DEFAULT_VOLUME
+            && let Some((_, path, why)) = self
+                .volume_refusals()?
+                .into_iter()
+                .find(|(n, _, _)| n == name)
+        {
+            return Err(VolumeError::Unsafe {
+                name: name.to_string(),
+                path: path.display().to_string(),
+                why,
+            }
+            .into());
+        }
+        Ok(v)
+    }
+
     /// Forgets volume `name` (refused while any vfolder row, of any status,
     /// uses it: see [`Store::remove_volume`]); its directory is left as it is.
     pub fn remove_volume(&self, name: &str) -> Result<()> {
@@ -489,6 +511,7 @@ impl Catalog {
     ) -> Result<VFolder> {
         crate::name::validate(name).map_err(|e| StoreError::InvalidName(name.to_string(), e))?;
         let volume = volume.unwrap_or(DEFAULT_VOLUME);
+        self.usable_volume(volume)?;
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         drop(self.make_backing(&id, volume, dir)?);
         let made = self.store.create(&id, name, volume, cause);

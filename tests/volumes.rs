@@ -369,3 +369,29 @@ fn an_interrupted_clone_is_repaired_in_one_pass_in_plain_words() {
     assert_eq!(j["remaining"], 0, "{j}");
     assert!(j["repairs"].as_array().unwrap().is_empty(), "{j}");
 }
+
+#[test]
+fn nothing_is_placed_on_a_volume_that_should_never_have_been_accepted() {
+    let t = TempStore::new();
+    t.ok(&["create", "x"]);
+    // A store made before volumes were checked: a volume inside the
+    // default one. (One inside the store's own mount is refused the same
+    // way; relocating there would hang the kernel, so it is not tried here.)
+    let inside = t.path().join("data/inside");
+    fs::create_dir(&inside).unwrap();
+    record_volume_unchecked(&t, "inside", &inside);
+    for args in [
+        &["relocate", "x", "--to", "inside"][..],
+        &["create", "y", "--volume", "inside"],
+        &["clone", "x", "z", "--volume", "inside"],
+    ] {
+        let err = refused(&t, args);
+        assert!(
+            err.contains("volume \"inside\"") && err.contains("store directory"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(t.show("x")["status"], "ready");
+    assert_eq!(t.show("x")["volume"], "default");
+    assert!(fs::read_dir(&inside).unwrap().next().is_none());
+}

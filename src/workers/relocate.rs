@@ -27,7 +27,7 @@ pub const CLEANUP_KIND: &str = "relocate-cleanup";
 /// Starts relocating live vfolder `name` to volume `to`; the move is left to [`run`].
 pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder> {
     let v = cat.store().get_live(name)?;
-    cat.volume(to)?;
+    cat.usable_volume(to)?;
     if v.volume == to {
         return Err(VolumeError::AlreadyOn {
             vfolder: v.name,
