@@ -395,3 +395,36 @@ fn nothing_is_placed_on_a_volume_that_should_never_have_been_accepted() {
     assert_eq!(t.show("x")["volume"], "default");
     assert!(fs::read_dir(&inside).unwrap().next().is_none());
 }
+
+#[test]
+fn fsck_repair_judges_an_orphan_again_just_before_moving_it() {
+    use vfolderfs::catalog::Catalog;
+    use vfolderfs::fsck::{self, Finding, Options};
+    use vfolderfs::layout::Layout;
+    let t = TempStore::new();
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let id = "abcdef01-2345-6789-abcd-ef0123456789";
+    let dir = t.path().join("data/ab").join(id);
+    fs::create_dir_all(&dir).unwrap();
+    let opts = Options {
+        grace: Duration::ZERO,
+    };
+    let found = fsck::check(&cat, &opts).unwrap().findings;
+    assert!(
+        found
+            .iter()
+            .any(|f| matches!(f, Finding::Orphan { id: i, .. } if i.ends_with(id))),
+        "{found:?}"
+    );
+    // A create that made the directory before the check records its row
+    // between the check and the repair.
+    cat.store().create(id, "late", "default", "test").unwrap();
+    let done = fsck::repair(&cat, &found, &opts);
+    assert!(dir.is_dir(), "moved a claimed directory: {done:?}");
+    assert!(
+        done.iter()
+            .any(|(_, r)| r.as_ref().is_ok_and(|s| s.contains("no longer an orphan"))),
+        "{done:?}"
+    );
+    assert_eq!(t.show("late")["status"], "ready");
+}
