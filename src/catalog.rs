@@ -176,26 +176,26 @@ impl Catalog {
         Ok(privacy::loose_dirs(&self.layout, &volumes))
     }
 
-    /// Volumes that should never have been accepted (see
-    /// [`crate::volumes`]): (name, path, why). The default volume is judged
-    /// against the added volumes only (it is inside the store directory by
-    /// design); an unreadable volume is not judged here.
+    /// Added volumes that should never have been accepted (see
+    /// [`crate::volumes`]): (name, path, why). The default volume is the
+    /// store's own and never one of them: an added volume overlapping it is
+    /// (it overlaps the store directory). An unreadable volume is not
+    /// judged here.
     pub fn volume_refusals(&self) -> Result<Vec<(String, PathBuf, String)>> {
-        let list = self.volume_list()?;
-        if list.len() < 2 {
+        let added = self.store.volumes()?;
+        if added.is_empty() {
             return Ok(Vec::new());
         }
         let occupied = self.occupied()?;
         let mut out = Vec::new();
-        for (name, path) in list {
+        for (name, path) in added {
+            let path = PathBuf::from(path);
             let Ok(canon) = fs::canonicalize(&path) else {
                 continue;
             };
             let others: Vec<volumes::Occupied> = occupied
                 .iter()
-                .filter(|o| {
-                    o.path != path && !(name == DEFAULT_VOLUME && o.path == self.layout.root())
-                })
+                .filter(|o| o.path != path)
                 .cloned()
                 .collect();
             if let Some(why) = volumes::refusal(&canon, &others) {
@@ -336,11 +336,14 @@ impl Catalog {
     /// what new data is placed on.
     pub fn usable_volume(&self, name: &str) -> Result<Arc<Volume>> {
         let v = self.volume(name)?;
-        if name != DEFAULT_VOLUME
-            && let Some((_, path, why)) = self
-                .volume_refusals()?
-                .into_iter()
-                .find(|(n, _, _)| n == name)
+        if name == DEFAULT_VOLUME {
+            // The store's own; an added volume overlapping it is the one refused.
+            return Ok(v);
+        }
+        if let Some((_, path, why)) = self
+            .volume_refusals()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
         {
             return Err(VolumeError::Unsafe {
                 name: name.to_string(),
