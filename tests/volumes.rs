@@ -276,6 +276,10 @@ fn fsck_repair_never_moves_live_data_of_a_volume_equal_to_the_store_data() {
         out.contains("volume same") && out.contains("should not be"),
         "{out}"
     );
+    assert!(
+        !out.contains("volume default"),
+        "the store's own volume is not the bad one: {out}"
+    );
     assert_eq!(fs::read(live.join("f")).unwrap(), b"mine", "{out}");
     assert!(trashed.is_dir(), "{out}");
     assert!(!t.path().join("data/lost+found").exists(), "{out}");
@@ -298,6 +302,10 @@ fn fsck_repair_never_touches_files_inside_a_vfolder_a_nested_volume_points_into(
     let o = t.cli(&["fsck", "--repair", "--grace", "0s"]);
     let out = stdout(&o);
     assert!(out.contains("volume nested"), "{out}");
+    assert!(
+        !out.contains("volume default"),
+        "the store's own volume is not the bad one: {out}"
+    );
     assert_eq!(fs::read(v.join("dd/file")).unwrap(), b"user data", "{out}");
     assert!(!v.join("lost+found").exists(), "{out}");
     let mode = fs::metadata(v.join("dd")).unwrap().permissions().mode() & 0o7777;
