@@ -436,3 +436,63 @@ fn fsck_repair_judges_an_orphan_again_just_before_moving_it() {
     );
     assert_eq!(t.show("late")["status"], "ready");
 }
+
+#[test]
+fn fsck_repair_during_live_jobs_leaves_their_copies_and_claims_alone() {
+    let t = TempStore::new();
+    let fast = common::Tmpfs::new(&t, "fast", "64m");
+    t.ok(&["volume", "add", "fast", fast.0.to_str().unwrap()]);
+    for name in ["moving", "source"] {
+        t.ok(&["create", name]);
+        let p = path_of(&t, name);
+        for i in 0..400 {
+            fs::write(p.join(format!("f{i}")), b"data").unwrap();
+        }
+    }
+    let m = Mount::on_env(t, &[], &[("VFOLDERFS_PURGE_THROTTLE_US", "5000")]);
+    let t = &m.store;
+    // A relocation across filesystems and a clone, both copying in the
+    // mount's pool while fsck repairs with no grace at all.
+    t.ok(&["relocate", "moving", "--to", "fast", "--no-wait"]);
+    t.ok(&["clone", "source", "copy", "--volume", "fast", "--no-wait"]);
+    let busy = |name: &str| {
+        t.show(name)["job"]["owner"]
+            .as_str()
+            .is_some_and(|o| !o.is_empty())
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || busy("moving") && busy("copy")),
+        "the jobs never started"
+    );
+    for _ in 0..3 {
+        let o = t.cli(&["fsck", "--repair", "--grace", "0s"]);
+        let out = stdout(&o);
+        assert!(!out.contains("moved to"), "moved a live job's copy:\n{out}");
+        assert!(
+            !out.contains("\"moving\"") && !out.contains("\"copy\""),
+            "touched a live job:\n{out}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            t.show("moving")["status"] == "ready"
+                && t.show("moving")["volume"] == "fast"
+                && t.show("copy")["status"] == "ready"
+        }),
+        "the jobs did not finish: {} {}",
+        t.show("moving"),
+        t.show("copy")
+    );
+    for name in ["moving", "copy"] {
+        let n = fs::read_dir(path_of(t, name)).unwrap().count();
+        assert_eq!(n, 400, "{name}");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || t
+            .cli(&["fsck", "--grace", "0s"])
+            .status
+            .success()),
+        "{}",
+        stdout(&t.cli(&["fsck", "--grace", "0s"]))
+    );
+}
