@@ -333,6 +333,18 @@ pub fn refusal(path: &Path, others: &[Occupied]) -> Option<String> {
     None
 }
 
+/// How directory `path` overlaps one of `others`, in words, if it does
+/// (overlap only: no mount-table or filesystem-type checks). What a mount
+/// point is checked with: a vfolderfs mount over or inside its own data
+/// would serve its backing directories through itself.
+pub fn overlap_refusal(path: &Path, others: &[Occupied]) -> Option<String> {
+    let mounts = mountinfo::own().unwrap_or_default();
+    others.iter().find_map(|o| {
+        overlap(&mounts, path, &o.path)
+            .map(|r| format!("it {r} {} ({})", o.label, o.path.display()))
+    })
+}
+
 /// A volume as seen from outside, for `volume show` and `volume list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {

@@ -496,3 +496,34 @@ fn fsck_repair_during_live_jobs_leaves_their_copies_and_claims_alone() {
         stdout(&t.cli(&["fsck", "--grace", "0s"]))
     );
 }
+
+#[test]
+fn a_mount_over_or_inside_the_stores_data_is_refused() {
+    let t = TempStore::new();
+    let a = t.dir.path().join("a");
+    t.ok(&["volume", "add", "a", a.to_str().unwrap()]);
+    fs::create_dir(a.join("sub")).unwrap();
+    fs::create_dir(t.path().join("inner")).unwrap();
+    let cases = [
+        (t.path().join("data"), "store directory"),
+        (t.path().join("inner"), "store directory"),
+        (a.clone(), "volume \"a\""),
+        (a.join("sub"), "volume \"a\""),
+        (t.dir.path().to_path_buf(), "contains the store directory"),
+    ];
+    for (mp, why) in cases {
+        // Unmounted on drop should the refusal fail to come.
+        let _undo = Undo::new(&["umount", "-l"], &mp);
+        let o = t.cli(&["mount", mp.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "mounted at {mp:?}");
+        assert!(
+            err.contains("cannot mount here") && err.contains(why),
+            "{mp:?}: {err}"
+        );
+        assert!(!common::is_mounted(&mp));
+    }
+    // Beside them is fine.
+    let m = Mount::on(t, &[]);
+    assert!(common::is_mounted(&m.mnt));
+}
