@@ -188,18 +188,30 @@ pub struct Checked {
     pub recent: usize,
 }
 
-/// Volumes fsck must not scan for orphans, with why; and those it cannot read.
+/// Volumes fsck must not scan for orphans, with why; and those whose
+/// vfolders it does not judge (unreadable, or on FUSE: not even touched,
+/// since a stuck FUSE daemon would hang fsck).
 fn volume_findings(cat: &Catalog) -> Result<(Vec<Finding>, HashSet<String>, HashSet<String>)> {
     let mut out = Vec::new();
-    let (mut unsafe_vols, mut unavailable) = (HashSet::new(), HashSet::new());
+    let (mut unsafe_vols, mut unjudged) = (HashSet::new(), HashSet::new());
     for (name, path) in cat.volume_list()? {
+        if let Some(why) = volumes::mount_table_refusal(&path) {
+            unsafe_vols.insert(name.clone());
+            unjudged.insert(name.clone());
+            out.push(Finding::VolumeUnsafe {
+                volume: name,
+                path,
+                why: format!("{why} (its vfolders were not checked)"),
+            });
+            continue;
+        }
         let probe = volumes::probe(&path);
         if let Some(why) = probe.unavailable.clone().or_else(|| {
             cat.volume(&name)
                 .err()
                 .map(|e| format!("cannot open it: {e}"))
         }) {
-            unavailable.insert(name.clone());
+            unjudged.insert(name.clone());
             out.push(Finding::VolumeUnavailable {
                 volume: name,
                 path,
@@ -208,10 +220,11 @@ fn volume_findings(cat: &Catalog) -> Result<(Vec<Finding>, HashSet<String>, Hash
         }
     }
     for (volume, path, why) in cat.volume_refusals()? {
-        unsafe_vols.insert(volume.clone());
-        out.push(Finding::VolumeUnsafe { volume, path, why });
+        if unsafe_vols.insert(volume.clone()) {
+            out.push(Finding::VolumeUnsafe { volume, path, why });
+        }
     }
-    Ok((out, unsafe_vols, unavailable))
+    Ok((out, unsafe_vols, unjudged))
 }
 
 /// The `(st_dev, st_ino)` of every volume root, the store directory, and

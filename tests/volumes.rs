@@ -87,6 +87,21 @@ fn a_volume_inside_a_vfolderfs_mount_is_refused() {
     let err = refused(&m.store, &["volume", "add", "top", m.mnt.to_str().unwrap()]);
     assert!(err.contains("vfolderfs mount"), "{err}");
     assert_eq!(volume_names(&m.store), ["default"]);
+    // A store that recorded such a volume before the checks: fsck reports it
+    // without reading through the mount, and nothing is moved onto it. (The
+    // fsck assertion comes first: on code without the checks the
+    // relocation would hang the kernel.)
+    fs::create_dir(&inside).unwrap();
+    record_volume_unchecked(&m.store, "loop", &inside);
+    let o = m.store.cli(&["fsck"]);
+    let out = stdout(&o);
+    assert!(
+        !o.status.success() && out.contains("volume loop") && out.contains("vfolderfs mount"),
+        "{out}"
+    );
+    let err = refused(&m.store, &["relocate", "v", "--to", "loop"]);
+    assert!(err.contains("vfolderfs mount"), "{err}");
+    assert_eq!(m.store.show("v")["volume"], "default");
 }
 
 #[test]
