@@ -243,7 +243,7 @@ fn protected_dirs(cat: &Catalog) -> Result<HashSet<(u64, u64)>> {
     Ok(out)
 }
 
-/// How long ago `path` (not followed) last changed: its newer of mtime and ctime.
+/// How long ago an entry (its `lstat`) last changed: the newer of its mtime and ctime.
 fn age(meta: &std::fs::Metadata) -> Duration {
     let secs = meta.mtime().max(meta.ctime());
     let nanos = if meta.mtime() >= meta.ctime() {
