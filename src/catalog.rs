@@ -17,6 +17,7 @@ use crate::layout::Layout;
 use crate::privacy;
 use crate::status::Op;
 use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
+use crate::volumes::{self, VolumeError};
 
 /// The volume every store has: its own `data/` directory.
 pub const DEFAULT_VOLUME: &str = "default";
@@ -158,8 +159,50 @@ impl Catalog {
     }
 
     fn loose_dirs(&self) -> Result<Vec<privacy::Loose>> {
-        let volumes: Vec<PathBuf> = self.volume_list()?.into_iter().map(|(_, p)| p).collect();
+        // A volume that overlaps another (accepted before volumes were
+        // checked) may have a vfolder's own directories where shards should
+        // be: those are the users', never tightened.
+        let refused: Vec<String> = self
+            .volume_refusals()?
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        let volumes: Vec<PathBuf> = self
+            .volume_list()?
+            .into_iter()
+            .filter(|(n, _)| !refused.contains(n))
+            .map(|(_, p)| p)
+            .collect();
         Ok(privacy::loose_dirs(&self.layout, &volumes))
+    }
+
+    /// Added volumes that should never have been accepted (see
+    /// [`crate::volumes`]): (name, path, why). The default volume is the
+    /// store's own and never one of them: an added volume overlapping it is
+    /// (it overlaps the store directory). An unreadable volume is not
+    /// judged here.
+    pub fn volume_refusals(&self) -> Result<Vec<(String, PathBuf, String)>> {
+        let added = self.store.volumes()?;
+        if added.is_empty() {
+            return Ok(Vec::new());
+        }
+        let occupied = self.occupied()?;
+        let mut out = Vec::new();
+        for (name, path) in added {
+            let path = PathBuf::from(path);
+            let Ok(canon) = fs::canonicalize(&path) else {
+                continue;
+            };
+            let others: Vec<volumes::Occupied> = occupied
+                .iter()
+                .filter(|o| o.path != path)
+                .cloned()
+                .collect();
+            if let Some(why) = volumes::refusal(&canon, &others) {
+                out.push((name, path, why));
+            }
+        }
+        Ok(out)
     }
 
     /// The store's layout.
@@ -194,7 +237,7 @@ impl Catalog {
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, p)| p)
-            .ok_or_else(|| StoreError::NotFound(format!("volume {name}")))?;
+            .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
         let fd = sys::open_dir_path(&path).map_err(io_err(&path))?;
         let v = Arc::new(Volume {
             name: name.to_string(),
@@ -205,16 +248,56 @@ impl Catalog {
         Ok(v)
     }
 
-    /// Adds a data volume at `path`. A missing directory is made `0700`; an
-    /// existing one that other users can reach is tightened to `0700` if it
-    /// is empty, and refused ([`StoreError::LoosePath`]) if not, since
-    /// something else may rely on it.
-    pub fn add_volume(&self, name: &str, path: &std::path::Path) -> Result<()> {
-        if name == DEFAULT_VOLUME {
-            return Err(StoreError::NameTaken(format!("volume {name}")));
+    /// What a new volume must not overlap: the store directory (which holds
+    /// the default volume) and every added volume.
+    pub fn occupied(&self) -> Result<Vec<volumes::Occupied>> {
+        let mut out = vec![volumes::Occupied {
+            label: "the store directory".into(),
+            path: self.layout.root().to_path_buf(),
+        }];
+        for (n, p) in self.store.volumes()? {
+            out.push(volumes::Occupied {
+                label: format!("volume {n:?}"),
+                path: PathBuf::from(p),
+            });
         }
-        privacy::make_private_dir(path).map_err(io_err(path))?;
-        let canon = fs::canonicalize(path).map_err(io_err(path))?;
+        Ok(out)
+    }
+
+    /// Adds a data volume at `path`, after checking that the directory may
+    /// be one ([`crate::volumes`]: not on FUSE, not in a vfolderfs mount, not
+    /// overlapping another volume or the store; refused with
+    /// [`VolumeError::Unsafe`] before anything is made). A missing
+    /// directory is made `0700`; an existing one that other users can reach
+    /// is tightened to `0700` if it is empty, and refused
+    /// ([`StoreError::LoosePath`]) if not, since something else may rely on it.
+    pub fn add_volume(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        if name == DEFAULT_VOLUME || self.store.volumes()?.iter().any(|(n, _)| n == name) {
+            return Err(VolumeError::Exists(name.to_string()).into());
+        }
+        let occupied = self.occupied()?;
+        let unsafe_path = |p: &std::path::Path, why: String| VolumeError::Unsafe {
+            name: name.to_string(),
+            path: p.display().to_string(),
+            why,
+        };
+        if let Some(why) = volumes::mount_table_refusal(path) {
+            return Err(unsafe_path(path, why).into());
+        }
+        let planned = volumes::prospective(path).map_err(io_err(path))?;
+        if let Some(why) = volumes::refusal(&planned, &occupied) {
+            return Err(unsafe_path(&planned, why).into());
+        }
+        let made = privacy::make_private_dir(&planned).map_err(io_err(&planned))?;
+        let canon = fs::canonicalize(&planned).map_err(io_err(&planned))?;
+        // Again on the directory as made: a symlink or mount may have
+        // appeared on the way meanwhile.
+        if let Some(why) = volumes::refusal(&canon, &occupied) {
+            if made {
+                let _ = fs::remove_dir(&canon);
+            }
+            return Err(unsafe_path(&canon, why).into());
+        }
         let meta = fs::metadata(&canon).map_err(io_err(&canon))?;
         if !meta.is_dir() {
             return Err(io_err(&canon)(std::io::ErrorKind::NotADirectory.into()));
@@ -245,6 +328,39 @@ impl Catalog {
             }
         }
         self.store.add_volume(name, &canon.display().to_string())
+    }
+
+    /// Volume `name`, refused ([`VolumeError::Unsafe`]) if it should never
+    /// have been accepted (a store made before volumes were checked may have
+    /// one inside a vfolderfs mount, where moving data deadlocks the kernel):
+    /// what new data is placed on.
+    pub fn usable_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        let v = self.volume(name)?;
+        if name == DEFAULT_VOLUME {
+            // The store's own; an added volume overlapping it is the one refused.
+            return Ok(v);
+        }
+        if let Some((_, path, why)) = self
+            .volume_refusals()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+        {
+            return Err(VolumeError::Unsafe {
+                name: name.to_string(),
+                path: path.display().to_string(),
+                why,
+            }
+            .into());
+        }
+        Ok(v)
+    }
+
+    /// Forgets volume `name` (refused while any vfolder row, of any status,
+    /// uses it: see [`Store::remove_volume`]); its directory is left as it is.
+    pub fn remove_volume(&self, name: &str) -> Result<()> {
+        self.store.remove_volume(name)?;
+        self.volumes.write().remove(name);
+        Ok(())
     }
 
     /// Where a vfolder's backing directory is.
@@ -398,13 +514,36 @@ impl Catalog {
     ) -> Result<VFolder> {
         crate::name::validate(name).map_err(|e| StoreError::InvalidName(name.to_string(), e))?;
         let volume = volume.unwrap_or(DEFAULT_VOLUME);
+        self.usable_volume(volume)?;
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         drop(self.make_backing(&id, volume, dir)?);
         let made = self.store.create(&id, name, volume, cause);
-        if made.is_err() {
-            let _ = self.remove_backing_root(&id, volume);
+        match made {
+            Err(_) => {
+                let _ = self.remove_backing_root(&id, volume);
+            }
+            Ok(_) => self.remake_if_moved(&id, volume, dir)?,
         }
         made
+    }
+
+    /// After the row of a new (still empty) directory was inserted: if an
+    /// `fsck --repair` moved the directory away meanwhile (this process
+    /// was stalled past fsck's grace period between `mkdir` and the row),
+    /// makes it again. See [`crate::fsck`].
+    pub fn remake_if_moved(&self, id: &str, volume: &str, dir: NewDir) -> Result<()> {
+        if self.backing_exists(id, volume) {
+            return Ok(());
+        }
+        log::warn!(
+            "the new directory of {id} on {volume} was moved away before its row was in; making it again"
+        );
+        match self.make_backing(id, volume, dir) {
+            Ok(fd) => drop(fd),
+            Err(StoreError::Io(_, e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Creates a ready vfolder on the default volume.

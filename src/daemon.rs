@@ -313,8 +313,17 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
 pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
     // Fail early, in the caller's terminal, if the store cannot be opened
     // (a missing one is refused: only `init` makes a store).
-    drop(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
+    let cat = Catalog::open(args.layout.clone()).map_err(MountError::Store)?;
     args.mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    // Never over or inside the store's own data (see crate::volumes).
+    let occupied = cat.occupied().map_err(MountError::Store)?;
+    if let Some(why) = crate::volumes::overlap_refusal(&args.mountpoint, &occupied) {
+        return Err(MountError::MountPoint(
+            args.mountpoint.clone(),
+            format!("cannot mount here: {why}"),
+        ));
+    }
+    drop(cat);
     if args.foreground {
         return serve(&args, |_| {});
     }

@@ -1,24 +1,74 @@
 //! Checking a store against its data volumes, and repairing what can be
 //! repaired safely: never deleting data it cannot account for (unknown
 //! directories go to the volume's `lost+found`).
+//!
+//! Safe against a live store (mounts and jobs running, CLI commands
+//! arriving):
+//! - a directory is an orphan only if no row of any status, on any volume,
+//!   has its name as id (a vfolder's own directory, an old copy awaiting
+//!   removal, a relocation's or clone's new copy are all named by the id);
+//! - `create` and a clone's start make the directory a moment before the
+//!   row: a directory whose last change (`max(mtime, ctime)`) is younger
+//!   than the grace period ([`Options::grace`], 10 minutes by default) is
+//!   not judged at all, and just before a move the repair reads the rows
+//!   and the directory's age again; a creator that was stalled past the
+//!   grace period finds its (still empty) directory gone after inserting
+//!   its row and makes it again ([`crate::catalog::Catalog::create_on`]);
+//! - nothing is scanned for orphans on a volume that overlaps another
+//!   volume or the store, or is on FUSE ([`Finding::VolumeUnsafe`]), and
+//!   no directory that is (or leads to) a volume root is ever moved;
+//! - rows on an unreachable volume are not judged
+//!   ([`Finding::VolumeUnavailable`]): a disk that is not mounted does not
+//!   make its trashed vfolders "purged";
+//! - jobs are finished or rolled back only under the job's claim (a live
+//!   holder's claim is never taken over), and an old copy is removed only
+//!   after every mount confirmed the relocation (see
+//!   [`crate::workers::relocate::cleanup`]).
+//!
+//! [`repair_all`] repairs in passes until nothing new turns up (finishing
+//! an interrupted clone may leave its partial copy to purge: the next pass
+//! purges it), so one run leaves nothing it could have repaired.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fmt;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use crate::backing::sys;
 use crate::catalog::Catalog;
 use crate::layout::Layout;
 use crate::sessions;
 use crate::store::{Job, ListFilter, Result, VFolder};
+use crate::volumes;
 use crate::workers::pool::{self, Task};
 use crate::workers::{Outcome, owner_dead, purge, relocate, this_owner};
 
 /// Name of the directory in each volume where unaccounted data is moved.
 pub const LOST_FOUND: &str = "lost+found";
+
+/// How fsck judges a live store.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// A directory no row accounts for is judged only once it has not
+    /// changed for this long (a `create` may be between its `mkdir` and its
+    /// row).
+    pub grace: Duration,
+}
+
+/// The default [`Options::grace`].
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
 
 /// One problem found.
 #[derive(Debug, Clone)]
@@ -47,6 +97,26 @@ pub enum Finding {
         target: String,
         /// Its session.
         session: String,
+    },
+    /// A volume whose directory cannot be read: the vfolders on it are not
+    /// judged until it is back.
+    VolumeUnavailable {
+        /// The volume.
+        volume: String,
+        /// Its directory.
+        path: PathBuf,
+        /// Why, in words.
+        why: String,
+    },
+    /// A volume that should never have been accepted (it overlaps another
+    /// volume or the store, or is on FUSE): it is not scanned for orphans.
+    VolumeUnsafe {
+        /// The volume.
+        volume: String,
+        /// Its directory.
+        path: PathBuf,
+        /// Why, in words.
+        why: String,
     },
 }
 
@@ -85,6 +155,17 @@ impl fmt::Display for Finding {
                     "attachment of session {session:?} at {target}: its bind is gone"
                 )
             }
+            Finding::VolumeUnavailable { volume, path, why } => write!(
+                f,
+                "volume {volume} ({}) is unavailable ({why}); the vfolders on it were not checked",
+                path.display()
+            ),
+            Finding::VolumeUnsafe { volume, path, why } => write!(
+                f,
+                "volume {volume} ({}) should not be a volume: {why}; it was not scanned for \
+                 orphans",
+                path.display()
+            ),
         }
     }
 }
@@ -97,13 +178,101 @@ fn job_is_alive(job: Option<&Job>) -> bool {
     })
 }
 
+/// What a check found, and what it did not judge.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The problems.
+    pub findings: Vec<Finding>,
+    /// Directories no row accounts for that changed within the grace
+    /// period: not judged (a creation may be under way).
+    pub recent: usize,
+}
+
+/// Volumes fsck must not scan for orphans, with why; and those whose
+/// vfolders it does not judge (unreadable, or on FUSE: not even touched,
+/// since a stuck FUSE daemon would hang fsck).
+fn volume_findings(cat: &Catalog) -> Result<(Vec<Finding>, HashSet<String>, HashSet<String>)> {
+    let mut out = Vec::new();
+    let (mut unsafe_vols, mut unjudged) = (HashSet::new(), HashSet::new());
+    for (name, path) in cat.volume_list()? {
+        if let Some(why) = volumes::mount_table_refusal(&path) {
+            unsafe_vols.insert(name.clone());
+            unjudged.insert(name.clone());
+            out.push(Finding::VolumeUnsafe {
+                volume: name,
+                path,
+                why: format!("{why} (its vfolders were not checked)"),
+            });
+            continue;
+        }
+        let probe = volumes::probe(&path);
+        if let Some(why) = probe.unavailable.clone().or_else(|| {
+            cat.volume(&name)
+                .err()
+                .map(|e| format!("cannot open it: {e}"))
+        }) {
+            unjudged.insert(name.clone());
+            out.push(Finding::VolumeUnavailable {
+                volume: name,
+                path,
+                why,
+            });
+        }
+    }
+    for (volume, path, why) in cat.volume_refusals()? {
+        if unsafe_vols.insert(volume.clone()) {
+            out.push(Finding::VolumeUnsafe { volume, path, why });
+        }
+    }
+    Ok((out, unsafe_vols, unjudged))
+}
+
+/// The `(st_dev, st_ino)` of every volume root, the store directory, and
+/// every directory above them: never moved, whatever a scan finds.
+fn protected_dirs(cat: &Catalog) -> Result<HashSet<(u64, u64)>> {
+    let mut out = HashSet::new();
+    let mut roots: Vec<PathBuf> = cat.volume_list()?.into_iter().map(|(_, p)| p).collect();
+    roots.push(cat.layout().root().to_path_buf());
+    for r in roots {
+        for a in r.ancestors() {
+            if let Ok(m) = std::fs::metadata(a) {
+                out.insert((m.dev(), m.ino()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How long ago an entry (its `lstat`) last changed: the newer of its mtime and ctime.
+fn age(meta: &std::fs::Metadata) -> Duration {
+    let secs = meta.mtime().max(meta.ctime());
+    let nanos = if meta.mtime() >= meta.ctime() {
+        meta.mtime_nsec()
+    } else {
+        meta.ctime_nsec()
+    };
+    let changed = std::time::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.max(0) as u32);
+    std::time::SystemTime::now()
+        .duration_since(changed)
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Compares the store with its volumes, and checks that both are private
 /// to vfolderfs's user.
-pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
+pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
     let rows = cat.store().list(ListFilter::All)?;
-    let by_id: HashMap<&str, &VFolder> = rows.iter().map(|v| (v.id.as_str(), v)).collect();
-    let mut out = Vec::new();
+    let ids: HashSet<&str> = rows.iter().map(|v| v.id.as_str()).collect();
+    let (mut out, unsafe_vols, unavailable) = volume_findings(cat)?;
+    let on_unavailable = |v: &VFolder| {
+        unavailable.contains(&v.volume)
+            || v.prev_volume
+                .as_ref()
+                .is_some_and(|p| unavailable.contains(p))
+    };
     for v in &rows {
+        if on_unavailable(v) {
+            continue;
+        }
         let job = cat.store().job(&v.id)?;
         let present = cat.backing_exists(&v.id, &v.volume);
         let busy = job_is_alive(job.as_ref());
@@ -131,13 +300,24 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
             out.push(Finding::PurgedButPresent(v.clone()));
         }
     }
+    let protected = protected_dirs(cat)?;
+    let mut recent = 0;
     for (volume, path) in cat.volume_list()? {
+        if unsafe_vols.contains(&volume) || unavailable.contains(&volume) {
+            continue;
+        }
         let Ok(shards) = std::fs::read_dir(&path) else {
             continue;
         };
         for shard in shards.flatten() {
             let sname = shard.file_name().to_string_lossy().into_owned();
-            if sname == LOST_FOUND || !shard.path().is_dir() {
+            let Ok(smeta) = std::fs::symlink_metadata(shard.path()) else {
+                continue;
+            };
+            if sname == LOST_FOUND
+                || !smeta.is_dir()
+                || protected.contains(&(smeta.dev(), smeta.ino()))
+            {
                 continue;
             }
             let Ok(entries) = std::fs::read_dir(shard.path()) else {
@@ -145,17 +325,24 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
             };
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let accounted = by_id.get(id.as_str()).is_some_and(|v| {
-                    v.volume == volume
-                        || v.prev_volume.as_deref() == Some(volume.as_str())
-                        || v.status.is_relocating()
-                });
-                if !accounted || sname != id.get(..2).unwrap_or("") {
-                    out.push(Finding::Orphan {
-                        volume: volume.clone(),
-                        id: format!("{sname}/{id}"),
-                    });
+                // Any row of that id claims it, whatever its status and volume.
+                if ids.contains(id.as_str()) {
+                    continue;
                 }
+                let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                    continue;
+                };
+                if protected.contains(&(meta.dev(), meta.ino())) {
+                    continue;
+                }
+                if age(&meta) < opts.grace {
+                    recent += 1;
+                    continue;
+                }
+                out.push(Finding::Orphan {
+                    volume: volume.clone(),
+                    id: format!("{sname}/{id}"),
+                });
             }
         }
     }
@@ -169,7 +356,10 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
             });
         }
     }
-    Ok(out)
+    Ok(Checked {
+        findings: out,
+        recent,
+    })
 }
 
 /// Moves `rel` (a `shard/id` path) of `volume` into the volume's `lost+found`.
@@ -207,11 +397,74 @@ fn to_lost_found(cat: &Catalog, volume: &str, rel: &str) -> std::io::Result<Path
     Ok(vol.path.join(LOST_FOUND).join(dst_name))
 }
 
+/// What a job's task is, in words.
+fn task_words(task: &Task) -> &'static str {
+    match task {
+        Task::Purge(_) => "removing its data",
+        Task::Clone(_) => "the clone",
+        Task::Relocate(_) => "the relocation",
+        Task::Cleanup(_) => "removing the old copy",
+    }
+}
+
+/// How a job attempt ended, in words: done (Ok) or left (Err).
+fn outcome_words(what: &str, o: Outcome) -> std::result::Result<String, String> {
+    match o {
+        Outcome::Complete(n) => Ok(format!("finished {what} ({n} entries)")),
+        Outcome::RolledBack(why) => Ok(format!("rolled back: {why}")),
+        Outcome::NotApplicable => Ok("nothing left to do".into()),
+        Outcome::Failed(m) => Err(format!("{what} failed: {m}")),
+        Outcome::Cancelled => Err(format!(
+            "{what} stopped before the end (a mount did not confirm in time); it is \
+             resumed by the next fsck --repair or mount"
+        )),
+        Outcome::HeldElsewhere => Err(format!("left alone: another live process is doing {what}")),
+        Outcome::ClaimLost => Err(format!("left to another process, which took {what} over")),
+    }
+}
+
+/// Moves orphan `rel` of `volume` to `lost+found` after judging it again:
+/// a row may have claimed it, or it may have changed, since the check.
+fn move_orphan(
+    cat: &Catalog,
+    volume: &str,
+    rel: &str,
+    opts: &Options,
+) -> std::result::Result<String, String> {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    match cat.store().get(name) {
+        Ok(v) => {
+            return Ok(format!(
+                "no longer an orphan: vfolder {:?} ({}) claims it now; left as it is",
+                v.name, v.status
+            ));
+        }
+        Err(crate::store::StoreError::NotFound(_)) => {}
+        Err(e) => return Err(format!("left as it is: {e}")),
+    }
+    let path = cat
+        .volume(volume)
+        .map_err(|e| e.to_string())?
+        .path
+        .join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if age(&m) < opts.grace => {
+            return Ok("changed since the check; left as it is".into());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    to_lost_found(cat, volume, rel)
+        .map(|p| format!("moved to {}", p.display()))
+        .map_err(|e| e.to_string())
+}
+
 /// Repairs what can be repaired safely; returns, per finding, what was done
-/// or why it was left.
+/// (Ok) or why it was left (Err), in words.
 pub fn repair(
     cat: &Catalog,
     findings: &[Finding],
+    opts: &Options,
 ) -> Vec<(String, std::result::Result<String, String>)> {
     let owner = this_owner();
     let never = AtomicBool::new(false);
@@ -220,32 +473,30 @@ pub fn repair(
         let r: std::result::Result<String, String> = match f {
             Finding::Stuck(v, _) => match Task::for_row(v) {
                 Some(task) => match pool::run_task(cat, &task, &owner, &never, None) {
-                    Ok(Outcome::Complete(_)) => Ok(format!("finished {task:?}")),
-                    Ok(Outcome::RolledBack(why)) => Ok(format!("rolled back: {why}")),
-                    Ok(o) => Err(format!("{task:?} ended {o:?}")),
+                    Ok(o) => outcome_words(task_words(&task), o),
                     Err(e) => Err(e.to_string()),
                 },
                 None => Ok("nothing left to do".into()),
             },
             Finding::LeftoverCopy(v) => match relocate::cleanup(cat, &v.id, &owner, &never) {
-                Ok(Outcome::Complete(n)) => Ok(format!("removed the old copy ({n} entries)")),
-                Ok(o) => Err(format!("cleanup ended {o:?}")),
+                Ok(o) => outcome_words("removing the old copy", o),
                 Err(e) => Err(e.to_string()),
             },
             Finding::MissingData(v) if v.status.is_purgeable() => {
-                purge::request(cat, &v.id, "fsck: data already gone")
+                match purge::request(cat, &v.id, "fsck: data already gone")
                     .and_then(|()| purge::purge_one(cat, &v.id, &owner, &never, None, &mut |_| {}))
-                    .map(|o| format!("recorded as purged ({o:?})"))
-                    .map_err(|e| e.to_string())
+                {
+                    Ok(Outcome::Complete(_)) => Ok("recorded as purged".into()),
+                    Ok(o) => outcome_words("recording it as purged", o),
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Finding::MissingData(_) => Err(
                 "left as it is: a live vfolder without data needs a person (restore the \
                  directory from backup, or delete and purge the vfolder)"
                     .into(),
             ),
-            Finding::Orphan { volume, id } => to_lost_found(cat, volume, id)
-                .map(|p| format!("moved to {}", p.display()))
-                .map_err(|e| e.to_string()),
+            Finding::Orphan { volume, id } => move_orphan(cat, volume, id, opts),
             Finding::PurgedButPresent(v) => to_lost_found(
                 cat,
                 &v.volume,
@@ -259,8 +510,65 @@ pub fn repair(
             Finding::StaleAttachment { .. } => sessions::prune(cat, true)
                 .map(|gone| format!("pruned {} stale attachment(s)", gone.len()))
                 .map_err(|e| e.to_string()),
+            Finding::VolumeUnavailable { .. } => Err(
+                "left as it is: mount the volume's disk or restore its directory, then run \
+                 fsck again"
+                    .into(),
+            ),
+            Finding::VolumeUnsafe { volume, .. } => Err(format!(
+                "left as it is: relocate the vfolders off volume {volume} and `vfolderfs \
+                 volume remove {volume}`"
+            )),
         };
         out.push((f.to_string(), r));
     }
     out
+}
+
+/// What [`repair_all`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Repaired {
+    /// What the first check found.
+    pub found: Vec<Finding>,
+    /// Per finding (over every pass), what was done or why it was left.
+    pub repairs: Vec<(String, std::result::Result<String, String>)>,
+    /// What the last check still finds.
+    pub remaining: Vec<Finding>,
+    /// Directories left unjudged by the last check (see [`Checked::recent`]).
+    pub recent: usize,
+}
+
+/// Most passes [`repair_all`] makes.
+const MAX_PASSES: usize = 5;
+
+/// Checks and repairs in passes: each pass repairs the findings not
+/// attempted before (a repair can uncover the next step, such as the
+/// partial copy of a rolled-back clone to purge), until a check finds
+/// nothing new.
+pub fn repair_all(cat: &Catalog, opts: &Options) -> Result<Repaired> {
+    let first = check(cat, opts)?;
+    let mut done = Repaired {
+        found: first.findings.clone(),
+        recent: first.recent,
+        ..Default::default()
+    };
+    let mut attempted: HashSet<String> = HashSet::new();
+    let mut current = first.findings;
+    for _ in 0..MAX_PASSES {
+        let new: Vec<Finding> = current
+            .iter()
+            .filter(|f| !attempted.contains(&f.to_string()))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        attempted.extend(new.iter().map(|f| f.to_string()));
+        done.repairs.extend(repair(cat, &new, opts));
+        let again = check(cat, opts)?;
+        done.recent = again.recent;
+        current = again.findings;
+    }
+    done.remaining = current;
+    Ok(done)
 }

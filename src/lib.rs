@@ -13,6 +13,7 @@
 //! - [`workers`]: background jobs (the purge pool);
 //! - [`sessions`]: attaching vfolders into session containers;
 //! - [`fsck`]: checking a store against its volumes;
+//! - [`volumes`]: which directories may be data volumes, and volume errors;
 //! - [`privacy`]: the modes that keep a store private to its user;
 //! - [`cli`]: the command line.
 
@@ -30,4 +31,5 @@ pub mod privacy;
 pub mod sessions;
 pub mod status;
 pub mod store;
+pub mod volumes;
 pub mod workers;

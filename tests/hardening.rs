@@ -29,7 +29,8 @@ fn fsck_reports_and_repairs_safely() {
     // A live vfolder whose directory vanished.
     t.ok(&["create", "gone"]);
     fs::remove_dir(path_of(&t, "gone")).unwrap();
-    // A directory nobody accounts for, with data in it.
+    // A directory nobody accounts for, with data in it (judged at once:
+    // `--grace 0s`; by default only once it is 10 minutes old).
     let orphan_id = "abcdef01-2345-6789-abcd-ef0123456789";
     let orphan = t.path().join("data/ab").join(orphan_id);
     fs::create_dir_all(&orphan).unwrap();
@@ -47,7 +48,7 @@ fn fsck_reports_and_repairs_safely() {
     fs::create_dir_all(&back).unwrap();
     fs::write(back.join("surprise"), b"?").unwrap();
 
-    let o = t.cli(&["fsck"]);
+    let o = t.cli(&["fsck", "--grace", "0s"]);
     assert!(!o.status.success(), "problems make fsck fail");
     let out = String::from_utf8_lossy(&o.stdout);
     for needle in ["\"gone\"", orphan_id, "\"queued\"", "\"back\""] {
@@ -55,7 +56,7 @@ fn fsck_reports_and_repairs_safely() {
     }
     assert!(!out.contains("\"fine\""), "{out}");
 
-    let o = t.cli(&["fsck", "--repair"]);
+    let o = t.cli(&["fsck", "--repair", "--grace", "0s"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         !o.status.success(),
@@ -81,7 +82,7 @@ fn fsck_reports_and_repairs_safely() {
     assert_eq!(status(&t, "queued"), "delete-complete");
     // The person decides: the vfolder without data goes; then all is well.
     t.ok(&["delete", "gone"]);
-    let o = t.cli(&["fsck", "--repair"]);
+    let o = t.cli(&["fsck", "--repair", "--grace", "0s"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(status(&t, "gone"), "delete-complete");
     assert!(t.ok(&["fsck"]).contains("consistent"));

@@ -1,8 +1,10 @@
 //! The command line: arguments, dispatch and exit statuses. Output forms
 //! are in [`output`], background jobs run from the CLI in [`jobs`].
 
+mod fsck;
 mod jobs;
 mod output;
+mod volume;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,9 +19,10 @@ use crate::sessions;
 use crate::store::{ListFilter, Millis, StoreError, VFolder};
 use crate::workers::{clone, purge, relocate};
 use jobs::run_job;
-use output::{attachment_json, history_json, human_bytes, print_table};
+use output::{attachment_json, history_json, print_table};
 pub use output::{fmt_time, vfolder_json};
 use std::sync::atomic::AtomicBool;
+pub use volume::VolumeCmd;
 
 /// vfolderfs: users' storage folders with a lifecycle, served as one FUSE mount.
 #[derive(Parser, Debug)]
@@ -200,27 +203,13 @@ pub enum Command {
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
+        /// Leave unclaimed directories that changed within this long
+        /// unjudged (a create may be between its mkdir and its row).
+        #[arg(long, default_value = "10m")]
+        grace: String,
     },
     /// Mount the store (the main job).
     Mount(MountCmd),
-}
-
-/// `vfolderfs volume ...`.
-#[derive(Subcommand, Debug)]
-pub enum VolumeCmd {
-    /// Add a data volume (a directory, typically on its own disk).
-    Add {
-        /// Its name.
-        name: String,
-        /// Its directory (created if missing).
-        path: PathBuf,
-    },
-    /// List volumes with their free space.
-    List {
-        /// Print a JSON array.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// Parses a session id argument: refused ids take clap's usage-error path
@@ -267,6 +256,11 @@ pub const EXIT_NO_STORE: i32 = 3;
 /// within the time allowed (the change stays made).
 pub const EXIT_UNCONFIRMED: i32 = 4;
 
+/// Exit status when a volume operation is refused or names no volume
+/// (a directory that cannot be a volume, a volume in use, no such volume,
+/// a relocation to the volume a vfolder is on).
+pub const EXIT_VOLUME: i32 = 5;
+
 /// An error worth one line on stderr.
 #[derive(Debug)]
 pub enum CliError {
@@ -291,6 +285,7 @@ impl CliError {
         match self {
             CliError::Store(StoreError::Missing(_)) => EXIT_NO_STORE,
             CliError::Store(StoreError::Unconfirmed { .. }) => EXIT_UNCONFIRMED,
+            CliError::Store(StoreError::Volume(_)) => EXIT_VOLUME,
             _ => 1,
         }
     }
@@ -445,43 +440,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 )
             });
         }
-        Command::Volume(VolumeCmd::Add { name, path }) => {
-            cat.add_volume(&name, &path)?;
-            println!("added volume {name} at {}", path.display());
-        }
-        Command::Volume(VolumeCmd::List { json }) => {
-            let mut rows = Vec::new();
-            for (name, path) in cat.volume_list()? {
-                let (free, total) = match cat
-                    .volume(&name)
-                    .ok()
-                    .and_then(|v| crate::backing::sys::fstatvfs(v.fd()).ok())
-                {
-                    Some(s) => (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize),
-                    None => (0, 0),
-                };
-                rows.push(json!({
-                    "name": name,
-                    "path": path.display().to_string(),
-                    "free_bytes": free,
-                    "total_bytes": total,
-                }));
-            }
-            if json {
-                println!("{}", Value::Array(rows));
-            } else {
-                println!("{:12}  {:>12}  {:>12}  PATH", "NAME", "FREE", "TOTAL");
-                for r in rows {
-                    println!(
-                        "{:12}  {:>12}  {:>12}  {}",
-                        r["name"].as_str().unwrap_or(""),
-                        human_bytes(r["free_bytes"].as_u64().unwrap_or(0)),
-                        human_bytes(r["total_bytes"].as_u64().unwrap_or(0)),
-                        r["path"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
+        Command::Volume(cmd) => return volume::run(&cat, cmd),
         Command::List { all, json } => {
             let filter = if all {
                 ListFilter::All
@@ -715,43 +674,16 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
-        Command::Fsck { repair, json } => {
-            let findings = crate::fsck::check(&cat)?;
-            let repaired = if repair {
-                crate::fsck::repair(&cat, &findings)
-            } else {
-                Vec::new()
+        Command::Fsck {
+            repair,
+            json,
+            grace,
+        } => {
+            let opts = crate::fsck::Options {
+                grace: humantime::parse_duration(&grace)
+                    .map_err(|e| CliError::Failed(format!("--grace {grace}: {e}")))?,
             };
-            let remaining = if repair {
-                crate::fsck::check(&cat)?.len()
-            } else {
-                findings.len()
-            };
-            if json {
-                let obj = json!({
-                    "findings": findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-                    "repairs": repaired.iter().map(|(f, r)| match r {
-                        Ok(done) => json!({"finding": f, "done": done}),
-                        Err(left) => json!({"finding": f, "left": left}),
-                    }).collect::<Vec<_>>(),
-                    "remaining": remaining,
-                });
-                println!("{obj}");
-            } else if findings.is_empty() {
-                println!("store is consistent");
-            } else if repair {
-                for (f, r) in &repaired {
-                    match r {
-                        Ok(done) => println!("repaired: {f}: {done}"),
-                        Err(left) => println!("NOT repaired: {f}: {left}"),
-                    }
-                }
-            } else {
-                for f in &findings {
-                    println!("problem: {f}");
-                }
-            }
-            return Ok(if remaining == 0 { 0 } else { 1 });
+            return fsck::run(&cat, repair, json, &opts);
         }
         Command::Mount(_) | Command::Init => unreachable!("handled above"),
     }

@@ -70,6 +70,7 @@ impl FsError {
                 | StoreError::NotEmpty(_)
                 | StoreError::Foreign { .. }
                 | StoreError::Unconfirmed { .. }
+                | StoreError::Volume(_)
                 | StoreError::LoosePath { .. } => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,

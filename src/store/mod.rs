@@ -328,6 +328,9 @@ pub enum StoreError {
         /// The token of the lost claim.
         token: i64,
     },
+    /// A volume operation was refused or named no volume (see
+    /// [`crate::volumes::VolumeError`]).
+    Volume(crate::volumes::VolumeError),
     /// A directory other users can reach, which vfolderfs will not tighten
     /// itself because something is in it.
     LoosePath {
@@ -430,6 +433,7 @@ impl fmt::Display for StoreError {
                 "the job on vfolder {id} is no longer held by {owner} (claim {token}): \
                  another process took it over"
             ),
+            StoreError::Volume(e) => e.fmt(f),
             StoreError::LoosePath { path, mode } => write!(
                 f,
                 "{path} is {mode:04o} and not empty: a data volume must be private to \
@@ -442,6 +446,12 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl From<crate::volumes::VolumeError> for StoreError {
+    fn from(e: crate::volumes::VolumeError) -> Self {
+        StoreError::Volume(e)
+    }
+}
+
 /// Result type of the store layer.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -450,7 +460,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// one transaction. Implementations must be safe to share between threads
 /// and between processes opening the same store.
 pub trait Store: Send + Sync {
-    /// Records a new ready vfolder on `volume` whose backing directory the caller has made.
+    /// Records a new ready vfolder on `volume` whose backing directory the
+    /// caller has made. A `volume` that is neither `default` nor recorded
+    /// (removed meanwhile) is [`VolumeError::NotFound`](crate::volumes::VolumeError::NotFound),
+    /// checked in the same transaction; likewise in [`Store::begin_clone`]
+    /// and for [`Store::switch_volume`]'s target.
     fn create(&self, id: &str, name: &str, volume: &str, cause: &str) -> Result<VFolder>;
     /// The vfolder with this id.
     fn get(&self, id: &str) -> Result<VFolder>;
@@ -531,8 +545,18 @@ pub trait Store: Send + Sync {
     fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder>;
     /// The old copy of `claim`'s relocated vfolder is gone (fenced).
     fn clear_prev_volume(&self, claim: &Claim) -> Result<()>;
-    /// Adds a named data volume at `path`.
+    /// Adds a named data volume at `path` (validated by the caller, see
+    /// [`crate::volumes`]). A name or path already recorded is
+    /// [`VolumeError::Exists`](crate::volumes::VolumeError::Exists) or
+    /// [`VolumeError::PathTaken`](crate::volumes::VolumeError::PathTaken).
     fn add_volume(&self, name: &str, path: &str) -> Result<()>;
+    /// Forgets volume `name`, in one transaction with the check that no
+    /// vfolder row of any status has it as `volume` or `prev_volume` and no
+    /// job has it as its argument (a relocation's target): otherwise
+    /// [`VolumeError::InUse`](crate::volumes::VolumeError::InUse); an
+    /// unknown name is [`VolumeError::NotFound`](crate::volumes::VolumeError::NotFound).
+    /// Its directory is left as it is.
+    fn remove_volume(&self, name: &str) -> Result<()>;
     /// The added volumes (name, path); `default` is the store's own `data/`.
     fn volumes(&self) -> Result<Vec<(String, String)>>;
     /// Records how many file opens mount `owner` has served per vfolder.

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::name;
 use crate::status::{Op, Status};
+use crate::volumes::VolumeError;
 
 /// How long a statement waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -766,6 +767,9 @@ impl Store for SqliteStore {
                 cause,
                 ..Default::default()
             };
+            if let Some(new) = volume.filter(|n| *n != cur.volume) {
+                Self::volume_known_in(tx, new)?;
+            }
             let extra = match volume {
                 Some(new) if new != cur.volume => vec![
                     ("volume", Value::Text(new.into())),
@@ -798,19 +802,68 @@ impl Store for SqliteStore {
 
     fn add_volume(&self, name: &str, path: &str) -> Result<()> {
         checked_name(name)?;
-        let conn = self.conn.lock();
-        conn.execute(
+        if name == crate::catalog::DEFAULT_VOLUME {
+            return Err(VolumeError::Exists(name.to_string()).into());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let holder: Option<(String, String)> = tx
+            .query_row(
+                "SELECT name, path FROM volumes WHERE name = ?1 OR path = ?2",
+                params![name, path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("adding a volume"))?;
+        match holder {
+            Some((n, _)) if n == name => return Err(VolumeError::Exists(n).into()),
+            Some((by, p)) => return Err(VolumeError::PathTaken { path: p, by }.into()),
+            None => {}
+        }
+        tx.execute(
             "INSERT INTO volumes (name, path, created_at) VALUES (?1, ?2, ?3)",
             params![name, path, now_millis()],
         )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(format!("volume {name} or path {path}"))
-            } else {
-                StoreError::Db("adding a volume", e)
+        .map_err(db("adding a volume"))?;
+        tx.commit().map_err(db("committing a new volume"))
+    }
+
+    fn remove_volume(&self, name: &str) -> Result<()> {
+        if name == crate::catalog::DEFAULT_VOLUME {
+            return Err(VolumeError::Default.into());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        Self::volume_known_in(&tx, name)?;
+        let users: Vec<String> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT name || ' (' || status || ')' FROM vfolders \
+                     WHERE volume = ?1 OR prev_volume = ?1 \
+                     OR id IN (SELECT vfolder_id FROM jobs WHERE arg = ?1) \
+                     ORDER BY name",
+                )
+                .map_err(db("checking a volume's vfolders"))?;
+            stmt.query_map(params![name], |r| r.get(0))
+                .map_err(db("checking a volume's vfolders"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db("checking a volume's vfolders"))?
+        };
+        if !users.is_empty() {
+            return Err(VolumeError::InUse {
+                name: name.to_string(),
+                count: users.len(),
+                examples: users.into_iter().take(5).collect(),
             }
-        })?;
-        Ok(())
+            .into());
+        }
+        tx.execute("DELETE FROM volumes WHERE name = ?1", params![name])
+            .map_err(db("removing a volume"))?;
+        tx.commit().map_err(db("committing a volume removal"))
     }
 
     fn volumes(&self) -> Result<Vec<(String, String)>> {
@@ -944,6 +997,25 @@ impl SqliteStore {
     }
 
     /// Inserts a new row in `status` with its creation history row.
+    /// [`VolumeError::NotFound`] unless `volume` is the default or recorded.
+    fn volume_known_in(tx: &Connection, volume: &str) -> Result<()> {
+        if volume == crate::catalog::DEFAULT_VOLUME {
+            return Ok(());
+        }
+        let known: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM volumes WHERE name = ?1)",
+                params![volume],
+                |r| r.get(0),
+            )
+            .map_err(db("looking up a volume"))?;
+        if known {
+            Ok(())
+        } else {
+            Err(VolumeError::NotFound(volume.to_string()).into())
+        }
+    }
+
     fn insert_in(
         tx: &Connection,
         id: &str,
@@ -954,6 +1026,7 @@ impl SqliteStore {
         cause: &str,
     ) -> Result<VFolder> {
         checked_name(name)?;
+        Self::volume_known_in(tx, volume)?;
         let now = now_millis();
         tx.execute(
             "INSERT INTO vfolders (id, name, status, created_at, status_changed_at, volume, clone_src) \

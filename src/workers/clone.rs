@@ -31,6 +31,7 @@ pub fn start(
     crate::name::validate(dst).map_err(|e| StoreError::InvalidName(dst.to_string(), e))?;
     let s = cat.store().get_live(src)?;
     let volume = volume.unwrap_or(&s.volume).to_string();
+    cat.usable_volume(&volume)?;
     let root = cat
         .open_backing(&s.id, &s.volume, libc::O_PATH | libc::O_NOFOLLOW)
         .map_err(|e| StoreError::Io(cat.backing_path(&s).display().to_string(), e))?;
@@ -45,6 +46,7 @@ pub fn start(
     let started = cat.store().begin_clone(&s.id, &id, dst, &volume, cause);
     match started {
         Ok(pair) => {
+            cat.remake_if_moved(&id, &volume, dir)?;
             cat.store().queue_job(&id, KIND, None)?;
             Ok(pair)
         }

@@ -17,6 +17,7 @@ use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
 use crate::status::Op;
 use crate::store::{Result, StoreError, TransitionArgs, VFolder};
+use crate::volumes::VolumeError;
 
 /// Job kind recorded in the store.
 pub const KIND: &str = "relocate";
@@ -26,11 +27,13 @@ pub const CLEANUP_KIND: &str = "relocate-cleanup";
 /// Starts relocating live vfolder `name` to volume `to`; the move is left to [`run`].
 pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder> {
     let v = cat.store().get_live(name)?;
-    cat.volume(to)?;
+    cat.usable_volume(to)?;
     if v.volume == to {
-        return Err(StoreError::Corrupt(format!(
-            "vfolder {name:?} is on volume {to} already"
-        )));
+        return Err(VolumeError::AlreadyOn {
+            vfolder: v.name,
+            volume: to.to_string(),
+        }
+        .into());
     }
     let v = cat.store().transition(
         &v.id,
