@@ -223,6 +223,53 @@ class Workloads:
         t = timed(lambda: sh(f"rm -rf {d}"))
         return self.tree[0] * self.tree[1] / t, "files/s", True
 
+    def small_read(self, w):
+        """Open, read and close small files, warm (an ImageNet-style loader's
+        epoch): 32 KiB files, one process."""
+        d = os.path.join(w, "small")
+        os.mkdir(d)
+        n = 2000 if self.quick else 10000
+        blob = os.urandom(32768)
+        for i in range(n):
+            with open(os.path.join(d, f"f{i}"), "wb") as f:
+                f.write(blob)
+        os.sync()
+        script = ("import os,sys\n"
+                  "d=sys.argv[1]; n=int(sys.argv[2])\n"
+                  "for i in range(n):\n"
+                  "    fd=os.open(os.path.join(d,'f%d'%i),os.O_RDONLY); os.read(fd,65536); os.close(fd)\n")
+        subprocess.run([sys.executable, "-c", script, d, str(n)], check=True)  # warm
+        t = timed(lambda: subprocess.run([sys.executable, "-c", script, d, str(n)], check=True))
+        shutil.rmtree(d)
+        return n / t, "files/s", True
+
+    def ckpt_parallel(self, w):
+        """Four writers each write a checkpoint file and fsync it."""
+        mib = 128 if self.quick else 1024
+        ps = []
+        t0 = time.perf_counter()
+        for k in range(4):
+            p = os.path.join(w, f"ckpt{k}")
+            ps.append(subprocess.Popen(["dd", "if=/dev/zero", f"of={p}", "bs=1M", f"count={mib}",
+                                        "conv=fsync", "status=none"]))
+        for p in ps:
+            if p.wait() != 0:
+                raise RuntimeError("dd failed")
+        t = time.perf_counter() - t0
+        for k in range(4):
+            os.unlink(os.path.join(w, f"ckpt{k}"))
+        return 4 * mib / t, "MiB/s", True
+
+    def ckpt_many(self, w):
+        """A run of 256 MiB checkpoint shards, one after another, each fsynced."""
+        n, mib = (4, 64) if self.quick else (8, 256)
+        d = os.path.join(w, "shards")
+        os.mkdir(d)
+        t = timed(lambda: [sh(f"dd if=/dev/zero of={d}/s{i} bs=1M count={mib} conv=fsync status=none")
+                           for i in range(n)])
+        shutil.rmtree(d)
+        return n * mib / t, "MiB/s", True
+
     def parallel_small(self, w):
         d = os.path.join(w, "par")
         os.mkdir(d)
@@ -259,6 +306,9 @@ ROWS = [
     ("find/stat tree, warm", "find_stat_warm"),
     ("rm -rf tree", "rm_rf"),
     ("4 procs small files", "parallel_small"),
+    ("small-file reads 32 KiB", "small_read"),
+    ("4 writers x ckpt, fsync", "ckpt_parallel"),
+    ("256 MiB shards, fsync", "ckpt_many"),
 ]
 
 # Workloads that use what an earlier one made.

@@ -12,6 +12,9 @@ command -v setfacl >/dev/null || need_pkgs+=(acl)
 command -v chattr >/dev/null || need_pkgs+=(e2fsprogs)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
+command -v bindfs >/dev/null || need_pkgs+=(bindfs)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+command -v fsfreeze >/dev/null || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
   echo "test.sh: installing ${need_pkgs[*]}" >&2
   apt-get update -qq
