@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds vfolderfs and installs it with its mount(8) helper, so that
 # `mount -t vfolderfs STORE MOUNTPOINT` and /etc/fstab lines work.
-#   PREFIX (default /usr/local) receives bin/vfolderfs;
+#   PREFIX (default /usr/local) receives bin/vfolderfs, its manual pages
+#   (share/man/man1) and shell completions (bash, zsh, fish);
 #   /sbin/mount.vfolderfs is a link to it (mount(8) looks there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,13 @@ if ! command -v fusermount3 >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 cargo build --release --quiet
 install -D -m 0755 target/release/vfolderfs "$PREFIX/bin/vfolderfs"
+bin="$PREFIX/bin/vfolderfs"
+"$bin" man --dir "$PREFIX/share/man/man1"
+install -d "$PREFIX/share/bash-completion/completions" "$PREFIX/share/zsh/site-functions" \
+  "$PREFIX/share/fish/vendor_completions.d"
+"$bin" completions bash >"$PREFIX/share/bash-completion/completions/vfolderfs"
+"$bin" completions zsh >"$PREFIX/share/zsh/site-functions/_vfolderfs"
+"$bin" completions fish >"$PREFIX/share/fish/vendor_completions.d/vfolderfs.fish"
 if [ "$(id -u)" = 0 ]; then
   ln -sf "$PREFIX/bin/vfolderfs" /sbin/mount.vfolderfs
 fi

@@ -165,6 +165,15 @@ impl MountArgs {
     }
 }
 
+/// Whether `vfolderfs` was called as a mount helper, `vfolderfs STORE
+/// MOUNTPOINT [-o OPTS]`: so mount.fuse3 runs it for `mount -t
+/// fuse.vfolderfs STORE MOUNTPOINT` and `vfolderfs#STORE` fstab lines. The
+/// first argument is then a path (it has a `/`), never a subcommand name.
+pub fn is_helper_call(args: &[OsString]) -> bool {
+    args.get(1)
+        .is_some_and(|a| !a.as_bytes().starts_with(b"-") && a.as_bytes().contains(&b'/'))
+}
+
 /// Parses the arguments of `mount.vfolderfs STORE MOUNTPOINT [-o OPTS]`, as
 /// mount(8) calls a helper.
 pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
