@@ -14,6 +14,7 @@
 //! - [`sessions`]: attaching vfolders into session containers;
 //! - [`fsck`]: checking a store against its volumes;
 //! - [`privacy`]: the modes that keep a store private to its user;
+//! - [`service`]: the kernel mount, systemd notification and the log file;
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod mountinfo;
 pub mod name;
 pub mod privacy;
+pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod store;

@@ -417,7 +417,6 @@ impl From<sessions::SessionError> for CliError {
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
@@ -456,6 +455,14 @@ pub fn main() -> i32 {
             Err(e) => e.exit(),
         }
     };
+    // A mount logs its start, stop and store health by default; other
+    // commands only warnings. RUST_LOG overrides both.
+    let level = if matches!(cli.command, Command::Mount(_)) {
+        "info,fuser=warn"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     if !matches!(cli.command, Command::Mount(_)) {
         // A closed pipe (`vfolderfs list | head -1`) ends the command
         // quietly, as it does `ls`; the daemon keeps ignoring SIGPIPE.
