@@ -71,6 +71,10 @@ pub struct MountArgs {
     pub fs: FsConfig,
     /// Where a background daemon writes its log.
     pub log_file: Option<PathBuf>,
+    /// A file the metrics are written to every few seconds (atomically).
+    pub metrics_file: Option<PathBuf>,
+    /// Where an HTTP listener serves the metrics (loopback or unix socket).
+    pub metrics_listen: Option<crate::metrics::export::Listen>,
     /// The purge pool's settings.
     pub purge: PoolConfig,
     /// How long the mount serves writes without confirming its view of the
@@ -113,6 +117,8 @@ impl MountArgs {
             extra: Vec::new(),
             fs: FsConfig::default(),
             log_file: None,
+            metrics_file: None,
+            metrics_listen: None,
             lease: crate::enforce::DEFAULT_LEASE,
             purge: PoolConfig {
                 workers: m.purge_workers.max(1),
@@ -163,6 +169,11 @@ impl MountArgs {
                 "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
+                "metrics_file" => a.metrics_file = v.map(PathBuf::from),
+                "metrics_listen" => {
+                    a.metrics_listen =
+                        Some(crate::metrics::export::parse_listen(v.unwrap_or_default())?)
+                }
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
                 "trash_retention" => a.purge.retention = parse_retention(v.unwrap_or_default())?,
                 "lease" => {
@@ -582,6 +593,17 @@ fn serve_inner(
             })
             .map_err(|e| MountError::Io("starting the signal thread", e))?;
     }
+    let exporters = crate::metrics::export::start(
+        args.metrics_file.clone(),
+        args.metrics_listen.clone(),
+        reg.clone(),
+        pool.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| {
+        let _ = unmount(&args.mountpoint);
+        MountError::Io("starting the metrics", e)
+    })?;
     let janitor = {
         let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
         thread::Builder::new()
@@ -621,6 +643,9 @@ fn serve_inner(
     log::debug!("watcher stopped in {:?}", t.elapsed());
     let _ = janitor.join();
     log::debug!("janitor stopped in {:?}", t.elapsed());
+    for e in exporters {
+        let _ = e.join();
+    }
     info!("unmounted {}", args.mountpoint.display());
     res.map_err(|e| MountError::Io("serving", e))
 }
@@ -767,6 +792,7 @@ fn watch(
         })();
         match step {
             Ok(()) => {
+                crate::metrics::counters::store_ok(crate::store::sqlite::now_millis());
                 if reg.set_healthy(true) {
                     warn!("store readable again: writes allowed by status");
                 }

@@ -14,6 +14,7 @@
 //! - [`sessions`]: attaching vfolders into session containers;
 //! - [`fsck`]: checking a store against its volumes;
 //! - [`privacy`]: the modes that keep a store private to its user;
+//! - [`metrics`]: Prometheus metrics of a running mount;
 //! - [`service`]: the kernel mount, systemd notification and the log file;
 //! - [`cli`]: the command line.
 
@@ -25,6 +26,7 @@ pub mod enforce;
 pub mod fs;
 pub mod fsck;
 pub mod layout;
+pub mod metrics;
 pub mod mountinfo;
 pub mod name;
 pub mod privacy;
