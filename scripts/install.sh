@@ -14,7 +14,7 @@ if ! command -v fusermount3 >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
 fi
 cargo build --release --quiet
-install -D -m 0755 target/release/vfolderfs "$PREFIX/bin/vfolderfs"
+install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/vfolderfs" "$PREFIX/bin/vfolderfs"
 bin="$PREFIX/bin/vfolderfs"
 "$bin" man --dir "$PREFIX/share/man/man1"
 install -d "$PREFIX/share/bash-completion/completions" "$PREFIX/share/zsh/site-functions" \

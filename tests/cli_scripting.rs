@@ -239,6 +239,12 @@ fn show_spells_out_attachments_and_opens() {
     assert!(line.ends_with(" none"), "{out}");
     assert!(!out.contains('['), "raw JSON in the table: {out}");
     assert_eq!(t.show("a")["opens"], 0);
+    let list = t.ok(&["list"]);
+    let head = list.lines().next().unwrap();
+    assert!(
+        head.contains("VOLUME") && head.contains("STATUS CHANGED"),
+        "{list}"
+    );
 }
 
 #[test]

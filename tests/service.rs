@@ -175,7 +175,15 @@ struct Foreground {
 
 impl Drop for Foreground {
     fn drop(&mut self) {
-        // SAFETY: signalling the child this test started.
+        // Only a child not yet reaped is signalled (a reaped one's pid may
+        // belong to another process by now).
+        if self.child.try_wait().ok().flatten().is_some() {
+            if is_mounted(&self.mnt) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+            return;
+        }
+        // SAFETY: signalling the child this test started, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let done = eventually(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten().is_some()

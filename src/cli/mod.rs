@@ -335,7 +335,8 @@ pub struct MountCmd {
     /// Purge trash entries older than this (e.g. 30d, 12h; 0 keeps them forever).
     #[arg(long, default_value = "30d")]
     pub trash_retention: String,
-    /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N, ...).
+    /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
+    /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
 }

@@ -161,13 +161,24 @@ pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Opt
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:w$}  {:15}  {:36}  CREATED", "NAME", "STATUS", "ID");
+    let vw = list
+        .iter()
+        .map(|v| v.volume.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:w$}  {:15}  {:vw$}  {:24}  {:24}  ID",
+        "NAME", "STATUS", "VOLUME", "CREATED", "STATUS CHANGED"
+    );
     for (v, n) in list.iter().zip(&names) {
         println!(
-            "{n:w$}  {:15}  {:36}  {}",
+            "{n:w$}  {:15}  {:vw$}  {:24}  {:24}  {}",
             v.status.as_str(),
-            v.id,
-            fmt_time(v.created_at)
+            v.volume,
+            fmt_time(v.created_at),
+            fmt_time(v.status_changed_at),
+            v.id
         );
     }
 }
