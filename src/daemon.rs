@@ -598,6 +598,7 @@ fn serve_inner(
         args.metrics_listen.clone(),
         reg.clone(),
         pool.clone(),
+        cat.clone(),
         stop.clone(),
     )
     .map_err(|e| {

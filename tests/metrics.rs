@@ -199,3 +199,44 @@ fn the_http_listener_serves_on_loopback_only() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     drop(m);
 }
+
+#[test]
+fn job_progress_and_completion_are_visible() {
+    let t = TempStore::new();
+    t.ok(&["create", "big"]);
+    let path = t.show("big")["path"].as_str().unwrap().to_string();
+    for i in 0..300 {
+        std::fs::write(Path::new(&path).join(format!("f{i}")), b"x").unwrap();
+    }
+    let sock = t.dir.path().join("metrics.sock");
+    let opts = format!("metrics_listen=unix:{}", sock.display());
+    // Each removed entry waits 20 ms: the purge is caught in the middle.
+    let m = Mount::on_env(
+        t,
+        &["-o", &opts],
+        &[("VFOLDERFS_PURGE_THROTTLE_US", "20000")],
+    );
+    m.store.ok(&["delete", "big"]);
+    m.store.ok(&["purge", "big", "--no-wait"]);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let s = scrape_unix(&sock);
+            value(&s, "vfolderfs_job_entries_done", &[("kind", "purge")]) > 0.0
+                && value(&s, "vfolderfs_jobs_queued", &[]) >= 1.0
+        }),
+        "the purge's progress never showed"
+    );
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            value(&scrape_unix(&sock), "vfolderfs_jobs_completed_total", &[]) >= 1.0
+        }),
+        "the purge never completed"
+    );
+    let s = scrape_unix(&sock);
+    assert_eq!(value(&s, "vfolderfs_jobs_queued", &[]), 0.0);
+    assert!(
+        !s.samples
+            .iter()
+            .any(|x| x.metric == "vfolderfs_job_entries_done")
+    );
+}

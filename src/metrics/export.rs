@@ -13,6 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::render::{Sources, render};
+use crate::catalog::Catalog;
 use crate::fs::vfolders::Registry;
 use crate::workers::pool::JobPool;
 
@@ -80,17 +81,16 @@ pub fn start(
     listen: Option<Listen>,
     reg: Arc<Registry>,
     pool: Arc<JobPool>,
+    cat: Arc<Catalog>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
-    let text = {
-        let (reg, pool) = (reg.clone(), pool.clone());
-        move || {
-            render(&Sources {
-                reg: &reg,
-                pool: &pool,
-            })
-        }
+    let text = move || {
+        render(&Sources {
+            reg: &reg,
+            pool: &pool,
+            store: cat.store().as_ref(),
+        })
     };
     if let Some(path) = file {
         write_atomically(&path, &text()).map_err(|e| {

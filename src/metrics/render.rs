@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::counters::*;
 use crate::fs::vfolders::Registry;
 use crate::status::Status;
+use crate::store::Store;
 use crate::workers::pool::JobPool;
 
 /// What the render reads besides the static counters.
@@ -14,6 +15,8 @@ pub struct Sources<'a> {
     pub reg: &'a Registry,
     /// The background job pool (queue depth, running, completed).
     pub pool: &'a JobPool,
+    /// The store, for the progress of this process's jobs.
+    pub store: &'a dyn Store,
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -199,6 +202,22 @@ pub fn render(src: &Sources<'_>) -> String {
         "vfolderfs_jobs_completed_total {}",
         src.pool.completed()
     );
+    head(
+        &mut out,
+        "vfolderfs_job_entries_done",
+        "gauge",
+        "Entries removed or copied so far by the jobs queued or running in this process.",
+    );
+    for id in src.pool.queued_ids() {
+        if let Ok(Some(j)) = src.store.job(&id) {
+            let _ = writeln!(
+                out,
+                "vfolderfs_job_entries_done{{vfolder_id=\"{id}\",kind=\"{}\"}} {}",
+                escape(&j.kind),
+                j.done
+            );
+        }
+    }
     head(
         &mut out,
         "vfolderfs_store_up",

@@ -152,6 +152,11 @@ impl JobPool {
         self.shared.queued.lock().len()
     }
 
+    /// The vfolders queued or worked on in this process.
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.shared.queued.lock().iter().cloned().collect()
+    }
+
     /// How many jobs run now.
     pub fn running(&self) -> usize {
         self.shared.running.load(Ordering::Acquire)
