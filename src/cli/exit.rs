@@ -210,6 +210,45 @@ mod tests {
     }
 
     #[test]
+    fn store_errors_map_to_their_kinds_and_hints() {
+        use crate::status::Status;
+        let attached = StoreError::Attached {
+            name: "ds".into(),
+            count: 1,
+            what: "delete",
+        };
+        assert_eq!(store_kind(&attached), Kind::Busy);
+        assert_eq!(store_vfolder(&attached), Some("ds"));
+        assert!(
+            store_hint(&attached)
+                .unwrap()
+                .contains("vfolderfs sessions --prune")
+        );
+        let purge_live = StoreError::Refused {
+            name: "my data".into(),
+            id: "1".into(),
+            status: Status::Ready,
+            op: Op::Purge,
+        };
+        assert_eq!(store_kind(&purge_live), Kind::Refused);
+        assert!(
+            store_hint(&purge_live)
+                .unwrap()
+                .contains("`vfolderfs delete 'my data'`")
+        );
+        assert_eq!(
+            store_kind(&StoreError::NotFound("x".into())),
+            Kind::NotFound
+        );
+        assert_eq!(store_kind(&StoreError::NameTaken("x".into())), Kind::Exists);
+        assert_eq!(store_kind(&StoreError::Missing("/s".into())), Kind::NoStore);
+        assert_eq!(
+            store_kind(&StoreError::Corrupt("?".into())),
+            Kind::Unavailable
+        );
+    }
+
+    #[test]
     fn quoting_for_the_shell() {
         assert_eq!(quote("data-1"), "data-1");
         assert_eq!(quote("a b"), "'a b'");
