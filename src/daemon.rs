@@ -27,6 +27,8 @@ use std::os::fd::AsFd;
 use crate::fs::caching::{self, CacheConfig, Ttl};
 use crate::layout::Layout;
 use crate::mountinfo;
+use crate::service::kmount::KernelMount;
+use crate::service::log::LogFile;
 use crate::store::{SqliteStore, Store};
 use crate::workers::pool::{JobPool, PoolConfig};
 
@@ -95,12 +97,19 @@ pub struct MountArgs {
     pub suid: bool,
     /// Honour device nodes.
     pub dev: bool,
+    /// A read-only view of the whole mount (`-o ro`): the kernel refuses
+    /// every change with `EROFS`.
+    pub read_only: bool,
     /// Extra kernel mount flags (noatime, noexec, ...).
     pub extra: Vec<MountOption>,
     /// FUSE layer tunables.
     pub fs: FsConfig,
     /// Where a background daemon writes its log.
     pub log_file: Option<PathBuf>,
+    /// A file the metrics are written to every few seconds (atomically).
+    pub metrics_file: Option<PathBuf>,
+    /// Where an HTTP listener serves the metrics (loopback or unix socket).
+    pub metrics_listen: Option<crate::metrics::export::Listen>,
     /// The purge pool's settings.
     pub purge: PoolConfig,
     /// How long the mount serves writes without confirming its view of the
@@ -139,9 +148,12 @@ impl MountArgs {
             allow_other: m.allow_other,
             suid: false,
             dev: false,
+            read_only: false,
             extra: Vec::new(),
             fs: FsConfig::default(),
             log_file: None,
+            metrics_file: None,
+            metrics_listen: None,
             lease: crate::enforce::DEFAULT_LEASE,
             purge: PoolConfig {
                 workers: m.purge_workers.max(1),
@@ -158,9 +170,16 @@ impl MountArgs {
                 v.and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("option {k} needs a number"))
             };
+            if k.starts_with("x-") || k == "comment" {
+                // fstab annotations for systemd and others.
+                continue;
+            }
             match k {
                 ""
-                | "rw"
+                | "relatime"
+                | "atime"
+                | "strictatime"
+                | "async"
                 | "defaults"
                 | "default_permissions"
                 | "auto"
@@ -169,6 +188,8 @@ impl MountArgs {
                 | "nofail"
                 | "user"
                 | "nouser" => {}
+                "ro" => a.read_only = true,
+                "rw" => a.read_only = false,
                 "allow_other" => a.allow_other = true,
                 "suid" => a.suid = true,
                 "nosuid" => a.suid = false,
@@ -195,6 +216,11 @@ impl MountArgs {
                 "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
+                "metrics_file" => a.metrics_file = v.map(PathBuf::from),
+                "metrics_listen" => {
+                    a.metrics_listen =
+                        Some(crate::metrics::export::parse_listen(v.unwrap_or_default())?)
+                }
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
                 "trash_retention" => a.purge.retention = parse_retention(v.unwrap_or_default())?,
                 "lease" => {
@@ -210,6 +236,15 @@ impl MountArgs {
         }
         Ok(a)
     }
+}
+
+/// Whether `vfolderfs` was called as a mount helper, `vfolderfs STORE
+/// MOUNTPOINT [-o OPTS]`: so mount.fuse3 runs it for `mount -t
+/// fuse.vfolderfs STORE MOUNTPOINT` and `vfolderfs#STORE` fstab lines. The
+/// first argument is then a path (it has a `/`), never a subcommand name.
+pub fn is_helper_call(args: &[OsString]) -> bool {
+    args.get(1)
+        .is_some_and(|a| !a.as_bytes().starts_with(b"-") && a.as_bytes().contains(&b'/'))
 }
 
 /// Parses the arguments of `mount.vfolderfs STORE MOUNTPOINT [-o OPTS]`, as
@@ -262,6 +297,8 @@ pub enum MountError {
     Io(&'static str, std::io::Error),
     /// The background daemon reported a failure.
     Daemon(String),
+    /// The log file cannot be opened (the message names it).
+    Log(std::io::Error),
 }
 
 impl std::fmt::Display for MountError {
@@ -271,6 +308,7 @@ impl std::fmt::Display for MountError {
             MountError::Store(e) => write!(f, "{e}"),
             MountError::Io(what, e) => write!(f, "{what}: {e}"),
             MountError::Daemon(m) => f.write_str(m),
+            MountError::Log(e) => write!(f, "{e}"),
         }
     }
 }
@@ -324,6 +362,11 @@ pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
         ));
     }
     drop(cat);
+    // An unusable log file fails here, in the caller's terminal.
+    let log = match &args.log_file {
+        Some(p) => Some(LogFile::check(p).map_err(MountError::Log)?),
+        None => None,
+    };
     if args.foreground {
         return serve(&args, |_| {});
     }
@@ -341,7 +384,15 @@ pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
             drop(rd);
             // SAFETY: setsid has no preconditions in a fresh child.
             unsafe { libc::setsid() };
-            let log = args.log_file.clone();
+            // From here on the daemon's log lines, start-up ones too, go to
+            // its log file; failures still reach the caller through the pipe.
+            if let Some(l) = &log
+                && let Err(e) = l.redirect_stderr()
+            {
+                let mut wr = wr;
+                let _ = wr.write_all(e.to_string().as_bytes());
+                std::process::exit(1);
+            }
             let pipe = std::cell::Cell::new(Some(wr));
             let tell = |msg: &str| {
                 if let Some(mut w) = pipe.take() {
@@ -351,7 +402,7 @@ pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
             let res = serve(&args, |res| match res {
                 Ok(()) => {
                     tell("OK");
-                    detach_stdio(log.as_deref());
+                    detach_stdio(log.is_some() || crate::service::log::stderr_is_journal());
                 }
                 Err(e) => tell(&e.to_string()),
             });
@@ -378,17 +429,17 @@ pub fn mount(mut args: MountArgs) -> Result<(), MountError> {
     }
 }
 
-fn detach_stdio(log: Option<&Path>) {
-    let null = File::options().read(true).write(true).open("/dev/null");
-    let out = log
-        .and_then(|p| File::options().create(true).append(true).open(p).ok())
-        .or_else(|| null.as_ref().ok().and_then(|f| f.try_clone().ok()));
-    if let (Ok(null), Some(out)) = (null, out) {
+/// Leaves the caller's terminal: stdin and stdout to `/dev/null`, and
+/// stderr too unless it is kept (the log file, or systemd's journal).
+fn detach_stdio(keep_stderr: bool) {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         // SAFETY: dup2 onto the standard descriptors of this process.
         unsafe {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(null.as_raw_fd(), 1);
-            libc::dup2(out.as_raw_fd(), 2);
+            if !keep_stderr {
+                libc::dup2(null.as_raw_fd(), 2);
+            }
         }
     }
 }
@@ -404,6 +455,11 @@ fn block_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
+}
+
+/// Whether a FUSE filesystem is mounted at `mp` in this namespace.
+fn is_mounted_here(mp: &Path) -> bool {
+    mountinfo::at(mp).is_some_and(|m| m.is_fuse())
 }
 
 /// Unmounts `mp`: a plain unmount, or a lazy one if it is busy.
@@ -504,6 +560,15 @@ fn serve_inner(
         .map_err(|e| MountError::Io("opening the data directory", e))?
         .with_purge_pool(pool.clone());
 
+    let kmount = KernelMount {
+        source: args.layout.root().display().to_string(),
+        allow_other: args.allow_other,
+        suid: args.suid,
+        dev: args.dev,
+        read_only: args.read_only,
+        noatime: args.extra.contains(&MountOption::NoAtime),
+        noexec: args.extra.contains(&MountOption::NoExec),
+    };
     let mut opts = vec![
         MountOption::FSName(args.layout.root().display().to_string()),
         MountOption::Subtype("vfolderfs".into()),
@@ -520,6 +585,9 @@ fn serve_inner(
         },
     ];
     opts.extend(args.extra.iter().cloned());
+    if args.read_only {
+        opts.push(MountOption::RO);
+    }
     let mut config = Config::default();
     config.mount_options = opts;
     config.acl = if args.allow_other {
@@ -530,8 +598,22 @@ fn serve_inner(
     config.n_threads = Some(args.threads);
     config.clone_fd = true;
 
-    let mut session =
-        Session::new(fs, &args.mountpoint, &config).map_err(|e| MountError::Io("mounting", e))?;
+    // Mounted here as `fuse.vfolderfs`; without the privilege for mount(2),
+    // through fuser and fusermount (then shown as plain `fuse`).
+    let mut session = match kmount.mount(&args.mountpoint) {
+        Ok(dev) => {
+            let acl = config.acl;
+            Session::from_fd(fs, dev, acl, config).map_err(|e| {
+                let _ = unmount(&args.mountpoint);
+                MountError::Io("starting the session", e)
+            })?
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Session::new(fs, &args.mountpoint, &config)
+                .map_err(|e| MountError::Io("mounting", e))?
+        }
+        Err(e) => return Err(MountError::Io("mounting", e)),
+    };
     let notifier = session.notifier();
     // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
     let dev = session
@@ -549,15 +631,34 @@ fn serve_inner(
     };
     {
         let mp = args.mountpoint.clone();
+        let log = if args.foreground {
+            None
+        } else {
+            args.log_file.clone()
+        };
         thread::Builder::new()
             .name("vfolderfs-signals".into())
             .spawn(move || {
                 let mut sig = 0;
-                // SAFETY: sigset holds the signals blocked in every thread.
-                unsafe { libc::sigwait(&sigset, &mut sig) };
+                loop {
+                    // SAFETY: sigset holds the signals blocked in every thread.
+                    unsafe { libc::sigwait(&sigset, &mut sig) };
+                    if sig != libc::SIGHUP {
+                        break;
+                    }
+                    // SIGHUP: reopen the log file (after a rotation).
+                    match &log {
+                        Some(p) => match LogFile::check(p).and_then(|l| l.redirect_stderr()) {
+                            Ok(()) => info!("SIGHUP: reopened the log file {}", p.display()),
+                            Err(e) => error!("SIGHUP: {e}"),
+                        },
+                        None => info!("SIGHUP: no log file to reopen"),
+                    }
+                }
                 info!("signal {sig}: unmounting {}", mp.display());
-                // A plain unmount through the session; if busy, a lazy one.
-                if unmounter.unmount().is_err()
+                crate::service::notify::stopping();
+                // A plain unmount; if busy, a lazy one.
+                if (unmounter.unmount().is_err() || is_mounted_here(&mp))
                     && let Err(e) = unmount(&mp)
                 {
                     error!("unmounting {}: {e}", mp.display());
@@ -565,6 +666,18 @@ fn serve_inner(
             })
             .map_err(|e| MountError::Io("starting the signal thread", e))?;
     }
+    let exporters = crate::metrics::export::start(
+        args.metrics_file.clone(),
+        args.metrics_listen.clone(),
+        reg.clone(),
+        pool.clone(),
+        cat.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| {
+        let _ = unmount(&args.mountpoint);
+        MountError::Io("starting the metrics", e)
+    })?;
     let janitor = {
         let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
         thread::Builder::new()
@@ -573,11 +686,28 @@ fn serve_inner(
             .map_err(|e| MountError::Io("starting the janitor", e))?
     };
     info!(
-        "mounted {} on {}",
+        "mounted {} on {}{}",
         args.layout.root().display(),
-        args.mountpoint.display()
+        args.mountpoint.display(),
+        if args.read_only { " (read-only)" } else { "" }
     );
     report(Ok(()));
+    if std::env::var_os(crate::service::notify::ENV).is_some() {
+        // Ready for systemd once the mount answers a request.
+        let (mp, root) = (
+            args.mountpoint.clone(),
+            args.layout.root().display().to_string(),
+        );
+        thread::Builder::new()
+            .name("vfolderfs-notify".into())
+            .spawn(move || match std::fs::metadata(&mp) {
+                Ok(_) => {
+                    crate::service::notify::ready(&format!("serving {root} on {}", mp.display()))
+                }
+                Err(e) => error!("the mount does not answer: {e}"),
+            })
+            .map_err(|e| MountError::Io("starting the notifier", e))?;
+    }
     let res = session.run();
     let t = std::time::Instant::now();
     pool.shutdown();
@@ -587,6 +717,9 @@ fn serve_inner(
     log::debug!("watcher stopped in {:?}", t.elapsed());
     let _ = janitor.join();
     log::debug!("janitor stopped in {:?}", t.elapsed());
+    for e in exporters {
+        let _ = e.join();
+    }
     info!("unmounted {}", args.mountpoint.display());
     res.map_err(|e| MountError::Io("serving", e))
 }
@@ -759,6 +892,7 @@ fn watch(
         })();
         match step {
             Ok(()) => {
+                crate::metrics::counters::store_ok(crate::store::sqlite::now_millis());
                 if reg.set_healthy(true) {
                     warn!("store readable again: writes allowed by status");
                 }

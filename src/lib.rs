@@ -15,6 +15,8 @@
 //! - [`fsck`]: checking a store against its volumes;
 //! - [`volumes`]: which directories may be data volumes, and volume errors;
 //! - [`privacy`]: the modes that keep a store private to its user;
+//! - [`metrics`]: Prometheus metrics of a running mount;
+//! - [`service`]: the kernel mount, systemd notification and the log file;
 //! - [`cli`]: the command line.
 
 pub mod backing;
@@ -25,9 +27,11 @@ pub mod enforce;
 pub mod fs;
 pub mod fsck;
 pub mod layout;
+pub mod metrics;
 pub mod mountinfo;
 pub mod name;
 pub mod privacy;
+pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod store;

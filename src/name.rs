@@ -27,6 +27,12 @@ pub enum NameError {
     Dot,
     /// The reserved `.trash`.
     Reserved,
+    /// Begins or ends with white space (hard to see, easy to mistype in a
+    /// shell); only refused for new names.
+    EdgeSpace,
+    /// Begins with `-` (read as an option by every command line); only
+    /// refused for new names.
+    LeadingDash,
 }
 
 impl fmt::Display for NameError {
@@ -41,6 +47,8 @@ impl fmt::Display for NameError {
             NameError::Control(c) => write!(f, "name contains control character U+{c:04X}"),
             NameError::Dot => write!(f, "'.' and '..' are not names"),
             NameError::Reserved => write!(f, "'{TRASH_DIR}' is reserved"),
+            NameError::EdgeSpace => write!(f, "name begins or ends with white space"),
+            NameError::LeadingDash => write!(f, "name begins with '-'"),
         }
     }
 }
@@ -65,9 +73,39 @@ pub fn validate_os(name: &OsStr) -> Result<&str, NameError> {
     validate_bytes(name.as_bytes())
 }
 
-/// Checks a vfolder name: 1–255 bytes of UTF-8, no `/`, no control
-/// characters, not `.`, `..` or `.trash`.
+/// Checks a name for a new vfolder (create, rename, restore as, clone, and
+/// `mkdir`/`mv` on the mount): the rules of [`validate_existing`], and no
+/// white space at either end and no leading `-`.
 pub fn validate(name: &str) -> Result<(), NameError> {
+    validate_existing(name)?;
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err(NameError::EdgeSpace);
+    }
+    if name.starts_with('-') {
+        return Err(NameError::LeadingDash);
+    }
+    Ok(())
+}
+
+/// Checks a name that may belong to an existing vfolder, made before the
+/// rules for new names refused white space at its ends and a leading `-`,
+/// given as raw bytes (as it arrives through the mount): such vfolders stay
+/// reachable and can be renamed away.
+pub fn validate_existing_bytes(name: &[u8]) -> Result<&str, NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > NAME_MAX {
+        return Err(NameError::TooLong(name.len()));
+    }
+    let s = std::str::from_utf8(name).map_err(|_| NameError::NotUtf8)?;
+    validate_existing(s)?;
+    Ok(s)
+}
+
+/// The rules every vfolder name meets: 1–255 bytes of UTF-8, no `/`, no
+/// control characters, not `.`, `..` or `.trash`.
+pub fn validate_existing(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -103,6 +141,8 @@ mod tests {
             &"a".repeat(255),
             "..a",
             ".".repeat(3).as_str(),
+            "a-",
+            "a b",
         ] {
             assert_eq!(validate(n), Ok(()), "{n:?}");
         }
@@ -111,7 +151,7 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         let long = "a".repeat(256);
-        let cases: [(&[u8], NameError); 10] = [
+        let cases: [(&[u8], NameError); 14] = [
             (b"", NameError::Empty),
             (long.as_bytes(), NameError::TooLong(256)),
             (b"\xff\xfe", NameError::NotUtf8),
@@ -122,11 +162,17 @@ mod tests {
             (b".", NameError::Dot),
             (b"..", NameError::Dot),
             (b".trash", NameError::Reserved),
+            (b" a", NameError::EdgeSpace),
+            (b"a ", NameError::EdgeSpace),
+            ("a\u{a0}".as_bytes(), NameError::EdgeSpace),
+            (b"-x", NameError::LeadingDash),
         ];
         for (bytes, want) in cases {
             assert_eq!(validate_bytes(bytes), Err(want), "{bytes:?}");
         }
         // A multi-byte name counts bytes, not characters.
         assert_eq!(validate(&"é".repeat(128)), Err(NameError::TooLong(256)));
+        // Names made before these rules stay reachable.
+        assert_eq!(validate_existing_bytes(b" -x "), Ok(" -x "));
     }
 }

@@ -10,7 +10,7 @@ use vfolderfs::name::{NAME_MAX, TRASH_DIR, validate_bytes};
 fn name_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..300),
-        "[a-z.~ ]{0,8}".prop_map(|s| s.into_bytes()),
+        "[a-z.~ -]{0,8}".prop_map(|s| s.into_bytes()),
         proptest::collection::vec(
             prop_oneof![Just(b'.'), Just(b'/'), Just(0u8), Just(b'a'), Just(0xffu8)],
             0..6
@@ -30,11 +30,15 @@ proptest! {
             prop_assert!(!s.contains('/'));
             prop_assert!(!s.chars().any(|c| c.is_control()));
             prop_assert!(s != "." && s != ".." && s != TRASH_DIR);
+            prop_assert!(!s.starts_with(char::is_whitespace) && !s.ends_with(char::is_whitespace));
+            prop_assert!(!s.starts_with('-'));
         } else {
             let ok_utf8 = std::str::from_utf8(&bytes).ok();
             let fine = ok_utf8.is_some_and(|s| !s.is_empty() && s.len() <= NAME_MAX
                 && !s.contains('/') && !s.chars().any(|c| c.is_control())
-                && s != "." && s != ".." && s != TRASH_DIR);
+                && s != "." && s != ".." && s != TRASH_DIR
+                && !s.starts_with(char::is_whitespace) && !s.ends_with(char::is_whitespace)
+                && !s.starts_with('-'));
             prop_assert!(!fine, "a valid name was refused: {:?}", bytes);
         }
     }

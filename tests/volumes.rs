@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Mount, TempStore, Undo, eventually};
 
 /// `vfolderfs::cli::EXIT_VOLUME`.
-const EXIT_VOLUME: i32 = 5;
+const EXIT_VOLUME: i32 = 11;
 
 fn path_of(t: &TempStore, name: &str) -> PathBuf {
     PathBuf::from(t.show(name)["path"].as_str().unwrap())

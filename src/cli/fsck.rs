@@ -58,5 +58,9 @@ pub fn run(cat: &Catalog, repair: bool, json: bool, opts: &Options) -> Result<i3
             );
         }
     }
-    Ok(if remaining.is_empty() { 0 } else { 1 })
+    Ok(if remaining.is_empty() {
+        0
+    } else {
+        super::EXIT_PROBLEMS
+    })
 }

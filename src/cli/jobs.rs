@@ -4,6 +4,7 @@
 use super::{CliError, cause};
 use crate::backing::copy::CopyStats;
 use crate::catalog::Catalog;
+use crate::say;
 use crate::store::{StoreError, VFolder};
 use crate::workers::{Outcome, purge};
 
@@ -41,7 +42,7 @@ pub(super) fn run_job(
         }
         match outcome {
             Outcome::Complete(n) => {
-                println!("done: {:?} ({n} entries)", v.name);
+                say!("done: {:?} ({n} entries)", v.name);
                 return Ok(0);
             }
             Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
@@ -58,7 +59,7 @@ pub(super) fn run_job(
                     continue;
                 }
                 if now.status.is_visible() {
-                    println!("done: {:?} is {}", now.name, now.status);
+                    say!("done: {:?} is {}", now.name, now.status);
                     return Ok(0);
                 }
                 return Err(CliError::Failed(format!(
@@ -91,7 +92,7 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
     };
     purge::request(cat, &v.id, &cause("purge"))?;
     if no_wait {
-        println!("queued the purge of vfolder {:?} ({})", v.name, v.id);
+        say!("queued the purge of vfolder {:?} ({})", v.name, v.id);
         return Ok(0);
     }
     let owner = crate::workers::this_owner();
@@ -117,9 +118,10 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                 if tty {
                     eprintln!();
                 }
-                println!(
+                say!(
                     "purged vfolder {:?} ({}): {n} entries removed",
-                    v.name, v.id
+                    v.name,
+                    v.id
                 );
                 return Ok(0);
             }
@@ -157,9 +159,11 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                         v.name
                     )));
                 }
-                println!(
+                say!(
                     "purged vfolder {:?} ({}) (status {})",
-                    v.name, v.id, now.status
+                    v.name,
+                    v.id,
+                    now.status
                 );
                 return Ok(0);
             }

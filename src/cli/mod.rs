@@ -1,9 +1,11 @@
 //! The command line: arguments, dispatch and exit statuses. Output forms
 //! are in [`output`], background jobs run from the CLI in [`jobs`].
 
+mod exit;
 mod fsck;
 mod jobs;
 mod output;
+mod reference;
 mod volume;
 
 use std::ffi::OsString;
@@ -18,9 +20,13 @@ use crate::layout::Layout;
 use crate::sessions;
 use crate::store::{ListFilter, Millis, StoreError, VFolder};
 use crate::workers::{clone, purge, relocate};
+pub use exit::{
+    EXIT_BUSY, EXIT_EXISTS, EXIT_FAILED, EXIT_NO_STORE, EXIT_NOT_FOUND, EXIT_PROBLEMS,
+    EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_VOLUME, Kind,
+};
 use jobs::run_job;
-use output::{attachment_json, history_json, print_table};
-pub use output::{fmt_time, vfolder_json};
+use output::{attachment_json, history_json, print_detail, print_table, vfolder_detail_json};
+pub use output::{fmt_time, json_mode, vfolder_json};
 use std::sync::atomic::AtomicBool;
 pub use volume::VolumeCmd;
 
@@ -48,7 +54,11 @@ pub struct Cli {
 pub enum Command {
     /// Make the store (the only command that does); on an existing store,
     /// say so and succeed.
-    Init,
+    Init {
+        /// Print the store as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a ready vfolder.
     Create {
         /// Its name.
@@ -59,6 +69,9 @@ pub enum Command {
         /// Return without waiting for the mounts to confirm.
         #[arg(long)]
         no_wait: bool,
+        /// Print the new vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Clone a vfolder into a new one (a background job).
     Clone {
@@ -72,6 +85,10 @@ pub enum Command {
         /// Return at once; a running mount does the copy.
         #[arg(long)]
         no_wait: bool,
+        /// Print the new vfolder as a JSON object (with its job when it
+        /// runs in the background).
+        #[arg(long)]
+        json: bool,
     },
     /// Move a vfolder to another data volume (a background job).
     Relocate {
@@ -83,6 +100,9 @@ pub enum Command {
         /// Return at once; a running mount does the move.
         #[arg(long)]
         no_wait: bool,
+        /// Print the vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage data volumes.
     #[command(subcommand)]
@@ -121,6 +141,9 @@ pub enum Command {
         /// Return without waiting for the mounts to confirm.
         #[arg(long)]
         no_wait: bool,
+        /// Print the vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a vfolder to the trash (restorable).
     Delete {
@@ -129,6 +152,9 @@ pub enum Command {
         /// Return without waiting for the mounts to confirm.
         #[arg(long)]
         no_wait: bool,
+        /// Print the vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a vfolder from the trash.
     Restore {
@@ -140,6 +166,9 @@ pub enum Command {
         /// Return without waiting for the mounts to confirm.
         #[arg(long)]
         no_wait: bool,
+        /// Print the vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Destroy a trashed (or failed) vfolder's data.
     Purge {
@@ -148,6 +177,9 @@ pub enum Command {
         /// Only queue it for a running mount's purge pool.
         #[arg(long)]
         no_wait: bool,
+        /// Print the vfolder as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Forget purged (delete-complete) vfolders; they stay in the audit table.
     Gc {
@@ -174,6 +206,9 @@ pub enum Command {
         /// The vfolderfs mount to bind from (when several are running).
         #[arg(long, value_name = "MOUNTPOINT")]
         mount: Option<PathBuf>,
+        /// Print the attachment as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount session binds and remove their records.
     Detach {
@@ -185,6 +220,9 @@ pub enum Command {
         /// The attachment at this target.
         #[arg(long, conflicts_with_all = ["session", "name"])]
         target: Option<PathBuf>,
+        /// Print what was detached as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// List session attachments.
     Sessions {
@@ -195,7 +233,8 @@ pub enum Command {
         #[arg(long)]
         prune: bool,
     },
-    /// Check the store against its data volumes (exit 1 if anything is wrong).
+    /// Check the store against its data volumes (exit status 10 if anything
+    /// is wrong).
     Fsck {
         /// Fix what can be fixed safely (unknown data goes to lost+found).
         #[arg(long)]
@@ -210,6 +249,49 @@ pub enum Command {
     },
     /// Mount the store (the main job).
     Mount(MountCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) for vfolderfs and its subcommands.
+    Man {
+        /// Write vfolderfs.1 and one vfolderfs-COMMAND.1 per command into
+        /// this directory instead of printing vfolderfs.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// Whether `--json` was given: results, and errors on stderr, are JSON.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Init { json }
+            | Command::Create { json, .. }
+            | Command::Clone { json, .. }
+            | Command::Relocate { json, .. }
+            | Command::List { json, .. }
+            | Command::Show { json, .. }
+            | Command::History { json, .. }
+            | Command::Rename { json, .. }
+            | Command::Delete { json, .. }
+            | Command::Restore { json, .. }
+            | Command::Purge { json, .. }
+            | Command::Gc { json, .. }
+            | Command::Attach { json, .. }
+            | Command::Detach { json, .. }
+            | Command::Sessions { json, .. }
+            | Command::Fsck { json, .. } => *json,
+            Command::Volume(
+                VolumeCmd::Add { json, .. }
+                | VolumeCmd::List { json }
+                | VolumeCmd::Show { json, .. }
+                | VolumeCmd::Remove { json, .. },
+            ) => *json,
+            Command::Mount(_) | Command::Completions { .. } | Command::Man { .. } => false,
+        }
+    }
 }
 
 /// Parses a session id argument: refused ids take clap's usage-error path
@@ -242,52 +324,64 @@ pub struct MountCmd {
     /// Purge trash entries older than this (e.g. 30d, 12h; 0 keeps them forever).
     #[arg(long, default_value = "30d")]
     pub trash_retention: String,
-    /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N, ...).
+    /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
+    /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
 }
 
-/// Exit status when there is no store at the path (it was never made with
-/// `init`, or its database is gone): distinct from failures (1) and usage
-/// errors (2).
-pub const EXIT_NO_STORE: i32 = 3;
-
-/// Exit status when a change was made but not every live mount confirmed it
-/// within the time allowed (the change stays made).
-pub const EXIT_UNCONFIRMED: i32 = 4;
-
-/// Exit status when a volume operation is refused or names no volume
-/// (a directory that cannot be a volume, a volume in use, no such volume,
-/// a relocation to the volume a vfolder is on).
-pub const EXIT_VOLUME: i32 = 5;
-
-/// An error worth one line on stderr.
+/// An error worth one line on stderr (or a JSON object under `--json`).
 #[derive(Debug)]
 pub enum CliError {
     /// From the store layer.
     Store(StoreError),
     /// Anything else, with its message.
     Failed(String),
+    /// An error of a known kind, with its message and the vfolder it is about.
+    Of {
+        /// What kind of failure (decides the exit status).
+        kind: Kind,
+        /// The message.
+        message: String,
+        /// The vfolder it is about, if any.
+        vfolder: Option<String>,
+    },
 }
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Store(e) => e.fmt(f),
-            CliError::Failed(m) => f.write_str(m),
+            CliError::Store(e) => match exit::store_hint(e) {
+                Some(h) => write!(f, "{e}; {h}"),
+                None => e.fmt(f),
+            },
+            CliError::Failed(m) | CliError::Of { message: m, .. } => f.write_str(m),
         }
     }
 }
 
 impl CliError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            CliError::Store(e) => exit::store_kind(e),
+            CliError::Failed(_) => Kind::Failed,
+            CliError::Of { kind, .. } => *kind,
+        }
+    }
+
+    /// The vfolder the error is about, if it names one.
+    pub fn vfolder(&self) -> Option<&str> {
+        match self {
+            CliError::Store(e) => exit::store_vfolder(e),
+            CliError::Failed(_) => None,
+            CliError::Of { vfolder, .. } => vfolder.as_deref(),
+        }
+    }
+
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            CliError::Store(StoreError::Missing(_)) => EXIT_NO_STORE,
-            CliError::Store(StoreError::Unconfirmed { .. }) => EXIT_UNCONFIRMED,
-            CliError::Store(StoreError::Volume(_)) => EXIT_VOLUME,
-            _ => 1,
-        }
+        self.kind().code()
     }
 }
 
@@ -297,30 +391,84 @@ impl From<StoreError> for CliError {
     }
 }
 
+impl From<sessions::SessionError> for CliError {
+    fn from(e: sessions::SessionError) -> Self {
+        match e {
+            sessions::SessionError::Store(e) => CliError::Store(e),
+            sessions::SessionError::InvalidSession { .. } => CliError::Of {
+                kind: Kind::Usage,
+                message: e.to_string(),
+                vfolder: None,
+            },
+            e => CliError::Failed(e.to_string()),
+        }
+    }
+}
+
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cli = if invoked_as.starts_with("mount.") {
+    let cli = if invoked_as.starts_with("mount.") || daemon::is_helper_call(&args) {
+        // As mount(8)'s helper: `mount.vfolderfs STORE MOUNTPOINT -o OPTS`,
+        // or `vfolderfs STORE MOUNTPOINT -o OPTS` as mount.fuse3 runs it for
+        // `-t fuse.vfolderfs` and `vfolderfs#STORE` lines.
         match daemon::helper_args(&args) {
             Ok(c) => c,
             Err(m) => {
                 eprintln!("mount.vfolderfs: {m}");
-                return 1;
+                return EXIT_USAGE;
             }
         }
     } else {
-        Cli::parse_from(args)
+        match Cli::try_parse_from(&args) {
+            Ok(c) => c,
+            Err(e) if args.iter().any(|a| a == "--json") && e.use_stderr() => {
+                let err = CliError::Of {
+                    kind: Kind::Usage,
+                    message: e
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                        .to_string(),
+                    vfolder: None,
+                };
+                eprintln!("{}", exit::error_json(&err));
+                return EXIT_USAGE;
+            }
+            Err(e) => e.exit(),
+        }
     };
+    // A mount logs its start, stop and store health by default; other
+    // commands only warnings. RUST_LOG overrides both.
+    let level = if matches!(cli.command, Command::Mount(_)) {
+        "info,fuser=warn"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if !matches!(cli.command, Command::Mount(_)) {
+        // A closed pipe (`vfolderfs list | head -1`) ends the command
+        // quietly, as it does `ls`; the daemon keeps ignoring SIGPIPE.
+        // SAFETY: setting a signal's disposition to its default.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let json = cli.command.json();
+    output::set_json_mode(json);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vfolderfs: {e}");
+            if json {
+                eprintln!("{}", exit::error_json(&e));
+            } else {
+                eprintln!("vfolderfs: {e}");
+            }
             e.exit_code()
         }
     }
@@ -350,35 +498,49 @@ pub(crate) fn cause(what: &str) -> String {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     let layout = Layout::resolve(cli.store.as_deref());
-    if let Command::Mount(m) = cli.command {
-        let args = MountArgs::from_cli(layout, &m).map_err(CliError::Failed)?;
-        return daemon::mount(args).map(|()| 0).map_err(|e| match e {
-            daemon::MountError::Store(e) => CliError::Store(e),
-            e => CliError::Failed(e.to_string()),
-        });
-    }
-    if let Command::Init = cli.command {
-        let root = layout.root().display().to_string();
-        let (cat, made) = Catalog::init(layout)?;
-        let id = cat.store().store_id()?.unwrap_or_default();
-        if made {
-            println!("initialized store {root} (id {id})");
-        } else {
-            println!("store {root} already exists (id {id})");
+    match cli.command {
+        Command::Mount(m) => {
+            let args = MountArgs::from_cli(layout, &m).map_err(|m| CliError::Of {
+                kind: Kind::Usage,
+                message: m,
+                vfolder: None,
+            })?;
+            return daemon::mount(args).map(|()| 0).map_err(|e| match e {
+                daemon::MountError::Store(e) => CliError::Store(e),
+                e => CliError::Failed(e.to_string()),
+            });
         }
-        return Ok(0);
+        Command::Completions { shell } => return reference::completions(shell),
+        Command::Man { dir } => return reference::man(dir.as_deref()),
+        Command::Init { json } => {
+            let root = layout.root().display().to_string();
+            let (cat, made) = Catalog::init(layout)?;
+            let id = cat.store().store_id()?.unwrap_or_default();
+            if json {
+                println!("{}", json!({"store": root, "id": id, "created": made}));
+            } else if made {
+                println!("initialized store {root} (id {id})");
+            } else {
+                println!("store {root} already exists (id {id})");
+            }
+            return Ok(0);
+        }
+        _ => {}
     }
+    let db = layout.db_path();
     // fsck reports loose modes rather than tightening them on open.
     let cat = if matches!(cli.command, Command::Fsck { .. }) {
-        Catalog::open_as_is(layout)?
+        Catalog::open_as_is(layout)
     } else {
-        Catalog::open(layout)?
-    };
+        Catalog::open(layout)
+    }
+    .map_err(|e| unavailable_at(e, &db))?;
     match cli.command {
         Command::Create {
             name,
             volume,
             no_wait,
+            json,
         } => {
             let v = cat.create_on(
                 &name,
@@ -386,21 +548,30 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 volume.as_deref(),
                 &cause("create"),
             )?;
-            println!(
-                "created vfolder {:?} ({}) on volume {}",
-                v.name, v.id, v.volume
-            );
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
+            if json {
+                println!("{}", vfolder_detail_json(&cat, &v)?);
+            } else {
+                println!(
+                    "created vfolder {:?} ({}) on volume {}",
+                    v.name, v.id, v.volume
+                );
+            }
         }
         Command::Clone {
             src,
             dst,
             volume,
             no_wait,
+            json,
         } => {
             let (_, d) = clone::start(&cat, &src, &dst, volume.as_deref(), &cause("clone"))?;
             if no_wait {
-                println!("cloning {src:?} into {dst:?} ({}) in the background", d.id);
+                if json {
+                    println!("{}", vfolder_detail_json(&cat, &d)?);
+                } else {
+                    println!("cloning {src:?} into {dst:?} ({}) in the background", d.id);
+                }
                 return Ok(0);
             }
             let id = d.id.clone();
@@ -420,16 +591,25 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 let never = AtomicBool::new(false);
                 let _ = purge::purge_one(&cat, &id, &owner, &never, None, &mut |_| {});
             }
-            return r;
+            return r.and_then(|code| print_result(&cat, &id, json).map(|()| code));
         }
-        Command::Relocate { name, to, no_wait } => {
+        Command::Relocate {
+            name,
+            to,
+            no_wait,
+            json,
+        } => {
             let v = relocate::start(&cat, &name, &to, &cause("relocate"))?;
             if no_wait {
-                println!("relocating {name:?} to volume {to} in the background");
+                if json {
+                    println!("{}", vfolder_detail_json(&cat, &v)?);
+                } else {
+                    println!("relocating {name:?} to volume {to} in the background");
+                }
                 return Ok(0);
             }
             let id = v.id.clone();
-            return run_job(&cat, &v, "relocating", &|cat, owner, p| {
+            let r = run_job(&cat, &v, "relocating", &|cat, owner, p| {
                 relocate::run(
                     cat,
                     &id,
@@ -439,6 +619,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     p,
                 )
             });
+            return r.and_then(|code| print_result(&cat, &id, json).map(|()| code));
         }
         Command::Volume(cmd) => return volume::run(&cat, cmd),
         Command::List { all, json } => {
@@ -472,38 +653,11 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Show { name, json } => {
             let v = cat.resolve(&name)?;
-            let tn = cat
-                .trash()?
-                .into_iter()
-                .find(|(_, t)| t.id == v.id)
-                .map(|(n, _)| n);
-            let mut obj = vfolder_json(&cat, &v, tn);
-            let atts = cat.store().attachments(Some(&v.id))?;
-            obj["attachments"] =
-                Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
-            let atts = cat.store().attachments(Some(&v.id))?;
-            obj["attachments"] =
-                Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
-            if let Some(j) = cat.store().job(&v.id)? {
-                obj["job"] = json!({
-                    "kind": j.kind,
-                    "owner": j.owner,
-                    "started_at": fmt_time(j.started_at),
-                    "done": j.done,
-                    "resumed": j.claims > 1,
-                });
-            }
+            let obj = vfolder_detail_json(&cat, &v)?;
             if json {
                 println!("{obj}");
             } else {
-                for (k, val) in obj.as_object().expect("an object") {
-                    let s = match val {
-                        Value::String(s) => s.clone(),
-                        Value::Null => "-".to_string(),
-                        other => other.to_string(),
-                    };
-                    println!("{k:18} {s}");
-                }
+                print_detail(&obj);
             }
         }
         Command::History { name, json } => {
@@ -524,22 +678,40 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
-        Command::Rename { old, new, no_wait } => {
+        Command::Rename {
+            old,
+            new,
+            no_wait,
+            json,
+        } => {
             let v = cat.store().get_live(&old)?;
             let v = cat.store().rename(&v.id, &new)?;
-            println!("renamed vfolder {old:?} to {:?}", v.name);
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
+            if json {
+                println!("{}", vfolder_detail_json(&cat, &v)?);
+            } else {
+                println!("renamed vfolder {old:?} to {:?}", v.name);
+            }
         }
-        Command::Delete { name, no_wait } => {
+        Command::Delete {
+            name,
+            no_wait,
+            json,
+        } => {
             let v = cat.store().get_live(&name)?;
             let v = cat.delete(&v, &cause("delete"))?;
-            println!("moved vfolder {:?} to the trash ({})", v.name, v.id);
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
+            if json {
+                println!("{}", vfolder_detail_json(&cat, &v)?);
+            } else {
+                println!("moved vfolder {:?} to the trash ({})", v.name, v.id);
+            }
         }
         Command::Restore {
             name,
             as_name,
             no_wait,
+            json,
         } => {
             let v = match cat.resolve_trashed(&name) {
                 Ok(v) => v,
@@ -556,11 +728,41 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let v = cat.restore(&v, as_name.as_deref(), &cause("restore"))?;
-            println!("restored vfolder {:?} ({})", v.name, v.id);
+            let v = match cat.restore(&v, as_name.as_deref(), &cause("restore")) {
+                Err(StoreError::NameTaken(n)) => {
+                    return Err(CliError::Of {
+                        kind: Kind::Exists,
+                        message: format!(
+                            "cannot restore vfolder {:?}: a live vfolder named {n:?} already \
+                             exists; restore it under another name with `--as NEW`",
+                            v.name
+                        ),
+                        vfolder: Some(v.name),
+                    });
+                }
+                r => r?,
+            };
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
+            if json {
+                println!("{}", vfolder_detail_json(&cat, &v)?);
+            } else {
+                println!("restored vfolder {:?} ({})", v.name, v.id);
+            }
         }
-        Command::Purge { name, no_wait } => return jobs::purge(&cat, &name, no_wait),
+        Command::Purge {
+            name,
+            no_wait,
+            json,
+        } => {
+            let id = match cat.resolve_trashed(&name) {
+                Ok(v) => v.id,
+                Err(StoreError::NotFound(_)) => cat.resolve(&name)?.id,
+                Err(e) => return Err(e.into()),
+            };
+            let code = jobs::purge(&cat, &id, no_wait)?;
+            print_result(&cat, &id, json)?;
+            return Ok(code);
+        }
         Command::Gc { older_than, json } => {
             let age = if older_than.trim() == "0" {
                 std::time::Duration::ZERO
@@ -591,19 +793,24 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             target,
             read_only,
             mount,
+            json,
         } => {
-            let a = sessions::attach(&cat, &name, &session, &target, read_only, mount.as_deref())
-                .map_err(|e| CliError::Failed(e.to_string()))?;
-            println!(
-                "attached vfolder {name:?} to session {session:?} at {}{}",
-                a.target,
-                if read_only { " (read-only)" } else { "" }
-            );
+            let a = sessions::attach(&cat, &name, &session, &target, read_only, mount.as_deref())?;
+            if json {
+                println!("{}", attachment_json(&cat, &a));
+            } else {
+                println!(
+                    "attached vfolder {name:?} to session {session:?} at {}{}",
+                    a.target,
+                    if read_only { " (read-only)" } else { "" }
+                );
+            }
         }
         Command::Detach {
             session,
             name,
             target,
+            json,
         } => {
             // Targets are recorded normalized lexically (see
             // sessions::normalize_target); a path naming one through a
@@ -613,8 +820,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     let canon = std::fs::canonicalize(&t).ok();
                     sessions::normalize_target(&t).map(|n| (n, canon))
                 })
-                .transpose()
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+                .transpose()?;
             let id = match &name {
                 Some(n) => Some(cat.resolve(n)?.id),
                 None => None,
@@ -627,8 +833,19 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     &a.session == s && id.as_ref().is_none_or(|i| &a.vfolder_id == i)
                 }
                 (None, None) => false,
-            })
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+            })?;
+            if json {
+                let arr: Vec<Value> = done
+                    .iter()
+                    .map(|d| {
+                        let mut o = attachment_json(&cat, &d.attachment);
+                        o["unmounted"] = json!(d.unmounted);
+                        o
+                    })
+                    .collect();
+                println!("{}", Value::Array(arr));
+                return Ok(0);
+            }
             if done.is_empty() {
                 println!("nothing attached there: already detached");
             }
@@ -647,8 +864,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Sessions { json, prune } => {
             if prune {
-                let gone =
-                    sessions::prune(&cat, false).map_err(|e| CliError::Failed(e.to_string()))?;
+                let gone = sessions::prune(&cat, false)?;
                 for a in &gone {
                     eprintln!(
                         "pruned stale attachment {} (session {:?})",
@@ -685,7 +901,36 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             };
             return fsck::run(&cat, repair, json, &opts);
         }
-        Command::Mount(_) | Command::Init => unreachable!("handled above"),
+        Command::Mount(_)
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(0)
+}
+
+/// Prints the vfolder a job ended with as JSON, under `--json` (the human
+/// forms print their own last line).
+fn print_result(cat: &Catalog, id: &str, json: bool) -> Result<(), CliError> {
+    if json {
+        let v = cat.store().get(id)?;
+        println!("{}", vfolder_detail_json(cat, &v)?);
+    }
+    Ok(())
+}
+
+/// A store that cannot be opened: the message names its database file.
+fn unavailable_at(e: StoreError, db: &Path) -> CliError {
+    let db = db.display().to_string();
+    let kind = exit::store_kind(&e);
+    if kind != Kind::Unavailable || e.to_string().contains(&db) {
+        return e.into();
+    }
+    CliError::Of {
+        kind,
+        message: format!("{db}: {e}"),
+        vfolder: None,
+    }
 }

@@ -1,9 +1,36 @@
 //! How the CLI prints: the stable JSON forms, tables and times.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
 
+use super::CliError;
 use crate::catalog::Catalog;
 use crate::store::{Attachment, HistoryEntry, Millis, VFolder};
+
+static JSON_MODE: AtomicBool = AtomicBool::new(false);
+
+/// Records whether `--json` was given for this command.
+pub(super) fn set_json_mode(on: bool) {
+    JSON_MODE.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--json` was given: human lines are then left out of stdout,
+/// which carries only the JSON result.
+pub fn json_mode() -> bool {
+    JSON_MODE.load(Ordering::Relaxed)
+}
+
+/// `println!` for a human line: skipped under `--json`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::cli::json_mode() {
+            println!($($t)*);
+        }
+    };
+}
 
 pub(super) fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -51,6 +78,69 @@ pub fn vfolder_json(cat: &Catalog, v: &VFolder, trash_name: Option<String>) -> V
     })
 }
 
+/// A vfolder with everything known about it: [`vfolder_json`] with its trash
+/// name, `opens`, `attachments` and, while a job holds it, `job` (the form of
+/// `show --json` and of the mutating commands' `--json`).
+pub(super) fn vfolder_detail_json(cat: &Catalog, v: &VFolder) -> Result<Value, CliError> {
+    let tn = cat
+        .trash()?
+        .into_iter()
+        .find(|(_, t)| t.id == v.id)
+        .map(|(n, _)| n);
+    let mut obj = vfolder_json(cat, v, tn);
+    obj["opens"] = json!(cat.store().opens()?.get(&v.id).copied().unwrap_or(0));
+    let atts = cat.store().attachments(Some(&v.id))?;
+    obj["attachments"] = Value::Array(atts.iter().map(|a| attachment_json(cat, a)).collect());
+    if let Some(j) = cat.store().job(&v.id)? {
+        obj["job"] = json!({
+            "kind": j.kind,
+            "owner": j.owner,
+            "started_at": fmt_time(j.started_at),
+            "done": j.done,
+            "resumed": j.claims > 1,
+        });
+    }
+    Ok(obj)
+}
+
+/// `show` as a table: one field a line, attachments and the job spelled out.
+pub(super) fn print_detail(obj: &Value) {
+    let Some(map) = obj.as_object() else { return };
+    for (k, val) in map {
+        match (k.as_str(), val) {
+            ("attachments", Value::Array(a)) if a.is_empty() => println!("{k:18} none"),
+            ("attachments", Value::Array(a)) => {
+                for (i, at) in a.iter().enumerate() {
+                    let s = |f: &str| at[f].as_str().unwrap_or("?").to_string();
+                    println!(
+                        "{:18} session {} {} at {} (since {})",
+                        if i == 0 { k.as_str() } else { "" },
+                        s("session"),
+                        s("mode"),
+                        s("target"),
+                        s("attached_at")
+                    );
+                }
+            }
+            ("job", j) => println!(
+                "{k:18} {} by {}, {} entries done, since {}{}",
+                j["kind"].as_str().unwrap_or("?"),
+                j["owner"].as_str().unwrap_or("?"),
+                j["done"],
+                j["started_at"].as_str().unwrap_or("?"),
+                if j["resumed"] == json!(true) {
+                    " (resumed)"
+                } else {
+                    ""
+                }
+            ),
+            (_, Value::String(s)) => println!("{k:18} {s}"),
+            (_, Value::Null) => println!("{k:18} -"),
+            (_, other) => println!("{k:18} {other}"),
+        }
+    }
+}
+
 pub(super) fn history_json(e: &HistoryEntry) -> Value {
     json!({
         "from": e.from.map(|s| s.as_str()),
@@ -71,13 +161,24 @@ pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Opt
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:w$}  {:15}  {:36}  CREATED", "NAME", "STATUS", "ID");
+    let vw = list
+        .iter()
+        .map(|v| v.volume.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:w$}  {:15}  {:vw$}  {:24}  {:24}  ID",
+        "NAME", "STATUS", "VOLUME", "CREATED", "STATUS CHANGED"
+    );
     for (v, n) in list.iter().zip(&names) {
         println!(
-            "{n:w$}  {:15}  {:36}  {}",
+            "{n:w$}  {:15}  {:vw$}  {:24}  {:24}  {}",
             v.status.as_str(),
-            v.id,
-            fmt_time(v.created_at)
+            v.volume,
+            fmt_time(v.created_at),
+            fmt_time(v.status_changed_at),
+            v.id
         );
     }
 }

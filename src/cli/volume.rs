@@ -24,6 +24,9 @@ pub enum VolumeCmd {
         name: String,
         /// Its directory (created if missing).
         path: PathBuf,
+        /// Print the volume as a JSON object (as `volume show --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// List volumes with their free space ("unavailable" when the directory
     /// cannot be read).
@@ -46,6 +49,9 @@ pub enum VolumeCmd {
     Remove {
         /// The volume's name.
         name: String,
+        /// Print `{"removed": NAME}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,10 +93,15 @@ fn space(j: &Value, key: &str) -> String {
 /// Runs a `volume` subcommand.
 pub fn run(cat: &Catalog, cmd: VolumeCmd) -> Result<i32, CliError> {
     match cmd {
-        VolumeCmd::Add { name, path } => {
+        VolumeCmd::Add { name, path, json } => {
             cat.add_volume(&name, &path)?;
             let at = cat.volume(&name)?.path.clone();
-            println!("added volume {name} at {}", at.display());
+            if json {
+                let rows = cat.store().list(ListFilter::All)?;
+                println!("{}", volume_json(&name, &at, &rows));
+            } else {
+                println!("added volume {name} at {}", at.display());
+            }
         }
         VolumeCmd::List { json } => {
             let rows = cat.store().list(ListFilter::All)?;
@@ -133,9 +144,13 @@ pub fn run(cat: &Catalog, cmd: VolumeCmd) -> Result<i32, CliError> {
                 print_show(&j);
             }
         }
-        VolumeCmd::Remove { name } => {
+        VolumeCmd::Remove { name, json } => {
             cat.remove_volume(&name)?;
-            println!("removed volume {name} (its directory was left as it is)");
+            if json {
+                println!("{}", serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed volume {name} (its directory was left as it is)");
+            }
         }
     }
     Ok(0)

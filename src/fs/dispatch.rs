@@ -19,6 +19,7 @@ use super::handles::{DirHandle, Handle};
 use super::vfolders::{ROOT_INO, TRASH_INO};
 use super::{Node, SELINUX_XATTR, VfolderFs, attr, cname, reply_empty, reply_entry, xattr_read};
 use crate::backing::sys;
+use crate::metrics::counters::{self as metrics, FuseOp};
 
 /// Makes the request thread act for the request (see `VfolderFs::act`) before
 /// any backing call, or replies with the error.
@@ -69,6 +70,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        metrics::request(FuseOp::Lookup);
         act!(self, req, reply, parent.0);
         match self.do_lookup(parent, name) {
             // Node id 0 is a negative entry, cached for the entry TTL.
@@ -81,10 +83,12 @@ impl Filesystem for VfolderFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        metrics::request(FuseOp::Forget);
         self.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
+        metrics::request(FuseOp::Getattr);
         act!(self, req, reply, ino.0);
         // An open file answers for itself (it may be unlinked already).
         if let Some(h) = fh.and_then(|f| self.file(f).ok())
@@ -117,6 +121,7 @@ impl Filesystem for VfolderFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        metrics::request(FuseOp::Setattr);
         act!(self, req, reply, ino.0);
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.ttl_attr(ino.0), &a),
@@ -125,6 +130,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        metrics::request(FuseOp::Readlink);
         act!(self, req, reply, ino.0);
         match self
             .inode(ino)
@@ -145,6 +151,7 @@ impl Filesystem for VfolderFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        metrics::request(FuseOp::Mknod);
         act!(self, req, reply, parent.0);
         reply_entry(
             reply,
@@ -162,6 +169,7 @@ impl Filesystem for VfolderFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        metrics::request(FuseOp::Mkdir);
         act!(self, req, reply, parent.0);
         reply_entry(
             reply,
@@ -171,11 +179,13 @@ impl Filesystem for VfolderFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Unlink);
         act!(self, req, reply, parent.0);
         reply_empty(reply, self.do_unlink(parent, name, false));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Rmdir);
         act!(self, req, reply, parent.0);
         reply_empty(reply, self.do_unlink(parent, name, true));
     }
@@ -188,6 +198,7 @@ impl Filesystem for VfolderFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        metrics::request(FuseOp::Symlink);
         act!(self, req, reply, parent.0);
         reply_entry(
             reply,
@@ -206,6 +217,7 @@ impl Filesystem for VfolderFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::request(FuseOp::Rename);
         act!(self, req, reply, parent.0, newparent.0);
         reply_empty(
             reply,
@@ -221,6 +233,7 @@ impl Filesystem for VfolderFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        metrics::request(FuseOp::Link);
         act!(self, req, reply, ino.0, newparent.0);
         reply_entry(
             reply,
@@ -230,6 +243,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        metrics::request(FuseOp::Open);
         act!(self, req, reply, ino.0);
         self.do_open(ino, flags, reply);
     }
@@ -245,6 +259,7 @@ impl Filesystem for VfolderFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        metrics::request(FuseOp::Read);
         act!(self, req, reply, ino.0);
         self.do_read(fh, offset, size, reply);
     }
@@ -261,6 +276,7 @@ impl Filesystem for VfolderFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        metrics::request(FuseOp::Write);
         // As the caller: a write by one without CAP_FSETID clears setuid and
         // setgid in the backing filesystem, as natively (FUSE_HANDLE_KILLPRIV_V2).
         act!(self, req, reply, ino.0);
@@ -271,6 +287,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Flush);
         // Nothing to do at close (data goes straight to the backing file;
         // locks are the kernel's): ENOSYS tells the kernel to stop asking.
         reply.error(Errno::ENOSYS);
@@ -286,6 +303,7 @@ impl Filesystem for VfolderFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        metrics::request(FuseOp::Release);
         if let Some(h) = self.handles.remove(fh.0)
             && let Handle::File(f) = &*h
             && self.passthrough
@@ -296,6 +314,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn fsync(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Fsync);
         act!(self, req, reply, ino.0);
         self.with_file_blocking(fh, reply, move |f| {
             Ok(sys::fsync(f.fd()?.as_fd(), datasync)?)
@@ -303,6 +322,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        metrics::request(FuseOp::Opendir);
         act!(self, req, reply, ino.0);
         match self.do_opendir(req, ino) {
             Ok(fh) => {
@@ -326,6 +346,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
+        metrics::request(FuseOp::Readdir);
         act!(self, req, reply, ino.0);
         let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
             Ok(!reply.add(INodeNo(i), next, kind, name))
@@ -344,6 +365,7 @@ impl Filesystem for VfolderFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        metrics::request(FuseOp::Readdirplus);
         act!(self, req, reply, ino.0);
         match self.do_readdirplus(ino, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
@@ -359,11 +381,13 @@ impl Filesystem for VfolderFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        metrics::request(FuseOp::Releasedir);
         self.handles.remove(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Fsyncdir);
         act!(self, req, reply, ino.0);
         match self.file(fh) {
             Ok(h) => self.blocking.run(Self::as_current(move || {
@@ -380,6 +404,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        metrics::request(FuseOp::Statfs);
         act!(self, req, reply, ino.0);
         let r = match self.node(ino) {
             Ok(Node::Backing(i)) => i
@@ -413,6 +438,7 @@ impl Filesystem for VfolderFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        metrics::request(FuseOp::Setxattr);
         if self.no_selinux && name == SELINUX_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -426,6 +452,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        metrics::request(FuseOp::Getxattr);
         if self.no_selinux && name == SELINUX_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -448,6 +475,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        metrics::request(FuseOp::Listxattr);
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return Self::reply_xattr(reply, size, Ok(Vec::new()));
         }
@@ -457,6 +485,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Removexattr);
         act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |i, p| {
             let n = cname(name)?;
@@ -467,6 +496,7 @@ impl Filesystem for VfolderFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        metrics::request(FuseOp::Access);
         let r = match self.node(ino) {
             Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => i.begin_write().map(drop),
             Ok(_) => Ok(()),
@@ -485,6 +515,7 @@ impl Filesystem for VfolderFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        metrics::request(FuseOp::Create);
         act!(self, req, reply, parent.0);
         match self.do_create(parent, name, mode, flags) {
             Ok((a, fh)) => reply.created(
@@ -508,6 +539,7 @@ impl Filesystem for VfolderFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        metrics::request(FuseOp::Fallocate);
         act!(self, req, reply, ino.0);
         self.with_file_blocking(fh, reply, move |f| {
             let _w = f.inode.begin_write()?;
@@ -524,6 +556,7 @@ impl Filesystem for VfolderFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        metrics::request(FuseOp::Lseek);
         act!(self, req, reply, ino.0);
         match self.with_file(fh, |f| Ok(sys::lseek(f.fd()?.as_fd(), offset, whence)?)) {
             Ok(o) => reply.offset(o),
@@ -544,6 +577,7 @@ impl Filesystem for VfolderFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        metrics::request(FuseOp::CopyFileRange);
         let (hin, hout) = match (self.file(fh_in), self.file(fh_out)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e.errno()),

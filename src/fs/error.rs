@@ -46,8 +46,19 @@ pub enum FsError {
 }
 
 impl FsError {
-    /// The errno a caller sees.
+    /// The errno a caller sees; counted in the metrics as an error of the
+    /// request this thread serves (and, for [`FsError::ReadOnly`], as a
+    /// change refused by that status).
     pub fn errno(&self) -> Errno {
+        let e = self.code();
+        if let FsError::ReadOnly(s) = self {
+            crate::metrics::counters::refused(*s);
+        }
+        crate::metrics::counters::error(e.code());
+        e
+    }
+
+    fn code(&self) -> Errno {
         match self {
             FsError::Io(e) => Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)),
             FsError::Store(e) => match e {
@@ -59,7 +70,7 @@ impl FsError {
                 StoreError::NotMountable { .. } => Errno::EBUSY,
                 StoreError::ClaimLost { .. } => Errno::EBUSY,
                 StoreError::TargetTaken(_) => Errno::EEXIST,
-                StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).errno(),
+                StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).code(),
                 // Failing closed: the store could not decide.
                 StoreError::Db(..) if e.is_busy() => Errno::EAGAIN,
                 StoreError::TooNew { .. }

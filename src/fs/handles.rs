@@ -136,6 +136,9 @@ impl HandleTable {
     /// Stores a handle; returns its number.
     pub fn insert(&self, h: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Handle::File(f) = &h {
+            f.vf.handles.fetch_add(1, Ordering::Relaxed);
+        }
         self.shard(fh).lock().insert(fh, Arc::new(h));
         fh
     }
@@ -147,7 +150,11 @@ impl HandleTable {
 
     /// Removes a handle.
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.shard(fh).lock().remove(&fh)
+        let h = self.shard(fh).lock().remove(&fh);
+        if let Some(Handle::File(f)) = h.as_deref() {
+            f.vf.handles.fetch_sub(1, Ordering::Relaxed);
+        }
+        h
     }
 
     /// Decides the I/O mode of a new open of `nodeid`: passthrough for a

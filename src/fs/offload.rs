@@ -48,7 +48,12 @@ impl Offload {
         if self.threads.is_empty() {
             return job();
         }
-        match tx.try_send(Box::new(job)) {
+        // The job's errors count for the request that handed it over.
+        let op = crate::metrics::counters::current();
+        match tx.try_send(Box::new(move || {
+            crate::metrics::counters::set_current(op);
+            job()
+        })) {
             Ok(()) => {}
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job(),
         }

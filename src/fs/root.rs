@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 
 use fuser::{FileAttr, RenameFlags, Request};
 
@@ -19,8 +20,14 @@ use crate::name::{self, TRASH_DIR};
 use crate::workers::pool::Task;
 use crate::workers::purge;
 
+/// A name for a new vfolder (mkdir, the target of a rename or restore).
 fn valid_name(n: &OsStr) -> FsResult<&str> {
     name::validate_os(n).map_err(FsError::BadName)
+}
+
+/// A name that may be an existing vfolder's (lookup, rmdir, a rename's source).
+fn existing_name(n: &OsStr) -> FsResult<&str> {
+    name::validate_existing_bytes(n.as_bytes()).map_err(FsError::BadName)
 }
 
 impl VfolderFs {
@@ -63,7 +70,7 @@ impl VfolderFs {
         if name == TRASH_DIR {
             return Ok(self.trash_attr());
         }
-        let n = valid_name(name)?;
+        let n = existing_name(name)?;
         let vf = match self.reg.live(n) {
             Some(vf) => vf,
             None if self.catch_up() => self.reg.live(n).ok_or(FsError::NotFound)?,
@@ -99,7 +106,7 @@ impl VfolderFs {
     }
 
     pub(super) fn root_rmdir(&self, name: &OsStr) -> FsResult<()> {
-        let n = valid_name(name)?;
+        let n = existing_name(name)?;
         let vf = self.reg.live(n).ok_or(FsError::NotFound)?;
         let fd = self
             .cat
@@ -187,7 +194,7 @@ impl VfolderFs {
         }
         match (from_trash, to_trash) {
             (false, false) => {
-                let old = valid_name(name)?;
+                let old = existing_name(name)?;
                 let new = valid_name(newname)?;
                 let vf = self.reg.live(old).ok_or(FsError::NotFound)?;
                 if old == new {
@@ -196,7 +203,7 @@ impl VfolderFs {
                 self.cat.store().rename(&vf.id, new)?;
             }
             (false, true) => {
-                let old = valid_name(name)?;
+                let old = existing_name(name)?;
                 let vf = self.reg.live(old).ok_or(FsError::NotFound)?;
                 let v = self.cat.store().get(&vf.id)?;
                 self.cat.delete(&v, "mount rename into .trash")?;

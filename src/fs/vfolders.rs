@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -73,6 +73,8 @@ pub struct VfState {
     volume: RwLock<Arc<str>>,
     /// Files opened in it through this mount (a measure of how hot it is).
     pub opens: AtomicU64,
+    /// Files open in it through this mount now (handles not yet released).
+    pub handles: AtomicI64,
     /// Location epoch: bumped when its data moves to a new copy (another
     /// filesystem), before the status that allows writes again is stored.
     epoch: AtomicU64,
@@ -88,6 +90,7 @@ impl VfState {
             root_nodeid: AtomicU64::new(0),
             volume: RwLock::new(Arc::from(volume)),
             opens: AtomicU64::new(0),
+            handles: AtomicI64::new(0),
             epoch: AtomicU64::new(0),
         }
     }
@@ -331,6 +334,29 @@ impl Registry {
             .collect()
     }
 
+    /// (id, name, open handles) of the vfolders with files open through
+    /// this mount now (for the metrics).
+    pub fn handle_counts(&self) -> Vec<(String, String, i64)> {
+        let open: Vec<(String, i64)> = self
+            .by_id
+            .read()
+            .iter()
+            .map(|(id, st)| (id.clone(), st.handles.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let cur = self.cursor.lock();
+        open.into_iter()
+            .map(|(id, n)| {
+                let name = cur
+                    .rows
+                    .get(&id)
+                    .map(|v| v.name.clone())
+                    .unwrap_or_default();
+                (id, name, n)
+            })
+            .collect()
+    }
+
     /// Whether the last refresh could read the store.
     pub fn is_healthy(&self) -> bool {
         self.health.healthy.load(Ordering::Acquire)
@@ -398,7 +424,7 @@ impl Registry {
             self.apply_all(&mut cur, all);
         } else {
             cur.at = Some((ch.rev, ch.deletions));
-            self.apply_changes(&mut cur, ch.rows);
+            self.apply_changes(&mut cur, ch.rows, true);
         }
         Ok(())
     }
@@ -424,7 +450,7 @@ impl Registry {
             })
             .collect();
         changed.extend(gone);
-        self.apply_changes(cur, changed);
+        self.apply_changes(cur, changed, false);
         // States kept for a root the kernel knew, once it forgot it.
         self.by_id.write().retain(|id, st| {
             cur.rows.contains_key(id) || st.root_nodeid.load(Ordering::Acquire) != 0
@@ -434,14 +460,20 @@ impl Registry {
     /// Applies changed rows only: their states, and the names of the
     /// vfolders they touch (a trashed name depends on the others trashed
     /// under the same name).
-    fn apply_changes(&self, cur: &mut Cursor, changed: Vec<VFolder>) {
+    /// `metered`: count the status changes in the metrics (changes read from
+    /// the feed; not a first read or a rebuild).
+    fn apply_changes(&self, cur: &mut Cursor, changed: Vec<VFolder>, metered: bool) {
         if changed.is_empty() {
             return;
         }
         let mut by_id = self.by_id.write();
         let mut affected: HashSet<String> = HashSet::new();
         let mut groups: HashSet<String> = HashSet::new();
+        let now = crate::store::sqlite::now_millis();
         for v in changed {
+            if metered && cur.rows.get(&v.id).map(|o| o.status) != Some(v.status) {
+                crate::metrics::counters::status_change(now - v.status_changed_at);
+            }
             affected.insert(v.id.clone());
             if let Some(old) = cur.rows.get(&v.id)
                 && old.status.is_in_trash()
@@ -755,7 +787,7 @@ mod tests {
             let mut rows = Vec::new();
             for (t, s) in steps.iter().enumerate() {
                 let changed = apply(&mut rows, s, t as i64);
-                inc.apply_changes(&mut inc.cursor.lock(), changed);
+                inc.apply_changes(&mut inc.cursor.lock(), changed, true);
                 full.apply_all(
                     &mut full.cursor.lock(),
                     Changes { rows: rows.clone(), rev: 0, deletions: 0 },

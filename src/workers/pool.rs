@@ -147,6 +147,21 @@ impl JobPool {
         self.shared.peak.load(Ordering::Acquire)
     }
 
+    /// How many vfolders are queued or worked on in this process.
+    pub fn depth(&self) -> usize {
+        self.shared.queued.lock().len()
+    }
+
+    /// The vfolders queued or worked on in this process.
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.shared.queued.lock().iter().cloned().collect()
+    }
+
+    /// How many jobs run now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
     /// How many jobs this pool completed.
     pub fn completed(&self) -> usize {
         self.shared.completed.load(Ordering::Acquire)
