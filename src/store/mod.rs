@@ -93,7 +93,7 @@ pub struct Job {
     pub vfolder_id: String,
     /// What the job does ("purge", "clone", ...).
     pub kind: String,
-    /// Who holds it ("host:pid:start").
+    /// Who holds it ([`crate::workers::Identity`]: "host:pid:start:boot-id:pid-ns").
     pub owner: String,
     /// Until when the claim holds unless renewed (0: released).
     pub lease_until: Millis,
@@ -131,7 +131,7 @@ pub struct Claim {
     pub vfolder_id: String,
     /// The job kind it was granted for.
     pub kind: String,
-    /// Who holds it ("host:pid:start").
+    /// Who holds it ([`crate::workers::Identity`]: "host:pid:start:boot-id:pid-ns").
     pub owner: String,
     /// The job's claim count when it was granted.
     pub token: i64,
@@ -231,6 +231,12 @@ pub struct TransitionArgs<'a> {
     pub new_name: Option<&'a str>,
     /// An error to record (a failed purge); cleared otherwise.
     pub error: Option<&'a str>,
+    /// Make the change only if the row's `status_changed_at` is still this
+    /// (its status has not changed since it was read): what a decision
+    /// taken on an earlier read, such as the trash retention's, compares on
+    /// besides the status. Otherwise [`StoreError::Refused`] with the
+    /// current status.
+    pub if_changed_at: Option<Millis>,
 }
 
 /// Errors of the store layer.

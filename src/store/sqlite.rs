@@ -905,9 +905,14 @@ impl SqliteStore {
         }
         let placeholders = vec!["?"; from.len()].join(", ");
         let extra_sets: String = extra.iter().map(|(c, _)| format!(", {c} = ?")).collect();
+        let since = if args.if_changed_at.is_some() {
+            " AND status_changed_at = ?"
+        } else {
+            ""
+        };
         let sql = format!(
             "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ?{extra_sets} \
-             WHERE id = ? AND status IN ({placeholders})"
+             WHERE id = ? AND status IN ({placeholders}){since}"
         );
         let new_name = args.new_name.unwrap_or(&current.name);
         let mut values: Vec<Value> = vec![
@@ -919,6 +924,7 @@ impl SqliteStore {
         values.extend(extra.iter().map(|(_, v)| v.clone()));
         values.push(Value::Text(id.into()));
         values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
+        values.extend(args.if_changed_at.map(Value::Integer));
         let changed = tx.execute(&sql, params_from_iter(values)).map_err(|e| {
             if is_unique_violation(&e) {
                 StoreError::NameTaken(new_name.to_string())
