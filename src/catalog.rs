@@ -438,25 +438,25 @@ impl Catalog {
     }
 
     /// The trash as listed by the mount and accepted by the CLI: each trashed
-    /// vfolder with its distinct display name.
+    /// vfolder once, with its distinct display name (see [`trash_names`]).
     pub fn trash(&self) -> Result<Vec<(String, VFolder)>> {
         Ok(trash_names(self.store.list(ListFilter::Trash)?))
     }
 
     /// Finds a vfolder the way the CLI names one: a live name, then a trash
-    /// name (`NAME` or `NAME~1a2b3c4d`), then a full id, then the newest row
-    /// of any status with that name.
+    /// name (as listed, or the stable `NAME~1a2b3c4d` form of any trashed
+    /// vfolder), then a full id or a unique id prefix of 8 or more hex
+    /// digits, then the newest row of any status with that name.
     pub fn resolve(&self, sel: &str) -> Result<VFolder> {
         match self.store.get_live(sel) {
             Err(StoreError::NotFound(_)) => {}
             other => return other,
         }
-        if let Some((_, v)) = self.trash()?.into_iter().find(|(n, _)| n == sel) {
+        if let Some(v) = find_trashed(&self.trash()?, sel)? {
             return Ok(v);
         }
-        match self.store.get(sel) {
-            Err(StoreError::NotFound(_)) => {}
-            other => return other,
+        if let Some(v) = self.resolve_id(sel)? {
+            return Ok(v);
         }
         self.store
             .list(ListFilter::All)?
@@ -466,42 +466,153 @@ impl Catalog {
             .ok_or_else(|| StoreError::NotFound(sel.to_string()))
     }
 
-    /// Finds a vfolder in the trash by its trash name or id.
+    /// A live vfolder by its name, else by its id or a unique id prefix (of
+    /// any status: the operation then names the status that refuses it).
+    pub fn resolve_live(&self, sel: &str) -> Result<VFolder> {
+        match self.store.get_live(sel) {
+            Err(StoreError::NotFound(n)) => self.resolve_id(sel)?.ok_or(StoreError::NotFound(n)),
+            other => other,
+        }
+    }
+
+    /// The vfolder whose id is `sel` or starts with it (8 or more hex
+    /// digits, hyphens allowed); None if none does, [`StoreError::Ambiguous`]
+    /// if several do.
+    pub fn resolve_id(&self, sel: &str) -> Result<Option<VFolder>> {
+        if !crate::name::looks_like_id_prefix(sel) {
+            return Ok(None);
+        }
+        match self.store.get(sel) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other.map(Some),
+        }
+        let mut found: Vec<VFolder> = self
+            .store
+            .list(ListFilter::All)?
+            .into_iter()
+            .filter(|v| crate::name::id_has_prefix(&v.id, sel))
+            .collect();
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            n => Err(StoreError::Ambiguous {
+                sel: sel.to_string(),
+                count: n,
+            }),
+        }
+    }
+
+    /// Finds a vfolder in the trash by its trash name (as listed, or its
+    /// stable `NAME~1a2b3c4d` form), its id or a unique id prefix.
     pub fn resolve_trashed(&self, sel: &str) -> Result<VFolder> {
         let trash = self.trash()?;
-        trash
-            .iter()
-            .find(|(n, _)| n == sel)
-            .or_else(|| trash.iter().find(|(_, v)| v.id == sel))
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| StoreError::NotFound(format!("{sel} (in the trash)")))
+        if let Some(v) = find_trashed(&trash, sel)? {
+            return Ok(v);
+        }
+        if crate::name::looks_like_id_prefix(sel) {
+            let mut found: Vec<&VFolder> = trash
+                .iter()
+                .map(|(_, v)| v)
+                .filter(|v| crate::name::id_has_prefix(&v.id, sel))
+                .collect();
+            match found.len() {
+                0 => {}
+                1 => return Ok(found.pop().expect("one").clone()),
+                n => {
+                    return Err(StoreError::Ambiguous {
+                        sel: sel.to_string(),
+                        count: n,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NotFound(format!("{sel} (in the trash)")))
     }
 }
 
-/// Gives every trashed vfolder a distinct name: the newest of a name keeps
-/// it, the others get `NAME~<first 8 hex digits of the id>`.
+/// The trashed vfolder `sel` names in `trash` (as [`trash_names`] gives
+/// it): its listed name, or else the stable form `NAME~HEX` (8 or more hex
+/// digits starting its id) of any trashed vfolder named `NAME` — also the
+/// one listed as plain `NAME`, so that the form keeps naming it whatever
+/// else comes to or leaves the trash.
+pub fn find_trashed<T: Clone + HasId>(trash: &[(String, T)], sel: &str) -> Result<Option<T>> {
+    if let Some((_, v)) = trash.iter().find(|(n, _)| n == sel) {
+        return Ok(Some(v.clone()));
+    }
+    let Some((name, hex)) = crate::name::split_trash_suffix(sel) else {
+        return Ok(None);
+    };
+    let mut found: Vec<&T> = trash
+        .iter()
+        .filter(|(n, v)| {
+            let listed_as_name = n == name
+                || crate::name::split_trash_suffix(n).is_some_and(|(base, _)| base == name);
+            listed_as_name && crate::name::id_has_prefix(v.id(), hex)
+        })
+        .map(|(_, v)| v)
+        .collect();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().cloned()),
+        n => Err(StoreError::Ambiguous {
+            sel: sel.to_string(),
+            count: n,
+        }),
+    }
+}
+
+/// Something with a vfolder id (a row, or the mount's state of one).
+pub trait HasId {
+    /// The vfolder's id.
+    fn id(&self) -> &str;
+}
+
+impl HasId for VFolder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Gives every trashed vfolder a distinct display name: the newest of a
+/// name keeps it, the others get `NAME~HEX`, HEX being the first 8 hex
+/// digits of the id (more, if two same-named ones share those). A
+/// vfolder whose own name already has that form (made before such names
+/// were reserved) always gets the suffix. Display names never collide:
+/// a plain one never has the form, and a suffixed one splits back at its
+/// last `~` into its name and a prefix unique among that name's entries.
 pub fn trash_names(trashed: Vec<VFolder>) -> Vec<(String, VFolder)> {
-    let mut newest: HashMap<&str, (i64, i64, &str)> = HashMap::new();
-    for v in &trashed {
-        let key = (v.status_changed_at, v.created_at, v.id.as_str());
-        let e = newest.entry(v.name.as_str()).or_insert(key);
-        if key > *e {
-            *e = key;
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, v) in trashed.iter().enumerate() {
+        groups.entry(v.name.clone()).or_default().push(i);
+    }
+    let mut names: Vec<String> = vec![String::new(); trashed.len()];
+    for (name, idx) in groups {
+        let newest = idx
+            .iter()
+            .copied()
+            .max_by_key(|&i| {
+                let v = &trashed[i];
+                (v.status_changed_at, v.created_at, v.id.clone())
+            })
+            .expect("a group has members");
+        let plain_ok = crate::name::split_trash_suffix(&name).is_none();
+        for &i in &idx {
+            names[i] = if i == newest && plain_ok {
+                name.clone()
+            } else {
+                let hex: Vec<String> = idx
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| trashed[j].id.replace('-', ""))
+                    .collect();
+                let me = trashed[i].id.replace('-', "");
+                let mut len = 8.min(me.len());
+                while len < me.len() && hex.iter().any(|h| h.starts_with(&me[..len])) {
+                    len += 1;
+                }
+                format!("{name}~{}", &me[..len])
+            };
         }
     }
-    let newest: HashMap<String, String> = newest
-        .into_iter()
-        .map(|(n, (_, _, id))| (n.to_string(), id.to_string()))
-        .collect();
-    trashed
-        .into_iter()
-        .map(|v| {
-            let name = if newest.get(&v.name) == Some(&v.id) {
-                v.name.clone()
-            } else {
-                format!("{}~{}", v.name, &v.id[..8.min(v.id.len())])
-            };
-            (name, v)
-        })
-        .collect()
+    names.into_iter().zip(trashed).collect()
 }

@@ -566,13 +566,13 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             }
         }
         Command::Rename { old, new, no_wait } => {
-            let v = cat.store().get_live(&old)?;
+            let v = cat.resolve_live(&old)?;
             let v = cat.store().rename(&v.id, &new)?;
             println!("renamed vfolder {old:?} to {:?}", v.name);
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
         }
         Command::Delete { name, no_wait } => {
-            let v = cat.store().get_live(&name)?;
+            let v = cat.resolve_live(&name)?;
             let v = cat.delete(&v, &cause("delete"))?;
             println!("moved vfolder {:?} to the trash ({})", v.name, v.id);
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;

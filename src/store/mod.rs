@@ -244,6 +244,13 @@ pub struct TransitionArgs<'a> {
 pub enum StoreError {
     /// No vfolder matches the name or id.
     NotFound(String),
+    /// An id prefix (or a trash name's) matches several vfolders.
+    Ambiguous {
+        /// What was given.
+        sel: String,
+        /// How many match.
+        count: usize,
+    },
     /// A live vfolder already has this name.
     NameTaken(String),
     /// The transition table does not allow `op` from the vfolder's status.
@@ -359,6 +366,10 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::NotFound(n) => write!(f, "no vfolder named {n:?}"),
+            StoreError::Ambiguous { sel, count } => write!(
+                f,
+                "{sel:?} is ambiguous: it matches {count} vfolders; give more digits of the id"
+            ),
             StoreError::NameTaken(n) => write!(f, "a live vfolder named {n:?} already exists"),
             StoreError::Refused {
                 name,
