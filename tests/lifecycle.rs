@@ -230,3 +230,330 @@ fn a_name_in_the_trash_name_form_is_refused_and_old_ones_do_not_collide() {
         "20661723-0000-4000-8000-000000000002"
     );
 }
+
+/// A session: a process in its own mount namespace (`unshare -m`) that ran
+/// `script` (with `$B` the binary, `$S` the store) and then sleeps; killed
+/// (its namespace and binds gone with it) on drop.
+struct Session(std::process::Child);
+
+impl Session {
+    fn start(m: &common::Mount, script: &str) -> Session {
+        let n = rand_suffix();
+        let ready = m.store.dir.path().join(format!("ready-{n}"));
+        let log = m.store.dir.path().join(format!("session-{n}.err"));
+        let child = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "{{ {script}; }} 2>{l} && touch {r} && exec sleep 600",
+                r = ready.display(),
+                l = log.display()
+            ))
+            .env("B", common::bin())
+            .env("S", m.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut s = Session(child);
+        let ok = common::eventually(Duration::from_secs(20), || {
+            ready.exists() || s.0.try_wait().is_ok_and(|w| w.is_some())
+        });
+        assert!(
+            ok && ready.exists(),
+            "the session's script failed: {script}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        s
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A CLI command run in the background that stops itself (SIGSTOP) at a
+/// testing stop point while holding its job's claim (a long job lease, so
+/// that nobody takes it over meanwhile). Continued and reaped on drop. It
+/// is a CLI process, never a FUSE daemon.
+struct Stopped {
+    child: Option<std::process::Child>,
+}
+
+impl Stopped {
+    fn start(t: &TempStore, args: &[&str], point: &str) -> Stopped {
+        let child = std::process::Command::new(common::bin())
+            .arg("--store")
+            .arg(t.path())
+            .args(args)
+            .env("VFOLDERFS_TEST_STOP_AT", point)
+            .env("VFOLDERFS_JOB_LEASE_MS", "600000")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let s = Stopped { child: Some(child) };
+        let stopped = common::eventually(Duration::from_secs(60), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        });
+        assert!(stopped, "{args:?} did not reach its stop point {point}");
+        s
+    }
+
+    /// Lets it go on and waits for it; returns its output.
+    fn finish(mut self) -> std::process::Output {
+        let child = self.child.take().unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The issue's repro: a read-only attach while a relocation ran was
+/// allowed, the relocation switched and removed the old copy, and the
+/// session's bind showed an empty directory. Attaching is refused while
+/// the vfolder is performing; once the relocation ends it attaches and
+/// shows the data.
+#[test]
+fn no_attach_while_a_relocation_runs() {
+    let t = TempStore::new();
+    let vol = common::Tmpfs::new(&t, "fast", "64m");
+    t.ok(&["volume", "add", "fast", vol.0.join("v").to_str().unwrap()]);
+    let m = common::Mount::on(t, &[]);
+    let s = &m.store;
+    s.ok(&["create", "data"]);
+    std::fs::write(m.p("data/f1"), b"hello").unwrap();
+    let reloc = Stopped::start(s, &["relocate", "data", "--to", "fast"], "relocate-switch");
+    assert_eq!(s.show("data")["status"], "performing");
+    let ta = m.store.dir.path().join("sessions/a");
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(common::bin())
+        .arg("--store")
+        .arg(s.path())
+        .args([
+            "attach",
+            "data",
+            "--session",
+            "a",
+            "--read-only",
+            "--target",
+        ])
+        .arg(&ta)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a read-only attach while performing was allowed"
+    );
+    assert!(
+        err.contains("performing") && err.contains("\"data\""),
+        "{err}"
+    );
+    assert_eq!(s.show("data")["attachments"].as_array().unwrap().len(), 0);
+    let out = reloc.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.show("data")["volume"], "fast");
+    let tb = m.store.dir.path().join("sessions/b");
+    let sess = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session b --read-only --target {t} && \
+             test \"$(cat {t}/f1)\" = hello",
+            t = tb.display()
+        ),
+    );
+    drop(sess);
+}
+
+/// A clone's target (still copying, and purged if the clone aborts) cannot
+/// be attached; its source can, read-only.
+#[test]
+fn a_clone_target_cannot_be_attached() {
+    let m = common::Mount::new(&[]);
+    let s = &m.store;
+    s.ok(&["create", "src"]);
+    std::fs::write(m.p("src/f"), b"x").unwrap();
+    let clone = Stopped::start(s, &["clone", "src", "dst"], "clone-end");
+    assert_eq!(s.show("dst")["status"], "cloning");
+    let t = m.store.dir.path().join("sessions/t");
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(common::bin())
+        .arg("--store")
+        .arg(s.path())
+        .args(["attach", "dst", "--session", "a", "--read-only", "--target"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a clone's target was attached");
+    assert!(err.contains("target of a clone"), "{err}");
+    let ts = m.store.dir.path().join("sessions/s");
+    drop(Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach src --session s --read-only --target {t} && test -f {t}/f",
+            t = ts.display()
+        ),
+    ));
+    let out = clone.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.show("dst")["status"], "ready");
+}
+
+/// The attachment record is made before the bind: a prune in between (the
+/// daemon's own, or `sessions --prune`) must keep it, or the bind would
+/// stand with no record and the vfolder could be deleted under it.
+#[test]
+fn a_prune_between_the_record_and_the_bind_keeps_the_record() {
+    let m = common::Mount::new(&[]);
+    let s = &m.store;
+    s.ok(&["create", "data"]);
+    let t = m.store.dir.path().join("sessions/p");
+    let done = m.store.dir.path().join("attached");
+    // The attach runs in a session namespace of its own and stops itself
+    // between its record and its bind.
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "\"$B\" --store \"$S\" attach data --session p --target {t} && touch {d} && exec sleep 600",
+            t = t.display(),
+            d = done.display()
+        ))
+        .env("B", common::bin())
+        .env("S", s.path())
+        .env("VFOLDERFS_TEST_STOP_AT", "attach-bind")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let session = Session(child);
+    let attacher = || -> Option<i32> {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if cmd.contains("--session p")
+                && cmd.contains(" attach ")
+                && stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            {
+                return Some(pid);
+            }
+        }
+        None
+    };
+    let mut pid = None;
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            pid = attacher();
+            pid.is_some()
+        }),
+        "the attach did not stop between its record and its bind"
+    );
+    let pending: serde_json::Value = serde_json::from_str(&s.ok(&["sessions", "--json"])).unwrap();
+    assert_eq!(pending[0]["pending"], true, "{pending}");
+    // A prune now sees no bind at the target.
+    let o = s.cli(&["sessions", "--prune", "--json"]);
+    assert!(o.status.success());
+    let after: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        1,
+        "the pending record was pruned"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the pid is the stopped attach.
+    unsafe { libc::kill(pid.unwrap(), libc::SIGCONT) };
+    assert!(
+        common::eventually(Duration::from_secs(30), || done.exists()),
+        "the attach did not finish"
+    );
+    let bound: serde_json::Value = serde_json::from_str(&s.ok(&["sessions", "--json"])).unwrap();
+    assert_eq!(bound[0]["pending"], false, "{bound}");
+    // Bound and recorded: the vfolder cannot be deleted under the session.
+    let err = s.fails(&["delete", "data"]);
+    assert!(err.contains("attached"), "{err}");
+    drop(session);
+}
+
+/// `umount` of the mount while a session bind holds it succeeds, and the
+/// daemon (still serving the bind) says which sessions hold it.
+#[test]
+fn an_unmount_held_by_session_binds_names_the_sessions() {
+    let t = TempStore::new();
+    let log = t.dir.path().join("daemon.log");
+    let opt = format!("log={}", log.display());
+    let m = common::Mount::on(t, &["-o", &opt]);
+    m.store.ok(&["create", "data"]);
+    let target = m.store.dir.path().join("sessions/u");
+    let session = Session::start(
+        &m,
+        &format!(
+            "$B --store $S attach data --session held-1 --target {t}",
+            t = target.display()
+        ),
+    );
+    let o = std::process::Command::new("umount")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = common::eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("still hold this mount") && l.contains("session \"held-1\""))
+    });
+    assert!(
+        said,
+        "the daemon did not name the session: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The session ends: nothing holds the filesystem, the daemon ends.
+    let pid = m.daemon_pid();
+    drop(session);
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }),
+        "the daemon outlived the last bind"
+    );
+}

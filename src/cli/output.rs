@@ -27,6 +27,7 @@ pub(super) fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
         "source": a.source,
         "mnt_ns": a.mnt_ns,
         "attached_at": fmt_time(a.created_at),
+        "pending": a.pending.is_some(),
     })
 }
 

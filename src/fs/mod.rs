@@ -800,6 +800,13 @@ impl VfolderFs {
     }
 }
 
+/// The extended attribute by which a vfolder's root directory on the mount
+/// says which vfolder it is (its id). Answered by the daemon, never read
+/// from the backing directory; `trusted.*`, so the kernel lets only
+/// privileged callers (the session attach) ask. Inode numbers cannot tell
+/// it: those of volumes on other filesystems are the mount's own.
+pub const VFOLDER_ID_XATTR: &str = "trusted.vfolderfs.id";
+
 /// Environment variable naming an entry whose lookup in a readdirplus
 /// fails with `EIO`: a testing aid for a listing that fails part way. Read
 /// once per process. Not for production.

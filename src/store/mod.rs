@@ -156,6 +156,10 @@ pub struct Attachment {
     pub source: String,
     /// When it was attached.
     pub created_at: Millis,
+    /// While the bind is being made: the attaching process
+    /// ([`crate::workers::Identity`]); `None` once the bind is in place.
+    /// A prune keeps a pending record whose attacher may still be at work.
+    pub pending: Option<String>,
 }
 
 /// A vfolder forgotten by gc, as kept in the audit table.
@@ -290,6 +294,8 @@ pub enum StoreError {
         status: Status,
         /// Whether a read-only attach was asked for.
         read_only: bool,
+        /// Why, when the status alone does not say (a clone's target).
+        why: Option<&'static str>,
     },
     /// Something is already attached at this target in this namespace.
     TargetTaken(String),
@@ -392,10 +398,18 @@ impl fmt::Display for StoreError {
                 name,
                 status,
                 read_only,
+                why,
             } => write!(
                 f,
-                "cannot attach vfolder {name:?}{}: its status is {status}",
-                if *read_only { " read-only" } else { "" }
+                "cannot attach vfolder {name:?}{}: its status is {status}{}",
+                if *read_only { " read-only" } else { "" },
+                match (why, status.is_relocating()) {
+                    (Some(w), _) => format!(" ({w})"),
+                    (None, true) => " (a relocation runs: its data moves at the end; \
+                                     attach once it is ready)"
+                        .to_string(),
+                    (None, false) => String::new(),
+                }
             ),
             StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
@@ -557,7 +571,11 @@ pub trait Store: Send + Sync {
     /// File opens per vfolder id, summed over every mount that reported.
     fn opens(&self) -> Result<std::collections::HashMap<String, u64>>;
     /// Records an attachment if the vfolder's status allows it (checked in
-    /// the same transaction, so it cannot race a deletion).
+    /// the same transaction, so it cannot race a deletion): not while it
+    /// is performing (read-only attaches included), and never for a clone's
+    /// target. With `pending` (the attaching process's identity) the record
+    /// is pending until [`Store::confirm_attachment`]: made before the bind,
+    /// so that the vfolder is never bound without a record.
     #[allow(clippy::too_many_arguments)]
     fn attach(
         &self,
@@ -567,7 +585,11 @@ pub trait Store: Send + Sync {
         read_only: bool,
         mnt_ns: u64,
         source: &str,
+        pending: Option<&str>,
     ) -> Result<Attachment>;
+    /// Marks a pending attachment's bind as made; false if the record is
+    /// gone (pruned meanwhile: the caller undoes its bind).
+    fn confirm_attachment(&self, seq: i64) -> Result<bool>;
     /// Removes an attachment record; false if it was gone already.
     fn detach(&self, seq: i64) -> Result<bool>;
     /// Attachments, of one vfolder or all.

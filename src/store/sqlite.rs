@@ -516,6 +516,7 @@ impl Store for SqliteStore {
         read_only: bool,
         mnt_ns: u64,
         source: &str,
+        pending: Option<&str>,
     ) -> Result<Attachment> {
         let now = now_millis();
         let mut conn = self.conn.lock();
@@ -528,11 +529,17 @@ impl Store for SqliteStore {
         } else {
             v.status.is_mountable()
         };
-        if !allowed {
+        // A clone's target is cloning too, but its data is still being
+        // copied, and an aborted clone purges it.
+        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
+        if !allowed || target_of_clone {
             return Err(StoreError::NotMountable {
                 name: v.name,
                 status: v.status,
                 read_only,
+                why: target_of_clone.then_some(
+                    "it is the target of a clone still copying; attach once it is ready",
+                ),
             });
         }
         tx.execute(
@@ -548,6 +555,13 @@ impl Store for SqliteStore {
             }
         })?;
         let seq = tx.last_insert_rowid();
+        if let Some(who) = pending {
+            tx.execute(
+                "INSERT OR REPLACE INTO attachment_pending (seq, attacher) VALUES (?1, ?2)",
+                params![seq, who],
+            )
+            .map_err(db("recording an attachment"))?;
+        }
         tx.commit().map_err(db("committing an attachment"))?;
         Ok(Attachment {
             seq,
@@ -558,7 +572,31 @@ impl Store for SqliteStore {
             mnt_ns,
             source: source.to_string(),
             created_at: now,
+            pending: pending.map(str::to_string),
         })
+    }
+
+    fn confirm_attachment(&self, seq: i64) -> Result<bool> {
+        let conn = self.conn.lock();
+        // One statement: the record must still exist.
+        let n = conn
+            .execute(
+                "DELETE FROM attachment_pending WHERE seq = ?1 AND EXISTS \
+                 (SELECT 1 FROM attachments WHERE seq = ?1)",
+                [seq],
+            )
+            .map_err(db("confirming an attachment"))?;
+        if n == 1 {
+            return Ok(true);
+        }
+        let exists: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM attachments WHERE seq = ?1)",
+                [seq],
+                |r| r.get(0),
+            )
+            .map_err(db("confirming an attachment"))?;
+        Ok(exists)
     }
 
     fn detach(&self, seq: i64) -> Result<bool> {
@@ -573,8 +611,9 @@ impl Store for SqliteStore {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at \
-                 FROM attachments WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY seq",
+                "SELECT a.seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at, \
+                 p.attacher FROM attachments a LEFT JOIN attachment_pending p ON p.seq = a.seq \
+                 WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY a.seq",
             )
             .map_err(db("listing attachments"))?;
         let rows = stmt
@@ -588,6 +627,7 @@ impl Store for SqliteStore {
                     mnt_ns: r.get::<_, i64>(5)? as u64,
                     source: r.get(6)?,
                     created_at: r.get(7)?,
+                    pending: r.get(8)?,
                 })
             })
             .map_err(db("listing attachments"))?;
@@ -767,10 +807,17 @@ impl Store for SqliteStore {
                 ..Default::default()
             };
             let extra = match volume {
-                Some(new) if new != cur.volume => vec![
-                    ("volume", Value::Text(new.into())),
-                    ("prev_volume", Value::Text(cur.volume.clone())),
-                ],
+                Some(new) if new != cur.volume => {
+                    // Attaching is refused while performing; this holds the
+                    // line in the switch's own transaction too (a record
+                    // from an older vfolderfs): a bind would be left showing
+                    // the old copy, which is removed next.
+                    Self::check_unattached(tx, &cur, "switch the volume of")?;
+                    vec![
+                        ("volume", Value::Text(new.into())),
+                        ("prev_volume", Value::Text(cur.volume.clone())),
+                    ]
+                }
                 _ => vec![],
             };
             Self::transition_in(tx, id, Op::RelocateEnd, &args, &extra)

@@ -62,7 +62,8 @@ pub const STOP_AT_ENV: &str = "VFOLDERFS_TEST_STOP_AT";
 
 /// Stops this process with `SIGSTOP` if [`STOP_AT_ENV`] names `point`
 /// (once per process); it goes on when it gets `SIGCONT`. The points are
-/// `purge-end`, `clone-end`, `relocate-switch` and `cleanup-remove`.
+/// `purge-end`, `clone-end`, `relocate-switch`, `cleanup-remove` and
+/// `attach-bind` (an attach between its pending record and its bind).
 pub fn stop_point(point: &str) {
     static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::env::var(STOP_AT_ENV).is_ok_and(|p| p == point)
