@@ -315,6 +315,11 @@ impl Stopped {
         s
     }
 
+    /// The process, no longer continued or reaped on drop.
+    fn child_take(mut self) -> std::process::Child {
+        self.child.take().unwrap()
+    }
+
     /// Lets it go on and waits for it; returns its output.
     fn finish(mut self) -> std::process::Output {
         let child = self.child.take().unwrap();
@@ -556,4 +561,126 @@ fn an_unmount_held_by_session_binds_names_the_sessions() {
         }),
         "the daemon outlived the last bind"
     );
+}
+
+/// A CLI clone killed mid-way with no mount running: `list` and `show` say
+/// the job's owner is gone, a command refused because of it says how to go
+/// on, and `jobs --resume` rolls the clone back without a mount.
+#[test]
+fn a_clone_whose_owner_died_is_shown_and_finished_without_a_mount() {
+    let t = TempStore::new();
+    t.ok(&["create", "src"]);
+    let backing = std::path::PathBuf::from(t.show("src")["path"].as_str().unwrap());
+    std::fs::write(backing.join("f"), b"data").unwrap();
+    let clone = Stopped::start(&t, &["clone", "src", "dst"], "clone-end");
+    // Killed where it stood (a crash, an OOM kill, a lost terminal).
+    let mut child = clone.child_take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let list = t.ok(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("src ") && l.contains("cloning (owner gone)")),
+        "{list}"
+    );
+    let show = t.show("src");
+    assert_eq!(show["job"]["kind"], "clone", "{show}");
+    assert_eq!(show["job"]["state"], "owner gone", "{show}");
+    assert_eq!(show["job"]["owner_alive"], false, "{show}");
+    assert_eq!(show["job"]["vfolder"], "dst", "{show}");
+    assert_eq!(t.show("dst")["job"]["state"], "owner gone");
+    let err = t.fails(&["delete", "src"]);
+    assert!(
+        err.contains("cloning") && err.contains("vfolderfs jobs --resume"),
+        "{err}"
+    );
+    let jobs: serde_json::Value = serde_json::from_str(&t.ok(&["jobs", "--json"])).unwrap();
+    let dst_job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["vfolder"] == "dst")
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(dst_job["state"], "owner gone");
+    let out = t.ok(&["jobs", "--resume"]);
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(t.show("src")["status"], "ready");
+    assert_eq!(t.show("dst")["status"], "delete-complete");
+    assert!(t.show("src")["job"].is_null());
+    t.ok(&["delete", "src"]);
+    assert_eq!(t.ok(&["jobs", "--resume"]).trim(), "no jobs to resume");
+}
+
+/// A job claimed in another PID namespace on this host (its pid there
+/// means another process, or none, here) is not judged dead: it is left to
+/// its owner while its lease holds, and that owner finishes it.
+#[test]
+fn a_job_owned_in_another_pid_namespace_is_not_taken_over() {
+    let t = TempStore::new();
+    t.ok(&["create", "src"]);
+    // Not as the namespace's pid 1 (which ignores the stop point's SIGSTOP):
+    // under a shell, as pid 2 there.
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+        .arg("\"$B\" --store \"$S\" clone src dst; rc=$?; exit $rc")
+        .env("B", common::bin())
+        .env("S", t.path())
+        .env("VFOLDERFS_TEST_STOP_AT", "clone-end")
+        .env("VFOLDERFS_JOB_LEASE_MS", "600000")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = t.path().display().to_string();
+    let stopped = || -> Option<i32> {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if cmd.contains(&store)
+                && cmd.contains(" clone ")
+                && !cmd.starts_with("unshare")
+                && !cmd.starts_with("sh ")
+                && stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            {
+                return Some(pid);
+            }
+        }
+        None
+    };
+    struct Cont(Option<i32>);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(p, libc::SIGCONT) };
+            }
+        }
+    }
+    let mut pid = None;
+    let found = common::eventually(Duration::from_secs(60), || {
+        pid = stopped();
+        pid.is_some()
+    });
+    let cont = Cont(pid);
+    if !found {
+        let _ = child.kill();
+        panic!("the clone in a PID namespace did not reach its stop point");
+    }
+    let owner = t.show("dst")["job"]["owner"].as_str().unwrap().to_string();
+    assert_eq!(t.show("dst")["job"]["state"], "running", "owner {owner}");
+    let out = t.ok(&["jobs", "--resume"]);
+    assert!(out.contains("held by a live process"), "{out}");
+    assert_eq!(t.show("dst")["status"], "cloning", "taken over: {out}");
+    assert_eq!(t.show("dst")["job"]["owner"], owner.as_str());
+    drop(cont);
+    let st = child.wait().unwrap();
+    assert!(st.success(), "the clone's owner could not finish it");
+    assert_eq!(t.show("dst")["status"], "ready");
 }

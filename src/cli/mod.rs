@@ -201,6 +201,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List background jobs (purges, clones, relocations) and whether their
+    /// owner lives; --resume runs those no live process holds.
+    Jobs {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Finish (or roll back) every job whose owner is gone, here and now.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Mount the store (the main job).
     Mount(MountCmd),
 }
@@ -322,10 +332,14 @@ pub fn main() -> i32 {
     } else {
         Cli::parse_from(args)
     };
+    let layout = Layout::resolve(cli.store.as_deref());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vfolderfs: {e}");
+            if let Some(hint) = jobs::refusal_hint(&layout, &e) {
+                eprintln!("vfolderfs: {hint}");
+            }
             e.exit_code()
         }
     }
@@ -498,17 +512,18 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             };
             if json {
                 let opens = cat.store().opens()?;
-                let arr: Vec<Value> = list
-                    .iter()
-                    .map(|v| {
-                        let mut o = vfolder_json(&cat, v, trash_name(v));
-                        o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
-                        o
-                    })
-                    .collect();
+                let mut arr = Vec::new();
+                for v in &list {
+                    let mut o = vfolder_json(&cat, v, trash_name(v));
+                    o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
+                    if let Some(j) = jobs::job_json(&cat, v)? {
+                        o["job"] = j;
+                    }
+                    arr.push(o);
+                }
                 println!("{}", Value::Array(arr));
             } else {
-                print_table(&list, &trash_name);
+                print_table(&list, &trash_name, &|v| jobs::status_text(&cat, v));
             }
         }
         Command::Show { name, json } => {
@@ -522,17 +537,8 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             let atts = cat.store().attachments(Some(&v.id))?;
             obj["attachments"] =
                 Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
-            let atts = cat.store().attachments(Some(&v.id))?;
-            obj["attachments"] =
-                Value::Array(atts.iter().map(|a| attachment_json(&cat, a)).collect());
-            if let Some(j) = cat.store().job(&v.id)? {
-                obj["job"] = json!({
-                    "kind": j.kind,
-                    "owner": j.owner,
-                    "started_at": fmt_time(j.started_at),
-                    "done": j.done,
-                    "resumed": j.claims > 1,
-                });
+            if let Some(j) = jobs::job_json(&cat, &v)? {
+                obj["job"] = j;
             }
             if json {
                 println!("{obj}");
@@ -753,6 +759,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             }
             return Ok(if remaining == 0 { 0 } else { 1 });
         }
+        Command::Jobs { json, resume } => return jobs::jobs_cmd(&cat, json, resume),
         Command::Mount(_) | Command::Init => unreachable!("handled above"),
     }
     Ok(0)

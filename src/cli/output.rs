@@ -61,7 +61,11 @@ pub(super) fn history_json(e: &HistoryEntry) -> Value {
     })
 }
 
-pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Option<String>) {
+pub(super) fn print_table(
+    list: &[VFolder],
+    trash_name: &dyn Fn(&VFolder) -> Option<String>,
+    status: &dyn Fn(&VFolder) -> String,
+) {
     let names: Vec<String> = list
         .iter()
         .map(|v| trash_name(v).unwrap_or_else(|| v.name.clone()))
@@ -76,7 +80,7 @@ pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Opt
     for (v, n) in list.iter().zip(&names) {
         println!(
             "{n:w$}  {:15}  {:36}  {}",
-            v.status.as_str(),
+            status(v),
             v.id,
             fmt_time(v.created_at)
         );
