@@ -596,23 +596,88 @@ pub fn trash_names(trashed: Vec<VFolder>) -> Vec<(String, VFolder)> {
             })
             .expect("a group has members");
         let plain_ok = crate::name::split_trash_suffix(&name).is_none();
-        for &i in &idx {
+        // Each id's digits, sorted: the prefix an id needs to be unique in
+        // its group is one longer than its longest common prefix with a
+        // neighbour (O(n log n) for a name trashed many times over).
+        let mut hex: Vec<(String, usize)> = idx
+            .iter()
+            .map(|&i| (trashed[i].id.replace('-', ""), i))
+            .collect();
+        hex.sort();
+        let common =
+            |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        for (k, (me, i)) in hex.iter().enumerate() {
+            let i = *i;
             names[i] = if i == newest && plain_ok {
                 name.clone()
             } else {
-                let hex: Vec<String> = idx
-                    .iter()
-                    .filter(|&&j| j != i)
-                    .map(|&j| trashed[j].id.replace('-', ""))
-                    .collect();
-                let me = trashed[i].id.replace('-', "");
-                let mut len = 8.min(me.len());
-                while len < me.len() && hex.iter().any(|h| h.starts_with(&me[..len])) {
-                    len += 1;
-                }
+                let before = k.checked_sub(1).map_or(0, |p| common(&hex[p].0, me));
+                let after = hex.get(k + 1).map_or(0, |n| common(&n.0, me));
+                let len = (before.max(after) + 1).max(8).min(me.len());
                 format!("{name}~{}", &me[..len])
             };
         }
     }
     names.into_iter().zip(trashed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+
+    fn row(id: &str, name: &str, at: i64) -> VFolder {
+        VFolder {
+            id: id.into(),
+            name: name.into(),
+            status: Status::DeletePending,
+            created_at: at,
+            status_changed_at: at,
+            error: None,
+            volume: DEFAULT_VOLUME.into(),
+            prev_volume: None,
+            clone_src: None,
+        }
+    }
+
+    #[test]
+    fn same_named_entries_get_the_shortest_unique_suffix() {
+        let rows = || {
+            vec![
+                row("13b29a5a-0c00-4000-8000-000000000001", "foo", 1),
+                row("13b29a5a-0d00-4000-8000-000000000002", "foo", 2),
+                row("20661723-0000-4000-8000-000000000003", "foo", 3),
+                row("13b29a5a-0c00-4000-8000-000000000004", "foo", 0),
+            ]
+        };
+        let names: HashMap<String, String> = trash_names(rows())
+            .into_iter()
+            .map(|(n, v)| (v.id, n))
+            .collect();
+        assert_eq!(names["20661723-0000-4000-8000-000000000003"], "foo");
+        assert_eq!(
+            names["13b29a5a-0d00-4000-8000-000000000002"],
+            "foo~13b29a5a0d"
+        );
+        // These two differ only in their last digit: all 32 are needed.
+        assert_eq!(
+            names["13b29a5a-0c00-4000-8000-000000000001"],
+            "foo~13b29a5a0c0040008000000000000001"
+        );
+        assert_eq!(
+            names["13b29a5a-0c00-4000-8000-000000000004"],
+            "foo~13b29a5a0c0040008000000000000004"
+        );
+        let distinct: std::collections::HashSet<&String> = names.values().collect();
+        assert_eq!(distinct.len(), 4);
+        let listed = trash_names(rows());
+        for (id, n) in &names {
+            assert_eq!(find_trashed(&listed, n).unwrap().unwrap().id, *id);
+        }
+        // The 8-digit form is ambiguous for the three that share it.
+        assert!(matches!(
+            find_trashed(&listed, "foo~13b29a5a"),
+            Err(StoreError::Ambiguous { count: 3, .. })
+        ));
+    }
 }
