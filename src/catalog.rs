@@ -577,25 +577,25 @@ impl Catalog {
     }
 
     /// The trash as listed by the mount and accepted by the CLI: each trashed
-    /// vfolder with its distinct display name.
+    /// vfolder once, with its distinct display name (see [`trash_names`]).
     pub fn trash(&self) -> Result<Vec<(String, VFolder)>> {
         Ok(trash_names(self.store.list(ListFilter::Trash)?))
     }
 
     /// Finds a vfolder the way the CLI names one: a live name, then a trash
-    /// name (`NAME` or `NAME~1a2b3c4d`), then a full id, then the newest row
-    /// of any status with that name.
+    /// name (as listed, or the stable `NAME~1a2b3c4d` form of any trashed
+    /// vfolder), then a full id or a unique id prefix of 8 or more hex
+    /// digits, then the newest row of any status with that name.
     pub fn resolve(&self, sel: &str) -> Result<VFolder> {
         match self.store.get_live(sel) {
             Err(StoreError::NotFound(_)) => {}
             other => return other,
         }
-        if let Some((_, v)) = self.trash()?.into_iter().find(|(n, _)| n == sel) {
+        if let Some(v) = find_trashed(&self.trash()?, sel)? {
             return Ok(v);
         }
-        match self.store.get(sel) {
-            Err(StoreError::NotFound(_)) => {}
-            other => return other,
+        if let Some(v) = self.resolve_id(sel)? {
+            return Ok(v);
         }
         self.store
             .list(ListFilter::All)?
@@ -605,42 +605,218 @@ impl Catalog {
             .ok_or_else(|| StoreError::NotFound(sel.to_string()))
     }
 
-    /// Finds a vfolder in the trash by its trash name or id.
+    /// A live vfolder by its name, else by its id or a unique id prefix (of
+    /// any status: the operation then names the status that refuses it).
+    pub fn resolve_live(&self, sel: &str) -> Result<VFolder> {
+        match self.store.get_live(sel) {
+            Err(StoreError::NotFound(n)) => self.resolve_id(sel)?.ok_or(StoreError::NotFound(n)),
+            other => other,
+        }
+    }
+
+    /// The vfolder whose id is `sel` or starts with it (8 or more hex
+    /// digits, hyphens allowed); None if none does, [`StoreError::Ambiguous`]
+    /// if several do.
+    pub fn resolve_id(&self, sel: &str) -> Result<Option<VFolder>> {
+        if !crate::name::looks_like_id_prefix(sel) {
+            return Ok(None);
+        }
+        match self.store.get(sel) {
+            Err(StoreError::NotFound(_)) => {}
+            other => return other.map(Some),
+        }
+        let mut found: Vec<VFolder> = self
+            .store
+            .list(ListFilter::All)?
+            .into_iter()
+            .filter(|v| crate::name::id_has_prefix(&v.id, sel))
+            .collect();
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            n => Err(StoreError::Ambiguous {
+                sel: sel.to_string(),
+                count: n,
+            }),
+        }
+    }
+
+    /// Finds a vfolder in the trash by its trash name (as listed, or its
+    /// stable `NAME~1a2b3c4d` form), its id or a unique id prefix.
     pub fn resolve_trashed(&self, sel: &str) -> Result<VFolder> {
         let trash = self.trash()?;
-        trash
-            .iter()
-            .find(|(n, _)| n == sel)
-            .or_else(|| trash.iter().find(|(_, v)| v.id == sel))
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| StoreError::NotFound(format!("{sel} (in the trash)")))
+        if let Some(v) = find_trashed(&trash, sel)? {
+            return Ok(v);
+        }
+        if crate::name::looks_like_id_prefix(sel) {
+            let mut found: Vec<&VFolder> = trash
+                .iter()
+                .map(|(_, v)| v)
+                .filter(|v| crate::name::id_has_prefix(&v.id, sel))
+                .collect();
+            match found.len() {
+                0 => {}
+                1 => return Ok(found.pop().expect("one").clone()),
+                n => {
+                    return Err(StoreError::Ambiguous {
+                        sel: sel.to_string(),
+                        count: n,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NotFound(format!("{sel} (in the trash)")))
     }
 }
 
-/// Gives every trashed vfolder a distinct name: the newest of a name keeps
-/// it, the others get `NAME~<first 8 hex digits of the id>`.
+/// The trashed vfolder `sel` names in `trash` (as [`trash_names`] gives
+/// it): its listed name, or else the stable form `NAME~HEX` (8 or more hex
+/// digits starting its id) of any trashed vfolder named `NAME` — also the
+/// one listed as plain `NAME`, so that the form keeps naming it whatever
+/// else comes to or leaves the trash.
+pub fn find_trashed<T: Clone + HasId>(trash: &[(String, T)], sel: &str) -> Result<Option<T>> {
+    if let Some((_, v)) = trash.iter().find(|(n, _)| n == sel) {
+        return Ok(Some(v.clone()));
+    }
+    let Some((name, hex)) = crate::name::split_trash_suffix(sel) else {
+        return Ok(None);
+    };
+    let mut found: Vec<&T> = trash
+        .iter()
+        .filter(|(n, v)| {
+            let listed_as_name = n == name
+                || crate::name::split_trash_suffix(n).is_some_and(|(base, _)| base == name);
+            listed_as_name && crate::name::id_has_prefix(v.id(), hex)
+        })
+        .map(|(_, v)| v)
+        .collect();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().cloned()),
+        n => Err(StoreError::Ambiguous {
+            sel: sel.to_string(),
+            count: n,
+        }),
+    }
+}
+
+/// Something with a vfolder id (a row, or the mount's state of one).
+pub trait HasId {
+    /// The vfolder's id.
+    fn id(&self) -> &str;
+}
+
+impl HasId for VFolder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Gives every trashed vfolder a distinct display name: the newest of a
+/// name keeps it, the others get `NAME~HEX`, HEX being the first 8 hex
+/// digits of the id (more, if two same-named ones share those). A
+/// vfolder whose own name already has that form (made before such names
+/// were reserved) always gets the suffix. Display names never collide:
+/// a plain one never has the form, and a suffixed one splits back at its
+/// last `~` into its name and a prefix unique among that name's entries.
 pub fn trash_names(trashed: Vec<VFolder>) -> Vec<(String, VFolder)> {
-    let mut newest: HashMap<&str, (i64, i64, &str)> = HashMap::new();
-    for v in &trashed {
-        let key = (v.status_changed_at, v.created_at, v.id.as_str());
-        let e = newest.entry(v.name.as_str()).or_insert(key);
-        if key > *e {
-            *e = key;
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, v) in trashed.iter().enumerate() {
+        groups.entry(v.name.clone()).or_default().push(i);
+    }
+    let mut names: Vec<String> = vec![String::new(); trashed.len()];
+    for (name, idx) in groups {
+        let newest = idx
+            .iter()
+            .copied()
+            .max_by_key(|&i| {
+                let v = &trashed[i];
+                (v.status_changed_at, v.created_at, v.id.clone())
+            })
+            .expect("a group has members");
+        let plain_ok = crate::name::split_trash_suffix(&name).is_none();
+        // Each id's digits, sorted: the prefix an id needs to be unique in
+        // its group is one longer than its longest common prefix with a
+        // neighbour (O(n log n) for a name trashed many times over).
+        let mut hex: Vec<(String, usize)> = idx
+            .iter()
+            .map(|&i| (trashed[i].id.replace('-', ""), i))
+            .collect();
+        hex.sort();
+        let common =
+            |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        for (k, (me, i)) in hex.iter().enumerate() {
+            let i = *i;
+            names[i] = if i == newest && plain_ok {
+                name.clone()
+            } else {
+                let before = k.checked_sub(1).map_or(0, |p| common(&hex[p].0, me));
+                let after = hex.get(k + 1).map_or(0, |n| common(&n.0, me));
+                let len = (before.max(after) + 1).max(8).min(me.len());
+                format!("{name}~{}", &me[..len])
+            };
         }
     }
-    let newest: HashMap<String, String> = newest
-        .into_iter()
-        .map(|(n, (_, _, id))| (n.to_string(), id.to_string()))
-        .collect();
-    trashed
-        .into_iter()
-        .map(|v| {
-            let name = if newest.get(&v.name) == Some(&v.id) {
-                v.name.clone()
-            } else {
-                format!("{}~{}", v.name, &v.id[..8.min(v.id.len())])
-            };
-            (name, v)
-        })
-        .collect()
+    names.into_iter().zip(trashed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+
+    fn row(id: &str, name: &str, at: i64) -> VFolder {
+        VFolder {
+            id: id.into(),
+            name: name.into(),
+            status: Status::DeletePending,
+            created_at: at,
+            status_changed_at: at,
+            error: None,
+            volume: DEFAULT_VOLUME.into(),
+            prev_volume: None,
+            clone_src: None,
+        }
+    }
+
+    #[test]
+    fn same_named_entries_get_the_shortest_unique_suffix() {
+        let rows = || {
+            vec![
+                row("13b29a5a-0c00-4000-8000-000000000001", "foo", 1),
+                row("13b29a5a-0d00-4000-8000-000000000002", "foo", 2),
+                row("20661723-0000-4000-8000-000000000003", "foo", 3),
+                row("13b29a5a-0c00-4000-8000-000000000004", "foo", 0),
+            ]
+        };
+        let names: HashMap<String, String> = trash_names(rows())
+            .into_iter()
+            .map(|(n, v)| (v.id, n))
+            .collect();
+        assert_eq!(names["20661723-0000-4000-8000-000000000003"], "foo");
+        assert_eq!(
+            names["13b29a5a-0d00-4000-8000-000000000002"],
+            "foo~13b29a5a0d"
+        );
+        // These two differ only in their last digit: all 32 are needed.
+        assert_eq!(
+            names["13b29a5a-0c00-4000-8000-000000000001"],
+            "foo~13b29a5a0c0040008000000000000001"
+        );
+        assert_eq!(
+            names["13b29a5a-0c00-4000-8000-000000000004"],
+            "foo~13b29a5a0c0040008000000000000004"
+        );
+        let distinct: std::collections::HashSet<&String> = names.values().collect();
+        assert_eq!(distinct.len(), 4);
+        let listed = trash_names(rows());
+        for (id, n) in &names {
+            assert_eq!(find_trashed(&listed, n).unwrap().unwrap().id, *id);
+        }
+        // The 8-digit form is ambiguous for the three that share it.
+        assert!(matches!(
+            find_trashed(&listed, "foo~13b29a5a"),
+            Err(StoreError::Ambiguous { count: 3, .. })
+        ));
+    }
 }

@@ -680,9 +680,10 @@ fn serve_inner(
     })?;
     let janitor = {
         let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
+        let mp = args.mountpoint.clone();
         thread::Builder::new()
             .name("vfolderfs-janitor".into())
-            .spawn(move || janitor(&cat, &reg, &stop))
+            .spawn(move || janitor(&cat, &reg, &stop, &mp))
             .map_err(|e| MountError::Io("starting the janitor", e))?
     };
     info!(
@@ -724,10 +725,14 @@ fn serve_inner(
     res.map_err(|e| MountError::Io("serving", e))
 }
 
-/// Periodic chores: pruning stale attachments of this namespace, and
-/// recording open counts (also once more on the way out).
-fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool) {
+/// Periodic chores: pruning stale attachments of this namespace,
+/// recording open counts (also once more on the way out), and saying which
+/// sessions hold the mount once it was unmounted while session binds keep
+/// it alive.
+fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool, mountpoint: &Path) {
     let owner = crate::workers::this_owner();
+    let mut last_held = std::time::Instant::now();
+    let mut said_held = String::new();
     let mut last_prune = std::time::Instant::now();
     let mut last_opens = std::time::Instant::now();
     let mut recorded: Vec<(String, u64)> = Vec::new();
@@ -742,6 +747,22 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool) {
     };
     while !stop.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(100));
+        if last_held.elapsed() >= Duration::from_secs(1) {
+            last_held = std::time::Instant::now();
+            if !crate::sessions::held::mounted_at(cat, mountpoint) {
+                let held = crate::sessions::held::holders(cat, mountpoint);
+                let who = crate::sessions::held::describe(cat, &held);
+                if !held.is_empty() && who != said_held {
+                    warn!(
+                        "{} was unmounted, but {} session bind(s) still hold this mount, so it \
+                         serves them until they are detached (`vfolderfs detach`): {who}",
+                        mountpoint.display(),
+                        held.len()
+                    );
+                }
+                said_held = who;
+            }
+        }
         if last_opens.elapsed() >= OPENS_EVERY {
             last_opens = std::time::Instant::now();
             record(&mut recorded);

@@ -348,8 +348,12 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
     }
     out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
     let me = sessions::current_mnt_ns().ok();
+    let now = crate::store::sqlite::now_millis();
     for a in cat.store().attachments(None)? {
-        if Some(a.mnt_ns) == me && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none() {
+        if Some(a.mnt_ns) == me
+            && !sessions::may_still_bind(&a, now)
+            && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none()
+        {
             out.push(Finding::StaleAttachment {
                 target: a.target,
                 session: a.session,

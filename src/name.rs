@@ -33,6 +33,10 @@ pub enum NameError {
     /// Begins with `-` (read as an option by every command line); only
     /// refused for new names.
     LeadingDash,
+    /// Ends in `~` and 8 or more hex digits: the form of a trash name that
+    /// tells same-named trashed vfolders apart (`NAME~1a2b3c4d`), reserved
+    /// so that no vfolder's own name can be mistaken for another's.
+    TrashSuffix,
 }
 
 impl fmt::Display for NameError {
@@ -49,6 +53,11 @@ impl fmt::Display for NameError {
             NameError::Reserved => write!(f, "'{TRASH_DIR}' is reserved"),
             NameError::EdgeSpace => write!(f, "name begins or ends with white space"),
             NameError::LeadingDash => write!(f, "name begins with '-'"),
+            NameError::TrashSuffix => write!(
+                f,
+                "a name ending in '~' and 8 or more hex digits is reserved for trash names \
+                 (NAME~1a2b3c4d)"
+            ),
         }
     }
 }
@@ -73,9 +82,35 @@ pub fn validate_os(name: &OsStr) -> Result<&str, NameError> {
     validate_bytes(name.as_bytes())
 }
 
+/// Splits a trash name of the form `NAME~HEX` (HEX: 8 or more hex digits,
+/// the start of the vfolder's id) into `NAME` and `HEX`; None for any other
+/// string.
+pub fn split_trash_suffix(s: &str) -> Option<(&str, &str)> {
+    let (name, hex) = s.rsplit_once('~')?;
+    (hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some((name, hex))
+}
+
+/// Whether `id` (a hyphenated UUID) starts with the hex digits `prefix`,
+/// hyphens and case ignored.
+pub fn id_has_prefix(id: &str, prefix: &str) -> bool {
+    let mut digits = id.bytes().filter(|b| *b != b'-');
+    prefix
+        .bytes()
+        .filter(|b| *b != b'-')
+        .all(|p| digits.next().is_some_and(|d| d.eq_ignore_ascii_case(&p)))
+}
+
+/// Whether `s` could be an id or the start of one: 8 or more hex digits
+/// (hyphens allowed, as in a UUID).
+pub fn looks_like_id_prefix(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        && s.bytes().filter(u8::is_ascii_hexdigit).count() >= 8
+}
+
 /// Checks a name for a new vfolder (create, rename, restore as, clone, and
-/// `mkdir`/`mv` on the mount): the rules of [`validate_existing`], and no
-/// white space at either end and no leading `-`.
+/// `mkdir`/`mv` on the mount): the rules of [`validate_existing`], no
+/// white space at either end, no leading `-`, and not ending in `~` and 8
+/// or more hex digits (the trash-name form, [`split_trash_suffix`]).
 pub fn validate(name: &str) -> Result<(), NameError> {
     validate_existing(name)?;
     if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
@@ -83,6 +118,9 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     }
     if name.starts_with('-') {
         return Err(NameError::LeadingDash);
+    }
+    if split_trash_suffix(name).is_some() {
+        return Err(NameError::TrashSuffix);
     }
     Ok(())
 }
@@ -124,6 +162,9 @@ pub fn validate_existing(name: &str) -> Result<(), NameError> {
     if name == TRASH_DIR {
         return Err(NameError::Reserved);
     }
+    if split_trash_suffix(name).is_some() {
+        return Err(NameError::TrashSuffix);
+    }
     Ok(())
 }
 
@@ -143,6 +184,10 @@ mod tests {
             ".".repeat(3).as_str(),
             "a-",
             "a b",
+            "foo~1",
+            "foo~13b29a5",
+            "foo~13b29a5g",
+            "~",
         ] {
             assert_eq!(validate(n), Ok(()), "{n:?}");
         }
@@ -151,7 +196,7 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         let long = "a".repeat(256);
-        let cases: [(&[u8], NameError); 14] = [
+        let cases: [(&[u8], NameError); 16] = [
             (b"", NameError::Empty),
             (long.as_bytes(), NameError::TooLong(256)),
             (b"\xff\xfe", NameError::NotUtf8),
@@ -166,10 +211,18 @@ mod tests {
             (b"a ", NameError::EdgeSpace),
             ("a\u{a0}".as_bytes(), NameError::EdgeSpace),
             (b"-x", NameError::LeadingDash),
+            (b"foo~13b29a5a", NameError::TrashSuffix),
+            (b"foo~13B29A5A0f", NameError::TrashSuffix),
         ];
         for (bytes, want) in cases {
             assert_eq!(validate_bytes(bytes), Err(want), "{bytes:?}");
         }
+        assert_eq!(
+            split_trash_suffix("a~b~0123abcd"),
+            Some(("a~b", "0123abcd"))
+        );
+        assert!(id_has_prefix("13b29a5a-0c1d-4e2f", "13B29A5A0c"));
+        assert!(!id_has_prefix("13b29a5a-0c1d", "13b29a5a0c1d4"));
         // A multi-byte name counts bytes, not characters.
         assert_eq!(validate(&"é".repeat(128)), Err(NameError::TooLong(256)));
         // Names made before these rules stay reachable.

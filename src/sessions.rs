@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 mod bind;
+pub mod held;
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -279,7 +280,14 @@ fn bind_vfolder(
     loop {
         let tree = bind::clone_tree(mdir, &name).map_err(step("open_tree"))?;
         bind::restrict(&tree, read_only).map_err(step("mount_setattr"))?;
-        if !bind::is_fuse(&tree)? || bind::stat(&tree)?.st_ino != want {
+        // The mount names the vfolder it shows there; a daemon from before
+        // that is judged by the inode number (which only matches for the
+        // store's own volume: others get inode numbers of the mount's own).
+        let shows = match bind::vfolder_id(&tree)? {
+            Some(id) => id == v.id,
+            None => bind::stat(&tree)?.st_ino == want,
+        };
+        if !bind::is_fuse(&tree)? || !shows {
             return Err(io::Error::other(format!(
                 "the mount's {:?} no longer shows vfolder {:?}",
                 v.name, v.name
@@ -302,11 +310,22 @@ fn bind_vfolder(
 /// attached (a kernel entry invalidation in between).
 const BIND_ATTEMPTS: u32 = 8;
 
+/// How long a pending attachment record (its bind not made yet) is kept by
+/// a prune when its attacher cannot be judged (another PID namespace or
+/// host) or is alive: an attach takes milliseconds, so only a stopped
+/// attacher outlives this, and it undoes its bind when it finds its record
+/// gone.
+pub const PENDING_GRACE_MS: i64 = 60_000;
+
 /// Attaches vfolder `name` to `session` at `target`: checks the session id
 /// ([`check_session_id`]), opens (and creates) the target without following
 /// symlinks, records it under its [`normalize_target`] form (checking
-/// the status in the same transaction), then binds; a failed bind removes
-/// the record again.
+/// the status in the same transaction) as pending with this process's
+/// identity, then binds, then confirms the record. A prune between the
+/// record and the bind keeps the pending record (see [`prune`]); a failed
+/// bind removes it again; a record found gone after the bind (pruned after
+/// [`PENDING_GRACE_MS`]) has its bind undone: a bind never stays without
+/// a record, so a bound vfolder cannot be deleted or relocated.
 pub fn attach(
     cat: &Catalog,
     name: &str,
@@ -327,14 +346,17 @@ pub fn attach(
         path: "/proc/self/ns/mnt".into(),
         err,
     })?;
-    let a = cat.store().attach(
+    let me = crate::workers::this_owner();
+    let mut a = cat.store().attach(
         &v.id,
         session,
         &target.display().to_string(),
         read_only,
         ns,
         &source.display().to_string(),
+        Some(&me),
     )?;
+    crate::workers::stop_point("attach-bind");
     let bound = bind_vfolder(cat, &v, &mdir, &tdir, read_only);
     if let Err(e) = bound {
         cat.store().detach(a.seq)?;
@@ -343,6 +365,18 @@ pub fn attach(
             err: e,
         });
     }
+    if !cat.store().confirm_attachment(a.seq)? {
+        let store = cat.layout().root().display().to_string();
+        let _ = unbind(&store, &target);
+        return Err(SessionError::Bind {
+            target: target.display().to_string(),
+            err: io::Error::other(
+                "the attachment record was pruned while the bind was being made \
+                 (this process was stopped too long); the bind was undone: attach again",
+            ),
+        });
+    }
+    a.pending = None;
     Ok(a)
 }
 
@@ -400,14 +434,29 @@ fn process_in_ns(ns: u64) -> Option<u32> {
     None
 }
 
+/// Whether a pending attachment record may still get its bind: its
+/// attacher is not known dead and the record is younger than
+/// [`PENDING_GRACE_MS`].
+pub fn may_still_bind(a: &Attachment, now: crate::store::Millis) -> bool {
+    a.pending.as_deref().is_some_and(|who| {
+        !crate::workers::owner_dead(who) && now - a.created_at < PENDING_GRACE_MS
+    })
+}
+
 /// Finds attachments whose bind is gone (its namespace died, or its target
 /// is no longer mounted there) and removes their records; returns them.
-/// With `own_ns_only`, only this mount namespace is looked at.
+/// A pending record whose attacher may still be making its bind is kept
+/// (see [`attach`]). With `own_ns_only`, only this mount namespace is
+/// looked at.
 pub fn prune(cat: &Catalog, own_ns_only: bool) -> Result<Vec<Attachment>, SessionError> {
     let me = current_mnt_ns().ok();
+    let now = crate::store::sqlite::now_millis();
     let mut gone = Vec::new();
     for a in cat.store().attachments(None)? {
         if own_ns_only && Some(a.mnt_ns) != me {
+            continue;
+        }
+        if may_still_bind(&a, now) {
             continue;
         }
         let info = if Some(a.mnt_ns) == me {

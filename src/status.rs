@@ -94,10 +94,14 @@ impl Status {
         matches!(self, Status::Ready)
     }
 
-    /// It may be bind-mounted into a session read-only: any live status,
-    /// since performing and cloning vfolders are readable and stay put.
+    /// It may be bind-mounted into a session read-only: ready, or cloning
+    /// (a clone's source is readable and stays put; its target is refused
+    /// by the store, which tells the two apart). Not performing: a
+    /// relocation's switch moves the data from under a bind, so attaching
+    /// waits for the relocation to end, and a relocation cannot start while
+    /// the vfolder is attached.
     pub const fn is_mountable_read_only(self) -> bool {
-        self.is_visible()
+        matches!(self, Status::Ready | Status::Cloning)
     }
 
     /// It may be moved to the trash.
@@ -340,7 +344,7 @@ mod tests {
             .into_iter()
             .filter(|s| s.is_mountable_read_only())
             .collect();
-        assert_eq!(ro, [Status::Ready, Status::Performing, Status::Cloning]);
+        assert_eq!(ro, [Status::Ready, Status::Cloning]);
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn attaching_a_trashed_or_missing_vfolder_is_refused_and_mounts_nothing() {
     let id = m.store.show("gone")["id"].as_str().unwrap().to_string();
     match cat
         .store()
-        .attach(&id, "x", "/nowhere", false, 1, "/m/gone")
+        .attach(&id, "x", "/nowhere", false, 1, "/m/gone", None)
     {
         Err(StoreError::NotMountable { status, .. }) => assert_eq!(status, Status::DeletePending),
         other => panic!("{other:?}"),
@@ -236,7 +236,15 @@ fn attach_racing_delete_ends_consistently() {
                     barrier.wait();
                     if i % 2 == 0 {
                         cat.store()
-                            .attach(&id, &format!("s{i}"), &format!("/t/{i}"), false, 1, "/m")
+                            .attach(
+                                &id,
+                                &format!("s{i}"),
+                                &format!("/t/{i}"),
+                                false,
+                                1,
+                                "/m",
+                                None,
+                            )
                             .is_ok()
                     } else {
                         let args = TransitionArgs {

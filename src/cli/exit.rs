@@ -109,7 +109,7 @@ pub fn store_kind(e: &StoreError) -> Kind {
         StoreError::Refused { .. }
         | StoreError::RenameRefused { .. }
         | StoreError::NotMountable { .. } => Kind::Refused,
-        StoreError::InvalidName(..) => Kind::Usage,
+        StoreError::InvalidName(..) | StoreError::Ambiguous { .. } => Kind::Usage,
         StoreError::Attached { .. } | StoreError::ClaimLost { .. } => Kind::Busy,
         e if e.is_busy() => Kind::Busy,
         StoreError::Missing(_) => Kind::NoStore,

@@ -1,11 +1,14 @@
 //! Background jobs run from the CLI: in this process with a progress line,
 //! or followed while another process holds them.
 
-use super::{CliError, cause};
+use serde_json::{Value, json};
+
+use super::{CliError, cause, fmt_time};
 use crate::backing::copy::CopyStats;
 use crate::catalog::Catalog;
 use crate::say;
-use crate::store::{StoreError, VFolder};
+use crate::store::{Job, ListFilter, StoreError, VFolder};
+use crate::workers::pool::Task;
 use crate::workers::{Outcome, purge};
 
 pub(super) type JobFn<'a> =
@@ -168,5 +171,247 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                 return Ok(0);
             }
         }
+    }
+}
+
+/// Where a job stands, as far as its owner goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JobState {
+    /// Queued for a mount's pool; no process has claimed it yet.
+    Queued,
+    /// Claimed by a process that is alive (or not known dead) and whose
+    /// lease holds.
+    Running,
+    /// Its owner is gone: known dead, or its lease lapsed. Anyone may take
+    /// it over (`vfolderfs jobs --resume`, or a mount's pool).
+    OwnerGone,
+}
+
+impl JobState {
+    fn of(j: &Job) -> JobState {
+        if j.owner.is_empty() {
+            JobState::Queued
+        } else if j.lease_until < crate::store::sqlite::now_millis()
+            || crate::workers::owner_dead(&j.owner)
+        {
+            JobState::OwnerGone
+        } else {
+            JobState::Running
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::OwnerGone => "owner gone",
+        }
+    }
+}
+
+/// The job that holds vfolder `v`, with the vfolder it is recorded on: its
+/// own, or (for a clone's source, whose job is recorded on the target) the
+/// clone target's.
+pub(super) fn job_holding(
+    cat: &Catalog,
+    v: &VFolder,
+) -> crate::store::Result<Option<(VFolder, Job)>> {
+    if let Some(j) = cat.store().job(&v.id)? {
+        return Ok(Some((v.clone(), j)));
+    }
+    if !v.status.is_cloning() || v.clone_src.is_some() {
+        return Ok(None);
+    }
+    for t in cat.store().list(ListFilter::Work)? {
+        if t.clone_src.as_deref() == Some(v.id.as_str())
+            && let Some(j) = cat.store().job(&t.id)?
+        {
+            return Ok(Some((t, j)));
+        }
+    }
+    Ok(None)
+}
+
+/// The `"job"` object of `show --json` and `list --json`: kind, state,
+/// owner, progress, and the vfolder it is recorded on.
+pub(super) fn job_json(cat: &Catalog, v: &VFolder) -> crate::store::Result<Option<Value>> {
+    Ok(job_holding(cat, v)?.map(|(on, j)| {
+        let state = JobState::of(&j);
+        json!({
+            "kind": j.kind,
+            "state": state.as_str(),
+            "owner": j.owner,
+            "owner_alive": state == JobState::Running,
+            "started_at": fmt_time(j.started_at),
+            "done": j.done,
+            "resumed": j.claims > 1,
+            "vfolder": on.name,
+            "vfolder_id": on.id,
+        })
+    }))
+}
+
+/// The status column of `list`: the status, and "(owner gone)" when the
+/// job holding the vfolder has no live owner.
+pub(super) fn status_text(cat: &Catalog, v: &VFolder) -> String {
+    let transient = v.status.is_cloning() || v.status.is_relocating() || v.status.is_purging();
+    match transient
+        .then(|| job_holding(cat, v).ok().flatten())
+        .flatten()
+    {
+        Some((_, j)) if JobState::of(&j) == JobState::OwnerGone => {
+            format!("{} (owner gone)", v.status)
+        }
+        _ => v.status.to_string(),
+    }
+}
+
+/// `vfolderfs jobs [--json] [--resume]`: lists background jobs (and
+/// vfolders whose status calls for one) with their state; with `--resume`,
+/// runs in this process every one that no live process holds, to its end:
+/// a purge resumes, an interrupted clone is rolled back (its partial copy
+/// purged), a relocation is finished or rolled back, an old copy removed.
+pub(super) fn jobs_cmd(cat: &Catalog, json_out: bool, resume: bool) -> Result<i32, CliError> {
+    if resume {
+        return resume_all(cat);
+    }
+    let mut rows = Vec::new();
+    for v in cat.store().list(ListFilter::Work)? {
+        let task = Task::for_row(&v);
+        let job = cat.store().job(&v.id)?;
+        if task.is_none() && job.is_none() {
+            continue;
+        }
+        let state = job.as_ref().map_or(JobState::Queued, JobState::of);
+        rows.push(json!({
+            "vfolder": v.name,
+            "vfolder_id": v.id,
+            "status": v.status.as_str(),
+            "kind": job.as_ref().map(|j| j.kind.clone()).or_else(|| task.as_ref().map(task_kind)),
+            "state": state.as_str(),
+            "owner": job.as_ref().map(|j| j.owner.clone()),
+            "started_at": job.as_ref().map(|j| fmt_time(j.started_at)),
+            "done": job.as_ref().map_or(0, |j| j.done),
+            "resumed": job.as_ref().is_some_and(|j| j.claims > 1),
+        }));
+    }
+    if json_out {
+        println!("{}", Value::Array(rows));
+        return Ok(0);
+    }
+    println!(
+        "{:20}  {:16}  {:10}  {:>10}  OWNER",
+        "VFOLDER", "KIND", "STATE", "DONE"
+    );
+    for r in &rows {
+        println!(
+            "{:20}  {:16}  {:10}  {:>10}  {}",
+            r["vfolder"].as_str().unwrap_or("?"),
+            r["kind"].as_str().unwrap_or("-"),
+            r["state"].as_str().unwrap_or("-"),
+            r["done"],
+            r["owner"].as_str().unwrap_or("-")
+        );
+    }
+    if rows.iter().any(|r| r["state"] != "running") {
+        println!(
+            "jobs not running: a mount's pool takes them up, or run `vfolderfs jobs --resume`"
+        );
+    }
+    Ok(0)
+}
+
+fn task_kind(t: &Task) -> String {
+    match t {
+        Task::Purge(_) => purge::KIND,
+        Task::Clone(_) => crate::workers::clone::KIND,
+        Task::Relocate(_) => crate::workers::relocate::KIND,
+        Task::Cleanup(_) => crate::workers::relocate::CLEANUP_KIND,
+    }
+    .to_string()
+}
+
+/// Runs every job no live process holds, until none is left (a rolled-back
+/// clone leaves its target's purge to run next); exit status 1 if any failed.
+fn resume_all(cat: &Catalog) -> Result<i32, CliError> {
+    let owner = crate::workers::this_owner();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let pause = purge::throttle_from_env();
+    let mut failed = 0;
+    let mut held_said = std::collections::HashSet::new();
+    let mut any = false;
+    for _pass in 0..8 {
+        let mut progressed = false;
+        for v in cat.store().list(ListFilter::Work)? {
+            let Some(task) = Task::for_row(&v) else {
+                continue;
+            };
+            let kind = task_kind(&task);
+            let outcome = crate::workers::pool::run_task(cat, &task, &owner, &never, pause);
+            let what = format!("{kind} of {:?} ({})", v.name, v.id);
+            match outcome {
+                Ok(Outcome::Complete(n)) => {
+                    println!("{what}: done ({n} entries)");
+                    progressed = true;
+                }
+                Ok(Outcome::RolledBack(why)) => {
+                    println!("{what}: rolled back: {why}");
+                    progressed = true;
+                }
+                Ok(Outcome::Failed(msg)) => {
+                    println!("{what}: failed: {msg}");
+                    failed += 1;
+                    progressed = true;
+                }
+                Ok(Outcome::HeldElsewhere) => {
+                    if held_said.insert(v.id.clone()) {
+                        let by = cat.store().job(&v.id)?.map(|j| j.owner).unwrap_or_default();
+                        println!("{what}: held by a live process ({by}); left to it");
+                    }
+                }
+                Ok(Outcome::ClaimLost) => {
+                    println!("{what}: another process took it over; left to it");
+                }
+                Ok(Outcome::Cancelled) => {
+                    println!("{what}: stopped before its end; run again");
+                    failed += 1;
+                }
+                Ok(Outcome::NotApplicable) => {}
+                Err(e) => {
+                    println!("{what}: {e}");
+                    failed += 1;
+                }
+            }
+            any = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    if !any {
+        println!("no jobs to resume");
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// A hint for a refusal caused by a job no live process holds: names the
+/// job and says how to finish it. `layout` is the store's.
+pub(super) fn refusal_hint(layout: &crate::layout::Layout, e: &CliError) -> Option<String> {
+    let CliError::Store(StoreError::Refused { id, .. }) = e else {
+        return None;
+    };
+    let cat = Catalog::open(layout.clone()).ok()?;
+    let v = cat.store().get(id).ok()?;
+    let (on, j) = job_holding(&cat, &v).ok()??;
+    match JobState::of(&j) {
+        JobState::Running => None,
+        state => Some(format!(
+            "its {} job (on {:?}, {} entries done) is {}: run `vfolderfs jobs --resume` to \
+             finish or roll it back (a running mount's pool also does)",
+            j.kind,
+            on.name,
+            j.done,
+            state.as_str()
+        )),
     }
 }

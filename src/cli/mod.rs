@@ -247,6 +247,16 @@ pub enum Command {
         #[arg(long, default_value = "10m")]
         grace: String,
     },
+    /// List background jobs (purges, clones, relocations) and whether their
+    /// owner lives; --resume runs those no live process holds.
+    Jobs {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Finish (or roll back) every job whose owner is gone, here and now.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Mount the store (the main job).
     Mount(MountCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -282,7 +292,8 @@ impl Command {
             | Command::Attach { json, .. }
             | Command::Detach { json, .. }
             | Command::Sessions { json, .. }
-            | Command::Fsck { json, .. } => *json,
+            | Command::Fsck { json, .. }
+            | Command::Jobs { json, .. } => *json,
             Command::Volume(
                 VolumeCmd::Add { json, .. }
                 | VolumeCmd::List { json }
@@ -460,6 +471,7 @@ pub fn main() -> i32 {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let json = cli.command.json();
+    let layout = Layout::resolve(cli.store.as_deref());
     output::set_json_mode(json);
     match run(cli) {
         Ok(code) => code,
@@ -468,6 +480,9 @@ pub fn main() -> i32 {
                 eprintln!("{}", exit::error_json(&e));
             } else {
                 eprintln!("vfolderfs: {e}");
+                if let Some(hint) = jobs::refusal_hint(&layout, &e) {
+                    eprintln!("vfolderfs: {hint}");
+                }
             }
             e.exit_code()
         }
@@ -638,22 +653,26 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             };
             if json {
                 let opens = cat.store().opens()?;
-                let arr: Vec<Value> = list
-                    .iter()
-                    .map(|v| {
-                        let mut o = vfolder_json(&cat, v, trash_name(v));
-                        o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
-                        o
-                    })
-                    .collect();
+                let mut arr = Vec::new();
+                for v in &list {
+                    let mut o = vfolder_json(&cat, v, trash_name(v));
+                    o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
+                    if let Some(j) = jobs::job_json(&cat, v)? {
+                        o["job"] = j;
+                    }
+                    arr.push(o);
+                }
                 println!("{}", Value::Array(arr));
             } else {
-                print_table(&list, &trash_name);
+                print_table(&list, &trash_name, &|v| jobs::status_text(&cat, v));
             }
         }
         Command::Show { name, json } => {
             let v = cat.resolve(&name)?;
-            let obj = vfolder_detail_json(&cat, &v)?;
+            let mut obj = vfolder_detail_json(&cat, &v)?;
+            if let Some(j) = jobs::job_json(&cat, &v)? {
+                obj["job"] = j;
+            }
             if json {
                 println!("{obj}");
             } else {
@@ -684,7 +703,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             no_wait,
             json,
         } => {
-            let v = cat.store().get_live(&old)?;
+            let v = cat.resolve_live(&old)?;
             let v = cat.store().rename(&v.id, &new)?;
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
             if json {
@@ -698,7 +717,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             no_wait,
             json,
         } => {
-            let v = cat.store().get_live(&name)?;
+            let v = cat.resolve_live(&name)?;
             let v = cat.delete(&v, &cause("delete"))?;
             confirm(&cat, &v, no_wait, cli.confirm_timeout)?;
             if json {
@@ -907,6 +926,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         | Command::Man { .. } => {
             unreachable!("handled above")
         }
+        Command::Jobs { json, resume } => return jobs::jobs_cmd(&cat, json, resume),
     }
     Ok(0)
 }

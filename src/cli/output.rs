@@ -54,6 +54,7 @@ pub(super) fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
         "source": a.source,
         "mnt_ns": a.mnt_ns,
         "attached_at": fmt_time(a.created_at),
+        "pending": a.pending.is_some(),
     })
 }
 
@@ -150,7 +151,11 @@ pub(super) fn history_json(e: &HistoryEntry) -> Value {
     })
 }
 
-pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Option<String>) {
+pub(super) fn print_table(
+    list: &[VFolder],
+    trash_name: &dyn Fn(&VFolder) -> Option<String>,
+    status: &dyn Fn(&VFolder) -> String,
+) {
     let names: Vec<String> = list
         .iter()
         .map(|v| trash_name(v).unwrap_or_else(|| v.name.clone()))
@@ -174,7 +179,7 @@ pub(super) fn print_table(list: &[VFolder], trash_name: &dyn Fn(&VFolder) -> Opt
     for (v, n) in list.iter().zip(&names) {
         println!(
             "{n:w$}  {:15}  {:vw$}  {:24}  {:24}  {}",
-            v.status.as_str(),
+            status(v),
             v.volume,
             fmt_time(v.created_at),
             fmt_time(v.status_changed_at),

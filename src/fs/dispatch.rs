@@ -459,6 +459,13 @@ impl Filesystem for VfolderFs {
         if matches!(ino.0, ROOT_INO | TRASH_INO) {
             return reply.error(Errno::ENODATA);
         }
+        if name == super::VFOLDER_ID_XATTR {
+            // Answered by the daemon only, never read from the backing.
+            return match self.inode(ino) {
+                Ok(i) if i.is_vf_root => Self::reply_xattr(reply, size, Ok(i.vf.id.clone().into())),
+                _ => reply.error(Errno::ENODATA),
+            };
+        }
         act!(self, req, reply, ino.0);
         let r = self.with_proc_path(ino, |_i, p| {
             let n = cname(name)?;

@@ -62,7 +62,7 @@ impl FsError {
         match self {
             FsError::Io(e) => Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)),
             FsError::Store(e) => match e {
-                StoreError::NotFound(_) => Errno::ENOENT,
+                StoreError::NotFound(_) | StoreError::Ambiguous { .. } => Errno::ENOENT,
                 StoreError::NameTaken(_) => Errno::EEXIST,
                 StoreError::Refused { .. }
                 | StoreError::RenameRefused { .. }

@@ -756,15 +756,26 @@ impl VfolderFs {
             Node::Backing(p) => Some(p),
             _ => None,
         };
-        self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
+        // Once an entry is in the reply (and its lookup counted), a later
+        // failure ends the reply instead of replacing it with an error: the
+        // kernel must learn of every lookup counted for it, or those inodes
+        // are never forgotten. The next readdirplus starts at the failing
+        // entry and reports its error then.
+        let added = std::cell::Cell::new(false);
+        let r = self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
             let bytes = name.as_bytes();
             if bytes == b"." || bytes == b".." {
                 // The kernel takes no lookup reference for these.
                 let mut a = attr::virtual_dir(d_ino, 2, self.started);
                 a.kind = kind;
-                return Ok(!reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0)));
+                let full = reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0));
+                added.set(added.get() || !full);
+                return Ok(!full);
             }
             let looked = match &parent {
+                Some(_) if fail_lookup_for_test(bytes) => {
+                    Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+                }
                 Some(p) => {
                     let n = cname(name)?;
                     match self.lookup_in(p, &n) {
@@ -791,6 +802,7 @@ impl VfolderFs {
                 Err(FsError::NotFound | FsError::Gone | FsError::CacheableMiss) => return Ok(true),
                 // A mount inside the backing directory is not shown.
                 Err(FsError::MountInside) => return Ok(true),
+                Err(_) if added.get() => return Ok(false),
                 Err(e) => return Err(e),
             };
             if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
@@ -798,8 +810,13 @@ impl VfolderFs {
                 self.inodes.forget(a.ino.0, 1);
                 return Ok(false);
             }
+            added.set(true);
             Ok(true)
-        })
+        });
+        match r {
+            Err(_) if added.get() => Ok(()),
+            r => r,
+        }
     }
 
     /// Runs `f` with the inode and a `/proc/self/fd` path reaching it (the
@@ -823,6 +840,25 @@ impl VfolderFs {
             Err(e) => reply.error(e.errno()),
         }
     }
+}
+
+/// The extended attribute by which a vfolder's root directory on the mount
+/// says which vfolder it is (its id). Answered by the daemon, never read
+/// from the backing directory; `trusted.*`, so the kernel lets only
+/// privileged callers (the session attach) ask. Inode numbers cannot tell
+/// it: those of volumes on other filesystems are the mount's own.
+pub const VFOLDER_ID_XATTR: &str = "trusted.vfolderfs.id";
+
+/// Environment variable naming an entry whose lookup in a readdirplus
+/// fails with `EIO`: a testing aid for a listing that fails part way. Read
+/// once per process. Not for production.
+pub const FAIL_LOOKUP_ENV: &str = "VFOLDERFS_TEST_FAIL_LOOKUP";
+
+fn fail_lookup_for_test(name: &[u8]) -> bool {
+    static NAME: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| std::env::var_os(FAIL_LOOKUP_ENV).map(|v| v.as_bytes().to_vec()))
+        .as_deref()
+        == Some(name)
 }
 
 /// Calls a size-probing xattr function twice: once for the size, once for the data.

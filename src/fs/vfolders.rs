@@ -80,6 +80,12 @@ pub struct VfState {
     epoch: AtomicU64,
 }
 
+impl crate::catalog::HasId for Arc<VfState> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl VfState {
     fn new(id: &str, status: Status, volume: &str, health: Arc<Health>) -> VfState {
         VfState {
@@ -304,9 +310,21 @@ impl Registry {
         self.snap.read().live.get(name).cloned()
     }
 
-    /// The trashed vfolder with this trash name.
+    /// The trashed vfolder with this trash name: as listed, or the stable
+    /// `NAME~1a2b3c4d` form of any trashed vfolder (see
+    /// [`crate::catalog::find_trashed`]; ambiguous forms find nothing).
     pub fn trashed(&self, name: &str) -> Option<Arc<VfState>> {
-        self.snap.read().trash.get(name).cloned()
+        let snap = self.snap.read();
+        if let Some(v) = snap.trash.get(name) {
+            return Some(v.clone());
+        }
+        crate::name::split_trash_suffix(name)?;
+        let listed: Vec<(String, Arc<VfState>)> = snap
+            .trash
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        crate::catalog::find_trashed(&listed, name).ok().flatten()
     }
 
     /// The root's names (or the trash's), sorted.

@@ -162,6 +162,36 @@ pub(super) fn stat(fd: &OwnedFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// The vfolder id the vfolderfs mount gives the directory `fd` refers to
+/// ([`crate::fs::VFOLDER_ID_XATTR`]); None where it gives none (a daemon
+/// from before the attribute).
+pub(super) fn vfolder_id(fd: &OwnedFd) -> io::Result<Option<String>> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    let name = std::ffi::CString::new(crate::fs::VFOLDER_ID_XATTR)
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+    ))
+}
+
 /// Whether the descriptor is on a FUSE filesystem.
 pub(super) fn is_fuse(fd: &OwnedFd) -> io::Result<bool> {
     // SAFETY: a zeroed statfs is a valid out-buffer.

@@ -93,7 +93,7 @@ pub struct Job {
     pub vfolder_id: String,
     /// What the job does ("purge", "clone", ...).
     pub kind: String,
-    /// Who holds it ("host:pid:start").
+    /// Who holds it ([`crate::workers::Identity`]: "host:pid:start:boot-id:pid-ns").
     pub owner: String,
     /// Until when the claim holds unless renewed (0: released).
     pub lease_until: Millis,
@@ -131,7 +131,7 @@ pub struct Claim {
     pub vfolder_id: String,
     /// The job kind it was granted for.
     pub kind: String,
-    /// Who holds it ("host:pid:start").
+    /// Who holds it ([`crate::workers::Identity`]: "host:pid:start:boot-id:pid-ns").
     pub owner: String,
     /// The job's claim count when it was granted.
     pub token: i64,
@@ -156,6 +156,10 @@ pub struct Attachment {
     pub source: String,
     /// When it was attached.
     pub created_at: Millis,
+    /// While the bind is being made: the attaching process
+    /// ([`crate::workers::Identity`]); `None` once the bind is in place.
+    /// A prune keeps a pending record whose attacher may still be at work.
+    pub pending: Option<String>,
 }
 
 /// A vfolder forgotten by gc, as kept in the audit table.
@@ -231,6 +235,12 @@ pub struct TransitionArgs<'a> {
     pub new_name: Option<&'a str>,
     /// An error to record (a failed purge); cleared otherwise.
     pub error: Option<&'a str>,
+    /// Make the change only if the row's `status_changed_at` is still this
+    /// (its status has not changed since it was read): what a decision
+    /// taken on an earlier read, such as the trash retention's, compares on
+    /// besides the status. Otherwise [`StoreError::Refused`] with the
+    /// current status.
+    pub if_changed_at: Option<Millis>,
 }
 
 /// Errors of the store layer.
@@ -238,6 +248,13 @@ pub struct TransitionArgs<'a> {
 pub enum StoreError {
     /// No vfolder matches the name or id.
     NotFound(String),
+    /// An id prefix (or a trash name's) matches several vfolders.
+    Ambiguous {
+        /// What was given.
+        sel: String,
+        /// How many match.
+        count: usize,
+    },
     /// A live vfolder already has this name.
     NameTaken(String),
     /// The transition table does not allow `op` from the vfolder's status.
@@ -277,6 +294,8 @@ pub enum StoreError {
         status: Status,
         /// Whether a read-only attach was asked for.
         read_only: bool,
+        /// Why, when the status alone does not say (a clone's target).
+        why: Option<&'static str>,
     },
     /// Something is already attached at this target in this namespace.
     TargetTaken(String),
@@ -356,6 +375,10 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::NotFound(n) => write!(f, "no vfolder named {n:?}"),
+            StoreError::Ambiguous { sel, count } => write!(
+                f,
+                "{sel:?} is ambiguous: it matches {count} vfolders; give more digits of the id"
+            ),
             StoreError::NameTaken(n) => write!(f, "a live vfolder named {n:?} already exists"),
             StoreError::Refused {
                 name,
@@ -378,10 +401,18 @@ impl fmt::Display for StoreError {
                 name,
                 status,
                 read_only,
+                why,
             } => write!(
                 f,
-                "cannot attach vfolder {name:?}{}: its status is {status}",
-                if *read_only { " read-only" } else { "" }
+                "cannot attach vfolder {name:?}{}: its status is {status}{}",
+                if *read_only { " read-only" } else { "" },
+                match (why, status.is_relocating()) {
+                    (Some(w), _) => format!(" ({w})"),
+                    (None, true) => " (a relocation runs: its data moves at the end; \
+                                     attach once it is ready)"
+                        .to_string(),
+                    (None, false) => String::new(),
+                }
             ),
             StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
@@ -564,7 +595,11 @@ pub trait Store: Send + Sync {
     /// File opens per vfolder id, summed over every mount that reported.
     fn opens(&self) -> Result<std::collections::HashMap<String, u64>>;
     /// Records an attachment if the vfolder's status allows it (checked in
-    /// the same transaction, so it cannot race a deletion).
+    /// the same transaction, so it cannot race a deletion): not while it
+    /// is performing (read-only attaches included), and never for a clone's
+    /// target. With `pending` (the attaching process's identity) the record
+    /// is pending until [`Store::confirm_attachment`]: made before the bind,
+    /// so that the vfolder is never bound without a record.
     #[allow(clippy::too_many_arguments)]
     fn attach(
         &self,
@@ -574,7 +609,11 @@ pub trait Store: Send + Sync {
         read_only: bool,
         mnt_ns: u64,
         source: &str,
+        pending: Option<&str>,
     ) -> Result<Attachment>;
+    /// Marks a pending attachment's bind as made; false if the record is
+    /// gone (pruned meanwhile: the caller undoes its bind).
+    fn confirm_attachment(&self, seq: i64) -> Result<bool>;
     /// Removes an attachment record; false if it was gone already.
     fn detach(&self, seq: i64) -> Result<bool>;
     /// Attachments, of one vfolder or all.

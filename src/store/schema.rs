@@ -156,6 +156,18 @@ fn migrations() -> Vec<String> {
          draining    TEXT NOT NULL DEFAULT ''
      );"
         .to_string(),
+        // Version 10: an attachment is recorded as pending (by its
+        // attacher's identity) before its bind is made, and confirmed after;
+        // a prune keeps pending records whose attacher may be at work. A
+        // table of its own (idempotent, like every migration), its rows
+        // going with their attachment.
+        "CREATE TABLE IF NOT EXISTS attachment_pending (
+         seq      INTEGER PRIMARY KEY NOT NULL,
+         attacher TEXT NOT NULL
+     );
+     CREATE TRIGGER IF NOT EXISTS attachment_pending_gone AFTER DELETE ON attachments
+     BEGIN DELETE FROM attachment_pending WHERE seq = OLD.seq; END;"
+            .to_string(),
     ]
 }
 

@@ -517,6 +517,7 @@ impl Store for SqliteStore {
         read_only: bool,
         mnt_ns: u64,
         source: &str,
+        pending: Option<&str>,
     ) -> Result<Attachment> {
         let now = now_millis();
         let mut conn = self.conn.lock();
@@ -529,11 +530,17 @@ impl Store for SqliteStore {
         } else {
             v.status.is_mountable()
         };
-        if !allowed {
+        // A clone's target is cloning too, but its data is still being
+        // copied, and an aborted clone purges it.
+        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
+        if !allowed || target_of_clone {
             return Err(StoreError::NotMountable {
                 name: v.name,
                 status: v.status,
                 read_only,
+                why: target_of_clone.then_some(
+                    "it is the target of a clone still copying; attach once it is ready",
+                ),
             });
         }
         tx.execute(
@@ -549,6 +556,13 @@ impl Store for SqliteStore {
             }
         })?;
         let seq = tx.last_insert_rowid();
+        if let Some(who) = pending {
+            tx.execute(
+                "INSERT OR REPLACE INTO attachment_pending (seq, attacher) VALUES (?1, ?2)",
+                params![seq, who],
+            )
+            .map_err(db("recording an attachment"))?;
+        }
         tx.commit().map_err(db("committing an attachment"))?;
         Ok(Attachment {
             seq,
@@ -559,7 +573,31 @@ impl Store for SqliteStore {
             mnt_ns,
             source: source.to_string(),
             created_at: now,
+            pending: pending.map(str::to_string),
         })
+    }
+
+    fn confirm_attachment(&self, seq: i64) -> Result<bool> {
+        let conn = self.conn.lock();
+        // One statement: the record must still exist.
+        let n = conn
+            .execute(
+                "DELETE FROM attachment_pending WHERE seq = ?1 AND EXISTS \
+                 (SELECT 1 FROM attachments WHERE seq = ?1)",
+                [seq],
+            )
+            .map_err(db("confirming an attachment"))?;
+        if n == 1 {
+            return Ok(true);
+        }
+        let exists: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM attachments WHERE seq = ?1)",
+                [seq],
+                |r| r.get(0),
+            )
+            .map_err(db("confirming an attachment"))?;
+        Ok(exists)
     }
 
     fn detach(&self, seq: i64) -> Result<bool> {
@@ -574,8 +612,9 @@ impl Store for SqliteStore {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at \
-                 FROM attachments WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY seq",
+                "SELECT a.seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at, \
+                 p.attacher FROM attachments a LEFT JOIN attachment_pending p ON p.seq = a.seq \
+                 WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY a.seq",
             )
             .map_err(db("listing attachments"))?;
         let rows = stmt
@@ -589,6 +628,7 @@ impl Store for SqliteStore {
                     mnt_ns: r.get::<_, i64>(5)? as u64,
                     source: r.get(6)?,
                     created_at: r.get(7)?,
+                    pending: r.get(8)?,
                 })
             })
             .map_err(db("listing attachments"))?;
@@ -771,10 +811,17 @@ impl Store for SqliteStore {
                 Self::volume_known_in(tx, new)?;
             }
             let extra = match volume {
-                Some(new) if new != cur.volume => vec![
-                    ("volume", Value::Text(new.into())),
-                    ("prev_volume", Value::Text(cur.volume.clone())),
-                ],
+                Some(new) if new != cur.volume => {
+                    // Attaching is refused while performing; this holds the
+                    // line in the switch's own transaction too (a record
+                    // from an older vfolderfs): a bind would be left showing
+                    // the old copy, which is removed next.
+                    Self::check_unattached(tx, &cur, "switch the volume of")?;
+                    vec![
+                        ("volume", Value::Text(new.into())),
+                        ("prev_volume", Value::Text(cur.volume.clone())),
+                    ]
+                }
                 _ => vec![],
             };
             Self::transition_in(tx, id, Op::RelocateEnd, &args, &extra)
@@ -958,9 +1005,14 @@ impl SqliteStore {
         }
         let placeholders = vec!["?"; from.len()].join(", ");
         let extra_sets: String = extra.iter().map(|(c, _)| format!(", {c} = ?")).collect();
+        let since = if args.if_changed_at.is_some() {
+            " AND status_changed_at = ?"
+        } else {
+            ""
+        };
         let sql = format!(
             "UPDATE vfolders SET status = ?, status_changed_at = ?, name = ?, error = ?{extra_sets} \
-             WHERE id = ? AND status IN ({placeholders})"
+             WHERE id = ? AND status IN ({placeholders}){since}"
         );
         let new_name = args.new_name.unwrap_or(&current.name);
         let mut values: Vec<Value> = vec![
@@ -972,6 +1024,7 @@ impl SqliteStore {
         values.extend(extra.iter().map(|(_, v)| v.clone()));
         values.push(Value::Text(id.into()));
         values.extend(from.iter().map(|s| Value::Text(s.as_str().into())));
+        values.extend(args.if_changed_at.map(Value::Integer));
         let changed = tx.execute(&sql, params_from_iter(values)).map_err(|e| {
             if is_unique_violation(&e) {
                 StoreError::NameTaken(new_name.to_string())

@@ -62,7 +62,8 @@ pub const STOP_AT_ENV: &str = "VFOLDERFS_TEST_STOP_AT";
 
 /// Stops this process with `SIGSTOP` if [`STOP_AT_ENV`] names `point`
 /// (once per process); it goes on when it gets `SIGCONT`. The points are
-/// `purge-end`, `clone-end`, `relocate-switch` and `cleanup-remove`.
+/// `purge-end`, `clone-end`, `relocate-switch`, `cleanup-remove` and
+/// `attach-bind` (an attach between its pending record and its bind).
 pub fn stop_point(point: &str) {
     static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::env::var(STOP_AT_ENV).is_ok_and(|p| p == point)
@@ -240,38 +241,129 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime), counted after the parenthesised command name.
+/// This boot of this machine (`/proc/sys/kernel/random/boot_id`): tells two
+/// machines (or two boots) that share a host name apart.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The inode of a process's PID namespace (`/proc/PID/ns/pid`, or
+/// `/proc/self/ns/pid`): the namespace its pid is counted in.
+fn pid_ns(of: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{of}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Field 22 of `/proc/PID/stat` (the start time in clock ticks since boot),
+/// counted after the parenthesised command name.
+fn start_time(of: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{of}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     after.split(' ').nth(19).map(str::to_string)
 }
 
-/// This process's owner identity: `host:pid:start-time`.
-pub fn this_owner() -> String {
-    let pid = std::process::id();
-    format!(
-        "{}:{pid}:{}",
-        hostname(),
-        start_time(pid).unwrap_or_else(|| "0".into())
-    )
+/// The pid `/proc` shows for this process, if `/proc` is mounted for this
+/// process's PID namespace (it may belong to another one, e.g. after
+/// `unshare --pid --fork` without `--mount-proc`): then pids read from it
+/// mean what our own pid means.
+fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
 }
 
-/// Whether the owner of a claim is known to be gone: it ran on this host
-/// and its process no longer exists (or is another process with its pid).
-/// Owners on other hosts are judged by their lease alone.
-pub fn owner_dead(owner: &str) -> bool {
-    let mut parts = owner.rsplitn(3, ':');
-    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    if host != hostname() {
-        return false;
+/// A process's identity as recorded in job claims and pending attachments:
+/// unique across hosts, boots and PID namespaces. Its text form is
+/// `host:pid:start:boot-id:pid-ns` (older stores have `host:pid:start`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Host name.
+    pub host: String,
+    /// Pid, in the namespace `pid_ns`.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start: String,
+    /// `/proc/sys/kernel/random/boot_id` of its machine.
+    pub boot: String,
+    /// Inode of its PID namespace.
+    pub pid_ns: u64,
+}
+
+impl Identity {
+    /// This process.
+    pub fn current() -> Identity {
+        Identity {
+            host: hostname(),
+            pid: std::process::id(),
+            // Through /proc/self: right even where /proc belongs to another
+            // PID namespace (where /proc/<our pid> is someone else).
+            start: start_time("self").unwrap_or_else(|| "0".into()),
+            boot: boot_id(),
+            pid_ns: pid_ns("self").unwrap_or(0),
+        }
     }
-    let Ok(pid) = pid.parse::<u32>() else {
-        return false;
-    };
-    start_time(pid).as_deref() != Some(start)
+
+    /// Reads the text form; None for the old three-field form or anything
+    /// else (such owners are judged by their lease alone).
+    pub fn parse(s: &str) -> Option<Identity> {
+        let f: Vec<&str> = s.split(':').collect();
+        let [host, pid, start, boot, ns] = f.as_slice() else {
+            return None;
+        };
+        Some(Identity {
+            host: host.to_string(),
+            pid: pid.parse().ok()?,
+            start: start.to_string(),
+            boot: boot.to_string(),
+            pid_ns: ns.parse().ok()?,
+        })
+    }
+
+    /// Whether this process is known to be gone: it ran on this machine,
+    /// in this boot and in this process's PID namespace (as `/proc` shows
+    /// it), and no process with its pid and start time exists. A process
+    /// in any other namespace, boot or machine is never judged dead here:
+    /// its lease decides.
+    pub fn is_dead(&self) -> bool {
+        if self.host != hostname()
+            || self.boot.is_empty()
+            || self.boot != boot_id()
+            || Some(self.pid_ns) != pid_ns("self")
+            || !proc_is_ours()
+        {
+            return false;
+        }
+        start_time(&self.pid.to_string()).as_deref() != Some(self.start.as_str())
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}:{}",
+            self.host, self.pid, self.start, self.boot, self.pid_ns
+        )
+    }
+}
+
+/// This process's owner identity (see [`Identity`]).
+pub fn this_owner() -> String {
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ME.get_or_init(|| Identity::current().to_string()).clone()
+}
+
+/// Whether the owner of a claim is known to be gone (see
+/// [`Identity::is_dead`]). Owners in another PID namespace, boot or host,
+/// and owners recorded in the old `host:pid:start` form, are judged by
+/// their lease alone.
+pub fn owner_dead(owner: &str) -> bool {
+    Identity::parse(owner).is_some_and(|i| i.is_dead())
 }
 
 #[cfg(test)]
@@ -282,9 +374,29 @@ mod tests {
     fn this_process_is_alive_and_a_gone_one_is_not() {
         let me = this_owner();
         assert!(!owner_dead(&me));
-        let host = hostname();
-        assert!(owner_dead(&format!("{host}:4194304:1")));
-        assert!(owner_dead(&format!("{host}:{}:1", std::process::id())));
-        assert!(!owner_dead("some-other-host:1:1"));
+        let id = Identity::parse(&me).expect("five fields");
+        assert_eq!(id, Identity::current());
+        let gone = |f: &dyn Fn(&mut Identity)| {
+            let mut i = id.clone();
+            f(&mut i);
+            owner_dead(&i.to_string())
+        };
+        assert!(gone(&|i| i.pid = 4194304));
+        assert!(gone(&|i| i.start = "1".into()));
+        // Elsewhere: another host, boot or PID namespace is never judged dead.
+        assert!(!gone(&|i| {
+            i.pid = 4194304;
+            i.host = "some-other-host".into()
+        }));
+        assert!(!gone(&|i| {
+            i.pid = 4194304;
+            i.boot = "another-boot".into()
+        }));
+        assert!(!gone(&|i| {
+            i.pid = 4194304;
+            i.pid_ns += 1
+        }));
+        // The old three-field form: the lease decides.
+        assert!(!owner_dead(&format!("{}:4194304:1", id.host)));
     }
 }

@@ -237,21 +237,35 @@ fn worker(
     }
 }
 
+/// The trash retention for one row as the scanner listed it: if it has
+/// been in the trash longer than `keep` at `now`, requests its purge —
+/// only if it is still in that same deletion
+/// ([`purge::request_expired`]), so a vfolder restored and deleted again
+/// since the list was read keeps its new retention. Returns whether its
+/// purge was requested.
+pub fn retention_purge(cat: &Catalog, listed: &VFolder, keep: Duration, now: i64) -> Result<bool> {
+    if !listed.status.is_restorable() || now - listed.status_changed_at <= keep.as_millis() as i64 {
+        return Ok(false);
+    }
+    purge::request_expired(cat, listed, "trash retention expired")
+}
+
 fn scan(cat: &Catalog, tx: &Sender<Task>, shared: &Shared, cfg: &PoolConfig) {
     while !shared.cancel.load(Ordering::Acquire) {
         match cat.store().list(ListFilter::Work) {
             Ok(all) => {
                 let now = crate::store::sqlite::now_millis();
                 for v in all {
-                    let expired = cfg.retention.is_some_and(|keep| {
-                        v.status.is_restorable()
-                            && now - v.status_changed_at > keep.as_millis() as i64
-                    });
-                    if expired && let Err(e) = purge::request(cat, &v.id, "trash retention expired")
-                    {
-                        warn!("retention purge of {:?}: {e}", v.name);
-                        continue;
-                    }
+                    let expired = match cfg.retention {
+                        Some(keep) => match retention_purge(cat, &v, keep, now) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                warn!("retention purge of {:?}: {e}", v.name);
+                                continue;
+                            }
+                        },
+                        None => false,
+                    };
                     let task = if expired {
                         Some(Task::Purge(v.id.clone()))
                     } else {

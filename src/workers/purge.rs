@@ -12,7 +12,7 @@ use super::{Heartbeat, Outcome, lease};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
-use crate::store::{Claim, Result, StoreError, TransitionArgs};
+use crate::store::{Claim, Result, StoreError, TransitionArgs, VFolder};
 
 /// Job kind recorded in the store.
 pub const KIND: &str = "purge";
@@ -116,6 +116,30 @@ pub fn request(cat: &Catalog, id: &str, cause: &str) -> Result<()> {
         // Lost the race to another requester: the purge is on, as asked.
         Err(StoreError::Refused { status, .. }) if status.is_purging() => Ok(()),
         other => other.map(drop),
+    }
+}
+
+/// The trash retention's purge of `listed`, a row as read earlier (by the
+/// scanner): moves it to `delete-ongoing` only if it is still in the trash
+/// deletion it was read in, compared on its status and its
+/// `status_changed_at` in the same compare-and-set. A vfolder restored (and
+/// perhaps deleted again) since it was read is left alone: its retention
+/// counts from its new deletion. Returns whether the purge was requested.
+pub fn request_expired(cat: &Catalog, listed: &VFolder, cause: &str) -> Result<bool> {
+    match cat.store().transition(
+        &listed.id,
+        Op::Purge,
+        TransitionArgs {
+            cause,
+            if_changed_at: Some(listed.status_changed_at),
+            ..Default::default()
+        },
+    ) {
+        Ok(_) => Ok(true),
+        // Its status changed since it was read (restored, deleted again,
+        // purged by someone else): nothing to do on this read.
+        Err(StoreError::Refused { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
