@@ -117,14 +117,13 @@ pub struct MountArgs {
     pub lease: Duration,
 }
 
-/// Parses a retention like `30d`, `12h`, `90m`; `0` means keep forever.
-pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
-    if s.trim() == "0" {
-        return Ok(None);
-    }
-    humantime::parse_duration(s)
-        .map(Some)
-        .map_err(|e| format!("bad duration {s:?}: {e}"))
+/// The refusal of a per-mount trash retention: one mount's setting used to
+/// purge the whole store's trash.
+fn retention_is_store_wide(v: &str) -> String {
+    format!(
+        "the trash retention is a store-wide setting, not a mount option: \
+         `vfolderfs retention {v}` sets it for every mount of the store"
+    )
 }
 
 /// Request loops by default: one per CPU (at least 2, at most 16). More
@@ -157,10 +156,12 @@ impl MountArgs {
             lease: crate::enforce::DEFAULT_LEASE,
             purge: PoolConfig {
                 workers: m.purge_workers.max(1),
-                retention: parse_retention(&m.trash_retention)?,
                 ..PoolConfig::default()
             },
         };
+        if let Some(v) = &m.trash_retention {
+            return Err(retention_is_store_wide(v));
+        }
         for opt in m.options.iter().flat_map(|o| o.split(',')) {
             let (k, v) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -222,7 +223,7 @@ impl MountArgs {
                         Some(crate::metrics::export::parse_listen(v.unwrap_or_default())?)
                 }
                 "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
-                "trash_retention" => a.purge.retention = parse_retention(v.unwrap_or_default())?,
+                "trash_retention" => return Err(retention_is_store_wide(v.unwrap_or_default())),
                 "lease" => {
                     let d = humantime::parse_duration(v.unwrap_or_default())
                         .map_err(|e| format!("option lease: {e}"))?;
@@ -280,7 +281,7 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
             threads: default_threads(),
             allow_other: false,
             purge_workers: 2,
-            trash_retention: "30d".into(),
+            trash_retention: None,
             options: opts,
         }),
     })

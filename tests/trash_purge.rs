@@ -217,7 +217,6 @@ fn pool_dedupes_and_respects_its_bound() {
             &layout,
             PoolConfig {
                 workers: 2,
-                retention: None,
                 scan_every: Duration::from_secs(3600),
                 throttle: Some(Duration::from_micros(1500)),
             },
@@ -365,7 +364,8 @@ fn trash_retention_purges_old_entries_and_gc_keeps_an_audit() {
     t.ok(&["create", "old"]);
     t.ok(&["create", "kept"]);
     t.ok(&["delete", "old"]);
-    let m = Mount::on(t, &["--trash-retention", "1s"]);
+    t.ok(&["retention", "1s"]);
+    let m = Mount::on(t, &[]);
     assert!(eventually(Duration::from_secs(10), || status(
         &m.store, "old"
     ) == "delete-complete"));
@@ -421,4 +421,48 @@ fn only_who_may_rmdir_in_trash_can_purge_with_rm() {
     assert!(eventually(Duration::from_secs(10), || status(
         &m.store, "v"
     ) == "delete-complete"));
+}
+
+/// The trash retention is the store's, not a mount's: a mount asked for a
+/// short one is refused (it used to purge the whole store's trash, everyone's
+/// restorable vfolders), and every mount follows the store-wide setting,
+/// changed while they run.
+#[test]
+fn trash_retention_is_store_wide_and_no_mount_can_shorten_it() {
+    let t = TempStore::new();
+    t.ok(&["create", "theirs"]);
+    t.ok(&["delete", "theirs"]);
+    let show: serde_json::Value = serde_json::from_str(&t.ok(&["retention", "--json"])).unwrap();
+    assert_eq!(show["seconds"], 30 * 86400);
+    assert!(t.show("theirs")["purge_after"].is_string());
+    let mnt = t.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for args in [
+        vec!["mount", mnt.to_str().unwrap(), "--trash-retention", "1s"],
+        vec!["mount", mnt.to_str().unwrap(), "-o", "trash_retention=1s"],
+    ] {
+        let o = t.cli(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?} was not refused");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("vfolderfs retention"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let m = Mount::on(t, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(&m.store, "theirs"), "delete-pending");
+    // Forever: nothing is purged by age, and show says so.
+    m.store.ok(&["retention", "forever"]);
+    assert!(m.store.show("theirs")["purge_after"].is_null());
+    // Set while mounted: the running mount's pool follows.
+    m.store.ok(&["retention", "1s"]);
+    assert!(eventually(Duration::from_secs(20), || status(
+        &m.store, "theirs"
+    ) == "delete-complete"));
+    assert!(
+        m.store
+            .fails(&["retention", "soon"])
+            .contains("bad retention")
+    );
 }

@@ -6,6 +6,7 @@ mod fsck;
 mod jobs;
 mod output;
 mod reference;
+mod retention;
 mod volume;
 
 use std::ffi::OsString;
@@ -247,6 +248,16 @@ pub enum Command {
         #[arg(long, default_value = "10m")]
         grace: String,
     },
+    /// Show or set the store-wide trash retention: how long a trashed
+    /// vfolder stays restorable before the mounts purge it (default 30d).
+    Retention {
+        /// A duration (30d, 12h, 90m) or `forever`; without it, show the
+        /// current setting.
+        value: Option<String>,
+        /// Print `{"trash_retention", "seconds"}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// List background jobs (purges, clones, relocations) and whether their
     /// owner lives; --resume runs those no live process holds.
     Jobs {
@@ -293,7 +304,8 @@ impl Command {
             | Command::Detach { json, .. }
             | Command::Sessions { json, .. }
             | Command::Fsck { json, .. }
-            | Command::Jobs { json, .. } => *json,
+            | Command::Jobs { json, .. }
+            | Command::Retention { json, .. } => *json,
             Command::Volume(
                 VolumeCmd::Add { json, .. }
                 | VolumeCmd::List { json }
@@ -332,9 +344,10 @@ pub struct MountCmd {
     /// How many vfolders the purge pool removes at once.
     #[arg(long, default_value_t = 2)]
     pub purge_workers: usize,
-    /// Purge trash entries older than this (e.g. 30d, 12h; 0 keeps them forever).
-    #[arg(long, default_value = "30d")]
-    pub trash_retention: String,
+    /// Refused: the trash retention is a store-wide setting
+    /// (`vfolderfs retention DURATION`), which every mount follows.
+    #[arg(long, hide = true)]
+    pub trash_retention: Option<String>,
     /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
     /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
     #[arg(short = 'o', value_name = "OPTS")]
@@ -927,6 +940,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             unreachable!("handled above")
         }
         Command::Jobs { json, resume } => return jobs::jobs_cmd(&cat, json, resume),
+        Command::Retention { value, json } => return retention::run(&cat, value, json),
     }
     Ok(0)
 }

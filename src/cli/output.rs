@@ -90,6 +90,14 @@ pub(super) fn vfolder_detail_json(cat: &Catalog, v: &VFolder) -> Result<Value, C
         .map(|(n, _)| n);
     let mut obj = vfolder_json(cat, v, tn);
     obj["opens"] = json!(cat.store().opens()?.get(&v.id).copied().unwrap_or(0));
+    if v.status.is_restorable() {
+        // When the store-wide retention purges it (null: kept forever).
+        obj["purge_after"] = json!(
+            cat.store()
+                .trash_retention()?
+                .map(|keep| fmt_time(v.status_changed_at + keep.as_millis() as i64))
+        );
+    }
     let atts = cat.store().attachments(Some(&v.id))?;
     obj["attachments"] = Value::Array(atts.iter().map(|a| attachment_json(cat, a)).collect());
     if let Some(j) = cat.store().job(&v.id)? {

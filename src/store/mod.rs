@@ -11,6 +11,9 @@ use crate::status::{Op, Status};
 
 pub use sqlite::SqliteStore;
 
+/// The trash retention of a store that never set one: 30 days.
+pub const DEFAULT_TRASH_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
 /// Milliseconds since the Unix epoch, as stored.
 pub type Millis = i64;
 
@@ -512,6 +515,12 @@ pub trait Store: Send + Sync {
     /// The store's id, recorded when it was made (`None` if the database
     /// has none): tells one store's database from another's.
     fn store_id(&self) -> Result<Option<String>>;
+    /// The store-wide trash retention: how long a trashed vfolder stays
+    /// restorable before every mount's pool purges it (`None`: forever). A
+    /// store that never set it has [`DEFAULT_TRASH_RETENTION`].
+    fn trash_retention(&self) -> Result<Option<std::time::Duration>>;
+    /// Sets the store-wide trash retention (`None`: keep trash forever).
+    fn set_trash_retention(&self, keep: Option<std::time::Duration>) -> Result<()>;
     /// A number that changes whenever any process commits a change to the store.
     fn change_token(&self) -> Result<u64>;
     /// The vfolders inserted or changed after `rev` (a [`Changes::rev`] from

@@ -318,6 +318,43 @@ impl Store for SqliteStore {
             .map_err(db("reading the store id"))
     }
 
+    fn trash_retention(&self) -> Result<Option<Duration>> {
+        // Stored in `store_info` as whole seconds, 0 for forever.
+        let v: Option<String> = self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT value FROM store_info WHERE key = 'trash_retention_secs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("reading the trash retention"))?;
+        match v {
+            None => Ok(Some(super::DEFAULT_TRASH_RETENTION)),
+            Some(v) => match v.parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+                Err(_) => Err(StoreError::Corrupt(format!(
+                    "the trash retention is {v:?}, not a number of seconds"
+                ))),
+            },
+        }
+    }
+
+    fn set_trash_retention(&self, keep: Option<Duration>) -> Result<()> {
+        let secs = keep.map_or(0, |d| d.as_secs().max(1));
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO store_info (key, value) VALUES ('trash_retention_secs', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [secs.to_string()],
+            )
+            .map_err(db("setting the trash retention"))?;
+        Ok(())
+    }
+
     fn change_token(&self) -> Result<u64> {
         let conn = self.conn.lock();
         let v: i64 = conn

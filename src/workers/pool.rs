@@ -62,8 +62,6 @@ impl Task {
 pub struct PoolConfig {
     /// How many jobs run at once.
     pub workers: usize,
-    /// Trash entries older than this are purged automatically (None: never).
-    pub retention: Option<Duration>,
     /// How often the store is scanned for work.
     pub scan_every: Duration,
     /// Pause after each removed or copied entry (testing aid; see
@@ -75,7 +73,6 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             workers: 2,
-            retention: Some(Duration::from_secs(30 * 86400)),
             scan_every: Duration::from_secs(1),
             throttle: purge::throttle_from_env(),
         }
@@ -252,11 +249,22 @@ pub fn retention_purge(cat: &Catalog, listed: &VFolder, keep: Duration, now: i64
 
 fn scan(cat: &Catalog, tx: &Sender<Task>, shared: &Shared, cfg: &PoolConfig) {
     while !shared.cancel.load(Ordering::Acquire) {
+        // The store-wide retention, read on every scan: a change by
+        // `vfolderfs retention` holds from the next second on every mount.
+        let retention = cat.store().trash_retention();
         match cat.store().list(ListFilter::Work) {
             Ok(all) => {
                 let now = crate::store::sqlite::now_millis();
+                let retention = match retention {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Unknown: purge nothing by age this time.
+                        warn!("reading the trash retention: {e}");
+                        None
+                    }
+                };
                 for v in all {
-                    let expired = match cfg.retention {
+                    let expired = match retention {
                         Some(keep) => match retention_purge(cat, &v, keep, now) {
                             Ok(e) => e,
                             Err(e) => {
