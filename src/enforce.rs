@@ -33,6 +33,13 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 /// before it says which did not (`--confirm-timeout`).
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest time between two renewals of a mount's lease, whatever the
+/// lease: a mount reads the list of live mounts before every renewal, and
+/// must learn of a new one within about a second (it caches names and
+/// attributes for an hour while alone, see [`crate::fs::caching`]), however
+/// rarely a long lease would need renewing.
+pub const MAX_RENEW_INTERVAL: Duration = Duration::from_millis(750);
+
 /// A mount's record in the store and its lease.
 pub struct MountLease {
     rec: MountRecord,
@@ -87,7 +94,8 @@ impl MountLease {
     }
 
     /// Confirms what `reg` has applied after a read of the store that began
-    /// at `began`, when it changed or a quarter of the lease has passed;
+    /// at `began`, when it changed or a quarter of the lease (at most
+    /// [`MAX_RENEW_INTERVAL`]) has passed;
     /// extends the mount's write deadline on success. `Ok(false)`: the
     /// lease had lapsed (the mount was stopped, or could not reach the
     /// store): reread everything, then [`Self::register`].
@@ -97,7 +105,7 @@ impl MountLease {
         if let Some((a, d, at)) = &self.last
             && *a == applied
             && *d == draining
-            && at.elapsed() < self.lease / 4
+            && at.elapsed() < (self.lease / 4).min(MAX_RENEW_INTERVAL)
         {
             return Ok(true);
         }
@@ -128,7 +136,9 @@ impl MountLease {
     /// live mount of the store has renewed its lease twice since (so has
     /// read the mount list, this mount in it, before its last renewal and
     /// caches names and attributes briefly from then on) or has let its
-    /// lease lapse. At most `limit`; returns the mounts still not seen then.
+    /// lease lapse. At most `limit`, but never less than three of the longest
+    /// renewal intervals (a short lease of this mount's own says nothing about
+    /// how often the others renew); returns the mounts still not seen then.
     pub fn wait_seen(
         &self,
         store: &dyn Store,
@@ -136,6 +146,7 @@ impl MountLease {
         limit: Duration,
     ) -> Result<Vec<String>> {
         use std::collections::HashMap;
+        let limit = limit.max(MAX_RENEW_INTERVAL * 3);
         let start = Instant::now();
         // id → (lease_until last seen, renewals seen since registering)
         let mut seen: HashMap<String, (i64, u32)> = HashMap::new();

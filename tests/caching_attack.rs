@@ -1,0 +1,88 @@
+//! Attacks on the kernel caching of names and attributes: ways a mount could
+//! keep showing, for longer than the documented 1 s bound, what another
+//! mount of the store changed — in particular a mode that no longer lets
+//! another user in.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Mount, TempStore, eventually, is_mounted};
+
+const BOB: u32 = 65533;
+
+/// Runs `script` as `uid` (no supplementary groups) in `dir`.
+fn as_user(uid: u32, dir: &Path, script: &str) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(["sh", "-c", script])
+        .current_dir(dir)
+        .output()
+        .expect("run setpriv")
+}
+
+/// A second mount of the test's store, unmounted (lazily if busy) on drop.
+struct OtherMount(PathBuf);
+
+impl OtherMount {
+    fn new(store: &TempStore, name: &str, extra: &[&str]) -> OtherMount {
+        let mnt = store.dir.path().join(name);
+        fs::create_dir_all(&mnt).unwrap();
+        let mut args = vec!["mount", mnt.to_str().unwrap(), "--allow-other"];
+        args.extend_from_slice(extra);
+        let o = store.cli(&args);
+        assert!(
+            o.status.success(),
+            "second mount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        OtherMount(mnt)
+    }
+}
+
+impl Drop for OtherMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0)
+            && !Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A mount whose lease is long (so it confirms its view rarely) still learns
+/// of a second mount soon: after the owner closes a directory through the
+/// second mount, another user can no longer reach a file in it through the
+/// first, whose kernel cached the directory's open mode for an hour.
+#[test]
+fn a_long_lease_mount_stops_trusting_its_cache_when_another_mount_appears() {
+    let t = TempStore::new();
+    let a = Mount::on(t, &["--allow-other", "-o", "lease=10m"]);
+    a.sh_ok("mkdir v && mkdir v/d && echo secret > v/d/f && chmod 755 v/d && chmod 644 v/d/f");
+    let va = a.p("v");
+    // Bob reads it through A: the directory's mode and the names are cached.
+    let o = as_user(BOB, &va, "cat d/f");
+    assert!(o.status.success(), "bob reads while open: {o:?}");
+    let b = OtherMount::new(&a.store, "mnt-b", &[]);
+    // The owner (root) closes the directory through B.
+    fs::set_permissions(
+        b.0.join("v/d"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let closed = eventually(Duration::from_secs(20), || {
+        !as_user(BOB, &va, "cat d/f").status.success()
+    });
+    assert!(
+        closed,
+        "bob still reads a file in a directory closed to him through another mount"
+    );
+}
