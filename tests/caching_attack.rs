@@ -86,3 +86,55 @@ fn a_long_lease_mount_stops_trusting_its_cache_when_another_mount_appears() {
         "bob still reads a file in a directory closed to him through another mount"
     );
 }
+
+/// Removes the watcher-hold file on drop, so the held mount can unmount.
+struct Hold(PathBuf);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A mount whose watcher cannot run (its store read hung) lets its lease
+/// lapse, and then another mount is not waited for it. What it cached for an
+/// hour while alone must not outlive the lapse: after the owner closes a
+/// directory through the other mount, another user can no longer reach a
+/// file in it through the held one.
+#[test]
+fn a_mount_that_cannot_renew_stops_trusting_its_cache_when_its_lease_lapses() {
+    let t = TempStore::new();
+    let hold = Hold(t.dir.path().join("hold-watcher"));
+    let a = Mount::on_env(
+        t,
+        &["--allow-other"],
+        &[("VFOLDERFS_TEST_WATCHER_HOLD", hold.0.to_str().unwrap())],
+    );
+    a.sh_ok("mkdir v && mkdir v/d && echo secret > v/d/f && chmod 755 v/d && chmod 644 v/d/f");
+    let va = a.p("v");
+    let o = as_user(BOB, &va, "cat d/f");
+    assert!(o.status.success(), "bob reads while open: {o:?}");
+    // A's watcher stops; once its lease lapsed it refuses writes.
+    fs::write(&hold.0, b"").unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || fs::write(a.p("v/probe"), b"x")
+            .is_err()),
+        "the held mount kept writing past its lease"
+    );
+    // Bob's names and modes are still cached on A (reads are served).
+    let o = as_user(BOB, &va, "cat d/f");
+    assert!(o.status.success(), "bob reads while open: {o:?}");
+    let b = OtherMount::new(&a.store, "mnt-b", &[]);
+    fs::set_permissions(
+        b.0.join("v/d"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let closed = eventually(Duration::from_secs(20), || {
+        !as_user(BOB, &va, "cat d/f").status.success()
+    });
+    assert!(
+        closed,
+        "bob still reads, through a mount that cannot renew, a file in a directory closed to him"
+    );
+}

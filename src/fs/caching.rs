@@ -26,6 +26,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fuser::{INodeNo, Notifier};
+
+use super::vfolders::Registry;
+
 /// How long names and attributes are cached while this mount is the only
 /// live mount of its store.
 pub const PRIVATE_TTL: Duration = Duration::from_secs(3600);
@@ -81,20 +85,31 @@ pub struct CacheConfig {
     pub negative: Ttl,
 }
 
-/// Whether other live mounts share this mount's store: read on every reply,
-/// written by the watcher.
+/// Whether replies must be brief: read on every reply. Another live mount
+/// shares this mount's store (written by the watcher), or this mount's lease
+/// lapsed (written by [`guard_lapse`]): then it cannot know whether one does.
 #[derive(Debug, Default)]
-pub struct Sharing(AtomicBool);
+pub struct Sharing {
+    others: AtomicBool,
+    lapsed: AtomicBool,
+}
 
 impl Sharing {
-    /// Whether another mount of the store is live.
+    /// Whether the kernel may cache only briefly now: another mount of the
+    /// store is live, or this mount's lease lapsed.
     pub fn shared(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.others.load(Ordering::Acquire) || self.lapsed.load(Ordering::Acquire)
     }
 
     /// Records whether another mount is live; returns whether that changed.
     pub fn set(&self, shared: bool) -> bool {
-        self.0.swap(shared, Ordering::AcqRel) != shared
+        self.others.swap(shared, Ordering::AcqRel) != shared
+    }
+
+    /// Records whether this mount's lease lapsed; returns whether that
+    /// changed.
+    pub fn set_lapsed(&self, lapsed: bool) -> bool {
+        self.lapsed.swap(lapsed, Ordering::AcqRel) != lapsed
     }
 }
 
@@ -149,6 +164,58 @@ pub fn inc_epoch(dev: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the kernel look every name up again ([`inc_epoch`]) and drop every
+/// inode's cached attributes (a tree changed behind the mount, another mount
+/// appeared, or this mount's lease lapsed).
+pub fn drop_kernel_cache(
+    reg: &Registry,
+    notifier: &Notifier,
+    dev: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    if let Err(e) = inc_epoch(dev) {
+        // Without it (kernels before 6.16) names cached before lapse by
+        // their timeout only: say so once.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| log::warn!("the kernel cannot drop all cached names at once ({e})"));
+    }
+    for ino in reg.known_nodes() {
+        // Attributes only (offset -1): the page cache stays.
+        match notifier.inval_inode(INodeNo(ino), -1, 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How often [`guard_lapse`] looks at the mount's lease.
+pub const LAPSE_POLL: Duration = Duration::from_millis(50);
+
+/// Until `stop`, from a thread of its own (the watcher may be the one that
+/// cannot run): when the mount's lease lapses, replies become brief and
+/// what the kernel cached is dropped. Other mounts stop waiting for a mount
+/// whose lease lapsed, so one may appear and change the tree unseen; what
+/// this mount cached for long while alone must not outlive the lapse. Once
+/// the lease is confirmed again the watcher's view of other mounts decides.
+pub fn guard_lapse(reg: &Registry, notifier: &Notifier, dev: BorrowedFd<'_>, stop: &AtomicBool) {
+    let mut was = false;
+    while !stop.load(Ordering::Acquire) {
+        let lapsed = reg.lease_lapsed();
+        if lapsed != was && reg.sharing().set_lapsed(lapsed) && lapsed {
+            // Brief replies first, then the drop: a reply cached in between
+            // is dropped too (race-free, see `inc_epoch`).
+            log::warn!(
+                "this mount's lease lapsed: dropping the kernel's cached names and attributes"
+            );
+            if let Err(e) = drop_kernel_cache(reg, notifier, dev) {
+                log::warn!("dropping the kernel's cache: {e}");
+            }
+        }
+        was = lapsed;
+        std::thread::sleep(LAPSE_POLL);
+    }
 }
 
 #[cfg(test)]
