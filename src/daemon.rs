@@ -506,6 +506,7 @@ fn serve_inner(
         .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
     let mut unmounter = session.unmount_callable();
     let stop = Arc::new(AtomicBool::new(false));
+    caching::probe_epoch(&reg, dev.as_fd());
     let lapse_guard = {
         let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
         let dev = dev

@@ -138,3 +138,35 @@ fn a_mount_that_cannot_renew_stops_trusting_its_cache_when_its_lease_lapses() {
         "bob still reads, through a mount that cannot renew, a file in a directory closed to him"
     );
 }
+
+/// On a kernel that cannot drop every cached name at once (before Linux
+/// 6.16; simulated by a test hook), names must not be cached for long: when
+/// a second mount appears, the first could drop attributes but not names.
+/// Moved out of a public directory into a private one through the second
+/// mount, a file must stop being reachable under its old name through the
+/// first.
+#[test]
+fn without_epoch_notifications_names_are_not_cached_for_long() {
+    let t = TempStore::new();
+    let a = Mount::on_env(
+        t,
+        &["--allow-other"],
+        &[("VFOLDERFS_TEST_NO_INC_EPOCH", "1")],
+    );
+    a.sh_ok(
+        "mkdir v v/pub v/priv && chmod 755 v/pub && chmod 700 v/priv \
+         && echo secret > v/pub/f && chmod 644 v/pub/f",
+    );
+    let va = a.p("v");
+    let o = as_user(BOB, &va, "cat pub/f");
+    assert!(o.status.success(), "bob reads while public: {o:?}");
+    let b = OtherMount::new(&a.store, "mnt-b", &[]);
+    fs::rename(b.0.join("v/pub/f"), b.0.join("v/priv/f")).unwrap();
+    let gone = eventually(Duration::from_secs(20), || {
+        !as_user(BOB, &va, "cat pub/f").status.success()
+    });
+    assert!(
+        gone,
+        "bob still reads, under its old public name, a file moved into a private directory"
+    );
+}

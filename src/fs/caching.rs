@@ -92,6 +92,8 @@ pub struct CacheConfig {
 pub struct Sharing {
     others: AtomicBool,
     lapsed: AtomicBool,
+    /// The kernel cannot drop every cached name at once ([`probe_epoch`]).
+    no_epoch: AtomicBool,
 }
 
 impl Sharing {
@@ -104,6 +106,17 @@ impl Sharing {
     /// Records whether another mount is live; returns whether that changed.
     pub fn set(&self, shared: bool) -> bool {
         self.others.swap(shared, Ordering::AcqRel) != shared
+    }
+
+    /// Whether names (and missing names) may be cached only briefly: replies
+    /// are brief, or the kernel could not drop cached names when they must go.
+    pub fn names_brief(&self) -> bool {
+        self.shared() || self.no_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records that the kernel cannot drop every cached name at once.
+    pub fn set_no_epoch(&self) {
+        self.no_epoch.store(true, Ordering::Release);
     }
 
     /// Records whether this mount's lease lapsed; returns whether that
@@ -126,7 +139,7 @@ impl CacheConfig {
 
     /// How long a name may be cached now.
     pub fn entry(&self, s: &Sharing) -> Duration {
-        self.entry.get(s.shared())
+        self.entry.get(s.names_brief())
     }
 
     /// How long attributes may be cached now.
@@ -136,7 +149,7 @@ impl CacheConfig {
 
     /// How long a missing name may be cached now.
     pub fn negative(&self, s: &Sharing) -> Duration {
-        self.negative.get(s.shared())
+        self.negative.get(s.names_brief())
     }
 
     /// Whether any timeout follows the mount's situation.
@@ -149,10 +162,17 @@ impl CacheConfig {
 /// kernel cached for the connection before it is looked up again.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 
+/// Test hook: while set, [`inc_epoch`] fails as on a kernel without
+/// `FUSE_NOTIFY_INC_EPOCH` (before Linux 6.16).
+pub const NO_INC_EPOCH_ENV: &str = "VFOLDERFS_TEST_NO_INC_EPOCH";
+
 /// Tells the kernel to drop every cached name of this connection
 /// (`FUSE_NOTIFY_INC_EPOCH`), through a descriptor of the connection's
 /// `/dev/fuse`. Fails (`EINVAL`) on kernels without it.
 pub fn inc_epoch(dev: BorrowedFd<'_>) -> std::io::Result<()> {
+    if std::env::var_os(NO_INC_EPOCH_ENV).is_some() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // struct fuse_out_header { u32 len; i32 error; u64 unique; }: a
     // notification has unique 0 and the notify code in `error`.
     let mut msg = [0u8; 16];
@@ -188,6 +208,22 @@ pub fn drop_kernel_cache(
         }
     }
     Ok(())
+}
+
+/// Asks the kernel, before the mount serves, whether it can drop every
+/// cached name at once ([`inc_epoch`]; nothing is cached yet, so this drops
+/// nothing). Without it (kernels before 6.16) a name cached for long could
+/// not be taken back when another mount appears or a lease lapses (only
+/// attributes can), so names and missing names are cached briefly
+/// ([`SHARED_TTL`]) even while the mount is alone; attributes stay long.
+pub fn probe_epoch(reg: &Registry, dev: BorrowedFd<'_>) {
+    if let Err(e) = inc_epoch(dev) {
+        reg.sharing().set_no_epoch();
+        log::info!(
+            "the kernel cannot drop all cached names at once ({e}): names are cached for {:?}",
+            SHARED_TTL
+        );
+    }
 }
 
 /// How often [`guard_lapse`] looks at the mount's lease.
