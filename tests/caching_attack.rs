@@ -170,3 +170,38 @@ fn without_epoch_notifications_names_are_not_cached_for_long() {
         "bob still reads, under its old public name, a file moved into a private directory"
     );
 }
+
+/// An ACL entry that let another user into a directory, removed by the
+/// owner through the same mount (which caches for an hour) or through
+/// another one, shuts that user out: the kernel's cached ACL goes with the
+/// attributes.
+#[test]
+fn a_removed_acl_entry_shuts_the_user_out_through_every_mount() {
+    let t = TempStore::new();
+    let a = Mount::on(t, &["--allow-other"]);
+    a.sh_ok(
+        "mkdir v v/d v/e && chmod 700 v/d v/e && echo s > v/d/f && echo s > v/e/f \
+         && chmod 644 v/d/f v/e/f && setfacl -m u:65533:rx v/d v/e",
+    );
+    let va = a.p("v");
+    for n in ["d", "e"] {
+        let o = as_user(BOB, &va, &format!("cat {n}/f"));
+        assert!(o.status.success(), "bob reads through the ACL: {o:?}");
+    }
+    // Through the same mount: at once.
+    a.sh_ok("setfacl -x u:65533 v/d");
+    let o = as_user(BOB, &va, "cat d/f");
+    assert!(!o.status.success(), "bob still reads after setfacl -x on A");
+    // Through another mount: within the brief timeout.
+    let b = OtherMount::new(&a.store, "mnt-b", &[]);
+    let o = Command::new("setfacl")
+        .args(["-x", "u:65533"])
+        .arg(b.0.join("v/e"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let closed = eventually(Duration::from_secs(20), || {
+        !as_user(BOB, &va, "cat e/f").status.success()
+    });
+    assert!(closed, "bob still reads after setfacl -x through B");
+}
