@@ -40,6 +40,14 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// rarely a long lease would need renewing.
 pub const MAX_RENEW_INTERVAL: Duration = Duration::from_millis(750);
 
+/// How many renewals of another live mount a new mount waits for before it
+/// serves ([`MountLease::wait_seen`]). A mount reads the mount list, renews,
+/// and only then drops what its kernel cached (the rest of its watcher's
+/// pass): the first renewal seen may follow a read made before the new mount
+/// registered, the second follows a read that saw it but may precede the
+/// drop, the third comes after that drop.
+pub const SEEN_RENEWALS: u32 = 3;
+
 /// A mount's record in the store and its lease.
 pub struct MountLease {
     rec: MountRecord,
@@ -133,10 +141,11 @@ impl MountLease {
     }
 
     /// After [`Self::register`], before serving: waits until every other
-    /// live mount of the store has renewed its lease twice since (so has
-    /// read the mount list, this mount in it, before its last renewal and
-    /// caches names and attributes briefly from then on) or has let its
-    /// lease lapse. At most `limit`, but never less than three of the longest
+    /// live mount of the store has renewed its lease [`SEEN_RENEWALS`] times
+    /// since (so has read the mount list, this mount in it, and dropped what
+    /// its kernel cached for long, and caches names and attributes briefly
+    /// from then on) or has let its lease lapse. At most `limit`, but never
+    /// less than four of the longest
     /// renewal intervals (a short lease of this mount's own says nothing about
     /// how often the others renew); returns the mounts still not seen then.
     pub fn wait_seen(
@@ -146,7 +155,7 @@ impl MountLease {
         limit: Duration,
     ) -> Result<Vec<String>> {
         use std::collections::HashMap;
-        let limit = limit.max(MAX_RENEW_INTERVAL * 3);
+        let limit = limit.max(MAX_RENEW_INTERVAL * (SEEN_RENEWALS + 1));
         let start = Instant::now();
         // id → (lease_until last seen, renewals seen since registering)
         let mut seen: HashMap<String, (i64, u32)> = HashMap::new();
@@ -161,7 +170,7 @@ impl MountLease {
                 if e.0 != m.lease_until {
                     *e = (m.lease_until, e.1 + 1);
                 }
-                if e.1 < 2 {
+                if e.1 < SEEN_RENEWALS {
                     waiting.push(format!("{} pid {} at {}", m.node, m.pid, m.mountpoint));
                 }
             }
@@ -247,4 +256,45 @@ pub fn confirm_latest(
 ) -> Result<()> {
     let rev = store.rev_of(id)?;
     wait_confirmed(store, id, name, rev, timeout, cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// A live mount that renewed only twice since a new mount registered
+    /// may not have dropped its kernel cache yet (it renews before it
+    /// drops): the new mount does not count it as seen.
+    #[test]
+    fn two_renewals_do_not_count_as_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        SqliteStore::create(&db).unwrap();
+        let store = SqliteStore::open(&db).unwrap();
+        // The other mount: a long lease, so it never lapses in this test.
+        let mut other = MountLease::new("other", Duration::from_secs(3600));
+        other.register(&store, &Registry::new()).unwrap();
+        let mut me = MountLease::new("me", DEFAULT_LEASE);
+        let reg = Registry::new();
+        me.register(&store, &reg).unwrap();
+        let id = other.id().to_string();
+        let renewer = std::thread::spawn(move || {
+            let store = SqliteStore::open(&db).unwrap();
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(400));
+                assert!(
+                    store
+                        .renew_mount(&id, 0, &[], Duration::from_secs(3600))
+                        .unwrap()
+                );
+            }
+        });
+        let unseen = me
+            .wait_seen(&store, &reg, Duration::from_millis(10))
+            .unwrap();
+        renewer.join().unwrap();
+        assert_eq!(unseen.len(), 1, "{unseen:?}");
+        assert!(reg.sharing().shared());
+    }
 }

@@ -15,7 +15,7 @@
 //!
 //! The switch is safe because a mount does not serve before every other live
 //! mount has taken it into account: a mount, once registered, waits until each
-//! other live mount has renewed its lease twice (or let it lapse), and the
+//! other live mount has renewed its lease three times (or let it lapse), and the
 //! watcher reads the mount list before every renewal ([`crate::enforce`]).
 //! When a mount sees another one appear it first makes new replies short-lived,
 //! then drops every name the kernel holds ([`inc_epoch`]) and every inode's
