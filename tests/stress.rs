@@ -74,22 +74,33 @@ fn io_under_flipping_statuses() {
     for n in names {
         m.sh_ok(&format!("mkdir {n} && echo start > {n}/log"));
     }
+    // A new vfolder shows on the other mount once its watcher applied it
+    // (creating one restricts nothing, so nothing waits for that).
+    for n in names {
+        let log = b.0.join(n).join("log");
+        assert!(
+            common::eventually(Duration::from_secs(20), || log.exists()),
+            "{n} never showed on the second mount"
+        );
+    }
     let _hogs = CpuHogs::start();
     let stop = Arc::new(AtomicBool::new(false));
-    // (vfolder, when the write began) of every write that succeeded.
-    let wrote: Arc<Mutex<Vec<(String, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    // (vfolder, when the write began, when it returned) of every write that
+    // succeeded.
+    let wrote: Arc<Mutex<Vec<(String, u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut threads = Vec::new();
     for n in names {
         for (k, root) in [(0, m.mnt.clone()), (1, m.mnt.clone()), (2, b.0.clone())] {
             let (stop, wrote, dir, refused) =
                 (stop.clone(), wrote.clone(), root.join(n), refused.clone());
+            // One handle held all along (opened here, before the flipper
+            // can delete the vfolder), one opened per write.
+            let mut held = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("log"))
+                .unwrap_or_else(|e| panic!("opening {}: {e}", dir.join("log").display()));
             threads.push(std::thread::spawn(move || {
-                // One handle held all along, one opened per write.
-                let mut held = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(dir.join("log"))
-                    .unwrap();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let t0 = now_us();
@@ -99,7 +110,8 @@ fn io_under_flipping_statuses() {
                         held.write_all(format!("{k} {i}\n").as_bytes()).is_ok()
                     };
                     if ok {
-                        wrote.lock().unwrap().push((n.to_string(), t0));
+                        let t1 = now_us();
+                        wrote.lock().unwrap().push((n.to_string(), t0, t1));
                     } else {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -158,11 +170,18 @@ fn io_under_flipping_statuses() {
     {
         let wrote = wrote.lock().unwrap();
         for (n, from, to) in &closed {
-            for (v, t0) in wrote.iter().filter(|w| &w.0 == n) {
+            // Begun after the delete returned and over before the restore
+            // began: it ran wholly while the vfolder was not writable. (One
+            // begun in the window but still running when the restore began
+            // may rightly succeed: under the CPU hogs its thread can be
+            // descheduled between its timestamp and the call.)
+            for (v, t0, t1) in wrote.iter().filter(|w| &w.0 == n) {
                 assert!(
-                    !(t0 > from && t0 < to),
-                    "a write to {v} began {} µs after the delete command returned, and succeeded",
-                    t0 - from
+                    !(t0 > from && t1 < to),
+                    "a write to {v} began {} µs after the delete command returned, and succeeded \
+                     {} µs before the restore began",
+                    t0 - from,
+                    to - t1
                 );
             }
         }
