@@ -148,8 +148,11 @@ impl MountLease {
     /// less than four of the longest
     /// renewal intervals (a short lease of this mount's own says nothing about
     /// how often the others renew); returns the mounts still not seen then.
+    /// Meanwhile this mount's own lease is kept in the store, and at the end
+    /// the store is read again and confirmed: the mount starts serving with a
+    /// full lease, however long it waited.
     pub fn wait_seen(
-        &self,
+        &mut self,
         store: &dyn Store,
         reg: &Registry,
         limit: Duration,
@@ -159,7 +162,17 @@ impl MountLease {
         let start = Instant::now();
         // id → (lease_until last seen, renewals seen since registering)
         let mut seen: HashMap<String, (i64, u32)> = HashMap::new();
-        loop {
+        let mut renewed = Instant::now();
+        let waiting = loop {
+            // Live meanwhile (what it records as applied is true); lapsed
+            // already (a starved host): recorded again.
+            if renewed.elapsed() >= (self.lease / 4).min(MAX_RENEW_INTERVAL) {
+                let (applied, draining) = (reg.applied_rev(), reg.poll_drains());
+                if !store.renew_mount(&self.rec.id, applied, &draining, self.lease)? {
+                    self.register(store, reg)?;
+                }
+                renewed = Instant::now();
+            }
             let (now, mounts) = store.mounts()?;
             let mut waiting = Vec::new();
             for m in mounts
@@ -180,10 +193,17 @@ impl MountLease {
                     .any(|m| m.id != self.rec.id && m.lease_until >= now),
             );
             if waiting.is_empty() || start.elapsed() >= limit {
-                return Ok(waiting);
+                break waiting;
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
+        // The view confirmed before the wait may be older than the lease
+        // by now: read and confirm again.
+        let began = crate::fs::vfolders::clock();
+        reg.refresh(store)?;
+        self.last = None;
+        self.confirm(store, reg, began)?;
+        Ok(waiting)
     }
 
     /// Forgets the mount (a clean unmount).

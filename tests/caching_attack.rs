@@ -205,3 +205,29 @@ fn a_removed_acl_entry_shuts_the_user_out_through_every_mount() {
     });
     assert!(closed, "bob still reads after setfacl -x through B");
 }
+
+/// A new mount waits until the other live mounts have seen it, which can
+/// take longer than its own lease: it must still start serving writes with a
+/// fresh lease, not a lapsed one. (Its watcher is held from the start, so
+/// only what the mount did before serving counts; the wait is at least two
+/// of the other mount's renewal intervals, 1.5 s, longer than this lease.)
+#[test]
+fn a_mount_that_waited_for_another_serves_writes_at_once() {
+    let t = TempStore::new();
+    let hold = Hold(t.dir.path().join("hold-watcher"));
+    fs::write(&hold.0, b"").unwrap();
+    let a = Mount::on(t, &[]);
+    a.sh_ok("mkdir v");
+    let mnt = a.store.dir.path().join("mnt-b");
+    fs::create_dir_all(&mnt).unwrap();
+    let o = a.store.cli_env(
+        &["mount", mnt.to_str().unwrap(), "-o", "lease=1400ms"],
+        &[("VFOLDERFS_TEST_WATCHER_HOLD", hold.0.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = OtherMount(mnt);
+    let r = fs::write(b.0.join("v/f"), b"x");
+    // Let the held watcher go before the guards unmount.
+    let _ = fs::remove_file(&hold.0);
+    r.expect("the new mount refused a write right after it was mounted");
+}
