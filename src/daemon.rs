@@ -40,31 +40,6 @@ pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// How often the watcher rereads every status even without a change signal
 /// (a safety net; changes are signalled by the store's change token).
 pub const FULL_REFRESH: Duration = Duration::from_secs(60);
-/// Makes the kernel look every name up again and drop every inode's cached
-/// attributes (a tree changed behind the mount, or another mount appeared).
-fn drop_kernel_cache(
-    reg: &Registry,
-    notifier: &Notifier,
-    dev: &std::os::fd::OwnedFd,
-) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    let r = caching::inc_epoch(dev.as_fd());
-    if let Err(e) = &r {
-        // Without it (kernels before 6.16) names cached before lapse by
-        // their timeout only: say so once.
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| warn!("the kernel cannot drop all cached names at once ({e})"));
-    }
-    for ino in reg.known_nodes() {
-        // Attributes only (offset -1): the page cache stays.
-        match notifier.inval_inode(INodeNo(ino), -1, 0) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// Test hook: while the file this names exists, the watcher does nothing, as
 /// if its process were stopped or its store read hung (the mount's lease
 /// then lapses and it must refuse writes); while `NAME.reread` exists, a
@@ -623,6 +598,17 @@ fn serve_inner(
         .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
     let mut unmounter = session.unmount_callable();
     let stop = Arc::new(AtomicBool::new(false));
+    caching::probe_epoch(&reg, dev.as_fd());
+    let lapse_guard = {
+        let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
+        let dev = dev
+            .try_clone()
+            .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+        thread::Builder::new()
+            .name("vfolderfs-lapse".into())
+            .spawn(move || caching::guard_lapse(&reg, &notifier, dev.as_fd(), &stop))
+            .map_err(|e| MountError::Io("starting the lease guard", e))?
+    };
     let watcher = {
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
         thread::Builder::new()
@@ -716,6 +702,7 @@ fn serve_inner(
     log::debug!("pool stopped in {:?}", t.elapsed());
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
+    let _ = lapse_guard.join();
     log::debug!("watcher stopped in {:?}", t.elapsed());
     let _ = janitor.join();
     log::debug!("janitor stopped in {:?}", t.elapsed());
@@ -930,7 +917,7 @@ fn watch(
             let r = match &inv {
                 Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
                 Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                Inval::All => drop_kernel_cache(reg, notifier, dev),
+                Inval::All => caching::drop_kernel_cache(reg, notifier, dev.as_fd()),
             };
             if let Err(e) = r
                 && e.raw_os_error() != Some(libc::ENOENT)

@@ -33,6 +33,21 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 /// before it says which did not (`--confirm-timeout`).
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest time between two renewals of a mount's lease, whatever the
+/// lease: a mount reads the list of live mounts before every renewal, and
+/// must learn of a new one within about a second (it caches names and
+/// attributes for an hour while alone, see [`crate::fs::caching`]), however
+/// rarely a long lease would need renewing.
+pub const MAX_RENEW_INTERVAL: Duration = Duration::from_millis(750);
+
+/// How many renewals of another live mount a new mount waits for before it
+/// serves ([`MountLease::wait_seen`]). A mount reads the mount list, renews,
+/// and only then drops what its kernel cached (the rest of its watcher's
+/// pass): the first renewal seen may follow a read made before the new mount
+/// registered, the second follows a read that saw it but may precede the
+/// drop, the third comes after that drop.
+pub const SEEN_RENEWALS: u32 = 3;
+
 /// A mount's record in the store and its lease.
 pub struct MountLease {
     rec: MountRecord,
@@ -87,7 +102,8 @@ impl MountLease {
     }
 
     /// Confirms what `reg` has applied after a read of the store that began
-    /// at `began`, when it changed or a quarter of the lease has passed;
+    /// at `began`, when it changed or a quarter of the lease (at most
+    /// [`MAX_RENEW_INTERVAL`]) has passed;
     /// extends the mount's write deadline on success. `Ok(false)`: the
     /// lease had lapsed (the mount was stopped, or could not reach the
     /// store): reread everything, then [`Self::register`].
@@ -97,7 +113,7 @@ impl MountLease {
         if let Some((a, d, at)) = &self.last
             && *a == applied
             && *d == draining
-            && at.elapsed() < self.lease / 4
+            && at.elapsed() < (self.lease / 4).min(MAX_RENEW_INTERVAL)
         {
             return Ok(true);
         }
@@ -125,21 +141,38 @@ impl MountLease {
     }
 
     /// After [`Self::register`], before serving: waits until every other
-    /// live mount of the store has renewed its lease twice since (so has
-    /// read the mount list, this mount in it, before its last renewal and
-    /// caches names and attributes briefly from then on) or has let its
-    /// lease lapse. At most `limit`; returns the mounts still not seen then.
+    /// live mount of the store has renewed its lease [`SEEN_RENEWALS`] times
+    /// since (so has read the mount list, this mount in it, and dropped what
+    /// its kernel cached for long, and caches names and attributes briefly
+    /// from then on) or has let its lease lapse. At most `limit`, but never
+    /// less than four of the longest
+    /// renewal intervals (a short lease of this mount's own says nothing about
+    /// how often the others renew); returns the mounts still not seen then.
+    /// Meanwhile this mount's own lease is kept in the store, and at the end
+    /// the store is read again and confirmed: the mount starts serving with a
+    /// full lease, however long it waited.
     pub fn wait_seen(
-        &self,
+        &mut self,
         store: &dyn Store,
         reg: &Registry,
         limit: Duration,
     ) -> Result<Vec<String>> {
         use std::collections::HashMap;
+        let limit = limit.max(MAX_RENEW_INTERVAL * (SEEN_RENEWALS + 1));
         let start = Instant::now();
         // id → (lease_until last seen, renewals seen since registering)
         let mut seen: HashMap<String, (i64, u32)> = HashMap::new();
-        loop {
+        let mut renewed = Instant::now();
+        let waiting = loop {
+            // Live meanwhile (what it records as applied is true); lapsed
+            // already (a starved host): recorded again.
+            if renewed.elapsed() >= (self.lease / 4).min(MAX_RENEW_INTERVAL) {
+                let (applied, draining) = (reg.applied_rev(), reg.poll_drains());
+                if !store.renew_mount(&self.rec.id, applied, &draining, self.lease)? {
+                    self.register(store, reg)?;
+                }
+                renewed = Instant::now();
+            }
             let (now, mounts) = store.mounts()?;
             let mut waiting = Vec::new();
             for m in mounts
@@ -150,7 +183,7 @@ impl MountLease {
                 if e.0 != m.lease_until {
                     *e = (m.lease_until, e.1 + 1);
                 }
-                if e.1 < 2 {
+                if e.1 < SEEN_RENEWALS {
                     waiting.push(format!("{} pid {} at {}", m.node, m.pid, m.mountpoint));
                 }
             }
@@ -160,10 +193,17 @@ impl MountLease {
                     .any(|m| m.id != self.rec.id && m.lease_until >= now),
             );
             if waiting.is_empty() || start.elapsed() >= limit {
-                return Ok(waiting);
+                break waiting;
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
+        // The view confirmed before the wait may be older than the lease
+        // by now: read and confirm again.
+        let began = crate::fs::vfolders::clock();
+        reg.refresh(store)?;
+        self.last = None;
+        self.confirm(store, reg, began)?;
+        Ok(waiting)
     }
 
     /// Forgets the mount (a clean unmount).
@@ -236,4 +276,45 @@ pub fn confirm_latest(
 ) -> Result<()> {
     let rev = store.rev_of(id)?;
     wait_confirmed(store, id, name, rev, timeout, cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// A live mount that renewed only twice since a new mount registered
+    /// may not have dropped its kernel cache yet (it renews before it
+    /// drops): the new mount does not count it as seen.
+    #[test]
+    fn two_renewals_do_not_count_as_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        SqliteStore::create(&db).unwrap();
+        let store = SqliteStore::open(&db).unwrap();
+        // The other mount: a long lease, so it never lapses in this test.
+        let mut other = MountLease::new("other", Duration::from_secs(3600));
+        other.register(&store, &Registry::new()).unwrap();
+        let mut me = MountLease::new("me", DEFAULT_LEASE);
+        let reg = Registry::new();
+        me.register(&store, &reg).unwrap();
+        let id = other.id().to_string();
+        let renewer = std::thread::spawn(move || {
+            let store = SqliteStore::open(&db).unwrap();
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(400));
+                assert!(
+                    store
+                        .renew_mount(&id, 0, &[], Duration::from_secs(3600))
+                        .unwrap()
+                );
+            }
+        });
+        let unseen = me
+            .wait_seen(&store, &reg, Duration::from_millis(10))
+            .unwrap();
+        renewer.join().unwrap();
+        assert_eq!(unseen.len(), 1, "{unseen:?}");
+        assert!(reg.sharing().shared());
+    }
 }

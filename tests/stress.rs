@@ -74,6 +74,15 @@ fn io_under_flipping_statuses() {
     for n in names {
         m.sh_ok(&format!("mkdir {n} && echo start > {n}/log"));
     }
+    // A new vfolder shows on the other mount once its watcher applied it
+    // (creating one restricts nothing, so nothing waits for that).
+    for n in names {
+        let log = b.0.join(n).join("log");
+        assert!(
+            common::eventually(Duration::from_secs(20), || log.exists()),
+            "{n} never showed on the second mount"
+        );
+    }
     let _hogs = CpuHogs::start();
     let stop = Arc::new(AtomicBool::new(false));
     // (vfolder, when the write began, when it returned) of every write that
@@ -85,12 +94,13 @@ fn io_under_flipping_statuses() {
         for (k, root) in [(0, m.mnt.clone()), (1, m.mnt.clone()), (2, b.0.clone())] {
             let (stop, wrote, dir, refused) =
                 (stop.clone(), wrote.clone(), root.join(n), refused.clone());
+            // One handle held all along (opened here, before the flipper
+            // can delete the vfolder), one opened per write.
+            let mut held = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("log"))
+                .unwrap_or_else(|e| panic!("opening {}: {e}", dir.join("log").display()));
             threads.push(std::thread::spawn(move || {
-                // One handle held all along, one opened per write.
-                let mut held = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(dir.join("log"))
-                    .unwrap();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let t0 = now_us();
@@ -100,7 +110,8 @@ fn io_under_flipping_statuses() {
                         held.write_all(format!("{k} {i}\n").as_bytes()).is_ok()
                     };
                     if ok {
-                        wrote.lock().unwrap().push((n.to_string(), t0, now_us()));
+                        let t1 = now_us();
+                        wrote.lock().unwrap().push((n.to_string(), t0, t1));
                     } else {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -159,15 +170,18 @@ fn io_under_flipping_statuses() {
     {
         let wrote = wrote.lock().unwrap();
         for (n, from, to) in &closed {
-            // A write that began after the delete returned and was done
-            // before the restore began ran wholly in the trashed window. (One
-            // that began in it but was held up past the restore's start may
-            // legitimately succeed once the vfolder is ready again.)
+            // Begun after the delete returned and over before the restore
+            // began: it ran wholly while the vfolder was not writable. (One
+            // begun in the window but still running when the restore began
+            // may rightly succeed: under the CPU hogs its thread can be
+            // descheduled between its timestamp and the call.)
             for (v, t0, t1) in wrote.iter().filter(|w| &w.0 == n) {
                 assert!(
                     !(t0 > from && t1 < to),
-                    "a write to {v} began {} µs after the delete command returned, and succeeded",
-                    t0 - from
+                    "a write to {v} began {} µs after the delete command returned, and succeeded \
+                     {} µs before the restore began",
+                    t0 - from,
+                    to - t1
                 );
             }
         }

@@ -15,7 +15,7 @@
 //!
 //! The switch is safe because a mount does not serve before every other live
 //! mount has taken it into account: a mount, once registered, waits until each
-//! other live mount has renewed its lease twice (or let it lapse), and the
+//! other live mount has renewed its lease three times (or let it lapse), and the
 //! watcher reads the mount list before every renewal ([`crate::enforce`]).
 //! When a mount sees another one appear it first makes new replies short-lived,
 //! then drops every name the kernel holds ([`inc_epoch`]) and every inode's
@@ -25,6 +25,10 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use fuser::{INodeNo, Notifier};
+
+use super::vfolders::Registry;
 
 /// How long names and attributes are cached while this mount is the only
 /// live mount of its store.
@@ -81,20 +85,44 @@ pub struct CacheConfig {
     pub negative: Ttl,
 }
 
-/// Whether other live mounts share this mount's store: read on every reply,
-/// written by the watcher.
+/// Whether replies must be brief: read on every reply. Another live mount
+/// shares this mount's store (written by the watcher), or this mount's lease
+/// lapsed (written by [`guard_lapse`]): then it cannot know whether one does.
 #[derive(Debug, Default)]
-pub struct Sharing(AtomicBool);
+pub struct Sharing {
+    others: AtomicBool,
+    lapsed: AtomicBool,
+    /// The kernel cannot drop every cached name at once ([`probe_epoch`]).
+    no_epoch: AtomicBool,
+}
 
 impl Sharing {
-    /// Whether another mount of the store is live.
+    /// Whether the kernel may cache only briefly now: another mount of the
+    /// store is live, or this mount's lease lapsed.
     pub fn shared(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.others.load(Ordering::Acquire) || self.lapsed.load(Ordering::Acquire)
     }
 
     /// Records whether another mount is live; returns whether that changed.
     pub fn set(&self, shared: bool) -> bool {
-        self.0.swap(shared, Ordering::AcqRel) != shared
+        self.others.swap(shared, Ordering::AcqRel) != shared
+    }
+
+    /// Whether names (and missing names) may be cached only briefly: replies
+    /// are brief, or the kernel could not drop cached names when they must go.
+    pub fn names_brief(&self) -> bool {
+        self.shared() || self.no_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records that the kernel cannot drop every cached name at once.
+    pub fn set_no_epoch(&self) {
+        self.no_epoch.store(true, Ordering::Release);
+    }
+
+    /// Records whether this mount's lease lapsed; returns whether that
+    /// changed.
+    pub fn set_lapsed(&self, lapsed: bool) -> bool {
+        self.lapsed.swap(lapsed, Ordering::AcqRel) != lapsed
     }
 }
 
@@ -111,7 +139,7 @@ impl CacheConfig {
 
     /// How long a name may be cached now.
     pub fn entry(&self, s: &Sharing) -> Duration {
-        self.entry.get(s.shared())
+        self.entry.get(s.names_brief())
     }
 
     /// How long attributes may be cached now.
@@ -121,7 +149,7 @@ impl CacheConfig {
 
     /// How long a missing name may be cached now.
     pub fn negative(&self, s: &Sharing) -> Duration {
-        self.negative.get(s.shared())
+        self.negative.get(s.names_brief())
     }
 
     /// Whether any timeout follows the mount's situation.
@@ -134,10 +162,17 @@ impl CacheConfig {
 /// kernel cached for the connection before it is looked up again.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 
+/// Test hook: while set, [`inc_epoch`] fails as on a kernel without
+/// `FUSE_NOTIFY_INC_EPOCH` (before Linux 6.16).
+pub const NO_INC_EPOCH_ENV: &str = "VFOLDERFS_TEST_NO_INC_EPOCH";
+
 /// Tells the kernel to drop every cached name of this connection
 /// (`FUSE_NOTIFY_INC_EPOCH`), through a descriptor of the connection's
 /// `/dev/fuse`. Fails (`EINVAL`) on kernels without it.
 pub fn inc_epoch(dev: BorrowedFd<'_>) -> std::io::Result<()> {
+    if std::env::var_os(NO_INC_EPOCH_ENV).is_some() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // struct fuse_out_header { u32 len; i32 error; u64 unique; }: a
     // notification has unique 0 and the notify code in `error`.
     let mut msg = [0u8; 16];
@@ -149,6 +184,74 @@ pub fn inc_epoch(dev: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the kernel look every name up again ([`inc_epoch`]) and drop every
+/// inode's cached attributes (a tree changed behind the mount, another mount
+/// appeared, or this mount's lease lapsed).
+pub fn drop_kernel_cache(
+    reg: &Registry,
+    notifier: &Notifier,
+    dev: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    if let Err(e) = inc_epoch(dev) {
+        // Without it (kernels before 6.16) names cached before lapse by
+        // their timeout only: say so once.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| log::warn!("the kernel cannot drop all cached names at once ({e})"));
+    }
+    for ino in reg.known_nodes() {
+        // Attributes only (offset -1): the page cache stays.
+        match notifier.inval_inode(INodeNo(ino), -1, 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Asks the kernel, before the mount serves, whether it can drop every
+/// cached name at once ([`inc_epoch`]; nothing is cached yet, so this drops
+/// nothing). Without it (kernels before 6.16) a name cached for long could
+/// not be taken back when another mount appears or a lease lapses (only
+/// attributes can), so names and missing names are cached briefly
+/// ([`SHARED_TTL`]) even while the mount is alone; attributes stay long.
+pub fn probe_epoch(reg: &Registry, dev: BorrowedFd<'_>) {
+    if let Err(e) = inc_epoch(dev) {
+        reg.sharing().set_no_epoch();
+        log::info!(
+            "the kernel cannot drop all cached names at once ({e}): names are cached for {:?}",
+            SHARED_TTL
+        );
+    }
+}
+
+/// How often [`guard_lapse`] looks at the mount's lease.
+pub const LAPSE_POLL: Duration = Duration::from_millis(50);
+
+/// Until `stop`, from a thread of its own (the watcher may be the one that
+/// cannot run): when the mount's lease lapses, replies become brief and
+/// what the kernel cached is dropped. Other mounts stop waiting for a mount
+/// whose lease lapsed, so one may appear and change the tree unseen; what
+/// this mount cached for long while alone must not outlive the lapse. Once
+/// the lease is confirmed again the watcher's view of other mounts decides.
+pub fn guard_lapse(reg: &Registry, notifier: &Notifier, dev: BorrowedFd<'_>, stop: &AtomicBool) {
+    let mut was = false;
+    while !stop.load(Ordering::Acquire) {
+        let lapsed = reg.lease_lapsed();
+        if lapsed != was && reg.sharing().set_lapsed(lapsed) && lapsed {
+            // Brief replies first, then the drop: a reply cached in between
+            // is dropped too (race-free, see `inc_epoch`).
+            log::warn!(
+                "this mount's lease lapsed: dropping the kernel's cached names and attributes"
+            );
+            if let Err(e) = drop_kernel_cache(reg, notifier, dev) {
+                log::warn!("dropping the kernel's cache: {e}");
+            }
+        }
+        was = lapsed;
+        std::thread::sleep(LAPSE_POLL);
+    }
 }
 
 #[cfg(test)]

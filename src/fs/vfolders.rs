@@ -385,6 +385,12 @@ impl Registry {
         self.health.may_write()
     }
 
+    /// Whether the mount's lease lapsed: it has not confirmed its view of the
+    /// store in time (other mounts no longer wait for it).
+    pub fn lease_lapsed(&self) -> bool {
+        clock() >= self.health.deadline.load(Ordering::Acquire)
+    }
+
     /// Lets writes be served until `deadline` ([`clock`] nanoseconds): the
     /// lease a confirmation of the store's view bought.
     pub fn set_deadline(&self, deadline: u64) {
