@@ -918,6 +918,7 @@ fn watch(
                 Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
                 Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
                 Inval::All => caching::drop_kernel_cache(reg, notifier, dev.as_fd()),
+                Inval::Names => caching::drop_names(dev.as_fd()),
             };
             if let Err(e) = r
                 && e.raw_os_error() != Some(libc::ENOENT)

@@ -210,6 +210,17 @@ pub fn drop_kernel_cache(
     Ok(())
 }
 
+/// Makes the kernel look every name up again (not attributes: a name looked
+/// up again brings them fresh). One notification however many inodes the
+/// kernel holds; on kernels without it, names are cached briefly anyway
+/// ([`probe_epoch`]).
+pub fn drop_names(dev: BorrowedFd<'_>) -> std::io::Result<()> {
+    match inc_epoch(dev) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        r => r,
+    }
+}
+
 /// Asks the kernel, before the mount serves, whether it can drop every
 /// cached name at once ([`inc_epoch`]; nothing is cached yet, so this drops
 /// nothing). Without it (kernels before 6.16) a name cached for long could

@@ -184,10 +184,14 @@ pub enum Inval {
     Entry(u64, String),
     /// An inode's attributes.
     Inode(u64),
-    /// Every name the kernel cached, and every inode's attributes: a tree
-    /// changed behind the mount (a relocation's new copy, a clone's end) or
-    /// another mount appeared (see [`crate::fs::caching`]).
+    /// Every name the kernel cached, and every inode's attributes: another
+    /// mount appeared, or this mount's lease lapsed (see
+    /// [`crate::fs::caching`]).
     All,
+    /// Every name the kernel cached (one notification, however many inodes):
+    /// a tree changed behind the mount (a relocation's new copy, a clone's
+    /// end); its names are looked up again, which brings fresh attributes.
+    Names,
 }
 
 /// What the kernel may have cached about a vfolder: its root name, trash
@@ -614,7 +618,7 @@ impl Registry {
         // flight is stamped with the old epoch).
         behind |= st.status() == Status::Cloning && v.status != Status::Cloning;
         if behind {
-            self.pending.lock().push(Inval::All);
+            self.pending.lock().push(Inval::Names);
         }
         if st.set_status(v.status) && !st.is_drained() {
             self.draining.lock().insert(v.id.clone(), st.clone());
