@@ -274,7 +274,26 @@ struct Shard {
 }
 
 /// The table. Sharded by node id so that parallel requests rarely contend.
+///
+/// LOCK ORDER (a lock may be taken while holding the ones before it, never
+/// the other way round):
+///
+/// 1. `by_key` — the (dev, ino) → node id map. Held across a whole lookup
+///    insertion and a whole forget, so that two lookups of one inode agree on
+///    its node id and a forget cannot race an insertion of the same key.
+/// 2. a shard (`shards[nodeid % SHARDS]`) — at most one at a time.
+/// 3. `mounts` (the mount-fd map) and the [`DirFds`] cache — leaves: nothing
+///    is locked while holding them.
+///
+/// Invariants (checked by [`InodeTable::check`], run in debug builds every
+/// [`CHECK_EVERY`] forgets, and by the tests):
+/// - every `by_key` value names a live entry whose own key is that key;
+/// - every live entry has `nlookup > 0` (the kernel holds it), and its node
+///   id is unique across shards;
+/// - `nlookup` changes only under `by_key` (insertion, forget), except the
+///   increment of a found entry, which also holds `by_key`.
 pub struct InodeTable {
+    /// Entries by node id. GUARDED_BY its own mutex; see the lock order.
     shards: Vec<Mutex<Shard>>,
     /// One fd per mount seen, for `open_by_handle_at`; `None` for a mount
     /// where reopening by handle does not work (inodes there keep an fd).
@@ -282,10 +301,17 @@ pub struct InodeTable {
     /// Directories' fds while they are used.
     dir_fds: Arc<DirFds>,
     /// (dev, ino) → node id; one lock so that lookups of one inode agree.
+    /// Taken first (see the lock order).
     by_key: Mutex<HashMap<(u64, u64), u64>>,
     next_high: AtomicU64,
     main_dev: u64,
+    /// Forgets since start (debug builds check the invariants every
+    /// [`CHECK_EVERY`]).
+    forgets: AtomicU64,
 }
+
+/// How many forgets pass between two invariant checks in debug builds.
+pub const CHECK_EVERY: u64 = 256;
 
 impl InodeTable {
     /// An empty table; `main_dev` is the data directory's device, whose
@@ -299,7 +325,38 @@ impl InodeTable {
             by_key: Mutex::new(HashMap::new()),
             next_high: AtomicU64::new(HIGH_RANGE),
             main_dev,
+            forgets: AtomicU64::new(0),
         }
+    }
+
+    /// Checks the table's invariants (see the type's documentation); the
+    /// first one broken, in words. Takes every lock in the documented order.
+    pub fn check(&self) -> Result<(), String> {
+        let keys = self.by_key.lock();
+        let mut seen = std::collections::HashSet::new();
+        for (i, sh) in self.shards.iter().enumerate() {
+            let sh = sh.lock();
+            for (nid, ino) in &sh.by_id {
+                if (*nid as usize) % SHARDS != i || ino.nodeid != *nid {
+                    return Err(format!("node {nid} filed in shard {i}"));
+                }
+                if !seen.insert(*nid) {
+                    return Err(format!("node {nid} twice"));
+                }
+                if ino.nlookup.load(Ordering::Acquire) == 0 {
+                    return Err(format!("node {nid} kept with no lookup"));
+                }
+            }
+        }
+        for (key, nid) in keys.iter() {
+            let Some(ino) = self.shard(*nid).lock().by_id.get(nid).cloned() else {
+                return Err(format!("key {key:?} names node {nid}, which is gone"));
+            };
+            if ino.key != *key {
+                return Err(format!("key {key:?} names node {nid} of key {:?}", ino.key));
+            }
+        }
+        Ok(())
     }
 
     fn shard(&self, nodeid: u64) -> &Mutex<Shard> {
@@ -449,6 +506,16 @@ impl InodeTable {
 
     /// The kernel dropped `n` lookups of `nodeid`.
     pub fn forget(&self, nodeid: u64, n: u64) {
+        self.forget_one(nodeid, n);
+        if cfg!(debug_assertions)
+            && self.forgets.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1
+            && let Err(e) = self.check()
+        {
+            panic!("inode table invariant broken: {e}");
+        }
+    }
+
+    fn forget_one(&self, nodeid: u64, n: u64) {
         let mut keys = self.by_key.lock();
         let mut shard = self.shard(nodeid).lock();
         let Some(ino) = shard.by_id.get(&nodeid) else {
@@ -481,6 +548,40 @@ mod tests {
 
     fn fd() -> Arc<OwnedFd> {
         Arc::new(std::fs::File::open("/").unwrap().into())
+    }
+
+    #[test]
+    fn the_invariant_check_passes_on_lookups_and_forgets_and_catches_a_dangling_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let dfd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let st = sys::fstat(dfd.as_fd()).unwrap();
+        let t = InodeTable::new(st.st_dev, 64);
+        let vf = crate::fs::vfolders::VfState::for_test("v");
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, b"x").unwrap();
+            let f: OwnedFd = std::fs::File::open(&p).unwrap().into();
+            let fst = sys::fstat(f.as_fd()).unwrap();
+            // Looked up twice: one entry, two lookups.
+            let a = t.insert_lookup(f, &fst, &vf, Some(dfd.as_fd()), 0);
+            let g: OwnedFd = std::fs::File::open(&p).unwrap().into();
+            let b = t.insert_lookup(g, &fst, &vf, Some(dfd.as_fd()), 0);
+            assert_eq!(a.nodeid, b.nodeid);
+            ids.push(a.nodeid);
+        }
+        assert_eq!(t.check(), Ok(()));
+        for id in &ids[..10] {
+            t.forget(*id, 2);
+        }
+        for id in &ids[10..] {
+            t.forget(*id, 1);
+        }
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!(t.node_ids().len(), 10);
+        // A key naming an entry that is gone is caught.
+        t.by_key.lock().insert((st.st_dev, u64::MAX - 1), ids[0]);
+        assert!(t.check().unwrap_err().contains("gone"));
     }
 
     #[test]

@@ -87,6 +87,17 @@ impl crate::catalog::HasId for Arc<VfState> {
 }
 
 impl VfState {
+    /// A state for unit tests of the tables that point at one.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str) -> Arc<VfState> {
+        Arc::new(VfState::new(
+            id,
+            Status::Ready,
+            "default",
+            Arc::new(Health::new()),
+        ))
+    }
+
     fn new(id: &str, status: Status, volume: &str, health: Arc<Health>) -> VfState {
         VfState {
             id: id.to_string(),
