@@ -181,6 +181,7 @@ impl FromStr for Status {
 /// An operation that changes a vfolder's status; the transition table maps
 /// each to the statuses it may start from and the status it leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Op {
     /// Move a live vfolder to the trash.
     Delete,
@@ -220,36 +221,19 @@ impl Op {
         Op::RelocateEnd,
     ];
 
+    /// This operation's row of [`TRANSITIONS`].
+    pub const fn row(self) -> &'static Transition {
+        &TRANSITIONS[self as usize]
+    }
+
     /// The transition table: the statuses this operation may start from.
     pub const fn from_statuses(self) -> &'static [Status] {
-        match self {
-            Op::Delete => &[Status::Ready],
-            Op::Restore => &[Status::DeletePending],
-            Op::Purge => &[Status::DeletePending, Status::DeleteError],
-            Op::PurgeDone => &[Status::DeleteOngoing],
-            Op::PurgeFailed => &[Status::DeleteOngoing],
-            Op::CloneStart => &[Status::Ready],
-            Op::CloneEnd => &[Status::Cloning],
-            Op::CloneAbort => &[Status::Cloning],
-            Op::RelocateStart => &[Status::Ready],
-            Op::RelocateEnd => &[Status::Performing],
-        }
+        self.row().from
     }
 
     /// The transition table: the status this operation leads to.
     pub const fn to_status(self) -> Status {
-        match self {
-            Op::Delete => Status::DeletePending,
-            Op::Restore => Status::Ready,
-            Op::Purge => Status::DeleteOngoing,
-            Op::PurgeDone => Status::DeleteComplete,
-            Op::PurgeFailed => Status::DeleteError,
-            Op::CloneStart => Status::Cloning,
-            Op::CloneEnd => Status::Ready,
-            Op::CloneAbort => Status::DeleteOngoing,
-            Op::RelocateStart => Status::Performing,
-            Op::RelocateEnd => Status::Ready,
-        }
+        self.row().to
     }
 
     /// Whether the table allows this operation from `status`.
@@ -268,7 +252,7 @@ impl Op {
     /// Whether a vfolder attached to a session must refuse this operation
     /// (deleting, purging or relocating data a container is using).
     pub const fn blocked_by_attachments(self) -> bool {
-        matches!(self, Op::Delete | Op::Purge | Op::RelocateStart)
+        self.row().blocked_by_attachments
     }
 
     /// Whether the vfolder's name must be free among live vfolders afterwards
@@ -279,20 +263,63 @@ impl Op {
 
     /// A short verb for messages ("cannot delete vfolder ...").
     pub const fn verb(self) -> &'static str {
-        match self {
-            Op::Delete => "delete",
-            Op::Restore => "restore",
-            Op::Purge => "purge",
-            Op::PurgeDone => "complete the purge of",
-            Op::PurgeFailed => "record a purge failure of",
-            Op::CloneStart => "clone",
-            Op::CloneEnd => "finish the clone of",
-            Op::CloneAbort => "abort the clone into",
-            Op::RelocateStart => "relocate",
-            Op::RelocateEnd => "finish the relocation of",
-        }
+        self.row().verb
     }
 }
+
+/// One row of the transition table: an operation, the statuses it may start
+/// from, the status it leads to, its verb in messages, and whether an
+/// attached session blocks it.
+#[derive(Debug)]
+pub struct Transition {
+    /// The operation (its row is `TRANSITIONS[op as usize]`).
+    pub op: Op,
+    /// The statuses it may start from.
+    pub from: &'static [Status],
+    /// The status it leads to.
+    pub to: Status,
+    /// A short verb for messages ("cannot delete vfolder ...").
+    pub verb: &'static str,
+    /// Whether a vfolder attached to a session refuses it (deleting,
+    /// purging or relocating data a container is using).
+    pub blocked_by_attachments: bool,
+}
+
+const fn t(
+    op: Op,
+    from: &'static [Status],
+    to: Status,
+    verb: &'static str,
+    blocked_by_attachments: bool,
+) -> Transition {
+    Transition {
+        op,
+        from,
+        to,
+        verb,
+        blocked_by_attachments,
+    }
+}
+
+/// The transition table, one row per operation in [`Op`] order: every
+/// status change of every vfolder is one of these.
+#[rustfmt::skip]
+pub static TRANSITIONS: [Transition; 10] = {
+    use Status::*;
+    //  operation          from                          to              verb                          attached blocks
+    [
+        t(Op::Delete,        &[Ready],                     DeletePending,  "delete",                     true),
+        t(Op::Restore,       &[DeletePending],             Ready,          "restore",                    false),
+        t(Op::Purge,         &[DeletePending, DeleteError], DeleteOngoing, "purge",                      true),
+        t(Op::PurgeDone,     &[DeleteOngoing],             DeleteComplete, "complete the purge of",      false),
+        t(Op::PurgeFailed,   &[DeleteOngoing],             DeleteError,    "record a purge failure of",  false),
+        t(Op::CloneStart,    &[Ready],                     Cloning,        "clone",                      false),
+        t(Op::CloneEnd,      &[Cloning],                   Ready,          "finish the clone of",        false),
+        t(Op::CloneAbort,    &[Cloning],                   DeleteOngoing,  "abort the clone into",       false),
+        t(Op::RelocateStart, &[Ready],                     Performing,     "relocate",                   true),
+        t(Op::RelocateEnd,   &[Performing],                Ready,          "finish the relocation of",   false),
+    ]
+};
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -345,6 +372,16 @@ mod tests {
             .filter(|s| s.is_mountable_read_only())
             .collect();
         assert_eq!(ro, [Status::Ready, Status::Cloning]);
+    }
+
+    #[test]
+    fn the_table_has_one_row_per_operation_in_order() {
+        assert_eq!(TRANSITIONS.len(), Op::ALL.len());
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op as usize, i);
+            assert_eq!(TRANSITIONS[i].op, op);
+            assert!(!TRANSITIONS[i].from.is_empty());
+        }
     }
 
     #[test]
