@@ -473,6 +473,11 @@ fn wait_and_cancel_reach_jobs_of_a_mounts_pool() {
     let pid = t.show("p")["id"].as_str().unwrap().to_string();
     fill(&path_of(&t, "p"), 150);
     t.ok(&["delete", "p"]);
+    t.ok(&["create", "q"]);
+    let qid = t.show("q")["id"].as_str().unwrap().to_string();
+    let qdir = path_of(&t, "q");
+    fill(&qdir, 400);
+    t.ok(&["delete", "q"]);
     let m = common::Mount::on_env(t, &[], &[(THROTTLE, "20000")]);
     let t = &m.store;
     // A purge run by the pool: wait follows it to its end.
@@ -508,4 +513,18 @@ fn wait_and_cancel_reach_jobs_of_a_mounts_pool() {
     }));
     assert!(!m.p("dst").exists());
     fsck_clean(t);
+    // A purge the pool runs, cancelled: it stops, and the pool (which scans
+    // every second) does not take it up again by itself.
+    t.ok(&["purge", &qid, "--no-wait"]);
+    until_running(t, "q");
+    t.ok(&["cancel", &qid]);
+    assert_eq!(job_row(t, "q").unwrap()["state"], "cancelled");
+    let left = fs::read_dir(qdir.join("d")).unwrap().count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(t, &qid), "delete-ongoing");
+    assert_eq!(fs::read_dir(qdir.join("d")).unwrap().count(), left);
+    fsck_clean(t);
+    // Resumed explicitly, here.
+    t.ok(&["purge", &qid]);
+    assert_eq!(status(t, &qid), "delete-complete");
 }
