@@ -528,3 +528,62 @@ fn wait_and_cancel_reach_jobs_of_a_mounts_pool() {
     t.ok(&["purge", &qid]);
     assert_eq!(status(t, &qid), "delete-complete");
 }
+
+/// The store contract the CLI relies on (and another backend must keep):
+/// progress, totals and a cancellation request belong to one job row and
+/// go with it; only the owner records totals; a request needs a job.
+#[test]
+fn job_progress_and_cancel_go_with_their_job_row() {
+    use vfolderfs::catalog::Catalog;
+    use vfolderfs::layout::Layout;
+    use vfolderfs::store::Store;
+    let t = TempStore::new();
+    t.ok(&["create", "v"]);
+    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let store: &dyn Store = cat.store().as_ref();
+    let id = t.show("v")["id"].as_str().unwrap().to_string();
+    let alive = |_: &str| false;
+    let lease = Duration::from_secs(60);
+    assert!(!store.set_job_cancel(&id, Some("x")).unwrap(), "no job yet");
+    store
+        .claim_job(&id, "purge", "A", lease, &alive)
+        .unwrap()
+        .unwrap();
+    assert!(store.renew_job(&id, "A", lease, 5, 500).unwrap());
+    assert!(
+        !store.set_job_totals(&id, "B", 9, 900).unwrap(),
+        "not B's job"
+    );
+    assert!(store.set_job_totals(&id, "A", 10, 1000).unwrap());
+    assert!(store.set_job_cancel(&id, Some("someone")).unwrap());
+    let j = store.job(&id).unwrap().unwrap();
+    assert_eq!((j.done, j.bytes, j.total), (5, 500, Some((10, 1000))));
+    assert_eq!(j.cancel.as_deref(), Some("someone"));
+    // Released (not finished): all kept, for the next owner and for `jobs`.
+    store.release_job(&id, "A", false).unwrap();
+    let j = store.job(&id).unwrap().unwrap();
+    assert_eq!(j.cancel.as_deref(), Some("someone"));
+    // Withdrawn by an explicit resume.
+    assert!(store.set_job_cancel(&id, None).unwrap());
+    assert_eq!(store.job(&id).unwrap().unwrap().cancel, None);
+    // Finished: the next job on the vfolder starts clean.
+    store.set_job_cancel(&id, Some("someone")).unwrap();
+    store
+        .claim_job(&id, "purge", "A", lease, &alive)
+        .unwrap()
+        .unwrap();
+    store.release_job(&id, "A", true).unwrap();
+    store
+        .claim_job(&id, "clone", "C", lease, &alive)
+        .unwrap()
+        .unwrap();
+    let j = store.job(&id).unwrap().unwrap();
+    assert_eq!((j.bytes, j.total, j.cancel), (0, None, None));
+    // Sizes: recorded, replaced, per vfolder.
+    store.record_size(&id, 10, 2).unwrap();
+    store.record_size(&id, 20, 3).unwrap();
+    store.record_size("no-such-vfolder", 1, 1).unwrap();
+    let sizes = store.sizes().unwrap();
+    assert_eq!(sizes.len(), 1);
+    assert_eq!((sizes[&id].bytes, sizes[&id].files), (20, 3));
+}
