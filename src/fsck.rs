@@ -276,7 +276,12 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
         let job = cat.store().job(&v.id)?;
         let present = cat.backing_exists(&v.id, &v.volume);
         let busy = job_is_alive(job.as_ref());
-        if Task::for_row(v).is_some() && !busy {
+        // A purge stopped by `vfolderfs cancel` waits for an explicit
+        // resume on purpose: not stuck.
+        let paused = job
+            .as_ref()
+            .is_some_and(|j| j.cancel.is_some() && j.kind == crate::workers::purge::KIND);
+        if Task::for_row(v).is_some() && !busy && !paused {
             let why = if job.is_none() {
                 "no job"
             } else {
@@ -421,6 +426,10 @@ fn outcome_words(what: &str, o: Outcome) -> std::result::Result<String, String> 
         Outcome::Cancelled => Err(format!(
             "{what} stopped before the end (a mount did not confirm in time); it is \
              resumed by the next fsck --repair or mount"
+        )),
+        Outcome::CancelledBy(by) => Err(format!(
+            "{what} was cancelled by {by}; `vfolderfs purge` or `vfolderfs jobs --resume` \
+             resumes it"
         )),
         Outcome::HeldElsewhere => Err(format!("left alone: another live process is doing {what}")),
         Outcome::ClaimLost => Err(format!("left to another process, which took {what} over")),

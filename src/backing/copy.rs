@@ -54,6 +54,10 @@ pub struct CopyStats {
 
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
+/// The most one `copy_file_range` call copies: the byte count moves, and a
+/// stop is seen, at least this often within one large file.
+pub const CHUNK: u64 = 64 << 20;
+
 /// What every copying thread shares.
 struct Shared<'a> {
     cancel: &'a AtomicBool,
@@ -248,6 +252,11 @@ fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
 }
 
 impl Ctx<'_, '_> {
+    /// Whether the copy is being stopped (cancelled, or failed elsewhere).
+    fn stopping(&self) -> bool {
+        self.sh.stop.load(Ordering::Acquire) || self.sh.cancel.load(Ordering::Acquire)
+    }
+
     fn tick(&mut self) -> Result<(), CopyError> {
         self.sh.entries.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = self.sh.pause {
@@ -295,13 +304,23 @@ impl Ctx<'_, '_> {
     ) -> io::Result<()> {
         let mut use_cfr = true;
         while len > 0 {
+            if self.stopping() {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             if use_cfr {
-                match sys::copy_file_range(src, off, dst, off, len.min(1 << 30), 0) {
+                match sys::copy_file_range(src, off, dst, off, len.min(CHUNK), 0) {
                     Ok(0) => return Ok(()),
                     Ok(n) => {
                         off += n as u64;
                         len -= n as u64;
                         self.sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        // The testing aid slows each chunk too, so that a
+                        // test sees the count move within one file.
+                        if let Some(p) = self.sh.pause
+                            && len > 0
+                        {
+                            std::thread::sleep(p);
+                        }
                         continue;
                     }
                     Err(e)
@@ -385,7 +404,13 @@ impl Ctx<'_, '_> {
                 )
                 .map_err(at)?;
                 self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
-                    .map_err(at)?;
+                    .map_err(|e| {
+                        if e.kind() == io::ErrorKind::Interrupted && self.stopping() {
+                            CopyError::Cancelled
+                        } else {
+                            at(e)
+                        }
+                    })?;
                 copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
                 set_meta(d.as_fd(), &st).map_err(at)?;
                 if st.st_nlink > 1 {

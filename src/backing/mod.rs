@@ -4,6 +4,7 @@
 //! that a symlink could redirect.
 
 pub mod copy;
+pub mod count;
 pub mod creds;
 pub mod remove;
 pub mod sys;

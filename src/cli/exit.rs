@@ -36,6 +36,11 @@ pub const EXIT_PROBLEMS: i32 = 10;
 /// cannot be a volume, a volume in use, no such volume, a relocation to the
 /// volume a vfolder is on.
 pub const EXIT_VOLUME: i32 = 11;
+/// The job was cancelled (`vfolderfs cancel`, Ctrl-C or `SIGTERM` on a
+/// foreground job) and ended the cancelled way: a clone or a relocation
+/// rolled back, a purge stopped (resumable). What `wait` returns for such
+/// a job, and the foreground command that was interrupted.
+pub const EXIT_CANCELLED: i32 = 12;
 
 /// What kind of failure an error is; each has its own exit status and a
 /// stable name in the JSON error object.
@@ -63,6 +68,8 @@ pub enum Kind {
     Problems,
     /// [`EXIT_VOLUME`].
     Volume,
+    /// [`EXIT_CANCELLED`].
+    Cancelled,
 }
 
 impl Kind {
@@ -80,6 +87,7 @@ impl Kind {
             Kind::Unavailable => EXIT_UNAVAILABLE,
             Kind::Problems => EXIT_PROBLEMS,
             Kind::Volume => EXIT_VOLUME,
+            Kind::Cancelled => EXIT_CANCELLED,
         }
     }
 
@@ -97,6 +105,7 @@ impl Kind {
             Kind::Unavailable => "unavailable",
             Kind::Problems => "problems",
             Kind::Volume => "volume",
+            Kind::Cancelled => "cancelled",
         }
     }
 }
@@ -211,6 +220,8 @@ mod tests {
             Kind::Busy,
             Kind::Unavailable,
             Kind::Problems,
+            Kind::Volume,
+            Kind::Cancelled,
         ];
         let codes: std::collections::BTreeSet<i32> = all.iter().map(|k| k.code()).collect();
         let names: std::collections::BTreeSet<&str> = all.iter().map(|k| k.as_str()).collect();

@@ -1,73 +1,116 @@
 //! Background jobs run from the CLI: in this process with a progress line,
 //! or followed while another process holds them.
 
+use std::os::fd::AsFd;
+use std::sync::atomic::AtomicBool;
+
 use serde_json::{Value, json};
 
-use super::{CliError, cause, fmt_time};
+use super::output::human_bytes;
+use super::progress::{Progress, Unit};
+use super::{CliError, Kind, cause, fmt_time, interrupt};
 use crate::backing::copy::CopyStats;
+use crate::backing::count;
 use crate::catalog::Catalog;
 use crate::say;
 use crate::store::{Job, ListFilter, StoreError, VFolder};
 use crate::workers::pool::Task;
 use crate::workers::{Outcome, purge};
 
-pub(super) type JobFn<'a> =
-    dyn Fn(&Catalog, &str, &mut dyn FnMut(&CopyStats)) -> crate::store::Result<Outcome> + 'a;
+pub(super) type JobFn<'a> = dyn Fn(&Catalog, &str, &AtomicBool, &mut dyn FnMut(&CopyStats)) -> crate::store::Result<Outcome>
+    + 'a;
 
-/// Runs a copy job in this process with a progress line on a terminal, or
-/// follows another process that holds it, until the vfolder settles.
+/// Counts `v`'s tree (entries and bytes; see [`count::count_tree`]) for a
+/// job's totals, and records it as `v`'s size. None when it cannot be
+/// counted (its data missing, a tree too deep) or `stop` was set.
+pub(super) fn count(cat: &Catalog, v: &VFolder, stop: &AtomicBool) -> Option<CopyStats> {
+    let fd = cat
+        .open_backing(&v.id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW)
+        .ok()?;
+    let total = count::count_tree(fd.as_fd(), stop).ok().flatten()?;
+    if let Err(e) = cat.store().record_size(&v.id, total.bytes, total.entries) {
+        log::warn!("recording the size of {:?}: {e}", v.name);
+    }
+    Some(total)
+}
+
+/// The error of a job that was cancelled and ended the cancelled way.
+fn cancelled(what: &str, by: &str, how: &str, v: &VFolder) -> CliError {
+    CliError::Of {
+        kind: Kind::Cancelled,
+        message: format!("{what}: cancelled by {by}; {how}"),
+        vfolder: Some(v.name.clone()),
+    }
+}
+
+/// Runs a copy job (its row on `on`, copying `source`) in this process with
+/// its progress on stderr, or follows another process that holds it, until
+/// the vfolder settles. Ctrl-C or `SIGTERM` cancels it (see
+/// [`interrupt`]).
 pub(super) fn run_job(
     cat: &Catalog,
-    v: &VFolder,
-    verb: &str,
+    on: &VFolder,
+    source: &VFolder,
+    what: String,
     job: &JobFn<'_>,
 ) -> Result<i32, CliError> {
     let owner = crate::workers::this_owner();
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
-    let started = std::time::Instant::now();
-    let mut shown = std::time::Instant::now();
-    let mut show = |s: &CopyStats| {
-        if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
-            shown = std::time::Instant::now();
-            let mb = s.bytes as f64 / 1048576.0;
-            let rate = mb / started.elapsed().as_secs_f64().max(1e-3);
-            eprint!(
-                "\r{verb} {:?}: {} entries, {mb:.1} MiB ({rate:.1} MiB/s)   ",
-                v.name, s.entries
-            );
-        }
-    };
+    // Ctrl-C from here on cancels (the count included).
+    let _guard = interrupt::guard(cat.store().clone(), on.id.clone(), what.clone());
+    let total = count(cat, source, interrupt::stop_flag());
+    let mut progress = Progress::new(what.clone(), Unit::Bytes, total);
+    let mut totals_set = false;
     loop {
-        let outcome = job(cat, &owner, &mut show)?;
-        if tty {
-            eprintln!();
-        }
+        let outcome = job(cat, &owner, interrupt::stop_flag(), &mut |s| {
+            if !totals_set && let Some(t) = total {
+                totals_set = true;
+                let _ = cat
+                    .store()
+                    .set_job_totals(&on.id, &owner, t.entries, t.bytes);
+            }
+            progress.update(s);
+        })?;
         match outcome {
             Outcome::Complete(n) => {
-                say!("done: {:?} ({n} entries)", v.name);
+                let last = progress.last();
+                match progress.total() {
+                    // Nothing was copied: the data moved by one rename.
+                    Some(t) if n == 0 && last.entries == 0 => {
+                        progress.finish("moved by rename (same filesystem)", &t)
+                    }
+                    _ => progress.finish("done", &last),
+                }
+                say!("done: {:?} ({n} entries)", on.name);
                 return Ok(0);
             }
-            Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
-                return Err(CliError::Failed(format!(
-                    "{verb} {:?} failed: {msg}",
-                    v.name
-                )));
+            Outcome::CancelledBy(by) => {
+                progress.clear();
+                return Err(cancelled(&what, &by, "rolled back", on));
             }
-            Outcome::ClaimLost => return Err(lost(verb, v)),
+            Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
+                progress.clear();
+                return Err(CliError::Failed(format!("{what} failed: {msg}")));
+            }
+            Outcome::ClaimLost => return Err(lost(&what, on)),
             Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
-                let now = cat.store().get(&v.id)?;
+                let now = cat.store().get(&on.id)?;
                 if now.status.is_cloning() || now.status.is_relocating() {
+                    if let Some(j) = cat.store().job(&on.id)? {
+                        progress.update(&CopyStats {
+                            entries: j.done,
+                            bytes: j.bytes,
+                        });
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     continue;
                 }
+                progress.clear();
                 if now.status.is_visible() {
                     say!("done: {:?} is {}", now.name, now.status);
                     return Ok(0);
                 }
                 return Err(CliError::Failed(format!(
-                    "{verb} {:?} did not complete: its status is {}{}",
-                    v.name,
+                    "{what} did not complete: its status is {}{}",
                     now.status,
                     now.error.map(|e| format!(" ({e})")).unwrap_or_default()
                 )));
@@ -78,9 +121,9 @@ pub(super) fn run_job(
 
 /// This process was stopped past its job's lease and another process took
 /// the job over: it made no final step, and does not follow the job further.
-fn lost(verb: &str, v: &VFolder) -> CliError {
+fn lost(what: &str, v: &VFolder) -> CliError {
     CliError::Failed(format!(
-        "{verb} {:?}: this process lost its claim on the job to another process \
+        "{what} ({:?}): this process lost its claim on the job to another process \
          (it was stopped longer than the lease); it stopped without a final step, \
          and the other process carries on",
         v.name
@@ -94,33 +137,43 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
         Err(e) => return Err(e.into()),
     };
     purge::request(cat, &v.id, &cause("purge"))?;
+    // An explicit purge resumes one stopped by `vfolderfs cancel`: the
+    // request is withdrawn (unless a live process is still stopping it).
+    if let Some(j) = cat.store().job(&v.id)?
+        && j.cancel.is_some()
+        && JobState::of(&j) != JobState::Running
+    {
+        cat.store().set_job_cancel(&v.id, None)?;
+    }
     if no_wait {
         say!("queued the purge of vfolder {:?} ({})", v.name, v.id);
         return Ok(0);
     }
     let owner = crate::workers::this_owner();
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let started = std::time::Instant::now();
-    let mut shown = std::time::Instant::now();
+    let what = format!("purging {:?}", v.name);
+    let _guard = interrupt::guard(cat.store().clone(), v.id.clone(), what.clone());
+    let stop = interrupt::stop_flag();
+    let total = count(cat, &v, stop);
+    let mut progress = Progress::new(what.clone(), Unit::Entries, total);
+    let mut totals_set = false;
     loop {
         let mut show = |done: u64| {
-            if tty && shown.elapsed() >= std::time::Duration::from_millis(200) {
-                shown = std::time::Instant::now();
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                eprint!(
-                    "\rpurging {:?}: {done} entries removed ({rate:.0}/s)   ",
-                    v.name
-                );
+            if !totals_set && let Some(t) = total {
+                totals_set = true;
+                let _ = cat
+                    .store()
+                    .set_job_totals(&v.id, &owner, t.entries, t.bytes);
             }
+            progress.update(&CopyStats {
+                entries: done,
+                bytes: 0,
+            });
         };
         let pause = purge::throttle_from_env();
-        match purge::purge_one(cat, &v.id, &owner, &never, pause, &mut show)? {
+        match purge::purge_one(cat, &v.id, &owner, stop, pause, &mut show)? {
             Outcome::Complete(n) => {
-                if tty {
-                    eprintln!();
-                }
+                let bytes = total.map_or(0, |t| t.bytes);
+                progress.finish("purged", &CopyStats { entries: n, bytes });
                 say!(
                     "purged vfolder {:?} ({}): {n} entries removed",
                     v.name,
@@ -128,16 +181,38 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                 );
                 return Ok(0);
             }
+            Outcome::CancelledBy(by) => {
+                progress.clear();
+                return Err(cancelled(
+                    &what,
+                    &by,
+                    &format!(
+                        "stopped after {} entries; it stays delete-ongoing until \
+                         `vfolderfs purge {}` resumes it",
+                        progress.last().entries,
+                        v.id
+                    ),
+                    &v,
+                ));
+            }
+            Outcome::Cancelled if stop.load(std::sync::atomic::Ordering::Acquire) => {
+                progress.clear();
+                return Err(cancelled(
+                    &what,
+                    "a signal",
+                    "stopped; it stays delete-ongoing until resumed",
+                    &v,
+                ));
+            }
             Outcome::Failed(msg) => {
+                progress.clear();
                 return Err(CliError::Failed(format!(
                     "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
                     v.name
                 )));
             }
             Outcome::ClaimLost => {
-                if tty {
-                    eprintln!();
-                }
+                progress.clear();
                 return Err(lost("purging", &v));
             }
             Outcome::NotApplicable
@@ -153,9 +228,7 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     continue;
                 }
-                if tty {
-                    eprintln!();
-                }
+                progress.clear();
                 if let Some(err) = now.error {
                     return Err(CliError::Failed(format!(
                         "purge of vfolder {:?} failed: {err}",
@@ -185,26 +258,32 @@ pub(super) enum JobState {
     /// Its owner is gone: known dead, or its lease lapsed. Anyone may take
     /// it over (`vfolderfs jobs --resume`, or a mount's pool).
     OwnerGone,
+    /// A purge stopped by `vfolderfs cancel` (or a signal), waiting for an
+    /// explicit resume (`vfolderfs purge`, `vfolderfs jobs --resume`).
+    Cancelled,
 }
 
 impl JobState {
-    fn of(j: &Job) -> JobState {
-        if j.owner.is_empty() {
+    pub(super) fn of(j: &Job) -> JobState {
+        let gone = j.lease_until < crate::store::sqlite::now_millis()
+            || crate::workers::owner_dead(&j.owner);
+        if j.cancel.is_some() && (j.owner.is_empty() || gone) {
+            JobState::Cancelled
+        } else if j.owner.is_empty() {
             JobState::Queued
-        } else if j.lease_until < crate::store::sqlite::now_millis()
-            || crate::workers::owner_dead(&j.owner)
-        {
+        } else if gone {
             JobState::OwnerGone
         } else {
             JobState::Running
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::OwnerGone => "owner gone",
+            JobState::Cancelled => "cancelled",
         }
     }
 }
@@ -244,6 +323,10 @@ pub(super) fn job_json(cat: &Catalog, v: &VFolder) -> crate::store::Result<Optio
             "owner_alive": state == JobState::Running,
             "started_at": fmt_time(j.started_at),
             "done": j.done,
+            "bytes": j.bytes,
+            "total_entries": j.total.map(|t| t.0),
+            "total_bytes": j.total.map(|t| t.1),
+            "cancel_requested_by": j.cancel,
             "resumed": j.claims > 1,
             "vfolder": on.name,
             "vfolder_id": on.id,
@@ -292,6 +375,10 @@ pub(super) fn jobs_cmd(cat: &Catalog, json_out: bool, resume: bool) -> Result<i3
             "owner": job.as_ref().map(|j| j.owner.clone()),
             "started_at": job.as_ref().map(|j| fmt_time(j.started_at)),
             "done": job.as_ref().map_or(0, |j| j.done),
+            "bytes": job.as_ref().map_or(0, |j| j.bytes),
+            "total_entries": job.as_ref().and_then(|j| j.total.map(|t| t.0)),
+            "total_bytes": job.as_ref().and_then(|j| j.total.map(|t| t.1)),
+            "cancel_requested_by": job.as_ref().and_then(|j| j.cancel.clone()),
             "resumed": job.as_ref().is_some_and(|j| j.claims > 1),
         }));
     }
@@ -300,16 +387,16 @@ pub(super) fn jobs_cmd(cat: &Catalog, json_out: bool, resume: bool) -> Result<i3
         return Ok(0);
     }
     println!(
-        "{:20}  {:16}  {:10}  {:>10}  OWNER",
-        "VFOLDER", "KIND", "STATE", "DONE"
+        "{:20}  {:16}  {:10}  {:>32}  OWNER",
+        "VFOLDER", "KIND", "STATE", "PROGRESS"
     );
     for r in &rows {
         println!(
-            "{:20}  {:16}  {:10}  {:>10}  {}",
+            "{:20}  {:16}  {:10}  {:>32}  {}",
             r["vfolder"].as_str().unwrap_or("?"),
             r["kind"].as_str().unwrap_or("-"),
             r["state"].as_str().unwrap_or("-"),
-            r["done"],
+            progress_text(r),
             r["owner"].as_str().unwrap_or("-")
         );
     }
@@ -319,6 +406,34 @@ pub(super) fn jobs_cmd(cat: &Catalog, json_out: bool, resume: bool) -> Result<i3
         );
     }
     Ok(0)
+}
+
+/// A job row's progress for the table: entries (and bytes, for a copy)
+/// done, of the totals when counted, with the percent.
+fn progress_text(r: &Value) -> String {
+    let n = |k: &str| r[k].as_u64();
+    let done = n("done").unwrap_or(0);
+    let bytes = n("bytes").unwrap_or(0);
+    let copy = r["kind"] != purge::KIND;
+    let mut out = match n("total_entries") {
+        Some(t) => format!("{done}/{t} entries"),
+        None => format!("{done} entries"),
+    };
+    if copy {
+        out += &match n("total_bytes") {
+            Some(t) => format!(", {}/{}", human_bytes(bytes), human_bytes(t)),
+            None => format!(", {}", human_bytes(bytes)),
+        };
+    }
+    let (d, t) = if copy {
+        (bytes, n("total_bytes"))
+    } else {
+        (done, n("total_entries"))
+    };
+    if let Some(t) = t.filter(|&t| t > 0) {
+        out += &format!(" {:.0}%", (d as f64 * 100.0 / t as f64).min(100.0));
+    }
+    out
 }
 
 fn task_kind(t: &Task) -> String {
@@ -347,6 +462,15 @@ fn resume_all(cat: &Catalog) -> Result<i32, CliError> {
                 continue;
             };
             let kind = task_kind(&task);
+            // Resuming explicitly: a purge stopped by `vfolderfs cancel`
+            // goes on (a clone or relocation asked to stop rolls back).
+            if let Task::Purge(id) = &task
+                && let Some(j) = cat.store().job(id)?
+                && j.cancel.is_some()
+                && JobState::of(&j) != JobState::Running
+            {
+                cat.store().set_job_cancel(id, None)?;
+            }
             let outcome = crate::workers::pool::run_task(cat, &task, &owner, &never, pause);
             let what = format!("{kind} of {:?} ({})", v.name, v.id);
             match outcome {
@@ -371,6 +495,10 @@ fn resume_all(cat: &Catalog) -> Result<i32, CliError> {
                 }
                 Ok(Outcome::ClaimLost) => {
                     println!("{what}: another process took it over; left to it");
+                }
+                Ok(Outcome::CancelledBy(by)) => {
+                    println!("{what}: cancelled by {by}");
+                    progressed = true;
                 }
                 Ok(Outcome::Cancelled) => {
                     println!("{what}: stopped before its end; run again");

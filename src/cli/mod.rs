@@ -2,9 +2,12 @@
 //! are in [`output`], background jobs run from the CLI in [`jobs`].
 
 mod exit;
+mod follow;
 mod fsck;
+mod interrupt;
 mod jobs;
 mod output;
+mod progress;
 mod reference;
 mod retention;
 mod volume;
@@ -22,8 +25,8 @@ use crate::sessions;
 use crate::store::{ListFilter, Millis, StoreError, VFolder};
 use crate::workers::{clone, purge, relocate};
 pub use exit::{
-    EXIT_BUSY, EXIT_EXISTS, EXIT_FAILED, EXIT_NO_STORE, EXIT_NOT_FOUND, EXIT_PROBLEMS,
-    EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_VOLUME, Kind,
+    EXIT_BUSY, EXIT_CANCELLED, EXIT_EXISTS, EXIT_FAILED, EXIT_NO_STORE, EXIT_NOT_FOUND,
+    EXIT_PROBLEMS, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_VOLUME, Kind,
 };
 use jobs::run_job;
 use output::{attachment_json, history_json, print_detail, print_table, vfolder_detail_json};
@@ -121,6 +124,10 @@ pub enum Command {
     Show {
         /// Name, trash name (NAME~1a2b3c4d) or id.
         name: String,
+        /// Measure its size now (a walk of its tree: entries and bytes) and
+        /// record it for `list`.
+        #[arg(long)]
+        size: bool,
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
@@ -268,6 +275,30 @@ pub enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Follow one job (running in any process) until it ends, showing its
+    /// progress; exit status by its outcome (0 completed, 12 cancelled, 1
+    /// failed or owner gone).
+    Wait {
+        /// The vfolder the job works on (name, trash name or id; a clone's
+        /// source or target).
+        job: String,
+        /// Print the outcome as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a job cleanly wherever it runs: a clone or relocation rolls
+    /// back, a purge stops and stays resumable (`vfolderfs purge NAME`).
+    Cancel {
+        /// The vfolder the job works on (name, trash name or id; a clone's
+        /// source or target).
+        job: String,
+        /// Return once the request is recorded; `vfolderfs wait` follows.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the outcome as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the store (the main job).
     Mount(MountCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -305,6 +336,8 @@ impl Command {
             | Command::Sessions { json, .. }
             | Command::Fsck { json, .. }
             | Command::Jobs { json, .. }
+            | Command::Wait { json, .. }
+            | Command::Cancel { json, .. }
             | Command::Retention { json, .. } => *json,
             Command::Volume(
                 VolumeCmd::Add { json, .. }
@@ -593,7 +626,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             no_wait,
             json,
         } => {
-            let (_, d) = clone::start(&cat, &src, &dst, volume.as_deref(), &cause("clone"))?;
+            let (s, d) = clone::start(&cat, &src, &dst, volume.as_deref(), &cause("clone"))?;
             if no_wait {
                 if json {
                     println!("{}", vfolder_detail_json(&cat, &d)?);
@@ -603,15 +636,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 return Ok(0);
             }
             let id = d.id.clone();
-            let r = run_job(&cat, &d, "cloning", &|cat, owner, p| {
-                clone::run(
-                    cat,
-                    &id,
-                    owner,
-                    &AtomicBool::new(false),
-                    purge::throttle_from_env(),
-                    p,
-                )
+            let what = format!("cloning {:?} into {:?}", s.name, d.name);
+            let r = run_job(&cat, &d, &s, what, &|cat, owner, stop, p| {
+                clone::run(cat, &id, owner, stop, purge::throttle_from_env(), p)
             });
             if r.is_err() && cat.store().get(&id).is_ok_and(|v| v.status.is_purging()) {
                 // No daemon may be running: remove the partial copy now.
@@ -637,15 +664,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 return Ok(0);
             }
             let id = v.id.clone();
-            let r = run_job(&cat, &v, "relocating", &|cat, owner, p| {
-                relocate::run(
-                    cat,
-                    &id,
-                    owner,
-                    &AtomicBool::new(false),
-                    purge::throttle_from_env(),
-                    p,
-                )
+            let what = format!("relocating {:?} to {to}", v.name);
+            let r = run_job(&cat, &v, &v, what, &|cat, owner, stop, p| {
+                relocate::run(cat, &id, owner, stop, purge::throttle_from_env(), p)
             });
             return r.and_then(|code| print_result(&cat, &id, json).map(|()| code));
         }
@@ -664,12 +685,19 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     .find(|(_, t)| t.id == v.id)
                     .map(|(n, _)| n.clone())
             };
+            let sizes = cat.store().sizes()?;
+            let retention = cat.store().trash_retention()?;
             if json {
                 let opens = cat.store().opens()?;
                 let mut arr = Vec::new();
                 for v in &list {
                     let mut o = vfolder_json(&cat, v, trash_name(v));
                     o["opens"] = json!(opens.get(&v.id).copied().unwrap_or(0));
+                    o["size"] = output::size_json(sizes.get(&v.id));
+                    if v.status.is_restorable() {
+                        o["deleted_at"] = json!(fmt_time(v.status_changed_at));
+                        o["purge_after"] = json!(output::purge_after(v, retention).map(fmt_time));
+                    }
                     if let Some(j) = jobs::job_json(&cat, v)? {
                         o["job"] = j;
                     }
@@ -677,11 +705,23 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 }
                 println!("{}", Value::Array(arr));
             } else {
-                print_table(&list, &trash_name, &|v| jobs::status_text(&cat, v));
+                print_table(
+                    &list,
+                    &trash_name,
+                    &|v| jobs::status_text(&cat, v),
+                    &sizes,
+                    retention,
+                );
             }
         }
-        Command::Show { name, json } => {
+        Command::Show { name, size, json } => {
             let v = cat.resolve(&name)?;
+            if size && jobs::count(&cat, &v, &AtomicBool::new(false)).is_none() {
+                return Err(CliError::Failed(format!(
+                    "cannot measure {:?}: its data cannot be read (status {})",
+                    v.name, v.status
+                )));
+            }
             let mut obj = vfolder_detail_json(&cat, &v)?;
             if let Some(j) = jobs::job_json(&cat, &v)? {
                 obj["job"] = j;
@@ -940,6 +980,10 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             unreachable!("handled above")
         }
         Command::Jobs { json, resume } => return jobs::jobs_cmd(&cat, json, resume),
+        Command::Wait { job, json } => return follow::wait_cmd(&cat, &job, json),
+        Command::Cancel { job, no_wait, json } => {
+            return follow::cancel_cmd(&cat, &job, no_wait, json);
+        }
         Command::Retention { value, json } => return retention::run(&cat, value, json),
     }
     Ok(0)

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::CliError;
 use crate::catalog::Catalog;
-use crate::store::{Attachment, HistoryEntry, Millis, VFolder};
+use std::collections::HashMap;
+
+use crate::store::{Attachment, HistoryEntry, Millis, Size, VFolder};
 
 static JSON_MODE: AtomicBool = AtomicBool::new(false);
 
@@ -91,13 +93,12 @@ pub(super) fn vfolder_detail_json(cat: &Catalog, v: &VFolder) -> Result<Value, C
     let mut obj = vfolder_json(cat, v, tn);
     obj["opens"] = json!(cat.store().opens()?.get(&v.id).copied().unwrap_or(0));
     if v.status.is_restorable() {
-        // When the store-wide retention purges it (null: kept forever).
-        obj["purge_after"] = json!(
-            cat.store()
-                .trash_retention()?
-                .map(|keep| fmt_time(v.status_changed_at + keep.as_millis() as i64))
-        );
+        // When it was deleted, and when the store-wide retention purges it
+        // (null: kept forever).
+        obj["deleted_at"] = json!(fmt_time(v.status_changed_at));
+        obj["purge_after"] = json!(purge_after(v, cat.store().trash_retention()?).map(fmt_time));
     }
+    obj["size"] = size_json(cat.store().sizes()?.get(&v.id));
     let atts = cat.store().attachments(Some(&v.id))?;
     obj["attachments"] = Value::Array(atts.iter().map(|a| attachment_json(cat, a)).collect());
     if let Some(j) = cat.store().job(&v.id)? {
@@ -132,10 +133,17 @@ pub(super) fn print_detail(obj: &Value) {
                 }
             }
             ("job", j) => println!(
-                "{k:18} {} by {}, {} entries done, since {}{}",
+                "{k:18} {} by {}, {} entries{} done, since {}{}",
                 j["kind"].as_str().unwrap_or("?"),
                 j["owner"].as_str().unwrap_or("?"),
-                j["done"],
+                match j["total_entries"].as_u64() {
+                    Some(t) => format!("{}/{t}", j["done"]),
+                    None => j["done"].to_string(),
+                },
+                match j["bytes"].as_u64() {
+                    Some(b) if b > 0 => format!(", {}", human_bytes(b)),
+                    _ => String::new(),
+                },
                 j["started_at"].as_str().unwrap_or("?"),
                 if j["resumed"] == json!(true) {
                     " (resumed)"
@@ -143,6 +151,16 @@ pub(super) fn print_detail(obj: &Value) {
                     ""
                 }
             ),
+            ("size", Value::Object(z)) => println!(
+                "{k:18} {} ({} bytes), {} files, measured {}",
+                human_bytes(z.get("bytes").and_then(Value::as_u64).unwrap_or(0)),
+                z.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+                z.get("files").and_then(Value::as_u64).unwrap_or(0),
+                z.get("measured_at").and_then(Value::as_str).unwrap_or("?")
+            ),
+            ("size", Value::Null) => {
+                println!("{k:18} unknown (`vfolderfs show --size NAME` measures it)")
+            }
             (_, Value::String(s)) => println!("{k:18} {s}"),
             (_, Value::Null) => println!("{k:18} -"),
             (_, other) => println!("{k:18} {other}"),
@@ -159,10 +177,28 @@ pub(super) fn history_json(e: &HistoryEntry) -> Value {
     })
 }
 
+/// A recorded size as JSON: `{"bytes", "files", "measured_at"}`, or null.
+pub(super) fn size_json(size: Option<&Size>) -> Value {
+    size.map_or(
+        Value::Null,
+        |z| json!({"bytes": z.bytes, "files": z.files, "measured_at": fmt_time(z.at)}),
+    )
+}
+
+/// When the store-wide retention `keep` purges trashed `v` (None: never).
+pub(super) fn purge_after(v: &VFolder, keep: Option<std::time::Duration>) -> Option<Millis> {
+    keep.map(|k| v.status_changed_at + k.as_millis() as i64)
+}
+
+/// The `list` table: one vfolder a line with its size as last measured
+/// (`-` when never), and, when trash entries are listed, when retention
+/// purges each (`never` when retention is off).
 pub(super) fn print_table(
     list: &[VFolder],
     trash_name: &dyn Fn(&VFolder) -> Option<String>,
     status: &dyn Fn(&VFolder) -> String,
+    sizes: &HashMap<String, Size>,
+    retention: Option<std::time::Duration>,
 ) {
     let names: Vec<String> = list
         .iter()
@@ -180,17 +216,43 @@ pub(super) fn print_table(
         .max()
         .unwrap_or(6)
         .max(6);
+    let trash = list.iter().any(|v| v.status.is_restorable());
+    let purge_col = |v: &VFolder| -> String {
+        if !trash {
+            String::new()
+        } else if !v.status.is_restorable() {
+            format!("{:24}  ", "-")
+        } else {
+            let at = purge_after(v, retention).map_or("never".to_string(), fmt_time);
+            format!("{at:24}  ")
+        }
+    };
     println!(
-        "{:w$}  {:15}  {:vw$}  {:24}  {:24}  ID",
-        "NAME", "STATUS", "VOLUME", "CREATED", "STATUS CHANGED"
+        "{:w$}  {:15}  {:vw$}  {:>10}  {:>8}  {:24}  {:24}  {}ID",
+        "NAME",
+        "STATUS",
+        "VOLUME",
+        "SIZE",
+        "FILES",
+        "CREATED",
+        "STATUS CHANGED",
+        if trash {
+            format!("{:24}  ", "PURGE AFTER")
+        } else {
+            String::new()
+        }
     );
     for (v, n) in list.iter().zip(&names) {
+        let z = sizes.get(&v.id);
         println!(
-            "{n:w$}  {:15}  {:vw$}  {:24}  {:24}  {}",
+            "{n:w$}  {:15}  {:vw$}  {:>10}  {:>8}  {:24}  {:24}  {}{}",
             status(v),
             v.volume,
+            z.map_or("-".to_string(), |z| human_bytes(z.bytes)),
+            z.map_or("-".to_string(), |z| z.files.to_string()),
             fmt_time(v.created_at),
             fmt_time(v.status_changed_at),
+            purge_col(v),
             v.id
         );
     }

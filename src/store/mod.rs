@@ -108,6 +108,28 @@ pub struct Job {
     pub done: u64,
     /// The job's argument (a relocation's target volume).
     pub arg: Option<String>,
+    /// Bytes of file data processed so far (a copy's; 0 for a purge).
+    pub bytes: u64,
+    /// The work in total, when its owner counted it first (entries,
+    /// bytes): what progress is measured against.
+    pub total: Option<(u64, u64)>,
+    /// Who asked the job to stop (`vfolderfs cancel`, a signal to the
+    /// process running it in the foreground), if anyone did: its owner
+    /// checks between entries and ends it the documented way (a clone or a
+    /// relocation rolls back, a purge stops and waits to be resumed).
+    pub cancel: Option<String>,
+}
+
+/// A vfolder's size, as last measured: at the end of a clone or a
+/// relocation's copy, by a foreground job's count, or by `show --size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    /// Bytes of file data (each multiply-linked file once).
+    pub bytes: u64,
+    /// Entries below its root (files, directories, links, nodes).
+    pub files: u64,
+    /// When it was measured.
+    pub at: Millis,
 }
 
 impl Job {
@@ -540,14 +562,29 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<Job>>;
     /// Records a job nobody runs yet (its first claim counts as its first run).
     fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()>;
-    /// Extends `owner`'s claim and records progress; false if it was lost.
+    /// Extends `owner`'s claim and records progress (entries and bytes
+    /// done); false if it was lost.
     fn renew_job(
         &self,
         id: &str,
         owner: &str,
         lease: std::time::Duration,
         done: u64,
+        bytes: u64,
     ) -> Result<bool>;
+    /// Records the totals (entries, bytes) `owner`'s job counted before it
+    /// began; false if the claim was lost.
+    fn set_job_totals(&self, id: &str, owner: &str, entries: u64, bytes: u64) -> Result<bool>;
+    /// Asks the job on vfolder `id` to stop, recording who asks (`by`), or
+    /// with None withdraws that request (an explicit resume). False if no
+    /// job is recorded on it. Not fenced: the owner acts on it through its
+    /// own fenced final steps.
+    fn set_job_cancel(&self, id: &str, by: Option<&str>) -> Result<bool>;
+    /// Records vfolder `id`'s measured size (kept apart from its row, so
+    /// that no mount rereads it; forgotten with it).
+    fn record_size(&self, id: &str, bytes: u64, files: u64) -> Result<()>;
+    /// Every recorded size, by vfolder id.
+    fn sizes(&self) -> Result<std::collections::HashMap<String, Size>>;
     /// Ends `owner`'s claim: `finished` removes the job, otherwise the claim
     /// is released for anyone to resume.
     fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()>;

@@ -168,6 +168,27 @@ fn migrations() -> Vec<String> {
      CREATE TRIGGER IF NOT EXISTS attachment_pending_gone AFTER DELETE ON attachments
      BEGIN DELETE FROM attachment_pending WHERE seq = OLD.seq; END;"
             .to_string(),
+        // Version 11: job progress in bytes and against counted totals, and
+        // a job's cancellation request, in a table beside `jobs` that goes
+        // with its job row; vfolder sizes as last measured (a table of
+        // their own: recording one is no change for mounts). Idempotent,
+        // like every migration.
+        "CREATE TABLE IF NOT EXISTS job_progress (
+         vfolder_id    TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         bytes         INTEGER NOT NULL DEFAULT 0,
+         total_entries INTEGER,
+         total_bytes   INTEGER,
+         cancel_by     TEXT
+     );
+     CREATE TRIGGER IF NOT EXISTS job_progress_gone AFTER DELETE ON jobs
+     BEGIN DELETE FROM job_progress WHERE vfolder_id = OLD.vfolder_id; END;
+     CREATE TABLE IF NOT EXISTS vfolder_sizes (
+         vfolder_id  TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         bytes       INTEGER NOT NULL,
+         files       INTEGER NOT NULL,
+         measured_at INTEGER NOT NULL
+     );"
+        .to_string(),
     ]
 }
 

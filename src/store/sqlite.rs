@@ -453,16 +453,95 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn renew_job(&self, id: &str, owner: &str, lease: Duration, done: u64) -> Result<bool> {
+    fn renew_job(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+        done: u64,
+        bytes: u64,
+    ) -> Result<bool> {
         let until = now_millis() + lease.as_millis() as Millis;
+        self.write_tx("renewing a job", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET lease_until = ?3, done = ?4 \
+                     WHERE vfolder_id = ?1 AND owner = ?2",
+                    params![id, owner, until, done as i64],
+                )
+                .map_err(db("renewing a job"))?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO job_progress (vfolder_id, bytes) VALUES (?1, ?2) \
+                     ON CONFLICT(vfolder_id) DO UPDATE SET bytes = ?2",
+                    params![id, bytes as i64],
+                )
+                .map_err(db("renewing a job"))?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn set_job_totals(&self, id: &str, owner: &str, entries: u64, bytes: u64) -> Result<bool> {
         let conn = self.conn.lock();
         let n = conn
             .execute(
-                "UPDATE jobs SET lease_until = ?3, done = ?4 WHERE vfolder_id = ?1 AND owner = ?2",
-                params![id, owner, until, done as i64],
+                "INSERT INTO job_progress (vfolder_id, total_entries, total_bytes) \
+                 SELECT ?1, ?3, ?4 WHERE EXISTS \
+                     (SELECT 1 FROM jobs WHERE vfolder_id = ?1 AND owner = ?2) \
+                 ON CONFLICT(vfolder_id) DO UPDATE SET total_entries = ?3, total_bytes = ?4",
+                params![id, owner, entries as i64, bytes as i64],
             )
-            .map_err(db("renewing a job"))?;
+            .map_err(db("recording a job's totals"))?;
         Ok(n == 1)
+    }
+
+    fn set_job_cancel(&self, id: &str, by: Option<&str>) -> Result<bool> {
+        self.write_tx("recording a job's cancellation", |tx| {
+            if Self::job_in(tx, id)?.is_none() {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO job_progress (vfolder_id, cancel_by) VALUES (?1, ?2) \
+                 ON CONFLICT(vfolder_id) DO UPDATE SET cancel_by = ?2",
+                params![id, by],
+            )
+            .map_err(db("recording a job's cancellation"))?;
+            Ok(true)
+        })
+    }
+
+    fn record_size(&self, id: &str, bytes: u64, files: u64) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO vfolder_sizes (vfolder_id, bytes, files, measured_at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
+             ON CONFLICT(vfolder_id) DO UPDATE SET bytes = ?2, files = ?3, measured_at = ?4",
+            params![id, bytes as i64, files as i64, now_millis()],
+        )
+        .map_err(db("recording a size"))?;
+        Ok(())
+    }
+
+    fn sizes(&self) -> Result<std::collections::HashMap<String, super::Size>> {
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare("SELECT vfolder_id, bytes, files, measured_at FROM vfolder_sizes")
+            .map_err(db("reading sizes"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    super::Size {
+                        bytes: r.get::<_, i64>(1)? as u64,
+                        files: r.get::<_, i64>(2)? as u64,
+                        at: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(db("reading sizes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading sizes"))
     }
 
     fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()> {
@@ -1244,8 +1323,10 @@ impl SqliteStore {
 
     fn job_in(conn: &Connection, id: &str) -> Result<Option<Job>> {
         conn.query_row(
-            "SELECT vfolder_id, kind, owner, lease_until, started_at, claims, done, arg \
-             FROM jobs WHERE vfolder_id = ?1",
+            "SELECT j.vfolder_id, j.kind, j.owner, j.lease_until, j.started_at, j.claims, j.done, \
+             j.arg, ifnull(p.bytes, 0), p.total_entries, p.total_bytes, p.cancel_by \
+             FROM jobs j LEFT JOIN job_progress p ON p.vfolder_id = j.vfolder_id \
+             WHERE j.vfolder_id = ?1",
             [id],
             |r| {
                 Ok(Job {
@@ -1257,6 +1338,12 @@ impl SqliteStore {
                     claims: r.get(5)?,
                     done: r.get::<_, i64>(6)? as u64,
                     arg: r.get(7)?,
+                    bytes: r.get::<_, i64>(8)? as u64,
+                    total: match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<i64>>(10)?) {
+                        (Some(e), Some(b)) => Some((e as u64, b as u64)),
+                        _ => None,
+                    },
+                    cancel: r.get(11)?,
                 })
             },
         )

@@ -73,9 +73,9 @@ pub(super) fn copy_beating(
     let stop = AtomicBool::new(false);
     // The pause slows each copied entry in the copying threads; the
     // heartbeat here only renews the claim and watches for shutdown.
-    let mut beat = Heartbeat::new(store, id, owner, cancel, None);
+    let mut beat = Heartbeat::new(store, id, owner, cancel, None).watching_cancel();
     copy::copy_tree(src, dst, super::COPY_THREADS, pause, &stop, &mut |st| {
-        if beat.beat(st.entries) {
+        if beat.beat(st.entries, st.bytes) {
             stop.store(true, Ordering::Release);
         }
         progress(st);
@@ -104,6 +104,20 @@ pub fn run(
     // The clone's end (both ready, or the source ready and the target on to
     // the purge, which removes its partial data under a claim of its own)
     // is fenced: made only while this claim holds.
+    let cancelled = |by: &str| -> Result<Outcome> {
+        let why = format!("clone cancelled by {by}; rolled back");
+        fenced!(
+            &claim,
+            "rolling the cancelled clone back",
+            store.finish_clone(&claim, Some(&why), &format!("{why} ({owner})"))
+        );
+        store.release_job(dst, owner, true)?;
+        info!("{why}: {:?}", d.name);
+        Ok(Outcome::CancelledBy(by.to_string()))
+    };
+    if let Some(by) = &job.cancel {
+        return cancelled(by);
+    }
     if job.claims > 1 {
         let why = "clone interrupted (shutdown or crash); rolled back";
         fenced!(
@@ -121,6 +135,9 @@ pub fn run(
     match super::settle(store.as_ref(), &src_id, &s.name, cancel)? {
         Settled::Confirmed => {}
         Settled::Cancelled => {
+            if let Some(by) = super::cancel_request(store.as_ref(), dst) {
+                return cancelled(&by);
+            }
             store.release_job(dst, owner, false)?;
             return Ok(Outcome::Cancelled);
         }
@@ -169,6 +186,11 @@ pub fn run(
                 store.finish_clone(&claim, None, &cause)
             );
             store.release_job(dst, owner, true)?;
+            for v in [dst, src_id.as_str()] {
+                if let Err(e) = store.record_size(v, st.bytes, st.entries) {
+                    warn!("recording the size of {v}: {e}");
+                }
+            }
             info!(
                 "cloned {:?} into {:?}: {} entries",
                 s.name, d.name, st.entries
@@ -178,6 +200,9 @@ pub fn run(
         Err(CopyError::Cancelled) => {
             if !super::holds(store.as_ref(), &claim) {
                 return Ok(super::claim_lost(&claim, "ending the clone"));
+            }
+            if let Some(by) = super::cancel_request(store.as_ref(), dst) {
+                return cancelled(&by);
             }
             store.release_job(dst, owner, false)?;
             Ok(Outcome::Cancelled)

@@ -137,6 +137,8 @@ pub struct Heartbeat<'a> {
     pause: Option<Duration>,
     last: std::time::Instant,
     lost: bool,
+    watch: bool,
+    cancelled_by: Option<String>,
 }
 
 impl<'a> Heartbeat<'a> {
@@ -156,23 +158,54 @@ impl<'a> Heartbeat<'a> {
             pause,
             last: std::time::Instant::now(),
             lost: false,
+            watch: false,
+            cancelled_by: None,
         }
     }
 
-    /// Called after each step with the work done so far; true means stop.
-    pub fn beat(&mut self, done: u64) -> bool {
+    /// Also stops when the job row records a cancellation request (see
+    /// [`crate::store::Store::set_job_cancel`]), read at each renewal. Not
+    /// for the steps that end a cancelled job (removing a partial copy).
+    pub fn watching_cancel(mut self) -> Self {
+        self.watch = true;
+        self
+    }
+
+    /// Called after each step with the work done so far (entries, bytes);
+    /// true means stop.
+    pub fn beat(&mut self, done: u64, bytes: u64) -> bool {
         if let Some(p) = self.pause {
             std::thread::sleep(p);
         }
         if self.last.elapsed() >= renew_every() {
             self.last = std::time::Instant::now();
-            match self.store.renew_job(self.id, self.owner, lease(), done) {
+            match self
+                .store
+                .renew_job(self.id, self.owner, lease(), done, bytes)
+            {
                 Ok(true) => {}
                 Ok(false) => self.lost = true,
                 Err(e) => log::warn!("renewing the job on {}: {e}", self.id),
             }
+            if self.watch && !self.lost {
+                self.cancelled_by = cancel_request(self.store, self.id);
+            }
         }
-        self.lost || self.cancel.load(std::sync::atomic::Ordering::Acquire)
+        self.lost
+            || self.cancelled_by.is_some()
+            || self.cancel.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Who asked the job on vfolder `id` to stop, if anyone did (see
+/// [`crate::store::Store::set_job_cancel`]).
+pub fn cancel_request(store: &dyn crate::store::Store, id: &str) -> Option<String> {
+    match store.job(id) {
+        Ok(j) => j.and_then(|j| j.cancel),
+        Err(e) => {
+            log::warn!("reading the job on {id}: {e}");
+            None
+        }
     }
 }
 
@@ -202,6 +235,11 @@ pub enum Outcome {
     RolledBack(String),
     /// Stopped by shutdown; the next start resumes or rolls back.
     Cancelled,
+    /// Stopped because someone asked (`vfolderfs cancel`, a signal to the
+    /// foreground CLI; the text names who): a clone or a relocation was
+    /// rolled back through its fenced final step, a purge stopped and stays
+    /// `delete-ongoing` until resumed explicitly.
+    CancelledBy(String),
     /// Another live process holds the job.
     HeldElsewhere,
     /// The vfolder's status asks for no such job (nothing to do).

@@ -42,6 +42,15 @@ pub fn purge_one(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
     let store = cat.store();
+    // A purge stopped by `vfolderfs cancel` waits for an explicit resume
+    // (`vfolderfs purge`, `jobs --resume`), which withdraws the request
+    // first: the pool's scanner does not take it up again.
+    if let Some(j) = store.job(id)?
+        && let Some(by) = j.cancel
+        && j.kind == KIND
+    {
+        return Ok(Outcome::CancelledBy(by));
+    }
     let Some((job, v)) = super::claim(store.as_ref(), id, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
@@ -58,7 +67,7 @@ pub fn purge_one(
     // job does (that status only ends in delete-complete or delete-error),
     // so a stale owner removing along with a new one does no harm; the
     // status end below is what is fenced.
-    let result = remove_copy(cat, &claim, &v.volume, cancel, pause, &mut |n| {
+    let result = remove_copy(cat, &claim, &v.volume, cancel, pause, true, &mut |n| {
         done = job.done + n;
         progress(done);
     });
@@ -79,8 +88,16 @@ pub fn purge_one(
             if !super::holds(store.as_ref(), &claim) {
                 return Ok(super::claim_lost(&claim, "ending the purge"));
             }
-            let _ = store.renew_job(id, owner, lease(), done);
+            let _ = store.renew_job(id, owner, lease(), done, 0);
             store.release_job(id, owner, false)?;
+            if let Some(by) = super::cancel_request(store.as_ref(), id) {
+                info!(
+                    "purge of {:?} ({id}) stopped after {done} entries: cancelled by {by}; \
+                     it stays delete-ongoing until resumed",
+                    v.name
+                );
+                return Ok(Outcome::CancelledBy(by));
+            }
             Ok(Outcome::Cancelled)
         }
         Err(e) => {
@@ -145,8 +162,11 @@ pub fn request_expired(cat: &Catalog, listed: &VFolder, cause: &str) -> Result<b
 
 /// Removes `claim`'s vfolder's backing directory on `volume` (a missing
 /// one is fine) under that job claim, renewing it as it goes; stops between
-/// two entries when `cancel` is set or the claim is lost (both give
-/// [`RemoveError::Cancelled`]; [`super::holds`] tells them apart).
+/// two entries when `cancel` is set, the claim is lost or (with
+/// `cancellable`) the job row records a cancellation request (all give
+/// [`RemoveError::Cancelled`]; [`super::holds`] and
+/// [`super::cancel_request`] tell them apart). A removal that ends a
+/// cancelled job (a partial copy) is not `cancellable`.
 ///
 /// Fencing: the claim is confirmed in a fenced transaction after the
 /// directory is opened and before anything in it is removed, and again
@@ -163,11 +183,15 @@ pub fn remove_copy(
     volume: &str,
     cancel: &AtomicBool,
     pause: Option<Duration>,
+    cancellable: bool,
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<(), RemoveError> {
     let id = claim.vfolder_id.as_str();
     let store = cat.store();
     let mut beat = Heartbeat::new(store.as_ref(), id, &claim.owner, cancel, pause);
+    if cancellable {
+        beat = beat.watching_cancel();
+    }
     let mut done = 0;
     let mut stopped = false;
     let fd = match cat.open_backing(id, volume, libc::O_RDONLY | libc::O_NOFOLLOW) {
@@ -184,7 +208,7 @@ pub fn remove_copy(
     let stop_flag = AtomicBool::new(false);
     remove::empty_dir(fd, &stop_flag, &mut || {
         done += 1;
-        stopped = beat.beat(done);
+        stopped = beat.beat(done, 0);
         progress(done);
         if stopped {
             stop_flag.store(true, Ordering::Release);

@@ -88,7 +88,7 @@ pub fn run(
     };
     // Removes the partial new copy under the claim; None when done.
     let remove_partial = || -> Result<Option<Outcome>> {
-        match purge::remove_copy(cat, &claim, &to, cancel, None, &mut |_| {}) {
+        match purge::remove_copy(cat, &claim, &to, cancel, None, false, &mut |_| {}) {
             Ok(()) => Ok(None),
             Err(_) if !super::holds(store.as_ref(), &claim) => Ok(Some(super::claim_lost(
                 &claim,
@@ -116,10 +116,29 @@ pub fn run(
         store.release_job(id, owner, true)?;
         Ok(Outcome::Complete(0))
     };
+    // Asked to stop: the partial new copy removed, then the fenced switch
+    // back (the vfolder ready on its old volume, the old copy untouched).
+    let cancelled = |by: &str| -> Result<Outcome> {
+        if let Some(o) = remove_partial()? {
+            return Ok(o);
+        }
+        let why = format!("relocation to {to} cancelled by {by}; rolled back");
+        fenced!(
+            &claim,
+            "rolling the cancelled relocation back",
+            store.switch_volume(&claim, None, &format!("{why} ({owner})"))
+        );
+        store.release_job(id, owner, true)?;
+        info!("{why}: {:?}", v.name);
+        Ok(Outcome::CancelledBy(by.to_string()))
+    };
     if job.claims > 1 {
         // Interrupted: finish a rename that happened, undo a partial copy.
         if !cat.backing_exists(id, &from) && cat.backing_exists(id, &to) {
             return renamed(format!("relocation to {to} completed on resume ({owner})"));
+        }
+        if let Some(by) = &job.cancel {
+            return cancelled(by);
         }
         let why = format!("relocation to {to} interrupted; rolled back");
         if let Some(o) = remove_partial()? {
@@ -132,6 +151,9 @@ pub fn run(
         );
         store.release_job(id, owner, true)?;
         return Ok(Outcome::RolledBack(why));
+    }
+    if let Some(by) = &job.cancel {
+        return cancelled(by);
     }
     if cat.same_filesystem(&from, &to)? {
         fenced!(
@@ -167,6 +189,9 @@ pub fn run(
     match super::settle(store.as_ref(), id, &v.name, cancel)? {
         Settled::Confirmed => {}
         Settled::Cancelled => {
+            if let Some(by) = super::cancel_request(store.as_ref(), id) {
+                return cancelled(&by);
+            }
             store.release_job(id, owner, false)?;
             return Ok(Outcome::Cancelled);
         }
@@ -233,6 +258,10 @@ pub fn run(
             if !super::holds(store.as_ref(), &claim) {
                 return Ok(super::claim_lost(&claim, "switching"));
             }
+            if let Some(by) = super::cancel_request(store.as_ref(), id) {
+                drop((src, dst));
+                return cancelled(&by);
+            }
             store.release_job(id, owner, false)?;
             return Ok(Outcome::Cancelled);
         }
@@ -253,6 +282,9 @@ pub fn run(
         )
     );
     store.release_job(id, owner, true)?;
+    if let Err(e) = store.record_size(id, stats.bytes, stats.entries) {
+        warn!("recording the size of {:?}: {e}", v.name);
+    }
     info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
     // The old copy goes once every mount has switched (cleanup waits for
     // their confirmation; if shut down first, the next start removes it).
@@ -292,7 +324,7 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
     }
     let mut n = 0;
     super::stop_point("cleanup-remove");
-    match purge::remove_copy(cat, &claim, &prev, cancel, None, &mut |d| n = d) {
+    match purge::remove_copy(cat, &claim, &prev, cancel, None, false, &mut |d| n = d) {
         Ok(()) => {
             fenced!(
                 &claim,
