@@ -189,8 +189,27 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
     }
     let [store, mountpoint] = <[PathBuf; 2]>::try_from(pos)
         .map_err(|_| "usage: mount.vfolderfs STORE MOUNTPOINT [-o OPTIONS]".to_string())?;
+    // `data=DIR`: the data directory of a PostgreSQL store (`--data`).
+    let mut data = None;
+    let opts: Vec<String> = opts
+        .iter()
+        .map(|o| {
+            o.split(',')
+                .filter(|kv| match kv.strip_prefix("data=") {
+                    Some(d) => {
+                        data = Some(PathBuf::from(d));
+                        false
+                    }
+                    None => true,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|o| !o.is_empty())
+        .collect();
     Ok(Cli {
         store: Some(store),
+        data,
         confirm_timeout: crate::enforce::DEFAULT_CONFIRM_TIMEOUT,
         command: Command::Mount(MountCmd {
             mountpoint,
@@ -469,9 +488,17 @@ fn serve_inner(
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
+        let shared = args
+            .layout
+            .database()
+            .is_some()
+            .then(|| cat.store().clone());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&db, &store_id, &reg, &notifier, &stop, lease))
+            .spawn(move || match shared {
+                Some(s) => crate::watch_shared::watch(s, &store_id, &reg, &notifier, &stop, lease),
+                None => watch(&db, &store_id, &reg, &notifier, &stop, lease),
+            })
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -564,6 +591,21 @@ fn check_store_id(s: &SqliteStore, db: &Path, want: &str) -> crate::store::Resul
             expected: want.to_string(),
             found,
         }),
+    }
+}
+
+/// Sends the kernel the invalidations the registry owes it.
+pub(crate) fn send_invalidations(reg: &Registry, notifier: &Notifier) {
+    for inv in reg.take_pending() {
+        let r = match &inv {
+            Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
+            Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+        };
+        if let Err(e) = r
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            warn!("invalidating {inv:?}: {e}");
+        }
     }
 }
 
@@ -671,17 +713,7 @@ fn watch(
                 }
             }
         }
-        for inv in reg.take_pending() {
-            let r = match &inv {
-                Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
-                Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-            };
-            if let Err(e) = r
-                && e.raw_os_error() != Some(libc::ENOENT)
-            {
-                warn!("invalidating {inv:?}: {e}");
-            }
-        }
+        send_invalidations(reg, notifier);
         thread::sleep(POLL_INTERVAL);
     }
     // A clean unmount: no command waits for this mount any more.

@@ -2,6 +2,7 @@
 //! are in [`output`], background jobs run from the CLI in [`jobs`].
 
 mod jobs;
+mod nodes;
 mod output;
 
 use std::ffi::OsString;
@@ -27,8 +28,16 @@ use std::sync::atomic::AtomicBool;
 pub struct Cli {
     /// Store directory (default: $VFOLDERFS_STORE, else /var/lib/vfolderfs
     /// for root and $XDG_DATA_HOME/vfolderfs otherwise).
-    #[arg(long, global = true, value_name = "DIR")]
+    /// A `postgres://` URL (or `postgresql://`) keeps the store in that
+    /// PostgreSQL database, shared by every node's mount; other settings
+    /// follow libpq (PGPASSFILE or ~/.pgpass, PGSSLMODE, PGSERVICE, ...).
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
+    /// With a PostgreSQL store: the directory holding its data (the same
+    /// shared directory on every node; default: $VFOLDERFS_DATA, else the
+    /// default store directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// How long a command that changes a vfolder waits for every live mount
     /// to confirm the change (then it names those that did not and exits
     /// with status 4; the change stays made).
@@ -46,6 +55,13 @@ pub enum Command {
     /// Make the store (the only command that does); on an existing store,
     /// say so and succeed.
     Init,
+    /// List the mounts recorded in the store (every node's), with their
+    /// lease and the change each has applied.
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a ready vfolder.
     Create {
         /// Its name.
@@ -354,7 +370,7 @@ pub(crate) fn cause(what: &str) -> String {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
-    let layout = Layout::resolve(cli.store.as_deref());
+    let layout = Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
     if let Command::Mount(m) = cli.command {
         let args = MountArgs::from_cli(layout, &m).map_err(CliError::Failed)?;
         return daemon::mount(args).map(|()| 0).map_err(|e| match e {
@@ -546,6 +562,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     println!("{k:18} {s}");
                 }
             }
+        }
+        Command::Nodes { json } => {
+            nodes::nodes(&cat, json)?;
         }
         Command::History { name, json } => {
             let v = cat.resolve(&name)?;
