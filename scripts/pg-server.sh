@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL cluster for the tests, run as the `postgres` user.
 #
 #   eval "$(scripts/pg-server.sh start DIR)"   # prints the exports below
+#   scripts/pg-server.sh restart DIR          # a database restart, for tests
 #   scripts/pg-server.sh stop DIR
 #
 # DIR (made by the caller, e.g. mktemp -d) receives the cluster, its socket,
@@ -12,8 +13,8 @@
 # Exports: VFOLDERFS_TEST_PG (an admin URL whose role may create databases),
 # VFOLDERFS_TEST_PG_PORT, VFOLDERFS_TEST_PG_CA, PGPASSFILE.
 set -euo pipefail
-cmd=${1:?usage: pg-server.sh start|stop DIR}
-dir=${2:?usage: pg-server.sh start|stop DIR}
+cmd=${1:?usage: pg-server.sh start|restart|stop DIR}
+dir=${2:?usage: pg-server.sh start|restart|stop DIR}
 dir=$(cd "$dir" && pwd)
 
 bindir=""
@@ -64,13 +65,16 @@ HBA
   echo "export VFOLDERFS_TEST_PG_CA='$dir/ca.crt'"
   echo "export PGPASSFILE='$dir/pgpass'"
   ;;
+restart)
+  as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 60 restart >/dev/null
+  ;;
 stop)
   if [ -n "$bindir" ] && [ -f "$dir/data/postmaster.pid" ]; then
     as_pg "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null || true
   fi
   ;;
 *)
-  echo "usage: pg-server.sh start|stop DIR" >&2
+  echo "usage: pg-server.sh start|restart|stop DIR" >&2
   exit 2
   ;;
 esac

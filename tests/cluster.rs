@@ -192,25 +192,113 @@ impl Drop for Node {
     }
 }
 
+/// The PostgreSQL server the nodes reach: the one `scripts/test.sh`
+/// started, or one of the test's own that it may restart (stopped on drop).
+struct Server {
+    admin: String,
+    port: String,
+    ca: String,
+    /// For a server of the test's own: its password file and directory.
+    own: Option<(String, tempfile::TempDir)>,
+}
+
+impl Server {
+    fn shared() -> Server {
+        let env = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!("{k} is not set: run scripts/test.sh (it starts PostgreSQL)")
+            })
+        };
+        Server {
+            admin: common::pg_admin_url(),
+            port: env("VFOLDERFS_TEST_PG_PORT"),
+            ca: env("VFOLDERFS_TEST_PG_CA"),
+            own: None,
+        }
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-server.sh")
+    }
+
+    /// A server of this test's own (`scripts/pg-server.sh`).
+    fn own() -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("vfolderfs-pg-")
+            .tempdir()
+            .unwrap();
+        let o = Command::new(Self::script())
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "starting a PostgreSQL server: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8(o.stdout).unwrap();
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("{k} missing in {out}"))
+        };
+        let passfile = get("PGPASSFILE");
+        Server {
+            admin: format!("{}&passfile={passfile}", get("VFOLDERFS_TEST_PG")),
+            port: get("VFOLDERFS_TEST_PG_PORT"),
+            ca: get("VFOLDERFS_TEST_PG_CA"),
+            own: Some((passfile, dir)),
+        }
+    }
+
+    /// Restarts a server of the test's own (a database restart).
+    fn restart(&self) {
+        let (_, dir) = self.own.as_ref().expect("only a server of the test's own");
+        run(&[
+            Self::script().to_str().unwrap(),
+            "restart",
+            dir.path().to_str().unwrap(),
+        ]);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((_, dir)) = &self.own {
+            let _ = Command::new(Self::script())
+                .arg("stop")
+                .arg(dir.path())
+                .status();
+        }
+    }
+}
+
 /// `n` nodes sharing a new store (a database of its own, one data directory).
 struct Cluster {
     nodes: Vec<Node>,
     db: PgDb,
+    _server: Server,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
-        let port = std::env::var("VFOLDERFS_TEST_PG_PORT").expect(
-            "VFOLDERFS_TEST_PG_PORT is not set: run scripts/test.sh (it starts PostgreSQL)",
-        );
-        let ca = std::env::var("VFOLDERFS_TEST_PG_CA").expect("VFOLDERFS_TEST_PG_CA");
-        let db = PgDb::new();
+        Self::on(n, Server::shared())
+    }
+
+    fn on(n: usize, server: Server) -> Cluster {
+        let db = PgDb::on(&server.admin);
         let dir = tempfile::Builder::new()
             .prefix("vfolderfs-cluster-")
             .tempdir()
             .unwrap();
         let data = dir.path().join("shared");
+        let passfile = match &server.own {
+            Some((f, _)) => format!("&passfile={f}"),
+            None => String::new(),
+        };
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
                 let net = Net::new();
@@ -219,8 +307,8 @@ impl Cluster {
                     // TLS with the chain checked (the address is not in the
                     // certificate, so not verify-full).
                     url: format!(
-                        "postgres://vfolderfs@{}:{port}/{}?sslmode=verify-ca&sslrootcert={ca}",
-                        net.host_ip, db.name
+                        "postgres://vfolderfs@{}:{}/{}?sslmode=verify-ca&sslrootcert={}{passfile}",
+                        net.host_ip, server.port, db.name, server.ca
                     ),
                     data: data.clone(),
                     mnt: dir.path().join(format!("mnt{}", i + 1)),
@@ -235,6 +323,7 @@ impl Cluster {
         Cluster {
             nodes,
             db,
+            _server: server,
             _dir: dir,
         }
     }
@@ -249,7 +338,10 @@ impl Cluster {
 }
 
 fn append(p: &Path, line: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)?;
     f.write_all(line.as_bytes())
 }
 
@@ -521,4 +613,171 @@ fn a_partitioned_node_refuses_writes_after_its_lease_and_resumes_when_the_link_r
         log.starts_with("before\n") && log.ends_with("after\n"),
         "{log:?}"
     );
+}
+
+fn status(n: &Node, name: &str) -> String {
+    let o = n.cli(&["show", name, "--json"]);
+    if !o.status.success() {
+        return String::new();
+    }
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether process `pid` is stopped (state `T`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// Runs a job on `node` in its CLI with a short claim lease, stopping
+/// itself just before its final step (`point`), then kills it (-9): a
+/// node that dies mid-job.
+fn die_before(node: &Node, args: &[&str], point: &str) {
+    let mut child = node
+        .cmd(args)
+        .env("VFOLDERFS_JOB_LEASE_MS", "1000")
+        .env("VFOLDERFS_TEST_STOP_AT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // nsenter execs the binary: the child is the job's process.
+    let pid = child.id();
+    let reached = eventually(Duration::from_secs(60), || stopped(pid));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reached, "{args:?} never reached {point}");
+}
+
+#[test]
+fn a_node_killed_mid_purge_is_finished_by_another() {
+    let c = Cluster::new(2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n2.mount(&[]);
+    n1.ok(&["create", "doomed"]);
+    assert!(eventually(Duration::from_secs(10), || n2
+        .p("doomed")
+        .is_dir()));
+    for i in 0..50 {
+        std::fs::write(n2.p(&format!("doomed/f{i}")), b"x").unwrap();
+    }
+    n1.ok(&["delete", "doomed"]);
+    die_before(n1, &["purge", "doomed"], "purge-end");
+    // Node 2's pool takes the job over once node 1's claim has lapsed (on
+    // the database's clock: node 1 is another node, judged by its lease).
+    assert!(
+        eventually(Duration::from_secs(60), || status(n1, "doomed")
+            == "delete-complete"),
+        "node 2 never finished the purge"
+    );
+    let h = c.history("doomed");
+    assert_eq!(
+        h.iter().filter(|e| e["to"] == "delete-complete").count(),
+        1,
+        "{h:?}"
+    );
+    assert!(
+        h.last().unwrap()["cause"]
+            .as_str()
+            .is_some_and(|c| !c.contains("cli")),
+        "{h:?}"
+    );
+}
+
+#[test]
+fn a_node_killed_mid_clone_is_rolled_back_by_another() {
+    let c = Cluster::new(2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n2.mount(&[]);
+    n1.ok(&["create", "src"]);
+    assert!(eventually(Duration::from_secs(10), || n2.p("src").is_dir()));
+    for i in 0..50 {
+        std::fs::write(n2.p(&format!("src/f{i}")), format!("{i}")).unwrap();
+    }
+    die_before(n1, &["clone", "src", "dst"], "clone-end");
+    // Node 2 takes the clone over: a resumed clone is rolled back, its
+    // partial target purged, the source ready again.
+    assert!(
+        eventually(Duration::from_secs(60), || status(n1, "src") == "ready"
+            && status(n1, "dst") == "delete-complete"),
+        "node 2 never ended the clone: src {}, dst {}",
+        status(n1, "src"),
+        status(n1, "dst")
+    );
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(n2.p(&format!("src/f{i}"))).unwrap(),
+            format!("{i}")
+        );
+    }
+    std::fs::write(n2.p("src/after"), "writable again").unwrap();
+}
+
+#[test]
+fn a_database_restart_under_load_needs_no_remount() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let c = Cluster::on(2, Server::own());
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n1.mount(&[]);
+    n2.mount(&[]);
+    n1.ok(&["create", "busy"]);
+    assert!(eventually(Duration::from_secs(10), || n2
+        .p("busy")
+        .is_dir()));
+    let stop = AtomicBool::new(false);
+    let ok = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    std::thread::scope(|s| {
+        for (i, n) in [n1, n2].into_iter().enumerate() {
+            let (stop, ok) = (&stop, &ok[i]);
+            s.spawn(move || {
+                let f = n.p(&format!("busy/w{i}"));
+                while !stop.load(Ordering::Relaxed) {
+                    if append(&f, "x\n").is_ok() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        c._server.restart();
+        // Status changes go on through the restart, confirmed by both nodes.
+        n1.ok(&["create", "after"]);
+        n2.ok(&["delete", "busy"]);
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(ok.iter().all(|n| n.load(Ordering::Relaxed) > 0));
+    // Both mounts, never remounted, enforce the change made after the restart...
+    for n in [n1, n2] {
+        assert!(append(&n.p(".trash/busy/w0"), "late\n").is_err());
+    }
+    // ... and serve writes again where the status allows them.
+    for n in [n1, n2] {
+        assert!(
+            eventually(Duration::from_secs(30), || append(&n.p("after/ok"), "y\n")
+                .is_ok()),
+            "{} did not recover",
+            n.name
+        );
+    }
+    // Their job pools work again too: a queued purge is run by one of them.
+    n1.ok(&["purge", "busy", "--no-wait"]);
+    assert!(
+        eventually(Duration::from_secs(60), || status(n1, "busy")
+            == "delete-complete"),
+        "no mount's pool ran the purge after the restart"
+    );
+    let nodes: serde_json::Value = serde_json::from_str(&n1.ok(&["nodes", "--json"])).unwrap();
+    let live = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["live"] == true)
+        .count();
+    assert_eq!(live, 2, "{nodes}");
 }

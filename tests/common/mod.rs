@@ -23,9 +23,10 @@ pub fn pg_admin_url() -> String {
     }
 }
 
-/// Connects to the test server's database `db` (the admin URL's otherwise).
-pub fn pg_client(db: Option<&str>) -> postgres::Client {
-    let mut url = pg_admin_url();
+/// Connects to `url` (an admin URL of a test server, `…/postgres?…`),
+/// to its database `db` if given.
+pub fn pg_client_at(url: &str, db: Option<&str>) -> postgres::Client {
+    let mut url = url.to_string();
     if let Some(db) = db {
         url = url.replacen("/postgres?", &format!("/{db}?"), 1);
     }
@@ -35,35 +36,53 @@ pub fn pg_client(db: Option<&str>) -> postgres::Client {
         .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL {url}: {e:?}"))
 }
 
-/// A database of its own on the test server for one test, dropped on drop.
+/// Connects to the test server's database `db` (the admin URL's otherwise).
+pub fn pg_client(db: Option<&str>) -> postgres::Client {
+    pg_client_at(&pg_admin_url(), db)
+}
+
+/// A database of its own on a test server for one test, dropped on drop.
 pub struct PgDb {
     pub name: String,
     pub url: String,
+    admin: String,
 }
 
 impl PgDb {
-    /// Makes a new, empty database.
+    /// Makes a new, empty database on the test server.
     pub fn new() -> PgDb {
+        Self::on(&pg_admin_url())
+    }
+
+    /// Makes a new, empty database on the server of admin URL `admin`.
+    pub fn on(admin: &str) -> PgDb {
         let name = format!("vft_{}", uuid::Uuid::new_v4().simple());
-        pg_client(None)
+        pg_client_at(admin, None)
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("CREATE DATABASE");
-        let url = pg_admin_url().replacen("/postgres?", &format!("/{name}?"), 1);
-        PgDb { name, url }
+        let url = admin.replacen("/postgres?", &format!("/{name}?"), 1);
+        PgDb {
+            name,
+            url,
+            admin: admin.to_string(),
+        }
     }
 
     /// A connection to it.
     pub fn client(&self) -> postgres::Client {
-        pg_client(Some(&self.name))
+        pg_client_at(&self.admin, Some(&self.name))
     }
 }
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        if let Ok(u) = std::env::var("VFOLDERFS_TEST_PG")
-            && !u.is_empty()
+        let Ok(conf) = vfolderfs::store::pgconf::PgConf::parse(&self.admin) else {
+            return;
+        };
+        if let Ok(tls) = conf.tls()
+            && let Ok(mut c) = conf.config.connect(tls)
         {
-            let _ = pg_client(None).batch_execute(&format!(
+            let _ = c.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ));
