@@ -161,8 +161,13 @@ pub fn check(cat: &Catalog) -> Result<Vec<Finding>> {
     }
     out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
     let me = sessions::current_mnt_ns().ok();
+    let node = crate::enforce::node_name();
     for a in cat.store().attachments(None)? {
-        if Some(a.mnt_ns) == me && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none() {
+        // A namespace inode means something on its own node only.
+        if a.node == node
+            && Some(a.mnt_ns) == me
+            && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none()
+        {
             out.push(Finding::StaleAttachment {
                 target: a.target,
                 session: a.session,

@@ -400,14 +400,16 @@ fn process_in_ns(ns: u64) -> Option<u32> {
     None
 }
 
-/// Finds attachments whose bind is gone (its namespace died, or its target
-/// is no longer mounted there) and removes their records; returns them.
-/// With `own_ns_only`, only this mount namespace is looked at.
+/// Finds attachments of this node whose bind is gone (its namespace died,
+/// or its target is no longer mounted there) and removes their records;
+/// returns them. With `own_ns_only`, only this mount namespace is looked at.
 pub fn prune(cat: &Catalog, own_ns_only: bool) -> Result<Vec<Attachment>, SessionError> {
     let me = current_mnt_ns().ok();
+    let node = crate::enforce::node_name();
     let mut gone = Vec::new();
     for a in cat.store().attachments(None)? {
-        if own_ns_only && Some(a.mnt_ns) != me {
+        // Another node's namespaces cannot be looked at from here.
+        if a.node != node || (own_ns_only && Some(a.mnt_ns) != me) {
             continue;
         }
         let info = if Some(a.mnt_ns) == me {

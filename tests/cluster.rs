@@ -389,6 +389,57 @@ fn a_delete_on_node1_is_in_force_on_node2_when_it_returns() {
     }
 }
 
+/// A session on `node`: a mount namespace of its own there, with `name`
+/// attached at `target` through the node's mount; killed on drop.
+struct Session(std::process::Child);
+
+impl Session {
+    fn start(node: &Node, name: &str, target: &Path) -> Session {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.net.ns))
+            .args([
+                "--",
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+            ])
+            .arg(
+                "\"$B\" --store \"$U\" --data \"$D\" attach \"$N\" --session s1 --target \"$T\" \
+                 --mount \"$M\" >/dev/null && echo attached && exec sleep 120",
+            )
+            .env("B", common::bin())
+            .env("U", &node.url)
+            .env("D", &node.data)
+            .env("N", name)
+            .env("T", target)
+            .env("M", &node.mnt)
+            .env("VFOLDERFS_NODE", &node.name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let s = Session(child);
+        assert_eq!(line.trim(), "attached");
+        s
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn an_attach_on_node2_blocks_a_delete_from_node1() {
     let c = Cluster::new(2);
@@ -399,47 +450,7 @@ fn an_attach_on_node2_blocks_a_delete_from_node1() {
         .p("data")
         .is_dir()));
     // A session on node 2: a mount namespace of its own that stays alive.
-    let target = c._dir.path().join("session-target");
-    let mut session = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", n2.net.ns))
-        .args([
-            "--",
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-        ])
-        .arg(
-            "\"$B\" --store \"$U\" --data \"$D\" attach data --session s1 --target \"$T\" \
-             --mount \"$M\" >/dev/null && echo attached && exec sleep 120",
-        )
-        .env("B", common::bin())
-        .env("U", &n2.url)
-        .env("D", &n2.data)
-        .env("T", &target)
-        .env("M", &n2.mnt)
-        .env("VFOLDERFS_NODE", &n2.name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let session = Kill(&mut session);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(session.0.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "attached");
+    let session = Session::start(n2, "data", &c._dir.path().join("session-target"));
     let o = n1.cli(&["delete", "data"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -780,4 +791,36 @@ fn a_database_restart_under_load_needs_no_remount() {
         .filter(|m| m["live"] == true)
         .count();
     assert_eq!(live, 2, "{nodes}");
+}
+
+#[test]
+fn pruning_on_node1_leaves_node2s_attachments_alone() {
+    let c = Cluster::new(2);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    n2.mount(&[]);
+    n1.ok(&["create", "data"]);
+    assert!(eventually(Duration::from_secs(10), || n2
+        .p("data")
+        .is_dir()));
+    let _session = Session::start(n2, "data", &c._dir.path().join("session-target"));
+    // Node 1 is another host: it sees none of node 2's processes or
+    // namespaces (a pid namespace of its own with its own /proc).
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", n1.net.ns))
+        .args(["--", "unshare", "--pid", "--fork", "--mount-proc"])
+        .arg(common::bin())
+        .args(["--store", &n1.url, "--data"])
+        .arg(&n1.data)
+        .args(["sessions", "--prune"])
+        .env("VFOLDERFS_NODE", &n1.name)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list: serde_json::Value = serde_json::from_str(&n1.ok(&["sessions", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["node"], "node2");
+    // So the attachment still blocks a delete from node 1.
+    let o = n1.cli(&["delete", "data"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("attached to 1 session"));
 }

@@ -157,6 +157,9 @@ pub struct Attachment {
     pub read_only: bool,
     /// Inode of the mount namespace the bind lives in.
     pub mnt_ns: u64,
+    /// The node that namespace is on (namespace inodes mean something on
+    /// their own node only).
+    pub node: String,
     /// The vfolder's path in the vfolderfs mount it was bound from.
     pub source: String,
     /// When it was attached.

@@ -109,7 +109,8 @@ fn migrations() -> Vec<String> {
              mnt_ns      BIGINT NOT NULL,
              source      TEXT NOT NULL,
              created_at  BIGINT NOT NULL,
-             UNIQUE (mnt_ns, target)
+             node        TEXT NOT NULL,
+             UNIQUE (node, mnt_ns, target)
          );
          CREATE INDEX attachments_vfolder ON attachments(vfolder_id);
          CREATE INDEX attachments_session ON attachments(session);

@@ -1086,10 +1086,11 @@ impl Store for PgStore {
             }
             let now = Self::now_in(tx)?;
             let ns = mnt_ns as i64;
+            let node = crate::enforce::node_name();
             let taken = tx
                 .query_opt(
-                    "SELECT 1 FROM attachments WHERE mnt_ns = $1 AND target = $2",
-                    &[&ns, &target],
+                    "SELECT 1 FROM attachments WHERE node = $1 AND mnt_ns = $2 AND target = $3",
+                    &[&node, &ns, &target],
                 )
                 .map_err(pg("recording an attachment"))?
                 .is_some();
@@ -1098,9 +1099,9 @@ impl Store for PgStore {
             }
             let seq: i64 = tx
                 .query_one(
-                    "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-                    &[&id, &session, &target, &read_only, &ns, &source, &now],
+                    "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at, node) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+                    &[&id, &session, &target, &read_only, &ns, &source, &now, &node],
                 )
                 .map_err(|e| {
                     if is_unique_violation(&e) {
@@ -1117,6 +1118,7 @@ impl Store for PgStore {
                 target: target.to_string(),
                 read_only,
                 mnt_ns,
+                node: node.clone(),
                 source: source.to_string(),
                 created_at: now,
             })
@@ -1136,7 +1138,7 @@ impl Store for PgStore {
         self.read(|tx| {
             Ok(tx
                 .query(
-                    "SELECT seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at \
+                    "SELECT seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at, node \
                      FROM attachments WHERE $1::text IS NULL OR vfolder_id = $1 ORDER BY seq",
                     &[&vfolder],
                 )
@@ -1149,6 +1151,7 @@ impl Store for PgStore {
                     target: r.get(3),
                     read_only: r.get(4),
                     mnt_ns: r.get::<_, i64>(5) as u64,
+                    node: r.get(8),
                     source: r.get(6),
                     created_at: r.get(7),
                 })

@@ -556,6 +556,8 @@ impl Store for SqliteStore {
             target: target.to_string(),
             read_only,
             mnt_ns,
+            // One node's store: every attachment is this node's.
+            node: crate::enforce::node_name(),
             source: source.to_string(),
             created_at: now,
         })
@@ -586,6 +588,7 @@ impl Store for SqliteStore {
                     target: r.get(3)?,
                     read_only: r.get(4)?,
                     mnt_ns: r.get::<_, i64>(5)? as u64,
+                    node: crate::enforce::node_name(),
                     source: r.get(6)?,
                     created_at: r.get(7)?,
                 })
