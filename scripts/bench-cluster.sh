@@ -19,6 +19,7 @@ if [ -z "$B" ]; then
 fi
 w=$(mktemp -d /tmp/vfolderfs-bench-cluster.XXXXXX)
 mkdir -p "$w/pg" "$w/m1" "$w/m2"
+chmod 755 "$w"   # the postgres user must reach the cluster inside
 cleanup() {
   umount "$w/m1" "$w/m2" 2>/dev/null || true
   scripts/pg-server.sh stop "$w/pg"
@@ -30,7 +31,7 @@ psqlp() { runuser -u postgres -- psql -h "$w/pg/sock" -p "$VFOLDERFS_TEST_PG_POR
 psqlp -d postgres -c "CREATE DATABASE bench OWNER vfolderfs"
 U="postgres://vfolderfs@127.0.0.1:$VFOLDERFS_TEST_PG_PORT/bench?sslmode=disable"
 V() { "$B" --store "$U" --data "$w/data" "$@"; }
-stats() { awk '{a[NR]=$1} END {asort(a); printf "median %d ms, max %d ms (n=%d)\n", a[int((NR+1)/2)], a[NR], NR}'; }
+stats() { sort -n | awk '{a[NR]=$1} END {printf "median %d ms, max %d ms (n=%d)\n", a[int((NR+1)/2)], a[NR], NR}'; }
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 
 V init >/dev/null

@@ -728,3 +728,36 @@ fn watch(
         warn!("forgetting this mount in the store: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use crate::cli::Command;
+
+    #[test]
+    fn the_fstab_helper_takes_data_for_a_postgres_store() {
+        let args: Vec<OsString> = [
+            "mount.vfolderfs",
+            "postgres://u@h/db?sslmode=verify-full",
+            "/mnt/v",
+            "-o",
+            "rw,data=/shared/v,allow_other",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let cli = super::helper_args(&args).unwrap();
+        assert_eq!(cli.data.as_deref(), Some(Path::new("/shared/v")));
+        let layout = crate::layout::Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
+        assert_eq!(
+            layout.database(),
+            Some("postgres://u@h/db?sslmode=verify-full")
+        );
+        assert_eq!(layout.data_dir(), Path::new("/shared/v/data"));
+        match cli.command {
+            Command::Mount(m) => assert_eq!(m.options, ["rw,allow_other"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -373,7 +373,8 @@ pub fn detach(
         .into_iter()
         .filter(|a| pick(a))
     {
-        let unmounted = if a.mnt_ns == ns {
+        // Only a bind of this node's namespace is unmounted from here.
+        let unmounted = if a.mnt_ns == ns && a.node == crate::enforce::node_name() {
             unbind(&store, Path::new(&a.target))?
         } else {
             false
