@@ -824,3 +824,38 @@ fn pruning_on_node1_leaves_node2s_attachments_alone() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("attached to 1 session"));
 }
+
+#[test]
+fn a_mount_serves_only_the_store_it_started_with() {
+    let c = Cluster::new(1);
+    let n1 = &c.nodes[0];
+    n1.mount(&[]);
+    n1.ok(&["create", "v"]);
+    std::fs::write(n1.p("v/f"), "1\n").unwrap();
+    let id: String =
+        c.db.client()
+            .query_one("SELECT value FROM store_info WHERE key = 'id'", &[])
+            .unwrap()
+            .get(0);
+    // Another store's database in its place: writes are refused, until the
+    // database is the mount's store again.
+    c.db.client()
+        .execute(
+            "UPDATE store_info SET value = 'another' WHERE key = 'id'",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || append(&n1.p("v/f"), "x\n")
+            .is_err()),
+        "the mount kept writing for another store"
+    );
+    c.db.client()
+        .execute("UPDATE store_info SET value = $1 WHERE key = 'id'", &[&id])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || append(&n1.p("v/f"), "y\n")
+            .is_ok()),
+        "the mount did not resume with its own store"
+    );
+}
