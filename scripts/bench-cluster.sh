@@ -6,6 +6,7 @@
 #    node b before is tried (median and max of the command, and how many
 #    such writes succeeded: must be 0);
 #  - CLI latency (`list`) against PostgreSQL and SQLite;
+#  - purge throughput with two mounts sharing the work, and with one;
 #  - the idle load one mount puts on the database (transactions and rows
 #    read per second) with 1 and 20,000 vfolders.
 #   scripts/bench-cluster.sh [BINARY]     (default: target/release/vfolderfs, built)
@@ -56,7 +57,27 @@ for i in $(seq 1 $n); do "$B" --store "$w/sqlite" create "x$i" >/dev/null; done
 for i in $(seq 1 10); do s=$(date +%s%N); "$B" --store "$w/sqlite" list >/dev/null; e=$(date +%s%N); ms "$s" "$e"; done >"$w/sql"
 echo "CLI list: PostgreSQL $(stats <"$w/pgl"); SQLite $(stats <"$w/sql")"
 
+# Purge throughput: vfolders of many small files trashed and queued for
+# purge; the mounts' pools share the work. Once with both mounts, once with one.
+purge_round() {
+  local tag=$1 k=8 files=400
+  for i in $(seq 1 $k); do
+    V create "$tag$i" >/dev/null
+    (cd "$w/m1/$tag$i" && for f in $(seq 1 $files); do : >"f$f"; done)
+  done
+  for i in $(seq 1 $k); do V delete "$tag$i" --no-wait >/dev/null; done
+  local s e
+  s=$(date +%s%N)
+  for i in $(seq 1 $k); do V purge "$tag$i" --no-wait >/dev/null; done
+  # Until none of this round's vfolders waits for (or is in) its purge.
+  while V list --json --all | tr '}' '\n' | grep "\"name\":\"$tag" |
+    grep -q '"status":"delete-\(pending\|ongoing\)"'; do sleep 0.1; done
+  e=$(date +%s%N)
+  echo "$k vfolders x $files files purged in $(ms "$s" "$e") ms ($(( k * files * 1000 / ($(ms "$s" "$e") + 1) )) files/s)"
+}
+echo "purge with two mounts: $(purge_round p2x)"
 umount "$w/m2"
+echo "purge with one mount:  $(purge_round p1x)"
 q() { psqlp -d postgres -Atc "SELECT xact_commit + xact_rollback, tup_returned + tup_fetched FROM pg_stat_database WHERE datname = 'bench'"; }
 idle() {
   sleep 5
