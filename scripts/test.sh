@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them. The FUSE tests mount for real:
 # they need root and /dev/fuse, and this script fails (never skips) without.
+# It also starts a throwaway PostgreSQL (scripts/pg-server.sh; Debian's
+# postgresql package is installed if missing) for the tests that need one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,16 @@ if [ ! -c /dev/fuse ]; then
   echo "test.sh: /dev/fuse is missing: the mount tests cannot run" >&2
   exit 1
 fi
+
+# A throwaway PostgreSQL for the store tests that run against both backends
+# and the cluster tests; torn down at the end whatever happens.
+command -v openssl >/dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+}
+pgdir=$(mktemp -d /tmp/vfolderfs-pg.XXXXXX)
+trap 'scripts/pg-server.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
+eval "$(scripts/pg-server.sh start "$pgdir")"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

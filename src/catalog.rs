@@ -16,7 +16,9 @@ use crate::backing::sys;
 use crate::layout::Layout;
 use crate::privacy;
 use crate::status::Op;
-use crate::store::{ListFilter, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder};
+use crate::store::{
+    ListFilter, PgStore, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder,
+};
 use crate::volumes::{self, VolumeError};
 
 /// The volume every store has: its own `data/` directory.
@@ -83,6 +85,10 @@ impl Catalog {
     }
 
     fn open_with(layout: Layout, tighten: bool) -> Result<Catalog> {
+        if let Some(url) = layout.database() {
+            let store: Arc<dyn Store> = Arc::new(PgStore::open(url)?);
+            return Self::finish_open(layout, store, tighten);
+        }
         let db = layout.db_path();
         match fs::symlink_metadata(&db) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -96,6 +102,10 @@ impl Catalog {
             privacy::tighten_all(&privacy::loose_db_files(&layout));
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+        Self::finish_open(layout, store, tighten)
+    }
+
+    fn finish_open(layout: Layout, store: Arc<dyn Store>, tighten: bool) -> Result<Catalog> {
         privacy::make_private_dir(&layout.data_dir()).map_err(io_err(layout.data_dir()))?;
         let cat = Catalog {
             layout,
@@ -116,6 +126,13 @@ impl Catalog {
     /// refused ([`StoreError::NotEmpty`]): it may be a store whose database
     /// was moved away.
     pub fn init(layout: Layout) -> Result<(Catalog, bool)> {
+        if let Some(url) = layout.database() {
+            // The database decides whether the store exists; the data
+            // directory may be shared with nodes that made it already.
+            let (store, made) = PgStore::create(url)?;
+            privacy::make_private_dir(layout.root()).map_err(io_err(layout.root()))?;
+            return Ok((Self::finish_open(layout, Arc::new(store), true)?, made));
+        }
         let (root, db) = (layout.root().to_path_buf(), layout.db_path());
         if fs::symlink_metadata(&db).is_ok() {
             return Ok((Self::open(layout)?, false));

@@ -247,8 +247,27 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
     }
     let [store, mountpoint] = <[PathBuf; 2]>::try_from(pos)
         .map_err(|_| "usage: mount.vfolderfs STORE MOUNTPOINT [-o OPTIONS]".to_string())?;
+    // `data=DIR`: the data directory of a PostgreSQL store (`--data`).
+    let mut data = None;
+    let opts: Vec<String> = opts
+        .iter()
+        .map(|o| {
+            o.split(',')
+                .filter(|kv| match kv.strip_prefix("data=") {
+                    Some(d) => {
+                        data = Some(PathBuf::from(d));
+                        false
+                    }
+                    None => true,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|o| !o.is_empty())
+        .collect();
     Ok(Cli {
         store: Some(store),
+        data,
         confirm_timeout: crate::enforce::DEFAULT_CONFIRM_TIMEOUT,
         command: Command::Mount(MountCmd {
             mountpoint,
@@ -611,9 +630,19 @@ fn serve_inner(
     };
     let watcher = {
         let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
+        let shared = args
+            .layout
+            .database()
+            .is_some()
+            .then(|| cat.store().clone());
         thread::Builder::new()
             .name("vfolderfs-watch".into())
-            .spawn(move || watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease))
+            .spawn(move || match shared {
+                Some(s) => {
+                    crate::watch_shared::watch(s, &store_id, &reg, (&notifier, &dev), &stop, lease)
+                }
+                None => watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease),
+            })
             .map_err(|e| MountError::Io("starting the watcher", e))?
     };
     {
@@ -782,6 +811,27 @@ fn check_store_id(s: &SqliteStore, db: &Path, want: &str) -> crate::store::Resul
     }
 }
 
+/// Sends the kernel the invalidations the registry owes it.
+pub(crate) fn send_invalidations(
+    reg: &Registry,
+    notifier: &Notifier,
+    dev: std::os::fd::BorrowedFd<'_>,
+) {
+    for inv in reg.take_pending() {
+        let r = match &inv {
+            Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
+            Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            Inval::All => caching::drop_kernel_cache(reg, notifier, dev),
+            Inval::Names => caching::drop_names(dev),
+        };
+        if let Err(e) = r
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            warn!("invalidating {inv:?}: {e}");
+        }
+    }
+}
+
 /// The (device, inode) of a file, to notice it being replaced.
 fn file_id(p: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -913,19 +963,7 @@ fn watch(
                 }
             }
         }
-        for inv in reg.take_pending() {
-            let r = match &inv {
-                Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name.as_ref()),
-                Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                Inval::All => caching::drop_kernel_cache(reg, notifier, dev.as_fd()),
-                Inval::Names => caching::drop_names(dev.as_fd()),
-            };
-            if let Err(e) = r
-                && e.raw_os_error() != Some(libc::ENOENT)
-            {
-                warn!("invalidating {inv:?}: {e}");
-            }
-        }
+        send_invalidations(reg, notifier, dev.as_fd());
         thread::sleep(POLL_INTERVAL);
     }
     // A clean unmount: no command waits for this mount any more.
@@ -938,5 +976,38 @@ fn watch(
     };
     if let Err(e) = gone {
         warn!("forgetting this mount in the store: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use crate::cli::Command;
+
+    #[test]
+    fn the_fstab_helper_takes_data_for_a_postgres_store() {
+        let args: Vec<OsString> = [
+            "mount.vfolderfs",
+            "postgres://u@h/db?sslmode=verify-full",
+            "/mnt/v",
+            "-o",
+            "rw,data=/shared/v,allow_other",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let cli = super::helper_args(&args).unwrap();
+        assert_eq!(cli.data.as_deref(), Some(Path::new("/shared/v")));
+        let layout = crate::layout::Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
+        assert_eq!(
+            layout.database(),
+            Some("postgres://u@h/db?sslmode=verify-full")
+        );
+        assert_eq!(layout.data_dir(), Path::new("/shared/v/data"));
+        match cli.command {
+            Command::Mount(m) => assert_eq!(m.options, ["rw,allow_other"]),
+            other => panic!("{other:?}"),
+        }
     }
 }

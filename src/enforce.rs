@@ -212,8 +212,17 @@ impl MountLease {
     }
 }
 
-/// This node's host name.
+/// Environment variable naming this node in the store's mount records
+/// (default: the host name).
+pub const NODE_ENV: &str = "VFOLDERFS_NODE";
+
+/// This node's name: `$VFOLDERFS_NODE`, else the host name.
 pub fn node_name() -> String {
+    if let Ok(n) = std::env::var(NODE_ENV)
+        && !n.is_empty()
+    {
+        return n;
+    }
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes.
     if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {

@@ -354,8 +354,11 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
     out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
     let me = sessions::current_mnt_ns().ok();
     let now = crate::store::sqlite::now_millis();
+    let node = crate::enforce::node_name();
     for a in cat.store().attachments(None)? {
-        if Some(a.mnt_ns) == me
+        // A namespace inode means something on its own node only.
+        if a.node == node
+            && Some(a.mnt_ns) == me
             && !sessions::may_still_bind(&a, now)
             && crate::mountinfo::at(std::path::Path::new(&a.target)).is_none()
         {

@@ -2,34 +2,72 @@
 
 use std::path::{Path, PathBuf};
 
-/// Environment variable naming the store directory.
+/// Environment variable naming the store directory (or database).
 pub const STORE_ENV: &str = "VFOLDERFS_STORE";
 
-/// The on-disk layout of one store: `vfolders.db` and `data/`.
+/// Environment variable naming the data directory of a store kept in
+/// PostgreSQL (`--data`).
+pub const DATA_ENV: &str = "VFOLDERFS_DATA";
+
+/// The layout of one store: its database (`vfolders.db` in the store
+/// directory, or a PostgreSQL database) and `data/`.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    database: Option<String>,
 }
 
 impl Layout {
-    /// A layout rooted at `root` (not created yet).
+    /// A layout rooted at `root` (not created yet), its database the SQLite
+    /// file in it.
     pub fn new(root: impl Into<PathBuf>) -> Layout {
-        Layout { root: root.into() }
+        Layout {
+            root: root.into(),
+            database: None,
+        }
     }
 
-    /// The store directory chosen by `--store`, else `$VFOLDERFS_STORE`,
-    /// else the embedded default.
-    pub fn resolve(flag: Option<&Path>) -> Layout {
-        if let Some(p) = flag {
-            return Layout::new(p);
+    /// A store kept in the PostgreSQL database `conninfo` (a URL or a libpq
+    /// `key=value` string), its data under `root` (on shared storage when
+    /// several nodes mount it).
+    pub fn postgres(root: impl Into<PathBuf>, conninfo: &str) -> Layout {
+        Layout {
+            root: root.into(),
+            database: Some(conninfo.to_string()),
         }
-        if let Some(p) = std::env::var_os(STORE_ENV).filter(|p| !p.is_empty()) {
-            return Layout::new(PathBuf::from(p));
-        }
-        Layout::new(default_root())
     }
 
-    /// The store directory.
+    /// The store chosen by `--store`, else `$VFOLDERFS_STORE`, else the
+    /// embedded default. A `postgres://` URL selects PostgreSQL; its data
+    /// directory is `data` (`--data`), else `$VFOLDERFS_DATA`, else the
+    /// default store directory.
+    pub fn resolve(flag: Option<&Path>, data: Option<&Path>) -> Layout {
+        let chosen = flag.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os(STORE_ENV)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        });
+        match chosen {
+            Some(p) if p.to_str().is_some_and(crate::store::pgconf::is_postgres) => {
+                let root = data.map(Path::to_path_buf).unwrap_or_else(|| {
+                    std::env::var_os(DATA_ENV)
+                        .filter(|p| !p.is_empty())
+                        .map(PathBuf::from)
+                        .unwrap_or_else(default_root)
+                });
+                Layout::postgres(root, p.to_str().unwrap_or_default())
+            }
+            Some(p) => Layout::new(p),
+            None => Layout::new(default_root()),
+        }
+    }
+
+    /// The PostgreSQL connection string, for a store kept there.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// The store directory (for PostgreSQL, the directory holding `data/`).
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -5,11 +5,12 @@
 //! Layout of the crate:
 //! - [`status`]: the status model (statuses, transition table, access sets);
 //! - [`name`]: vfolder name rules;
-//! - [`store`]: the narrow store interface and its SQLite backend;
+//! - [`store`]: the narrow store interface and its SQLite and PostgreSQL backends;
 //! - [`layout`] and [`catalog`]: where a store lives, and lifecycle operations
 //!   touching both the database and the data directory;
 //! - [`backing`]: fd-based operations on backing directories;
-//! - [`fs`]: the FUSE layer; [`daemon`]: running a mount;
+//! - [`fs`]: the FUSE layer; [`daemon`]: running a mount; [`watch_shared`]:
+//!   keeping a mount in step with a database shared by many nodes;
 //! - [`workers`]: background jobs (the purge pool);
 //! - [`sessions`]: attaching vfolders into session containers;
 //! - [`fsck`]: checking a store against its volumes;
@@ -36,4 +37,5 @@ pub mod sessions;
 pub mod status;
 pub mod store;
 pub mod volumes;
+pub mod watch_shared;
 pub mod workers;

@@ -407,7 +407,8 @@ pub fn detach(
         .into_iter()
         .filter(|a| pick(a))
     {
-        let unmounted = if a.mnt_ns == ns {
+        // Only a bind of this node's namespace is unmounted from here.
+        let unmounted = if a.mnt_ns == ns && a.node == crate::enforce::node_name() {
             unbind(&store, Path::new(&a.target))?
         } else {
             false
@@ -443,17 +444,20 @@ pub fn may_still_bind(a: &Attachment, now: crate::store::Millis) -> bool {
     })
 }
 
-/// Finds attachments whose bind is gone (its namespace died, or its target
-/// is no longer mounted there) and removes their records; returns them.
+/// Finds attachments of this node whose bind is gone (its namespace died,
+/// or its target is no longer mounted there) and removes their records;
+/// returns them.
 /// A pending record whose attacher may still be making its bind is kept
 /// (see [`attach`]). With `own_ns_only`, only this mount namespace is
 /// looked at.
 pub fn prune(cat: &Catalog, own_ns_only: bool) -> Result<Vec<Attachment>, SessionError> {
     let me = current_mnt_ns().ok();
     let now = crate::store::sqlite::now_millis();
+    let node = crate::enforce::node_name();
     let mut gone = Vec::new();
     for a in cat.store().attachments(None)? {
-        if own_ns_only && Some(a.mnt_ns) != me {
+        // Another node's namespaces cannot be looked at from here.
+        if a.node != node || (own_ns_only && Some(a.mnt_ns) != me) {
             continue;
         }
         if may_still_bind(&a, now) {

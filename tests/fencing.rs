@@ -302,14 +302,22 @@ fn a_stale_clone_does_not_finish() {
 /// ended), with the typed error, and change nothing; the new owner's claim
 /// passes.
 #[test]
-fn fenced_store_steps_refuse_a_lost_claim() {
+fn fenced_store_steps_refuse_a_lost_claim_sqlite() {
+    fenced_store_steps_refuse_a_lost_claim(common::Backend::Sqlite);
+}
+
+#[test]
+fn fenced_store_steps_refuse_a_lost_claim_postgres() {
+    fenced_store_steps_refuse_a_lost_claim(common::Backend::Postgres);
+}
+
+fn fenced_store_steps_refuse_a_lost_claim(b: common::Backend) {
     use vfolderfs::catalog::{Catalog, NewDir};
-    use vfolderfs::layout::Layout;
     use vfolderfs::status::{Op, Status};
     use vfolderfs::store::{Claim, StoreError, TransitionArgs};
 
-    let t = TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     let store = cat.store();
     let lease = Duration::from_millis(1);
     let alive = |_: &str| false;

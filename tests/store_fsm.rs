@@ -1,14 +1,16 @@
 //! The state machine through the store: every (status, operation) pair, and
-//! racing callers in threads and in processes.
+//! racing callers in threads and in processes; against both backends
+//! (SQLite, and PostgreSQL on the server `scripts/test.sh` starts, a
+//! database per test).
 
 mod common;
 
 use std::sync::{Arc, Barrier};
 
+use common::{Backend, TempStore};
 use vfolderfs::catalog::{Catalog, NewDir};
-use vfolderfs::layout::Layout;
 use vfolderfs::status::{Op, Status};
-use vfolderfs::store::{ListFilter, SqliteStore, Store, StoreError, TransitionArgs};
+use vfolderfs::store::{ListFilter, StoreError, TransitionArgs};
 
 fn args(cause: &str) -> TransitionArgs<'_> {
     TransitionArgs {
@@ -30,10 +32,9 @@ fn path_to(target: Status) -> &'static [Op] {
     }
 }
 
-#[test]
-fn every_status_operation_pair() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn every_status_operation_pair(b: Backend) {
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     let store = cat.store();
     let mut checked = 0;
     for (i, from) in Status::ALL.into_iter().enumerate() {
@@ -85,10 +86,9 @@ fn every_status_operation_pair() {
     assert_eq!(checked, Status::ALL.len() * Op::ALL.len());
 }
 
-#[test]
-fn names_are_unique_among_live_vfolders_only() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn names_are_unique_among_live_vfolders_only(b: Backend) {
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     let a = cat.create("foo", NewDir::default(), "t").unwrap();
     assert!(matches!(
         cat.create("foo", NewDir::default(), "t"),
@@ -133,29 +133,29 @@ fn names_are_unique_among_live_vfolders_only() {
     assert!(path.ends_with(format!("{}/{}", &c.id[..2], c.id)));
 }
 
-#[test]
-fn racing_threads_exactly_one_wins() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn racing_threads_exactly_one_wins(b: Backend) {
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     for round in 0..5 {
         let v = cat
             .create(&format!("race{round}"), NewDir::default(), "t")
             .unwrap();
         let n = 12;
         let barrier = Arc::new(Barrier::new(n));
-        let db = cat.layout().db_path();
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let (barrier, db, id) = (barrier.clone(), db.clone(), v.id.clone());
-                std::thread::spawn(move || {
-                    // Each thread its own connection, as separate processes would.
-                    let s = SqliteStore::open(&db).unwrap();
-                    barrier.wait();
-                    s.transition(&id, Op::Delete, args("race"))
+        let results: Vec<_> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    let (barrier, id, t) = (barrier.clone(), v.id.clone(), &t);
+                    sc.spawn(move || {
+                        // Each thread its own connection, as separate processes would.
+                        let s = t.open_store();
+                        barrier.wait();
+                        s.transition(&id, Op::Delete, args("race"))
+                    })
                 })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
         let wins = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "round {round}: {results:?}");
         for r in &results {
@@ -180,16 +180,14 @@ fn racing_threads_exactly_one_wins() {
     }
 }
 
-#[test]
-fn racing_processes_exactly_one_wins() {
-    let t = common::TempStore::new();
+fn racing_processes_exactly_one_wins(b: Backend) {
+    let t = TempStore::with(b);
     t.ok(&["create", "shared"]);
     let n = 10;
     let children: Vec<_> = (0..n)
         .map(|_| {
             std::process::Command::new(common::bin())
-                .arg("--store")
-                .arg(t.path())
+                .args(t.store_args())
                 .args(["delete", "shared"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -222,49 +220,52 @@ fn racing_processes_exactly_one_wins() {
     assert_eq!(deletes, 1);
 }
 
-#[test]
-fn a_newer_store_is_refused_untouched() {
-    let t = common::TempStore::new();
+fn a_newer_store_is_refused_untouched(b: Backend) {
+    let t = TempStore::with(b);
     t.ok(&["create", "x"]);
-    let db = Layout::new(t.path()).db_path();
-    {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.pragma_update(None, "user_version", 99).unwrap();
-    }
+    t.set_schema_version(99);
     let err = t.fails(&["list"]);
     assert!(err.contains("schema version is 99"), "{err}");
     assert!(err.starts_with("vfolderfs: "), "{err}");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let v: i64 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, 99);
-    let n: i64 = c
-        .query_row("SELECT count(*) FROM vfolders", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(t.schema_version(), 99);
+    assert_eq!(t.row_count(), 1);
 }
 
 #[test]
-fn store_opens_in_wal_mode_with_version() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn sqlite_store_opens_in_wal_mode_with_version() {
+    let t = TempStore::new();
+    let cat = Catalog::open(t.layout()).unwrap();
     assert!(cat.store().list(ListFilter::All).unwrap().is_empty());
     let c = rusqlite::Connection::open(cat.layout().db_path()).unwrap();
     let mode: String = c
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    let v: i64 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, vfolderfs::store::schema::latest_version());
+    assert_eq!(
+        t.schema_version(),
+        vfolderfs::store::schema::latest_version()
+    );
 }
 
 #[test]
-fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn postgres_store_is_made_by_init_only_and_at_the_latest_version() {
+    let t = TempStore::bare_pg();
+    let err = t.fails(&["list"]);
+    assert!(err.contains("no vfolderfs store in"), "{err}");
+    assert_eq!(t.cli(&["list"]).status.code(), Some(3));
+    assert!(t.ok(&["init"]).contains("initialized"));
+    assert!(t.ok(&["init"]).contains("already exists"));
+    assert_eq!(
+        t.schema_version(),
+        vfolderfs::store::pg_schema::latest_version()
+    );
+    let cat = Catalog::open(t.layout()).unwrap();
+    assert!(cat.store().list(ListFilter::All).unwrap().is_empty());
+}
+
+fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else(b: Backend) {
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     let store = cat.store();
     let mut expect = Vec::new();
     for (i, st) in Status::ALL.into_iter().enumerate() {
@@ -280,13 +281,10 @@ fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else() {
     }
     // A ready vfolder with an old copy left behind by a relocation.
     let moved = cat.create("moved", NewDir::default(), "test").unwrap();
-    rusqlite::Connection::open(cat.layout().db_path())
-        .unwrap()
-        .execute(
-            "UPDATE vfolders SET prev_volume = 'old' WHERE id = ?1",
-            [&moved.id],
-        )
-        .unwrap();
+    t.sql(&format!(
+        "UPDATE vfolders SET prev_volume = 'old' WHERE id = '{}'",
+        moved.id
+    ));
     expect.push("moved".into());
     expect.sort();
     let mut got: Vec<String> = store
@@ -303,10 +301,9 @@ fn the_work_list_holds_what_a_worker_must_act_on_and_nothing_else() {
     );
 }
 
-#[test]
-fn the_change_feed_returns_what_changed_once_and_counts_deletions() {
-    let t = common::TempStore::new();
-    let cat = Catalog::open(Layout::new(t.path())).unwrap();
+fn the_change_feed_returns_what_changed_once_and_counts_deletions(b: Backend) {
+    let t = TempStore::with(b);
+    let cat = Catalog::open(t.layout()).unwrap();
     let store = cat.store();
     let a = cat.create("a", NewDir::default(), "test").unwrap();
     let b = cat.create("b", NewDir::default(), "test").unwrap();
@@ -344,3 +341,31 @@ fn the_change_feed_returns_what_changed_once_and_counts_deletions() {
     assert!(after.rows.is_empty());
     assert_eq!(after.deletions, before.deletions + 1);
 }
+
+/// Each test above, once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    every_status_operation_pair,
+    names_are_unique_among_live_vfolders_only,
+    racing_threads_exactly_one_wins,
+    racing_processes_exactly_one_wins,
+    a_newer_store_is_refused_untouched,
+    the_work_list_holds_what_a_worker_must_act_on_and_nothing_else,
+    the_change_feed_returns_what_changed_once_and_counts_deletions,
+);

@@ -127,7 +127,10 @@ pub fn store_kind(e: &StoreError) -> Kind {
         | StoreError::Corrupt(_)
         | StoreError::Db(..)
         | StoreError::Io(..)
-        | StoreError::Foreign { .. } => Kind::Unavailable,
+        | StoreError::Foreign { .. }
+        | StoreError::Pg(..)
+        | StoreError::Connect(..) => Kind::Unavailable,
+        StoreError::BadConfig(_) => Kind::Usage,
         StoreError::NotEmpty(_) | StoreError::LoosePath { .. } => Kind::Failed,
         StoreError::Volume(_) => Kind::Volume,
     }

@@ -6,6 +6,7 @@ mod follow;
 mod fsck;
 mod interrupt;
 mod jobs;
+mod nodes;
 mod output;
 mod progress;
 mod reference;
@@ -40,8 +41,16 @@ pub use volume::VolumeCmd;
 pub struct Cli {
     /// Store directory (default: $VFOLDERFS_STORE, else /var/lib/vfolderfs
     /// for root and $XDG_DATA_HOME/vfolderfs otherwise).
-    #[arg(long, global = true, value_name = "DIR")]
+    /// A `postgres://` URL (or `postgresql://`) keeps the store in that
+    /// PostgreSQL database, shared by every node's mount; other settings
+    /// follow libpq (PGPASSFILE or ~/.pgpass, PGSSLMODE, PGSERVICE, ...).
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
+    /// With a PostgreSQL store: the directory holding its data (the same
+    /// shared directory on every node; default: $VFOLDERFS_DATA, else the
+    /// default store directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// How long a command that changes a vfolder waits for every live mount
     /// to confirm the change (then it names those that did not and exits
     /// with status 4; the change stays made).
@@ -60,6 +69,13 @@ pub enum Command {
     /// say so and succeed.
     Init {
         /// Print the store as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the mounts recorded in the store (every node's), with their
+    /// lease and the change each has applied.
+    Nodes {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -338,7 +354,8 @@ impl Command {
             | Command::Jobs { json, .. }
             | Command::Wait { json, .. }
             | Command::Cancel { json, .. }
-            | Command::Retention { json, .. } => *json,
+            | Command::Retention { json, .. }
+            | Command::Nodes { json } => *json,
             Command::Volume(
                 VolumeCmd::Add { json, .. }
                 | VolumeCmd::List { json }
@@ -517,7 +534,7 @@ pub fn main() -> i32 {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let json = cli.command.json();
-    let layout = Layout::resolve(cli.store.as_deref());
+    let layout = Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
     output::set_json_mode(json);
     match run(cli) {
         Ok(code) => code,
@@ -558,7 +575,7 @@ pub(crate) fn cause(what: &str) -> String {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
-    let layout = Layout::resolve(cli.store.as_deref());
+    let layout = Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
     match cli.command {
         Command::Mount(m) => {
             let args = MountArgs::from_cli(layout, &m).map_err(|m| CliError::Of {
@@ -731,6 +748,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             } else {
                 print_detail(&obj);
             }
+        }
+        Command::Nodes { json } => {
+            nodes::nodes(&cat, json)?;
         }
         Command::History { name, json } => {
             let v = cat.resolve(&name)?;

@@ -55,6 +55,7 @@ pub(super) fn attachment_json(cat: &Catalog, a: &Attachment) -> Value {
         "mode": if a.read_only { "ro" } else { "rw" },
         "source": a.source,
         "mnt_ns": a.mnt_ns,
+        "node": a.node,
         "attached_at": fmt_time(a.created_at),
         "pending": a.pending.is_some(),
     })

@@ -76,6 +76,9 @@ impl FsError {
                 StoreError::TooNew { .. }
                 | StoreError::Corrupt(_)
                 | StoreError::Db(..)
+                | StoreError::Pg(..)
+                | StoreError::Connect(..)
+                | StoreError::BadConfig(_)
                 | StoreError::Io(..)
                 | StoreError::Missing(_)
                 | StoreError::NotEmpty(_)

@@ -1,6 +1,10 @@
 //! The vfolder store: the narrow interface everything above the database uses,
-//! its record types and its error type. [`sqlite`] is the embedded backend.
+//! its record types and its error type. [`sqlite`] is the embedded backend,
+//! [`postgres`] the one a cluster's nodes share.
 
+pub mod pg_schema;
+pub mod pgconf;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
@@ -9,6 +13,7 @@ use std::fmt;
 use crate::name::NameError;
 use crate::status::{Op, Status};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The trash retention of a store that never set one: 30 days.
@@ -177,6 +182,9 @@ pub struct Attachment {
     pub read_only: bool,
     /// Inode of the mount namespace the bind lives in.
     pub mnt_ns: u64,
+    /// The node that namespace is on (namespace inodes mean something on
+    /// their own node only).
+    pub node: String,
     /// The vfolder's path in the vfolderfs mount it was bound from.
     pub source: String,
     /// When it was attached.
@@ -335,6 +343,12 @@ pub enum StoreError {
     Corrupt(String),
     /// A database error, with what was being done.
     Db(&'static str, rusqlite::Error),
+    /// A PostgreSQL error, with what was being done.
+    Pg(&'static str, ::postgres::Error),
+    /// The PostgreSQL database (shown without password) cannot be reached.
+    Connect(String, ::postgres::Error),
+    /// The PostgreSQL connection settings are not usable.
+    BadConfig(String),
     /// A filesystem error on the store directory, with the path.
     Io(String, std::io::Error),
     /// There is no store at this path (no database): only `vfolderfs init`
@@ -447,7 +461,26 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Corrupt(m) => write!(f, "store is corrupt: {m}"),
             StoreError::Db(what, e) => write!(f, "database error while {what}: {e}"),
+            StoreError::Pg(what, e) => match e.as_db_error() {
+                Some(d) => write!(f, "database error while {what}: {}", d.message()),
+                None => write!(f, "database error while {what}: {e}"),
+            },
+            StoreError::Connect(db, e) => {
+                write!(f, "cannot connect to {db}: {e}")?;
+                let mut src = std::error::Error::source(e);
+                while let Some(s) = src {
+                    write!(f, ": {s}")?;
+                    src = s.source();
+                }
+                Ok(())
+            }
+            StoreError::BadConfig(m) => write!(f, "PostgreSQL connection settings: {m}"),
             StoreError::Io(path, e) => write!(f, "{path}: {e}"),
+            StoreError::Missing(db) if pgconf::is_postgres(db) => write!(
+                f,
+                "no vfolderfs store in {db}; create one with \
+                 `vfolderfs --store URL --data DIR init`"
+            ),
             StoreError::Missing(path) => write!(
                 f,
                 "no store at {path} (no vfolders.db there); create one with \
@@ -685,4 +718,10 @@ pub trait Store: Send + Sync {
     fn remove_mount(&self, id: &str) -> Result<()>;
     /// The recorded mounts and the store's clock, read together.
     fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)>;
+    /// For a store that announces changes (PostgreSQL's `NOTIFY`): a
+    /// function that waits up to the given time for one and says whether
+    /// one came. `None`: the store must be polled.
+    fn change_listener(&self) -> Option<Box<dyn FnMut(std::time::Duration) -> bool + Send>> {
+        None
+    }
 }

@@ -687,6 +687,8 @@ impl Store for SqliteStore {
             target: target.to_string(),
             read_only,
             mnt_ns,
+            // One node's store: every attachment is this node's.
+            node: crate::enforce::node_name(),
             source: source.to_string(),
             created_at: now,
             pending: pending.map(str::to_string),
@@ -742,6 +744,7 @@ impl Store for SqliteStore {
                     target: r.get(3)?,
                     read_only: r.get(4)?,
                     mnt_ns: r.get::<_, i64>(5)? as u64,
+                    node: crate::enforce::node_name(),
                     source: r.get(6)?,
                     created_at: r.get(7)?,
                     pending: r.get(8)?,

@@ -273,10 +273,11 @@ pub fn holds(store: &dyn crate::store::Store, claim: &crate::store::Claim) -> bo
         .is_some_and(|j| j.owner == claim.owner && j.kind == claim.kind && j.claims == claim.token)
 }
 
+/// The node part of an owner: the node's name (`VFOLDERFS_NODE`, else the
+/// host name), so that on a cluster an owner on another node is judged by
+/// its lease alone.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+    crate::enforce::node_name()
 }
 
 /// This boot of this machine (`/proc/sys/kernel/random/boot_id`): tells two

@@ -11,9 +11,98 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vfolderfs")
 }
 
-/// A temporary directory holding a store (and, for mount tests, a mount point).
+/// The admin URL of the test PostgreSQL server that `scripts/test.sh`
+/// starts. Tests that need PostgreSQL fail (never skip) without it.
+pub fn pg_admin_url() -> String {
+    match std::env::var("VFOLDERFS_TEST_PG") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "VFOLDERFS_TEST_PG is not set: this test needs PostgreSQL; run scripts/test.sh, \
+             which starts a throwaway server (scripts/pg-server.sh)"
+        ),
+    }
+}
+
+/// Connects to `url` (an admin URL of a test server, `…/postgres?…`),
+/// to its database `db` if given.
+pub fn pg_client_at(url: &str, db: Option<&str>) -> postgres::Client {
+    let mut url = url.to_string();
+    if let Some(db) = db {
+        url = url.replacen("/postgres?", &format!("/{db}?"), 1);
+    }
+    let conf = vfolderfs::store::pgconf::PgConf::parse(&url).expect("test server URL");
+    conf.config
+        .connect(conf.tls().expect("tls"))
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL {url}: {e:?}"))
+}
+
+/// Connects to the test server's database `db` (the admin URL's otherwise).
+pub fn pg_client(db: Option<&str>) -> postgres::Client {
+    pg_client_at(&pg_admin_url(), db)
+}
+
+/// A database of its own on a test server for one test, dropped on drop.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl PgDb {
+    /// Makes a new, empty database on the test server.
+    pub fn new() -> PgDb {
+        Self::on(&pg_admin_url())
+    }
+
+    /// Makes a new, empty database on the server of admin URL `admin`.
+    pub fn on(admin: &str) -> PgDb {
+        let name = format!("vft_{}", uuid::Uuid::new_v4().simple());
+        pg_client_at(admin, None)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("CREATE DATABASE");
+        let url = admin.replacen("/postgres?", &format!("/{name}?"), 1);
+        PgDb {
+            name,
+            url,
+            admin: admin.to_string(),
+        }
+    }
+
+    /// A connection to it.
+    pub fn client(&self) -> postgres::Client {
+        pg_client_at(&self.admin, Some(&self.name))
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let Ok(conf) = vfolderfs::store::pgconf::PgConf::parse(&self.admin) else {
+            return;
+        };
+        if let Ok(tls) = conf.tls()
+            && let Ok(mut c) = conf.config.connect(tls)
+        {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A temporary directory holding a store (and, for mount tests, a mount
+/// point); with `pg`, the store's database is that PostgreSQL database and
+/// the directory holds its data.
 pub struct TempStore {
     pub dir: tempfile::TempDir,
+    pub pg: Option<PgDb>,
+}
+
+/// Which store backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 impl TempStore {
@@ -24,18 +113,133 @@ impl TempStore {
         t
     }
 
-    /// A temporary directory whose store path has no store (yet).
-    pub fn bare() -> TempStore {
-        TempStore {
-            dir: tempfile::Builder::new()
-                .prefix("vfolderfs-test-")
-                .tempdir()
-                .expect("tempdir"),
+    /// A new store of the given backend.
+    pub fn with(b: Backend) -> TempStore {
+        match b {
+            Backend::Sqlite => Self::new(),
+            Backend::Postgres => Self::new_pg(),
         }
     }
 
+    /// A new store in a PostgreSQL database of its own.
+    pub fn new_pg() -> TempStore {
+        let t = Self::bare_pg();
+        t.ok(&["init"]);
+        t
+    }
+
+    /// A temporary directory whose store path has no store (yet).
+    pub fn bare() -> TempStore {
+        TempStore {
+            dir: Self::tempdir(),
+            pg: None,
+        }
+    }
+
+    /// An empty PostgreSQL database and a data directory: no store yet.
+    pub fn bare_pg() -> TempStore {
+        TempStore {
+            dir: Self::tempdir(),
+            pg: Some(PgDb::new()),
+        }
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("vfolderfs-test-")
+            .tempdir()
+            .expect("tempdir")
+    }
+
+    /// The store directory (with PostgreSQL: the data directory).
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("store")
+    }
+
+    /// The store's layout, for opening it in-process.
+    pub fn layout(&self) -> vfolderfs::layout::Layout {
+        match &self.pg {
+            Some(db) => vfolderfs::layout::Layout::postgres(self.path(), &db.url),
+            None => vfolderfs::layout::Layout::new(self.path()),
+        }
+    }
+
+    /// The `--store` (and `--data`) arguments naming this store.
+    pub fn store_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.pg {
+            Some(db) => vec![
+                "--store".into(),
+                db.url.clone().into(),
+                "--data".into(),
+                self.path().into(),
+            ],
+            None => vec!["--store".into(), self.path().into()],
+        }
+    }
+
+    /// Opens the store's database alone (a connection of its own).
+    pub fn open_store(&self) -> Box<dyn vfolderfs::store::Store> {
+        match &self.pg {
+            Some(db) => Box::new(vfolderfs::store::PgStore::open(&db.url).expect("open store")),
+            None => Box::new(
+                vfolderfs::store::SqliteStore::open(&self.layout().db_path()).expect("open store"),
+            ),
+        }
+    }
+
+    /// Runs SQL that both backends understand on the store's database.
+    pub fn sql(&self, stmt: &str) {
+        match &self.pg {
+            Some(db) => {
+                db.client().batch_execute(stmt).expect("sql");
+            }
+            None => {
+                rusqlite::Connection::open(self.layout().db_path())
+                    .expect("open db")
+                    .execute_batch(stmt)
+                    .expect("sql");
+            }
+        }
+    }
+
+    /// Sets the schema version the database claims.
+    pub fn set_schema_version(&self, v: i64) {
+        match &self.pg {
+            Some(_) => self.sql(&format!(
+                "INSERT INTO vfolderfs_schema (version) VALUES ({v})"
+            )),
+            None => self.sql(&format!("PRAGMA user_version = {v}")),
+        }
+    }
+
+    /// The schema version the database claims.
+    pub fn schema_version(&self) -> i64 {
+        match &self.pg {
+            Some(db) => db
+                .client()
+                .query_one("SELECT max(version)::bigint FROM vfolderfs_schema", &[])
+                .expect("version")
+                .get(0),
+            None => rusqlite::Connection::open(self.layout().db_path())
+                .expect("open db")
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version"),
+        }
+    }
+
+    /// How many vfolder rows the database holds.
+    pub fn row_count(&self) -> i64 {
+        match &self.pg {
+            Some(db) => db
+                .client()
+                .query_one("SELECT count(*) FROM vfolders", &[])
+                .expect("count")
+                .get(0),
+            None => rusqlite::Connection::open(self.layout().db_path())
+                .expect("open db")
+                .query_row("SELECT count(*) FROM vfolders", [], |r| r.get(0))
+                .expect("count"),
+        }
     }
 
     /// Runs `vfolderfs --store STORE args...`.
@@ -46,10 +250,7 @@ impl TempStore {
     /// Runs the CLI with extra environment variables.
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(bin());
-        c.arg("--store")
-            .arg(self.path())
-            .args(args)
-            .env_remove("RUST_LOG");
+        c.args(self.store_args()).args(args).env_remove("RUST_LOG");
         for (k, v) in env {
             c.env(k, v);
         }
