@@ -17,6 +17,8 @@ command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
 command -v bindfs >/dev/null || need_pkgs+=(bindfs)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v fsfreeze >/dev/null || need_pkgs+=(util-linux)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v unshare >/dev/null || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
   echo "test.sh: installing ${need_pkgs[*]}" >&2
   apt-get update -qq
