@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -256,6 +256,7 @@ impl Catalog {
             .map(|(_, p)| p)
             .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
         let fd = sys::open_dir_path(&path).map_err(io_err(&path))?;
+        self.check_marker(name, &path, fd.as_fd())?;
         let v = Arc::new(Volume {
             name: name.to_string(),
             path,
@@ -263,6 +264,61 @@ impl Catalog {
         });
         self.volumes.write().insert(name.to_string(), v.clone());
         Ok(v)
+    }
+
+    /// Whether the directory opened as volume `name` is that volume of this
+    /// store: its identity marker ([`volumes::MARKER`]) says so. A directory
+    /// without one is marked now only if nothing says data should be there
+    /// (no vfolder that may hold data lives on the volume) or the data is
+    /// there (the directory of such a vfolder exists: a store from before
+    /// markers); otherwise it is refused as unavailable, which is what an
+    /// empty local directory standing in for an unmounted shared filesystem
+    /// looks like. Not cached when refused: it is asked again next time.
+    fn check_marker(&self, name: &str, path: &std::path::Path, fd: BorrowedFd<'_>) -> Result<()> {
+        let want = volumes::marker_text(&self.store.store_id()?.unwrap_or_default(), name);
+        let unmarked = |why: String| -> StoreError {
+            VolumeError::Unmarked {
+                name: name.to_string(),
+                path: path.display().to_string(),
+                why,
+            }
+            .into()
+        };
+        match volumes::read_marker(fd).map_err(io_err(path))? {
+            Some(m) if m == want => Ok(()),
+            Some(m) => Err(unmarked(format!(
+                "is marked as another store's or volume's ({:?})",
+                m.lines().skip(1).collect::<Vec<_>>().join(", ")
+            ))),
+            None => {
+                // Rows that may hold data here: not purged, not mid-purge.
+                let rows: Vec<VFolder> = self
+                    .store
+                    .list(ListFilter::All)?
+                    .into_iter()
+                    .filter(|v| v.volume == name || v.prev_volume.as_deref() == Some(name))
+                    .filter(|v| !v.status.is_purged())
+                    .collect();
+                let present = rows.iter().any(|v| {
+                    sys::open_beneath(
+                        fd,
+                        &Layout::relative_path(&v.id),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .is_ok()
+                });
+                if rows.is_empty() || present {
+                    volumes::write_marker(fd, &want).map_err(io_err(path))
+                } else {
+                    Err(unmarked(format!(
+                        "has no vfolderfs marker and none of the {} vfolder directories that \
+                         should be there (is the shared filesystem mounted?)",
+                        rows.len()
+                    )))
+                }
+            }
+        }
     }
 
     /// What a new volume must not overlap: the store directory (which holds
@@ -344,7 +400,25 @@ impl Catalog {
                 });
             }
         }
-        self.store.add_volume(name, &canon.display().to_string())
+        // A directory marked as another store's (or another volume's) is
+        // not taken over.
+        let want = volumes::marker_text(&self.store.store_id()?.unwrap_or_default(), name);
+        let dfd = sys::open_dir_path(&canon).map_err(io_err(&canon))?;
+        if let Some(m) = volumes::read_marker(dfd.as_fd()).map_err(io_err(&canon))?
+            && m != want
+        {
+            return Err(unsafe_path(
+                &canon,
+                format!(
+                    "it is marked as another store's or volume's ({})",
+                    m.lines().skip(1).collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .into());
+        }
+        self.store.add_volume(name, &canon.display().to_string())?;
+        // Its identity marker, now (see `check_marker`).
+        self.volume(name).map(drop)
     }
 
     /// Volume `name`, refused ([`VolumeError::Unsafe`]) if it should never
@@ -352,10 +426,14 @@ impl Catalog {
     /// one inside a vfolderfs mount, where moving data deadlocks the kernel):
     /// what new data is placed on.
     pub fn usable_volume(&self, name: &str) -> Result<Arc<Volume>> {
-        let v = self.volume(name)?;
         if name == DEFAULT_VOLUME {
             // The store's own; an added volume overlapping it is the one refused.
-            return Ok(v);
+            return self.volume(name);
+        }
+        // Refused before it is opened (opening marks a directory as the
+        // volume: nothing is written into one that should never be).
+        if !self.store.volumes()?.iter().any(|(n, _)| n == name) {
+            return Err(VolumeError::NotFound(name.to_string()).into());
         }
         if let Some((_, path, why)) = self
             .volume_refusals()?
@@ -369,7 +447,7 @@ impl Catalog {
             }
             .into());
         }
-        Ok(v)
+        self.volume(name)
     }
 
     /// Forgets volume `name` (refused while any vfolder row, of any status,

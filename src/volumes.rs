@@ -71,6 +71,71 @@ pub enum VolumeError {
     },
     /// The default volume (the store's own `data/`) cannot be removed.
     Default,
+    /// The directory is not this volume of this store: its identity marker
+    /// is missing (the shared filesystem is not mounted there, an empty local
+    /// directory shows instead) or names another store or volume.
+    Unmarked {
+        /// The volume's name.
+        name: String,
+        /// Its directory.
+        path: String,
+        /// Why, in words.
+        why: String,
+    },
+}
+
+/// The identity marker in a volume's root: which store and volume the
+/// directory is. Written when a volume is first used (`volume add`, or a
+/// store's first start for its default volume).
+pub const MARKER: &str = ".vfolderfs-volume";
+
+/// The marker's content for volume `name` of store `store_id`.
+pub fn marker_text(store_id: &str, name: &str) -> String {
+    format!("vfolderfs volume\nstore {store_id}\nname {name}\n")
+}
+
+/// The marker in directory `dir`, if there is one (a symlink is refused).
+pub fn read_marker(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let name = std::ffi::CString::new(MARKER).expect("no NUL");
+    match crate::backing::sys::openat(dir, &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+        Ok(fd) => {
+            let mut s = String::new();
+            std::fs::File::from(fd).take(4096).read_to_string(&mut s)?;
+            Ok(Some(s))
+        }
+    }
+}
+
+/// Writes the marker into directory `dir` (whole or not at all: a
+/// temporary file renamed into place, synced).
+pub fn write_marker(dir: std::os::fd::BorrowedFd<'_>, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = std::ffi::CString::new(format!("{MARKER}.tmp")).expect("no NUL");
+    let name = std::ffi::CString::new(MARKER).expect("no NUL");
+    let fd = crate::backing::sys::openat(
+        dir,
+        &tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+        0o600,
+    )?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    crate::backing::sys::renameat2(dir, &tmp, dir, &name, 0)?;
+    // The rename itself, durable (through a readable descriptor: `dir` may
+    // be an O_PATH one, which fsync refuses).
+    let d = crate::backing::sys::openat(
+        dir,
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    use std::os::fd::AsFd;
+    crate::backing::sys::fsync(d.as_fd(), false)?;
+    Ok(())
 }
 
 impl fmt::Display for VolumeError {
@@ -102,6 +167,11 @@ impl fmt::Display for VolumeError {
             VolumeError::Default => write!(
                 f,
                 "cannot remove volume \"default\": it is the store's own data directory"
+            ),
+            VolumeError::Unmarked { name, path, why } => write!(
+                f,
+                "volume {name:?} is unavailable: {path} {why}; nothing is created, purged or \
+                 judged there until it is"
             ),
         }
     }

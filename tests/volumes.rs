@@ -542,3 +542,76 @@ fn a_mount_over_or_inside_the_stores_data_is_refused() {
     let m = Mount::on(t, &[]);
     assert!(common::is_mounted(&m.mnt));
 }
+
+/// A volume on shared storage whose filesystem is not mounted shows as an
+/// empty local directory: it carries no identity marker, so nothing is
+/// created there, a purge of a vfolder on it fails (retryable) instead of
+/// "completing" on nothing, and fsck does not judge its vfolders; once the
+/// filesystem is back, everything goes on. A directory marked as another
+/// store's volume is refused the same way.
+#[test]
+fn a_volume_whose_shared_filesystem_is_missing_is_unavailable_not_empty() {
+    let t = TempStore::new();
+    let src = t.dir.path().join("nfs-export");
+    let vol = t.dir.path().join("nfs-mount");
+    for d in [&src, &vol] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let bind = |on: bool| {
+        let ok = if on {
+            Command::new("mount")
+                .arg("--bind")
+                .arg(&src)
+                .arg(&vol)
+                .status()
+        } else {
+            Command::new("umount").arg(&vol).status()
+        };
+        assert!(ok.unwrap().success());
+    };
+    bind(true);
+    let _undo = Undo::new(&["umount", "-l"], &vol);
+    t.ok(&["volume", "add", "shared", vol.to_str().unwrap()]);
+    assert!(src.join(".vfolderfs-volume").exists(), "no marker written");
+    t.ok(&["create", "b", "--volume", "shared"]);
+    std::fs::write(path_of(&t, "b").join("f"), b"data").unwrap();
+    t.ok(&["delete", "b"]);
+    // The shared filesystem goes away: an empty local directory remains.
+    bind(false);
+    let e = refused(&t, &["create", "c", "--volume", "shared"]);
+    assert!(e.contains("unavailable"), "{e}");
+    assert!(!t.cli(&["purge", "b"]).status.success());
+    assert_eq!(t.show("b")["status"], "delete-error");
+    let o = t.cli(&["fsck", "--json"]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("unavailable"), "{}", stdout(&o));
+    assert_eq!(
+        std::fs::read_dir(&vol).unwrap().count(),
+        0,
+        "wrote into the stand-in"
+    );
+    // Back: the purge goes through, on the real data.
+    bind(true);
+    t.ok(&["purge", "b"]);
+    assert_eq!(t.show("b")["status"], "delete-complete");
+    assert!(
+        !src.join(path_of(&t, "b").strip_prefix(&vol).unwrap())
+            .exists()
+    );
+    // Another store's volume directory is not this one's.
+    let other = t.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(
+        other.join(".vfolderfs-volume"),
+        "vfolderfs volume\nstore 00000000-0000-0000-0000-000000000000\nname shared\n",
+    )
+    .unwrap();
+    let e = refused(&t, &["volume", "add", "theirs", other.to_str().unwrap()]);
+    assert!(e.contains("another store"), "{e}");
+    assert!(
+        !t.ok(&["volume", "list"]).contains("theirs"),
+        "recorded anyway"
+    );
+}
