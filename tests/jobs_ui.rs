@@ -191,7 +191,7 @@ fn cancel_of_a_relocation_rolls_it_back() {
 }
 
 /// Regular files and symlinks below `root` (directories do not count: the
-/// volume's own fan-out directories stay).
+/// volume's own fan-out directories stay; nor does its identity marker).
 fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
@@ -200,7 +200,7 @@ fn walk(root: &Path) -> Vec<PathBuf> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 todo.push(e.path());
-            } else {
+            } else if e.path() != root.join(".vfolderfs-volume") {
                 out.push(e.path());
             }
         }
