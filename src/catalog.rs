@@ -112,7 +112,13 @@ impl Catalog {
             store,
             volumes: RwLock::new(HashMap::new()),
         };
-        cat.volume(DEFAULT_VOLUME)?;
+        match cat.volume(DEFAULT_VOLUME) {
+            Ok(_) => {}
+            // Listing, showing and fsck go on; what needs the data there
+            // is refused by the same check when it asks.
+            Err(e @ StoreError::Volume(VolumeError::Unmarked { .. })) => log::warn!("{e}"),
+            Err(e) => return Err(e),
+        }
         if tighten {
             privacy::tighten_all(&cat.loose_dirs()?);
         }
