@@ -45,7 +45,15 @@ pub struct Catalog {
     layout: Layout,
     store: Arc<dyn Store>,
     volumes: RwLock<HashMap<String, Arc<Volume>>>,
+    /// Volumes found unmarked, and when: asked again only after
+    /// [`UNMARKED_RECHECK`] (a lookup on a node whose shared filesystem is
+    /// missing must not cost a store query each).
+    unmarked: RwLock<HashMap<String, (std::time::Instant, VolumeError)>>,
 }
+
+/// How long a volume found unavailable (no identity marker) stays so before
+/// it is looked at again.
+pub const UNMARKED_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Who a new vfolder's root directory belongs to, and its mode.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +119,7 @@ impl Catalog {
             layout,
             store,
             volumes: RwLock::new(HashMap::new()),
+            unmarked: RwLock::new(HashMap::new()),
         };
         match cat.volume(DEFAULT_VOLUME) {
             Ok(_) => {}
@@ -261,8 +270,21 @@ impl Catalog {
             .find(|(n, _)| n == name)
             .map(|(_, p)| p)
             .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+        if let Some((at, e)) = self.unmarked.read().get(name)
+            && at.elapsed() < UNMARKED_RECHECK
+        {
+            return Err(e.clone().into());
+        }
         let fd = sys::open_dir_path(&path).map_err(io_err(&path))?;
-        self.check_marker(name, &path, fd.as_fd())?;
+        if let Err(e) = self.check_marker(name, &path, fd.as_fd()) {
+            if let StoreError::Volume(v @ VolumeError::Unmarked { .. }) = &e {
+                self.unmarked
+                    .write()
+                    .insert(name.to_string(), (std::time::Instant::now(), v.clone()));
+            }
+            return Err(e);
+        }
+        self.unmarked.write().remove(name);
         let v = Arc::new(Volume {
             name: name.to_string(),
             path,
