@@ -12,26 +12,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Mount, TempStore, Tmpfs, eventually, is_mounted};
-
-/// A second mount of the test's store, unmounted (lazily if busy) on drop.
-struct OtherMount(PathBuf);
-
-impl Drop for OtherMount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0)
-            && !Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
+use common::{Mount, OtherMount, TempStore, Tmpfs, eventually};
 
 fn size(p: &std::path::Path) -> Option<u64> {
     fs::metadata(p).ok().map(|m| m.len())

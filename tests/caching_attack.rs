@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Mount, TempStore, eventually, is_mounted};
+use common::{Mount, OtherMount, TempStore, eventually};
 
 const BOB: u32 = 65533;
 
@@ -24,38 +24,6 @@ fn as_user(uid: u32, dir: &Path, script: &str) -> Output {
         .current_dir(dir)
         .output()
         .expect("run setpriv")
-}
-
-/// A second mount of the test's store, unmounted (lazily if busy) on drop.
-struct OtherMount(PathBuf);
-
-impl OtherMount {
-    fn new(store: &TempStore, name: &str, extra: &[&str]) -> OtherMount {
-        let mnt = store.dir.path().join(name);
-        fs::create_dir_all(&mnt).unwrap();
-        let mut args = vec!["mount", mnt.to_str().unwrap(), "--allow-other"];
-        args.extend_from_slice(extra);
-        let o = store.cli(&args);
-        assert!(
-            o.status.success(),
-            "second mount failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        OtherMount(mnt)
-    }
-}
-
-impl Drop for OtherMount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0)
-            && !Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 /// A mount whose lease is long (so it confirms its view rarely) still learns

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Mount, TempStore, errno, eventually, is_mounted};
+use common::{Mount, OtherMount, TempStore, errno, eventually, is_mounted};
 
 /// These tests freeze volumes, which can hold up anything
 /// else touching them: one at a time.
@@ -246,22 +246,6 @@ fn a_copy_job_gives_up_when_a_mount_cannot_drain_and_says_why() {
     vol.thaw();
     let (r, _f) = stuck.join().unwrap();
     r.unwrap();
-}
-
-/// A second mount of the test's store, unmounted (lazily if busy) on drop.
-struct OtherMount(PathBuf);
-
-impl Drop for OtherMount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0)
-            && !Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 /// A write through `f`: `Ok` or the errno.

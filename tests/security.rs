@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Mount, TempStore, is_mounted};
+use common::{Mount, OtherMount};
 
 const ALICE: u32 = 65532;
 const BOB: u32 = 65533;
@@ -56,39 +56,11 @@ fn refused(o: &Output, what: &str) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A second mount of a store, unmounted (lazily if busy) on drop.
-struct SecondMount(PathBuf);
-
-impl SecondMount {
-    fn new(store: &TempStore, name: &str) -> SecondMount {
-        let mnt = store.dir.path().join(name);
-        fs::create_dir_all(&mnt).unwrap();
-        let o = store.cli(&["mount", mnt.to_str().unwrap(), "--allow-other"]);
-        assert!(
-            o.status.success(),
-            "second mount failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        SecondMount(mnt)
-    }
-}
-
-impl Drop for SecondMount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let ok = Command::new("umount").arg(&self.0).status();
-            if !ok.map(|s| s.success()).unwrap_or(false) {
-                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-            }
-        }
-    }
-}
-
 /// Two mounts of one store with a world-writable sticky vfolder `shared`.
-fn two_mounts() -> (Mount, SecondMount, PathBuf, PathBuf) {
+fn two_mounts() -> (Mount, OtherMount, PathBuf, PathBuf) {
     let a = Mount::new(&["--allow-other"]);
     a.sh_ok("mkdir shared && chmod 1777 shared");
-    let b = SecondMount::new(&a.store, "mnt-b");
+    let b = OtherMount::new(&a.store, "mnt-b", &[]);
     let (da, db) = (a.p("shared"), b.0.join("shared"));
     (a, b, da, db)
 }

@@ -48,26 +48,10 @@ impl Drop for CpuHogs {
     }
 }
 
-/// A second mount of the same store, unmounted (lazily if busy) on drop.
-struct Second(std::path::PathBuf);
-
-impl Drop for Second {
-    fn drop(&mut self) {
-        if common::is_mounted(&self.0)
-            && !Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn io_under_flipping_statuses() {
     let m = Mount::new(&[]);
-    let b = Second(m.store.dir.path().join("mnt-b"));
+    let b = common::OtherMount(m.store.dir.path().join("mnt-b"));
     std::fs::create_dir_all(&b.0).unwrap();
     m.store.ok(&["mount", b.0.to_str().unwrap()]);
     let names = ["a", "b", "c"];

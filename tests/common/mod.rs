@@ -498,3 +498,38 @@ impl Drop for Undo {
         let _ = Command::new(&self.0[0]).args(&self.0[1..]).status();
     }
 }
+
+/// Another mount point of a test's store (a second mount of one store),
+/// unmounted on drop, lazily if busy.
+pub struct OtherMount(pub PathBuf);
+
+impl OtherMount {
+    /// Mounts `store` again at `DIR/name` with `--allow-other` and `extra`
+    /// arguments; panics (loudly) if it cannot.
+    pub fn new(store: &TempStore, name: &str, extra: &[&str]) -> OtherMount {
+        let mnt = store.dir.path().join(name);
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut args = vec!["mount", mnt.to_str().unwrap(), "--allow-other"];
+        args.extend_from_slice(extra);
+        let o = store.cli(&args);
+        assert!(
+            o.status.success(),
+            "second mount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        OtherMount(mnt)
+    }
+}
+
+impl Drop for OtherMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0)
+            && !Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
