@@ -294,6 +294,14 @@ impl Catalog {
         Ok(v)
     }
 
+    /// The identity marker volume `name` of this store carries.
+    fn marker_for(&self, name: &str) -> Result<String> {
+        Ok(volumes::marker_text(
+            &self.store.store_id()?.unwrap_or_default(),
+            name,
+        ))
+    }
+
     /// Whether the directory opened as volume `name` is that volume of this
     /// store: its identity marker ([`volumes::MARKER`]) says so. A directory
     /// without one is marked now only if nothing says data should be there
@@ -303,7 +311,7 @@ impl Catalog {
     /// empty local directory standing in for an unmounted shared filesystem
     /// looks like. Not cached when refused: it is asked again next time.
     fn check_marker(&self, name: &str, path: &std::path::Path, fd: BorrowedFd<'_>) -> Result<()> {
-        let want = volumes::marker_text(&self.store.store_id()?.unwrap_or_default(), name);
+        let want = self.marker_for(name)?;
         let unmarked = |why: String| -> StoreError {
             VolumeError::Unmarked {
                 name: name.to_string(),
@@ -314,10 +322,7 @@ impl Catalog {
         };
         match volumes::read_marker(fd).map_err(io_err(path))? {
             Some(m) if m == want => Ok(()),
-            Some(m) => Err(unmarked(format!(
-                "is marked as another store's or volume's ({:?})",
-                m.lines().skip(1).collect::<Vec<_>>().join(", ")
-            ))),
+            Some(m) => Err(unmarked(format!("is {}", volumes::foreign_marker(&m)))),
             None => {
                 // Rows that may hold data here: not purged, not mid-purge.
                 let rows: Vec<VFolder> = self
@@ -430,19 +435,14 @@ impl Catalog {
         }
         // A directory marked as another store's (or another volume's) is
         // not taken over.
-        let want = volumes::marker_text(&self.store.store_id()?.unwrap_or_default(), name);
+        let want = self.marker_for(name)?;
         let dfd = sys::open_dir_path(&canon).map_err(io_err(&canon))?;
         if let Some(m) = volumes::read_marker(dfd.as_fd()).map_err(io_err(&canon))?
             && m != want
         {
-            return Err(unsafe_path(
-                &canon,
-                format!(
-                    "it is marked as another store's or volume's ({})",
-                    m.lines().skip(1).collect::<Vec<_>>().join(", ")
-                ),
-            )
-            .into());
+            return Err(
+                unsafe_path(&canon, format!("it is {}", volumes::foreign_marker(&m))).into(),
+            );
         }
         self.store.add_volume(name, &canon.display().to_string())?;
         // Its identity marker, now (see `check_marker`).

@@ -129,14 +129,17 @@ impl MountLease {
         Ok(true)
     }
 
+    /// Whether any mount of `mounts` but this one is live at store time `now`.
+    fn others_live(&self, now: crate::store::Millis, mounts: &[MountRecord]) -> bool {
+        mounts
+            .iter()
+            .any(|m| m.id != self.rec.id && m.lease_until >= now)
+    }
+
     /// Reads which other mounts of the store are live and tells `reg`.
     fn note_others(&self, store: &dyn Store, reg: &Registry) -> Result<()> {
         let (now, mounts) = store.mounts()?;
-        reg.set_shared(
-            mounts
-                .iter()
-                .any(|m| m.id != self.rec.id && m.lease_until >= now),
-        );
+        reg.set_shared(self.others_live(now, &mounts));
         Ok(())
     }
 
@@ -187,11 +190,7 @@ impl MountLease {
                     waiting.push(format!("{} pid {} at {}", m.node, m.pid, m.mountpoint));
                 }
             }
-            reg.set_shared(
-                mounts
-                    .iter()
-                    .any(|m| m.id != self.rec.id && m.lease_until >= now),
-            );
+            reg.set_shared(self.others_live(now, &mounts));
             if waiting.is_empty() || start.elapsed() >= limit {
                 break waiting;
             }

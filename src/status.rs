@@ -265,6 +265,21 @@ impl Op {
     pub const fn verb(self) -> &'static str {
         self.row().verb
     }
+
+    /// The operation that ends a purge: done, or failed.
+    pub const fn purge_end(failed: bool) -> Op {
+        if failed {
+            Op::PurgeFailed
+        } else {
+            Op::PurgeDone
+        }
+    }
+
+    /// The operation that ends a clone for its target: done (ready), or
+    /// aborted (its partial data goes to the purge).
+    pub const fn clone_end(failed: bool) -> Op {
+        if failed { Op::CloneAbort } else { Op::CloneEnd }
+    }
 }
 
 /// One row of the transition table: an operation, the statuses it may start

@@ -94,6 +94,15 @@ pub fn marker_text(store_id: &str, name: &str) -> String {
     format!("vfolderfs volume\nstore {store_id}\nname {name}\n")
 }
 
+/// A marker `m` that is not the wanted one, in words: "marked as another
+/// store's or volume's (store …, name …)".
+pub fn foreign_marker(m: &str) -> String {
+    format!(
+        "marked as another store's or volume's ({})",
+        m.lines().skip(1).collect::<Vec<_>>().join(", ")
+    )
+}
+
 /// The marker in directory `dir`, if there is one (a symlink is refused).
 pub fn read_marker(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<String>> {
     use std::io::Read;

@@ -19,6 +19,27 @@ pub use sqlite::SqliteStore;
 /// The trash retention of a store that never set one: 30 days.
 pub const DEFAULT_TRASH_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
 
+/// The trash retention from its stored form (`store_info`'s
+/// `trash_retention_secs`: whole seconds, 0 for forever; absent: the
+/// default). Both backends store it so.
+pub fn retention_from_setting(v: Option<&str>) -> Result<Option<std::time::Duration>> {
+    match v {
+        None => Ok(Some(DEFAULT_TRASH_RETENTION)),
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(secs) => Ok(Some(std::time::Duration::from_secs(secs))),
+            Err(_) => Err(StoreError::Corrupt(format!(
+                "the trash retention is {v:?}, not a number of seconds"
+            ))),
+        },
+    }
+}
+
+/// The stored form of a trash retention (see [`retention_from_setting`]).
+pub fn retention_setting(keep: Option<std::time::Duration>) -> String {
+    keep.map_or(0, |d| d.as_secs().max(1)).to_string()
+}
+
 /// Milliseconds since the Unix epoch, as stored.
 pub type Millis = i64;
 

@@ -522,11 +522,7 @@ impl PgStore {
                 Err(e) => return Err(e),
             }
         }
-        let op = if error.is_none() {
-            Op::CloneEnd
-        } else {
-            Op::CloneAbort
-        };
+        let op = Op::clone_end(error.is_some());
         let args = TransitionArgs {
             cause,
             error,
@@ -945,20 +941,11 @@ impl Store for PgStore {
                 .map_err(pg("reading the trash retention"))?
                 .map(|r| r.get(0)))
         })?;
-        match v {
-            None => Ok(Some(super::DEFAULT_TRASH_RETENTION)),
-            Some(v) => match v.parse::<u64>() {
-                Ok(0) => Ok(None),
-                Ok(secs) => Ok(Some(Duration::from_secs(secs))),
-                Err(_) => Err(StoreError::Corrupt(format!(
-                    "the trash retention is {v:?}, not a number of seconds"
-                ))),
-            },
-        }
+        super::retention_from_setting(v.as_deref())
     }
 
     fn set_trash_retention(&self, keep: Option<Duration>) -> Result<()> {
-        let secs = keep.map_or(0, |d| d.as_secs().max(1)).to_string();
+        let secs = super::retention_setting(keep);
         self.tx("setting the trash retention", |tx| {
             tx.execute(
                 "INSERT INTO store_info (key, value) VALUES ('trash_retention_secs', $1) \
@@ -1105,11 +1092,7 @@ impl Store for PgStore {
     }
 
     fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let op = if error.is_none() {
-            Op::PurgeDone
-        } else {
-            Op::PurgeFailed
-        };
+        let op = Op::purge_end(error.is_some());
         let args = TransitionArgs {
             cause,
             error,

@@ -330,26 +330,17 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db("reading the trash retention"))?;
-        match v {
-            None => Ok(Some(super::DEFAULT_TRASH_RETENTION)),
-            Some(v) => match v.parse::<u64>() {
-                Ok(0) => Ok(None),
-                Ok(secs) => Ok(Some(Duration::from_secs(secs))),
-                Err(_) => Err(StoreError::Corrupt(format!(
-                    "the trash retention is {v:?}, not a number of seconds"
-                ))),
-            },
-        }
+        super::retention_from_setting(v.as_deref())
     }
 
     fn set_trash_retention(&self, keep: Option<Duration>) -> Result<()> {
-        let secs = keep.map_or(0, |d| d.as_secs().max(1));
+        let secs = super::retention_setting(keep);
         self.conn
             .lock()
             .execute(
                 "INSERT INTO store_info (key, value) VALUES ('trash_retention_secs', ?1) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [secs.to_string()],
+                [secs],
             )
             .map_err(db("setting the trash retention"))?;
         Ok(())
@@ -735,6 +726,8 @@ impl Store for SqliteStore {
                  WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY a.seq",
             )
             .map_err(db("listing attachments"))?;
+        // SQLite is one node's store: every attachment is this node's.
+        let node = crate::enforce::node_name();
         let rows = stmt
             .query_map([vfolder], |r| {
                 Ok(Attachment {
@@ -744,7 +737,7 @@ impl Store for SqliteStore {
                     target: r.get(3)?,
                     read_only: r.get(4)?,
                     mnt_ns: r.get::<_, i64>(5)? as u64,
-                    node: crate::enforce::node_name(),
+                    node: node.clone(),
                     source: r.get(6)?,
                     created_at: r.get(7)?,
                     pending: r.get(8)?,
@@ -897,11 +890,7 @@ impl Store for SqliteStore {
     }
 
     fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let op = if error.is_none() {
-            Op::PurgeDone
-        } else {
-            Op::PurgeFailed
-        };
+        let op = Op::purge_end(error.is_some());
         let args = TransitionArgs {
             cause,
             error,
@@ -1296,11 +1285,7 @@ impl SqliteStore {
                 Err(e) => return Err(e),
             }
         }
-        let op = if error.is_none() {
-            Op::CloneEnd
-        } else {
-            Op::CloneAbort
-        };
+        let op = Op::clone_end(error.is_some());
         Self::transition_in(tx, dst, op, &args, &[("clone_src", Value::Null)])
     }
 

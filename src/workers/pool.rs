@@ -249,22 +249,26 @@ pub fn retention_purge(cat: &Catalog, listed: &VFolder, keep: Duration, now: i64
 
 fn scan(cat: &Catalog, tx: &Sender<Task>, shared: &Shared, cfg: &PoolConfig) {
     while !shared.cancel.load(Ordering::Acquire) {
-        // The store-wide retention, read on every scan: a change by
-        // `vfolderfs retention` holds from the next second on every mount.
-        let retention = cat.store().trash_retention();
         match cat.store().list(ListFilter::Work) {
             Ok(all) => {
                 let now = crate::store::sqlite::now_millis();
-                let retention = match retention {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Unknown: purge nothing by age this time.
-                        warn!("reading the trash retention: {e}");
-                        None
-                    }
-                };
+                // The store-wide retention, read on every scan that finds
+                // trash (a change by `vfolderfs retention` holds from the
+                // next second on every mount); none read when there is none.
+                let mut retention: Option<Option<Duration>> = None;
                 for v in all {
-                    let expired = match retention {
+                    let keep = if v.status.is_restorable() {
+                        *retention.get_or_insert_with(|| {
+                            cat.store().trash_retention().unwrap_or_else(|e| {
+                                // Unknown: purge nothing by age this time.
+                                warn!("reading the trash retention: {e}");
+                                None
+                            })
+                        })
+                    } else {
+                        None
+                    };
+                    let expired = match keep {
                         Some(keep) => match retention_purge(cat, &v, keep, now) {
                             Ok(e) => e,
                             Err(e) => {
