@@ -168,13 +168,9 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn create(&self, id: &str, name: &str, volume: &str, cause: &str) -> Result<VFolder> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::insert_in(&tx, id, name, volume, Status::Ready, None, cause)?;
-        tx.commit().map_err(db("committing a creation"))?;
-        Ok(v)
+        self.write_tx("committing a creation", |tx| {
+            Self::insert_in(tx, id, name, volume, Status::Ready, None, cause)
+        })
     }
 
     fn get(&self, id: &str) -> Result<VFolder> {
@@ -233,43 +229,35 @@ impl Store for SqliteStore {
     }
 
     fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::transition_in(&tx, id, op, &args, &[])?;
-        tx.commit().map_err(db("committing a status change"))?;
-        Ok(v)
+        self.write_tx("committing a status change", |tx| {
+            Self::transition_in(tx, id, op, &args, &[])
+        })
     }
 
     fn rename(&self, id: &str, new_name: &str) -> Result<VFolder> {
         checked_name(new_name)?;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let current = Self::get_in(&tx, id)?;
-        if !current.status.is_renamable() {
-            return Err(StoreError::RenameRefused {
-                name: current.name,
-                status: current.status,
-            });
-        }
-        Self::check_unattached(&tx, &current, "rename")?;
-        tx.execute(
-            "UPDATE vfolders SET name = ?1 WHERE id = ?2",
-            params![new_name, id],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(new_name.to_string())
-            } else {
-                StoreError::Db("renaming a vfolder", e)
+        self.write_tx("committing a rename", |tx| {
+            let current = Self::get_in(tx, id)?;
+            if !current.status.is_renamable() {
+                return Err(StoreError::RenameRefused {
+                    name: current.name,
+                    status: current.status,
+                });
             }
-        })?;
-        let v = Self::get_in(&tx, id)?;
-        tx.commit().map_err(db("committing a rename"))?;
-        Ok(v)
+            Self::check_unattached(tx, &current, "rename")?;
+            tx.execute(
+                "UPDATE vfolders SET name = ?1 WHERE id = ?2",
+                params![new_name, id],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken(new_name.to_string())
+                } else {
+                    StoreError::Db("renaming a vfolder", e)
+                }
+            })?;
+            Self::get_in(tx, id)
+        })
     }
 
     fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
@@ -396,40 +384,37 @@ impl Store for SqliteStore {
     ) -> Result<Option<Job>> {
         let now = now_millis();
         let until = now + lease.as_millis() as Millis;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::get_in(&tx, id)?;
-        match Self::job_in(&tx, id)? {
-            None => {
-                tx.execute(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, kind, owner, until, now],
-                )
-                .map_err(db("claiming a job"))?;
+        self.write_tx("committing a claim", |tx| {
+            Self::get_in(tx, id)?;
+            match Self::job_in(tx, id)? {
+                None => {
+                    tx.execute(
+                        "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![id, kind, owner, until, now],
+                    )
+                    .map_err(db("claiming a job"))?;
+                }
+                Some(j) if j.owner == owner => {
+                    tx.execute(
+                        "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
+                        params![id, until],
+                    )
+                    .map_err(db("claiming a job"))?;
+                }
+                Some(j) if j.owner.is_empty() || j.lease_until < now || holder_dead(&j.owner) => {
+                    tx.execute(
+                        "UPDATE jobs SET owner = ?2, lease_until = ?3, kind = ?4, \
+                         claims = claims + 1 WHERE vfolder_id = ?1",
+                        params![id, owner, until, kind],
+                    )
+                    .map_err(db("claiming a job"))?;
+                }
+                Some(_) => return Ok(None),
             }
-            Some(j) if j.owner == owner => {
-                tx.execute(
-                    "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
-                    params![id, until],
-                )
-                .map_err(db("claiming a job"))?;
-            }
-            Some(j) if j.owner.is_empty() || j.lease_until < now || holder_dead(&j.owner) => {
-                tx.execute(
-                    "UPDATE jobs SET owner = ?2, lease_until = ?3, kind = ?4, \
-                     claims = claims + 1 WHERE vfolder_id = ?1",
-                    params![id, owner, until, kind],
-                )
-                .map_err(db("claiming a job"))?;
-            }
-            Some(_) => return Ok(None),
-        }
-        let j = Self::job_in(&tx, id)?;
-        tx.commit().map_err(db("committing a claim"))?;
-        Ok(j)
+            let j = Self::job_in(tx, id)?;
+            Ok(j)
+        })
     }
 
     fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
@@ -553,67 +538,64 @@ impl Store for SqliteStore {
 
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>> {
         let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let victims: Vec<VFolder> = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM vfolders WHERE status = ?1 AND status_changed_at < ?2"
-                ))
-                .map_err(db("finding purged vfolders"))?;
-            let rows = stmt
-                .query_map(
-                    params![Status::DeleteComplete.as_str(), before],
-                    row_to_vfolder,
-                )
-                .map_err(db("finding purged vfolders"))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(db("finding purged vfolders"))?
-        };
-        let mut out = Vec::new();
-        for v in victims {
-            let history: Vec<serde_json::Value> = {
+        self.write_tx("committing gc", |tx| {
+            let victims: Vec<VFolder> = {
                 let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT from_status, to_status, at, cause FROM status_history \
-                         WHERE vfolder_id = ?1 ORDER BY seq",
-                    )
-                    .map_err(db("reading history"))?;
+                    .prepare(&format!(
+                        "SELECT {COLUMNS} FROM vfolders WHERE status = ?1 AND status_changed_at < ?2"
+                    ))
+                    .map_err(db("finding purged vfolders"))?;
                 let rows = stmt
-                    .query_map([&v.id], |r| {
-                        Ok(serde_json::json!({
-                            "from": r.get::<_, Option<String>>(0)?,
-                            "to": r.get::<_, String>(1)?,
-                            "at": r.get::<_, Millis>(2)?,
-                            "cause": r.get::<_, String>(3)?,
-                        }))
-                    })
-                    .map_err(db("reading history"))?;
+                    .query_map(
+                        params![Status::DeleteComplete.as_str(), before],
+                        row_to_vfolder,
+                    )
+                    .map_err(db("finding purged vfolders"))?;
                 rows.collect::<rusqlite::Result<_>>()
-                    .map_err(db("reading history"))?
+                    .map_err(db("finding purged vfolders"))?
             };
-            let e = AuditEntry {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                created_at: v.created_at,
-                purged_at: v.status_changed_at,
-                forgotten_at: now,
-                history: serde_json::Value::Array(history).to_string(),
-            };
-            tx.execute(
-                "INSERT INTO audit (vfolder_id, name, created_at, purged_at, forgotten_at, history) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![e.id, e.name, e.created_at, e.purged_at, e.forgotten_at, e.history],
-            )
-            .map_err(db("writing the audit"))?;
-            tx.execute("DELETE FROM vfolders WHERE id = ?1", [&v.id])
-                .map_err(db("forgetting a vfolder"))?;
-            out.push(e);
-        }
-        tx.commit().map_err(db("committing gc"))?;
-        Ok(out)
+            let mut out = Vec::new();
+            for v in victims {
+                let history: Vec<serde_json::Value> = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT from_status, to_status, at, cause FROM status_history \
+                             WHERE vfolder_id = ?1 ORDER BY seq",
+                        )
+                        .map_err(db("reading history"))?;
+                    let rows = stmt
+                        .query_map([&v.id], |r| {
+                            Ok(serde_json::json!({
+                                "from": r.get::<_, Option<String>>(0)?,
+                                "to": r.get::<_, String>(1)?,
+                                "at": r.get::<_, Millis>(2)?,
+                                "cause": r.get::<_, String>(3)?,
+                            }))
+                        })
+                        .map_err(db("reading history"))?;
+                    rows.collect::<rusqlite::Result<_>>()
+                        .map_err(db("reading history"))?
+                };
+                let e = AuditEntry {
+                    id: v.id.clone(),
+                    name: v.name.clone(),
+                    created_at: v.created_at,
+                    purged_at: v.status_changed_at,
+                    forgotten_at: now,
+                    history: serde_json::Value::Array(history).to_string(),
+                };
+                tx.execute(
+                    "INSERT INTO audit (vfolder_id, name, created_at, purged_at, forgotten_at, history) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![e.id, e.name, e.created_at, e.purged_at, e.forgotten_at, e.history],
+                )
+                .map_err(db("writing the audit"))?;
+                tx.execute("DELETE FROM vfolders WHERE id = ?1", [&v.id])
+                    .map_err(db("forgetting a vfolder"))?;
+                out.push(e);
+            }
+            Ok(out)
+        })
     }
 
     fn attach(
@@ -627,62 +609,59 @@ impl Store for SqliteStore {
         pending: Option<&str>,
     ) -> Result<Attachment> {
         let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::get_in(&tx, id)?;
-        let allowed = if read_only {
-            v.status.is_mountable_read_only()
-        } else {
-            v.status.is_mountable()
-        };
-        // A clone's target is cloning too, but its data is still being
-        // copied, and an aborted clone purges it.
-        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-        if !allowed || target_of_clone {
-            return Err(StoreError::NotMountable {
-                name: v.name,
-                status: v.status,
-                read_only,
-                why: target_of_clone.then_some(
-                    "it is the target of a clone still copying; attach once it is ready",
-                ),
-            });
-        }
-        tx.execute(
-            "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, session, target, read_only, mnt_ns as i64, source, now],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::TargetTaken(target.to_string())
+        self.write_tx("committing an attachment", |tx| {
+            let v = Self::get_in(tx, id)?;
+            let allowed = if read_only {
+                v.status.is_mountable_read_only()
             } else {
-                StoreError::Db("recording an attachment", e)
+                v.status.is_mountable()
+            };
+            // A clone's target is cloning too, but its data is still being
+            // copied, and an aborted clone purges it.
+            let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
+            if !allowed || target_of_clone {
+                return Err(StoreError::NotMountable {
+                    name: v.name,
+                    status: v.status,
+                    read_only,
+                    why: target_of_clone.then_some(
+                        "it is the target of a clone still copying; attach once it is ready",
+                    ),
+                });
             }
-        })?;
-        let seq = tx.last_insert_rowid();
-        if let Some(who) = pending {
             tx.execute(
-                "INSERT OR REPLACE INTO attachment_pending (seq, attacher) VALUES (?1, ?2)",
-                params![seq, who],
+                "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, session, target, read_only, mnt_ns as i64, source, now],
             )
-            .map_err(db("recording an attachment"))?;
-        }
-        tx.commit().map_err(db("committing an attachment"))?;
-        Ok(Attachment {
-            seq,
-            vfolder_id: id.to_string(),
-            session: session.to_string(),
-            target: target.to_string(),
-            read_only,
-            mnt_ns,
-            // One node's store: every attachment is this node's.
-            node: crate::enforce::node_name(),
-            source: source.to_string(),
-            created_at: now,
-            pending: pending.map(str::to_string),
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::TargetTaken(target.to_string())
+                } else {
+                    StoreError::Db("recording an attachment", e)
+                }
+            })?;
+            let seq = tx.last_insert_rowid();
+            if let Some(who) = pending {
+                tx.execute(
+                    "INSERT OR REPLACE INTO attachment_pending (seq, attacher) VALUES (?1, ?2)",
+                    params![seq, who],
+                )
+                .map_err(db("recording an attachment"))?;
+            }
+            Ok(Attachment {
+                seq,
+                vfolder_id: id.to_string(),
+                session: session.to_string(),
+                target: target.to_string(),
+                read_only,
+                mnt_ns,
+                // One node's store: every attachment is this node's.
+                node: crate::enforce::node_name(),
+                source: source.to_string(),
+                created_at: now,
+                pending: pending.map(str::to_string),
+            })
         })
     }
 
@@ -855,26 +834,23 @@ impl Store for SqliteStore {
         volume: &str,
         cause: &str,
     ) -> Result<(VFolder, VFolder)> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let args = TransitionArgs {
-            cause,
-            ..Default::default()
-        };
-        let s = Self::transition_in(&tx, src, Op::CloneStart, &args, &[])?;
-        let d = Self::insert_in(
-            &tx,
-            dst_id,
-            dst_name,
-            volume,
-            Status::Cloning,
-            Some(src),
-            cause,
-        )?;
-        tx.commit().map_err(db("committing a clone start"))?;
-        Ok((s, d))
+        self.write_tx("committing a clone start", |tx| {
+            let args = TransitionArgs {
+                cause,
+                ..Default::default()
+            };
+            let s = Self::transition_in(tx, src, Op::CloneStart, &args, &[])?;
+            let d = Self::insert_in(
+                tx,
+                dst_id,
+                dst_name,
+                volume,
+                Status::Cloning,
+                Some(src),
+                cause,
+            )?;
+            Ok((s, d))
+        })
     }
 
     fn confirm_claim(&self, claim: &Claim, lease: Duration) -> Result<()> {
@@ -960,65 +936,61 @@ impl Store for SqliteStore {
         if name == crate::catalog::DEFAULT_VOLUME {
             return Err(VolumeError::Exists(name.to_string()).into());
         }
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let holder: Option<(String, String)> = tx
-            .query_row(
-                "SELECT name, path FROM volumes WHERE name = ?1 OR path = ?2",
-                params![name, path],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+        self.write_tx("committing a new volume", |tx| {
+            let holder: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT name, path FROM volumes WHERE name = ?1 OR path = ?2",
+                    params![name, path],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db("adding a volume"))?;
+            match holder {
+                Some((n, _)) if n == name => return Err(VolumeError::Exists(n).into()),
+                Some((by, p)) => return Err(VolumeError::PathTaken { path: p, by }.into()),
+                None => {}
+            }
+            tx.execute(
+                "INSERT INTO volumes (name, path, created_at) VALUES (?1, ?2, ?3)",
+                params![name, path, now_millis()],
             )
-            .optional()
             .map_err(db("adding a volume"))?;
-        match holder {
-            Some((n, _)) if n == name => return Err(VolumeError::Exists(n).into()),
-            Some((by, p)) => return Err(VolumeError::PathTaken { path: p, by }.into()),
-            None => {}
-        }
-        tx.execute(
-            "INSERT INTO volumes (name, path, created_at) VALUES (?1, ?2, ?3)",
-            params![name, path, now_millis()],
-        )
-        .map_err(db("adding a volume"))?;
-        tx.commit().map_err(db("committing a new volume"))
+            Ok(())
+        })
     }
 
     fn remove_volume(&self, name: &str) -> Result<()> {
         if name == crate::catalog::DEFAULT_VOLUME {
             return Err(VolumeError::Default.into());
         }
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::volume_known_in(&tx, name)?;
-        let users: Vec<String> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT name || ' (' || status || ')' FROM vfolders \
-                     WHERE volume = ?1 OR prev_volume = ?1 \
-                     OR id IN (SELECT vfolder_id FROM jobs WHERE arg = ?1) \
-                     ORDER BY name",
-                )
-                .map_err(db("checking a volume's vfolders"))?;
-            stmt.query_map(params![name], |r| r.get(0))
-                .map_err(db("checking a volume's vfolders"))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db("checking a volume's vfolders"))?
-        };
-        if !users.is_empty() {
-            return Err(VolumeError::InUse {
-                name: name.to_string(),
-                count: users.len(),
-                examples: users.into_iter().take(5).collect(),
+        self.write_tx("committing a volume removal", |tx| {
+            Self::volume_known_in(tx, name)?;
+            let users: Vec<String> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT name || ' (' || status || ')' FROM vfolders \
+                         WHERE volume = ?1 OR prev_volume = ?1 \
+                         OR id IN (SELECT vfolder_id FROM jobs WHERE arg = ?1) \
+                         ORDER BY name",
+                    )
+                    .map_err(db("checking a volume's vfolders"))?;
+                stmt.query_map(params![name], |r| r.get(0))
+                    .map_err(db("checking a volume's vfolders"))?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(db("checking a volume's vfolders"))?
+            };
+            if !users.is_empty() {
+                return Err(VolumeError::InUse {
+                    name: name.to_string(),
+                    count: users.len(),
+                    examples: users.into_iter().take(5).collect(),
+                }
+                .into());
             }
-            .into());
-        }
-        tx.execute("DELETE FROM volumes WHERE name = ?1", params![name])
-            .map_err(db("removing a volume"))?;
-        tx.commit().map_err(db("committing a volume removal"))
+            tx.execute("DELETE FROM volumes WHERE name = ?1", params![name])
+                .map_err(db("removing a volume"))?;
+            Ok(())
+        })
     }
 
     fn volumes(&self) -> Result<Vec<(String, String)>> {
@@ -1035,20 +1007,18 @@ impl Store for SqliteStore {
 
     fn record_opens(&self, owner: &str, counts: &[(String, u64)]) -> Result<()> {
         let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        for (id, n) in counts {
-            // A vfolder forgotten meanwhile has nothing to count.
-            let _ = tx.execute(
-                "INSERT INTO open_counts (vfolder_id, owner, opens, updated_at) \
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
-                 ON CONFLICT(vfolder_id, owner) DO UPDATE SET opens = ?3, updated_at = ?4",
-                params![id, owner, *n as i64, now],
-            );
-        }
-        tx.commit().map_err(db("committing open counts"))
+        self.write_tx("committing open counts", |tx| {
+            for (id, n) in counts {
+                // A vfolder forgotten meanwhile has nothing to count.
+                let _ = tx.execute(
+                    "INSERT INTO open_counts (vfolder_id, owner, opens, updated_at) \
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
+                     ON CONFLICT(vfolder_id, owner) DO UPDATE SET opens = ?3, updated_at = ?4",
+                    params![id, owner, *n as i64, now],
+                );
+            }
+            Ok(())
+        })
     }
 
     fn opens(&self) -> Result<std::collections::HashMap<String, u64>> {
@@ -1228,10 +1198,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The fence: [`StoreError::ClaimLost`] unless the job row still has
-    /// `claim`'s owner, kind and token. Called inside the transaction that
-    /// makes the fenced step.
-    /// Runs `f` in one immediate (write) transaction and commits it.
+    /// A write transaction: runs `f` in one `BEGIN IMMEDIATE` transaction
+    /// (the database's write lock is taken at the start, so two writers
+    /// never both read and then fail to upgrade) and commits it. An error
+    /// from `f` rolls everything back; `what` names the commit in its error.
+    /// Every multi-statement write goes through here.
     fn write_tx<T>(
         &self,
         what: &'static str,
@@ -1289,6 +1260,9 @@ impl SqliteStore {
         Self::transition_in(tx, dst, op, &args, &[("clone_src", Value::Null)])
     }
 
+    /// The fence: [`StoreError::ClaimLost`] unless the job row still has
+    /// `claim`'s owner, kind and token. Called inside the transaction that
+    /// makes the fenced step.
     fn check_claim(conn: &Connection, claim: &Claim) -> Result<()> {
         let held = conn
             .query_row(
