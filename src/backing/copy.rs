@@ -7,41 +7,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
-use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::error::{TreeError, shorten_path};
+use super::handle::{InodeRef, MountFd};
 use super::sys;
 
-/// Why a copy stopped.
-#[derive(Debug)]
-pub enum CopyError {
-    /// A system call failed on `path` (relative to the tree's root).
-    Failed {
-        /// Where.
-        path: String,
-        /// The error.
-        err: io::Error,
-    },
-    /// Cancelled (shutdown).
-    Cancelled,
-}
-
-impl fmt::Display for CopyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CopyError::Failed { path, err } => write!(f, "{path}: {err}"),
-            CopyError::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for CopyError {}
+/// Why a copy stopped: the backing layer's one tree error (never
+/// [`TreeError::MountPoint`]: a mount point inside is copied as an empty
+/// directory).
+pub type CopyError = TreeError;
 
 /// What has been copied so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,44 +55,17 @@ struct Shared<'a> {
     /// Directories waiting to be copied, and how many are not finished.
     queue: Mutex<(VecDeque<Arc<DirNode>>, usize)>,
     queue_cv: Condvar,
-    /// Fds to reopen the source's and the destination's file handles
+    /// Fds to reopen the source's and the destination's kernel handles
     /// against (`None`: handles do not work there, fds are kept instead).
-    src_mount: Option<OwnedFd>,
-    dst_mount: Option<OwnedFd>,
+    src_mount: Option<Arc<MountFd>>,
+    dst_mount: Option<Arc<MountFd>>,
 }
 
 enum LinkState {
     /// Another thread is copying the first name.
     Copying,
     /// The first copy, to link further names to.
-    Done(Ref),
-}
-
-/// An inode reached by its file handle (no open file while it waits) or,
-/// where handles do not work, by an fd kept open.
-enum Ref {
-    Handle(sys::FileHandle),
-    Fd(OwnedFd),
-}
-
-impl Ref {
-    /// Trades `fd` for its handle when `mount` can reopen it.
-    fn of(fd: OwnedFd, mount: &Option<OwnedFd>) -> Ref {
-        match (mount, sys::handle_of(fd.as_fd())) {
-            (Some(_), Ok((h, _))) => Ref::Handle(h),
-            _ => Ref::Fd(fd),
-        }
-    }
-
-    /// An fd on it with `flags` (`O_PATH` or `O_RDONLY | O_DIRECTORY`).
-    fn open(&self, mount: &Option<OwnedFd>, flags: i32) -> io::Result<OwnedFd> {
-        match (self, mount) {
-            (Ref::Handle(h), Some(m)) => sys::open_handle(m.as_fd(), h, flags),
-            (Ref::Fd(fd), _) if flags & libc::O_PATH != 0 => fd.try_clone(),
-            (Ref::Fd(fd), _) => sys::reopen(fd.as_fd(), flags),
-            (Ref::Handle(_), None) => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
+    Done(InodeRef),
 }
 
 /// A directory being copied: held until it and everything below it are
@@ -121,8 +75,8 @@ struct DirNode {
     parent: Option<Arc<DirNode>>,
     /// Its name in its parent (empty for the root).
     name: Vec<u8>,
-    src: Ref,
-    dst: Ref,
+    src: InodeRef,
+    dst: InodeRef,
     st: libc::stat,
     /// 1 for its own entries, plus 1 per subdirectory not finished.
     pending: AtomicUsize,
@@ -140,7 +94,7 @@ impl DirNode {
             n = d.parent.as_deref();
         }
         parts.reverse();
-        sys::shorten_path(parts)
+        shorten_path(parts)
     }
 }
 
@@ -386,8 +340,8 @@ impl Ctx<'_, '_> {
                     self.sh.push(Arc::new(DirNode {
                         parent: Some(node.clone()),
                         name: name.to_bytes().to_vec(),
-                        src: Ref::of(s, &self.sh.src_mount),
-                        dst: Ref::of(d, &self.sh.dst_mount),
+                        src: InodeRef::of(s, self.sh.src_mount.as_ref()),
+                        dst: InodeRef::of(d, self.sh.dst_mount.as_ref()),
                         st,
                         pending: AtomicUsize::new(1),
                     }));
@@ -416,7 +370,8 @@ impl Ctx<'_, '_> {
                 if st.st_nlink > 1 {
                     let p =
                         sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
+                    self.sh
+                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
                 }
             }
             libc::S_IFLNK => {
@@ -441,7 +396,8 @@ impl Ctx<'_, '_> {
                 if st.st_nlink > 1 {
                     let p =
                         sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
+                    self.sh
+                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
                 }
             }
             _ => {
@@ -453,7 +409,8 @@ impl Ctx<'_, '_> {
                 sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
                     .map_err(at)?;
                 if st.st_nlink > 1 {
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
+                    self.sh
+                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
                 }
             }
         }
@@ -478,7 +435,7 @@ impl Ctx<'_, '_> {
                 }
                 Some(LinkState::Done(first)) => {
                     let r = first
-                        .open(&self.sh.dst_mount, libc::O_PATH)
+                        .open(libc::O_PATH)
                         .and_then(|p| sys::link_fd(p.as_fd(), ddir, name));
                     r.map_err(|e| at_name(node, name, e))?;
                     return Ok(true);
@@ -499,8 +456,8 @@ impl Ctx<'_, '_> {
     fn copy_dir(&mut self, node: &Arc<DirNode>) -> Result<(), CopyError> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         let here = |e: io::Error| at_node(node, e);
-        let src = node.src.open(&self.sh.src_mount, flags).map_err(here)?;
-        let dst = node.dst.open(&self.sh.dst_mount, flags).map_err(here)?;
+        let src = node.src.open(flags).map_err(here)?;
+        let dst = node.dst.open(flags).map_err(here)?;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = sys::getdents(src.as_fd(), &mut buf).map_err(here)?;
@@ -527,7 +484,7 @@ impl Shared<'_> {
         self.queue_cv.notify_one();
     }
 
-    fn copied(&self, key: (u64, u64), first: Ref) {
+    fn copied(&self, key: (u64, u64), first: InodeRef) {
         self.links.lock().insert(key, LinkState::Done(first));
         self.links_cv.notify_all();
     }
@@ -579,8 +536,8 @@ impl Shared<'_> {
             };
             let flags = libc::O_RDONLY | libc::O_DIRECTORY;
             let here = |e: io::Error| at_node(&n, e);
-            let s = n.src.open(&self.src_mount, flags).map_err(here)?;
-            let d = n.dst.open(&self.dst_mount, flags).map_err(here)?;
+            let s = n.src.open(flags).map_err(here)?;
+            let d = n.dst.open(flags).map_err(here)?;
             copy_xattrs(s.as_fd(), d.as_fd()).map_err(here)?;
             set_meta(d.as_fd(), &n.st).map_err(here)?;
             n = parent;
@@ -637,14 +594,14 @@ pub fn copy_tree(
         links_cv: Condvar::new(),
         queue: Mutex::new((VecDeque::new(), 0)),
         queue_cv: Condvar::new(),
-        src_mount: handle_mount(src),
-        dst_mount: handle_mount(dst),
+        src_mount: MountFd::for_dir(src).map(Arc::new),
+        dst_mount: MountFd::for_dir(dst).map(Arc::new),
     };
     sh.push(Arc::new(DirNode {
         parent: None,
         name: Vec::new(),
-        src: Ref::Fd(reopen(src)?),
-        dst: Ref::Fd(reopen(dst)?),
+        src: InodeRef::Fd(reopen(src)?),
+        dst: InodeRef::Fd(reopen(dst)?),
         st,
         pending: AtomicUsize::new(1),
     }));
@@ -677,14 +634,4 @@ pub fn copy_tree(
     let s = stats(&sh);
     progress(&s);
     Ok(s)
-}
-
-/// An fd of `dir`'s mount to reopen file handles against, if that works
-/// here (it needs `CAP_DAC_READ_SEARCH` and a filesystem that exports
-/// handles); otherwise directories waiting to be copied keep an fd.
-fn handle_mount(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
-    let m = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
-    let (h, _) = sys::handle_of(dir).ok()?;
-    sys::open_handle(m.as_fd(), &h, libc::O_PATH).ok()?;
-    Some(m)
 }

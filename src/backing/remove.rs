@@ -4,45 +4,15 @@
 //! between two entries when asked.
 
 use std::ffi::CString;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::error::{TreeError, shorten_path};
 use super::sys;
 
-/// Why a removal stopped.
-#[derive(Debug)]
-pub enum RemoveError {
-    /// A system call failed on `path` (relative to the vfolder's root).
-    Failed {
-        /// Where, relative to the vfolder root.
-        path: String,
-        /// The error.
-        err: io::Error,
-    },
-    /// A mount point (or another filesystem) inside the tree was left alone.
-    MountPoint(String),
-    /// Cancelled (shutdown); what is left stays for a later run.
-    Cancelled,
-}
-
-impl fmt::Display for RemoveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RemoveError::Failed { path, err } => write!(f, "{path}: {err}"),
-            RemoveError::MountPoint(p) => {
-                write!(
-                    f,
-                    "{p}: a mount point inside the vfolder; unmount it and retry"
-                )
-            }
-            RemoveError::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for RemoveError {}
+/// Why a removal stopped: the backing layer's one tree error.
+pub type RemoveError = TreeError;
 
 /// At most this many directory fds are open during a removal, however deep
 /// the tree; deeper ancestors are reopened through `..` (checked by device
@@ -72,7 +42,7 @@ fn path_of(stack: &[Level], last: Option<&[u8]>) -> String {
     if let Some(n) = last {
         parts.push(String::from_utf8_lossy(n).into_owned());
     }
-    sys::shorten_path(parts)
+    shorten_path(parts)
 }
 
 /// Removes everything inside the directory `root` (opened `O_RDONLY |
@@ -140,9 +110,8 @@ pub fn empty_dir(
             pos = filled;
             continue;
         };
-        let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
         let (name_bytes, dtype, next_off) = (e.name.to_vec(), e.dtype, e.next_off);
-        pos += reclen;
+        pos += e.reclen;
         if name_bytes == b"." || name_bytes == b".." {
             continue;
         }
