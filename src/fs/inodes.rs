@@ -272,8 +272,11 @@ struct Shard {
 ///    insertion and a whole forget, so that two lookups of one inode agree on
 ///    its node id and a forget cannot race an insertion of the same key.
 /// 2. a shard (`shards[nodeid % SHARDS]`) — at most one at a time.
-/// 3. `mounts` (the mount-fd map) and the [`DirFds`] cache — leaves: nothing
-///    is locked while holding them.
+/// 3. `mounts` (the mount-fd map, [`MountFds`]) and the [`DirFds`] cache —
+///    leaves: nothing is locked while holding them. (`mounts` is taken
+///    under `by_key` when a new inode's mount is first probed.)
+///
+/// The [`super::handles::HandleTable`]'s locks are never taken with these.
 ///
 /// Invariants (checked by [`InodeTable::check`], run in debug builds every
 /// [`CHECK_EVERY`] forgets, and by the tests):
@@ -562,6 +565,20 @@ mod tests {
         // A key naming an entry that is gone is caught.
         t.by_key.lock().insert((st.st_dev, u64::MAX - 1), ids[0]);
         assert!(t.check().unwrap_err().contains("gone"));
+    }
+
+    /// The periodic check runs by itself in debug builds (the build every
+    /// test runs): a broken invariant panics within [`CHECK_EVERY`] forgets.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "inode table invariant broken")]
+    fn debug_builds_check_the_invariants_every_few_forgets() {
+        let t = InodeTable::new(0, 64);
+        t.by_key.lock().insert((0, 7), 7);
+        for _ in 0..CHECK_EVERY {
+            // Forgetting an unknown node changes nothing but counts.
+            t.forget(u64::MAX, 1);
+        }
     }
 
     #[test]
