@@ -127,6 +127,7 @@ pub fn store_kind(e: &StoreError) -> Kind {
         | StoreError::Corrupt(_)
         | StoreError::Db(..)
         | StoreError::Io(..)
+        | StoreError::Os(..)
         | StoreError::Foreign { .. }
         | StoreError::Pg(..)
         | StoreError::Connect(..) => Kind::Unavailable,
@@ -242,6 +243,11 @@ mod tests {
         };
         assert_eq!(store_kind(&attached), Kind::Busy);
         assert_eq!(store_vfolder(&attached), Some("ds"));
+        // An action without a path exits like a path's I/O error.
+        let spawn = StoreError::Os("starting a worker", std::io::ErrorKind::WouldBlock.into());
+        let path = StoreError::Io("/s".into(), std::io::ErrorKind::WouldBlock.into());
+        assert_eq!(store_kind(&spawn), store_kind(&path));
+        assert!(spawn.to_string().starts_with("starting a worker: "));
         assert!(
             store_hint(&attached)
                 .unwrap()

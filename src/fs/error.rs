@@ -80,6 +80,7 @@ impl FsError {
                 | StoreError::Connect(..)
                 | StoreError::BadConfig(_)
                 | StoreError::Io(..)
+                | StoreError::Os(..)
                 | StoreError::Missing(_)
                 | StoreError::NotEmpty(_)
                 | StoreError::Foreign { .. }

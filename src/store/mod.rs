@@ -372,6 +372,9 @@ pub enum StoreError {
     BadConfig(String),
     /// A filesystem error on the store directory, with the path.
     Io(String, std::io::Error),
+    /// A system call failed while doing something that has no path (the
+    /// action, e.g. "starting a worker"): the daemon's own resources.
+    Os(&'static str, std::io::Error),
     /// There is no store at this path (no database): only `vfolderfs init`
     /// makes one.
     Missing(String),
@@ -497,6 +500,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::BadConfig(m) => write!(f, "PostgreSQL connection settings: {m}"),
             StoreError::Io(path, e) => write!(f, "{path}: {e}"),
+            StoreError::Os(action, e) => write!(f, "{action}: {e}"),
             StoreError::Missing(db) if pgconf::is_postgres(db) => write!(
                 f,
                 "no vfolderfs store in {db}; create one with \
