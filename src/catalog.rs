@@ -73,6 +73,32 @@ impl Default for NewDir {
     }
 }
 
+/// Vfolder `id`'s shard directory name and its own, as C strings (a NUL
+/// inside is `InvalidInput`).
+fn shard_and_leaf(id: &str) -> std::io::Result<(CString, CString)> {
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    Ok((c(Layout::shard_of(id))?, c(id)?))
+}
+
+/// [`Catalog::shard_fd`] on a volume already looked up.
+fn shard_fd_on(vol: &Volume, id: &str, create: bool) -> std::io::Result<OwnedFd> {
+    let (shard, _) = shard_and_leaf(id)?;
+    if create {
+        match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+    }
+    sys::openat(
+        vol.fd(),
+        &shard,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
     let p = path.into();
     move |e| StoreError::Io(p.display().to_string(), e)
@@ -516,16 +542,8 @@ impl Catalog {
 
     /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
     pub fn remove_backing_root(&self, id: &str, volume: &str) -> std::io::Result<()> {
-        let vol = self.volume(volume).map_err(std::io::Error::other)?;
-        let shard =
-            CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let shard_fd = match sys::openat(
-            vol.fd(),
-            &shard,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
+        let (_, leaf) = shard_and_leaf(id)?;
+        let shard_fd = match self.shard_fd(volume, id, false) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             other => other?,
         };
@@ -535,22 +553,11 @@ impl Catalog {
         }
     }
 
+    /// An `O_PATH` fd on the shard directory of vfolder `id` on `volume`,
+    /// made first if `create`.
     fn shard_fd(&self, volume: &str, id: &str, create: bool) -> std::io::Result<OwnedFd> {
         let vol = self.volume(volume).map_err(std::io::Error::other)?;
-        let shard =
-            CString::new(&id[..2.min(id.len())]).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        if create {
-            match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
-                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                _ => {}
-            }
-        }
-        sys::openat(
-            vol.fd(),
-            &shard,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
+        shard_fd_on(&vol, id, create)
     }
 
     /// Whether two volumes are on one filesystem (a move between them is a rename).
@@ -564,7 +571,7 @@ impl Catalog {
     /// Moves vfolder `id`'s backing directory from one volume to another on
     /// the same filesystem with one rename (never replacing anything).
     pub fn rename_backing(&self, id: &str, from: &str, to: &str) -> std::io::Result<()> {
-        let leaf = CString::new(id).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let (_, leaf) = shard_and_leaf(id)?;
         let src = self.shard_fd(from, id, false)?;
         let dst = self.shard_fd(to, id, true)?;
         sys::renameat2(
@@ -580,30 +587,8 @@ impl Catalog {
     pub fn make_backing(&self, id: &str, volume: &str, dir: NewDir) -> Result<OwnedFd> {
         let vol = self.volume(volume)?;
         let path = vol.path.join(Layout::relative_path(id));
-        let shard = CString::new(&id[..2.min(id.len())]).map_err(|_| {
-            StoreError::Io(
-                path.display().to_string(),
-                std::io::ErrorKind::InvalidInput.into(),
-            )
-        })?;
-        let leaf = CString::new(id).map_err(|_| {
-            StoreError::Io(
-                path.display().to_string(),
-                std::io::ErrorKind::InvalidInput.into(),
-            )
-        })?;
-        match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-        let shard_fd = sys::openat(
-            vol.fd(),
-            &shard,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .map_err(io_err(&path))?;
+        let (_, leaf) = shard_and_leaf(id).map_err(io_err(&path))?;
+        let shard_fd = shard_fd_on(&vol, id, true).map_err(io_err(&path))?;
         sys::mkdirat(shard_fd.as_fd(), &leaf, dir.mode & 0o7777).map_err(io_err(&path))?;
         let finish = || -> std::io::Result<OwnedFd> {
             let fd = sys::openat(
