@@ -324,97 +324,130 @@ impl Ctx<'_, '_> {
             return self.tick();
         }
         match fmt {
-            libc::S_IFDIR => {
-                sys::mkdirat(ddir, name, 0o700).map_err(at)?;
-                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-                let d = sys::openat(ddir, name, flags, 0).map_err(at)?;
-                let crosses =
-                    st.st_dev != self.sh.root_dev || sys::statx_at(sdir, name, 0).map_err(at)?.1;
-                let s = sys::openat(sdir, name, flags, 0).map_err(at)?;
-                if crosses {
-                    // A mount point: copied empty, like `cp -ax`.
-                    copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
-                    set_meta(d.as_fd(), &st).map_err(at)?;
-                } else {
-                    node.pending.fetch_add(1, Ordering::AcqRel);
-                    self.sh.push(Arc::new(DirNode {
-                        parent: Some(node.clone()),
-                        name: name.to_bytes().to_vec(),
-                        src: InodeRef::of(s, self.sh.src_mount.as_ref()),
-                        dst: InodeRef::of(d, self.sh.dst_mount.as_ref()),
-                        st,
-                        pending: AtomicUsize::new(1),
-                    }));
-                }
-            }
-            libc::S_IFREG => {
-                let s =
-                    sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(at)?;
-                let d = sys::openat(
-                    ddir,
-                    name,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                    0o600,
-                )
-                .map_err(at)?;
-                self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::Interrupted && self.stopping() {
-                            CopyError::Cancelled
-                        } else {
-                            at(e)
-                        }
-                    })?;
-                copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
-                set_meta(d.as_fd(), &st).map_err(at)?;
-                if st.st_nlink > 1 {
-                    let p =
-                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh
-                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
-                }
-            }
-            libc::S_IFLNK => {
-                let target = sys::readlinkat(sdir, name).map_err(at)?;
-                let t = CString::new(target).map_err(|_| at(io::ErrorKind::InvalidData.into()))?;
-                sys::symlinkat(&t, ddir, name).map_err(at)?;
-                // SAFETY: valid fd and name.
-                let r = unsafe {
-                    libc::fchownat(
-                        ddir.as_raw_fd(),
-                        name.as_ptr(),
-                        st.st_uid,
-                        st.st_gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-                if r != 0 {
-                    return Err(at(io::Error::last_os_error()));
-                }
-                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(at)?;
-                if st.st_nlink > 1 {
-                    let p =
-                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh
-                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
-                }
-            }
-            _ => {
-                // FIFOs, sockets and device nodes: recreated, not opened.
-                sys::mknodat(ddir, name, st.st_mode, st.st_rdev).map_err(at)?;
-                let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid).map_err(at)?;
-                sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777).map_err(at)?;
-                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(at)?;
-                if st.st_nlink > 1 {
-                    self.sh
-                        .copied(key, InodeRef::of(p, self.sh.dst_mount.as_ref()));
-                }
-            }
+            libc::S_IFDIR => self.copy_subdir(sdir, ddir, name, node, st).map_err(at)?,
+            libc::S_IFREG => self.copy_file(sdir, ddir, name, &st, &at)?,
+            libc::S_IFLNK => self.copy_symlink(sdir, ddir, name, &st).map_err(at)?,
+            _ => self.copy_node(ddir, name, &st).map_err(at)?,
         }
         self.tick()
+    }
+
+    /// Makes subdirectory `name` and queues it to be copied (a mount point:
+    /// copied empty, like `cp -ax`).
+    fn copy_subdir(
+        &self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        node: &Arc<DirNode>,
+        st: libc::stat,
+    ) -> io::Result<()> {
+        sys::mkdirat(ddir, name, 0o700)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let d = sys::openat(ddir, name, flags, 0)?;
+        let crosses = st.st_dev != self.sh.root_dev || sys::statx_at(sdir, name, 0)?.1;
+        let s = sys::openat(sdir, name, flags, 0)?;
+        if crosses {
+            copy_xattrs(s.as_fd(), d.as_fd())?;
+            return set_meta(d.as_fd(), &st);
+        }
+        node.pending.fetch_add(1, Ordering::AcqRel);
+        self.sh.push(Arc::new(DirNode {
+            parent: Some(node.clone()),
+            name: name.to_bytes().to_vec(),
+            src: InodeRef::of(s, self.sh.src_mount.as_ref()),
+            dst: InodeRef::of(d, self.sh.dst_mount.as_ref()),
+            st,
+            pending: AtomicUsize::new(1),
+        }));
+        Ok(())
+    }
+
+    /// Copies regular file `name`: its data, xattrs and attributes.
+    fn copy_file(
+        &mut self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+        at: &dyn Fn(io::Error) -> CopyError,
+    ) -> Result<(), CopyError> {
+        let s = sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(at)?;
+        let d = sys::openat(
+            ddir,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        )
+        .map_err(at)?;
+        self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::Interrupted && self.stopping() {
+                    CopyError::Cancelled
+                } else {
+                    at(e)
+                }
+            })?;
+        copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
+        set_meta(d.as_fd(), st).map_err(at)?;
+        self.remember_links(ddir, name, st).map_err(at)
+    }
+
+    /// Copies symlink `name`: its target, owner and times.
+    fn copy_symlink(
+        &self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        let target = sys::readlinkat(sdir, name)?;
+        let t = CString::new(target).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        sys::symlinkat(&t, ddir, name)?;
+        // SAFETY: valid fd and name.
+        let r = unsafe {
+            libc::fchownat(
+                ddir.as_raw_fd(),
+                name.as_ptr(),
+                st.st_uid,
+                st.st_gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sys::utimensat(ddir, name, &times_of(st), libc::AT_SYMLINK_NOFOLLOW)?;
+        self.remember_links(ddir, name, st)
+    }
+
+    /// Recreates a FIFO, socket or device node `name` (never opened).
+    fn copy_node(&self, ddir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> io::Result<()> {
+        sys::mknodat(ddir, name, st.st_mode, st.st_rdev)?;
+        let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid)?;
+        sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777)?;
+        sys::utimensat(ddir, name, &times_of(st), libc::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_nlink > 1 {
+            self.sh.copied(
+                (st.st_dev, st.st_ino),
+                InodeRef::of(p, self.sh.dst_mount.as_ref()),
+            );
+        }
+        Ok(())
+    }
+
+    /// For a multiply-linked source: records the copy `ddir/name` so that
+    /// its further names become links to it.
+    fn remember_links(&self, ddir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> io::Result<()> {
+        if st.st_nlink > 1 {
+            let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            self.sh.copied(
+                (st.st_dev, st.st_ino),
+                InodeRef::of(p, self.sh.dst_mount.as_ref()),
+            );
+        }
+        Ok(())
     }
 
     /// For a multiply-linked source: links `name` to its first copy and
