@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod count;
 pub mod creds;
+pub mod dirents;
 pub mod error;
 pub mod handle;
 pub mod remove;

@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub use super::dirents::{DirEntry, getdents, parse_dirents};
+
 /// The empty path, for `AT_EMPTY_PATH` calls on the fd itself.
 pub const EMPTY: &CStr = c"";
 
@@ -428,68 +430,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     // SAFETY: lim is a valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     Ok(lim.rlim_cur)
-}
-
-/// One entry of a `getdents64` buffer.
-pub struct DirEntry<'a> {
-    /// The entry's inode number.
-    pub ino: u64,
-    /// The cookie to seek to for the entry after this one.
-    pub next_off: i64,
-    /// `DT_*` type.
-    pub dtype: u8,
-    /// The name (no NUL).
-    pub name: &'a [u8],
-    /// The record's length in the buffer: the next entry starts this many
-    /// bytes after this one.
-    pub reclen: usize,
-}
-
-/// Reads directory entries into `buf`; returns the bytes filled (0 at the end).
-pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// Parses the entries `getdents` put in `buf[..len]`.
-pub fn parse_dirents(buf: &[u8]) -> impl Iterator<Item = DirEntry<'_>> {
-    let mut pos = 0usize;
-    std::iter::from_fn(move || {
-        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
-        if pos + 19 > buf.len() {
-            return None;
-        }
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().ok()?);
-        let off = i64::from_ne_bytes(rec[8..16].try_into().ok()?);
-        let reclen = u16::from_ne_bytes(rec[16..18].try_into().ok()?) as usize;
-        if reclen < 19 || pos + reclen > buf.len() {
-            return None;
-        }
-        let dtype = rec[18];
-        let raw = &rec[19..reclen];
-        let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-        pos += reclen;
-        Some(DirEntry {
-            ino,
-            next_off: off,
-            dtype,
-            name,
-            reclen,
-        })
-    })
 }
 
 const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
