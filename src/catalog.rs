@@ -1,6 +1,8 @@
 //! The vfolder catalog: lifecycle operations that touch both the store and
 //! the data directory, and the names by which vfolders are found. Shared by
-//! the CLI and the mount.
+//! the CLI and the mount. Its data volumes (opened once, checked for this
+//! store's marker) are in `data_volumes`; the backing directories on them
+//! (made, opened, moved, removed by fd) in `backing`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -20,6 +22,9 @@ use crate::store::{
     ListFilter, PgStore, Result, SqliteStore, Store, StoreError, TransitionArgs, VFolder,
 };
 use crate::volumes::{self, VolumeError};
+
+mod backing;
+mod data_volumes;
 
 /// The volume every store has: its own `data/` directory.
 pub const DEFAULT_VOLUME: &str = "default";
@@ -71,32 +76,6 @@ impl Default for NewDir {
             owner: None,
         }
     }
-}
-
-/// Vfolder `id`'s shard directory name and its own, as C strings (a NUL
-/// inside is `InvalidInput`).
-fn shard_and_leaf(id: &str) -> std::io::Result<(CString, CString)> {
-    let c = |s: &str| {
-        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    Ok((c(Layout::shard_of(id))?, c(id)?))
-}
-
-/// [`Catalog::shard_fd`] on a volume already looked up.
-fn shard_fd_on(vol: &Volume, id: &str, create: bool) -> std::io::Result<OwnedFd> {
-    let (shard, _) = shard_and_leaf(id)?;
-    if create {
-        match sys::mkdirat(vol.fd(), &shard, privacy::DIR_MODE) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-            _ => {}
-        }
-    }
-    sys::openat(
-        vol.fd(),
-        &shard,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )
 }
 
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -234,35 +213,6 @@ impl Catalog {
         Ok(privacy::loose_dirs(&self.layout, &volumes))
     }
 
-    /// Added volumes that should never have been accepted (see
-    /// [`crate::volumes`]): (name, path, why). The default volume is the
-    /// store's own and never one of them: an added volume overlapping it is
-    /// (it overlaps the store directory). An unreadable volume is not
-    /// judged here.
-    pub fn volume_refusals(&self) -> Result<Vec<(String, PathBuf, String)>> {
-        let added = self.store.volumes()?;
-        if added.is_empty() {
-            return Ok(Vec::new());
-        }
-        let occupied = self.occupied()?;
-        let mut out = Vec::new();
-        for (name, path) in added {
-            let path = PathBuf::from(path);
-            let Ok(canon) = fs::canonicalize(&path) else {
-                continue;
-            };
-            let others: Vec<volumes::Occupied> = occupied
-                .iter()
-                .filter(|o| o.path != path)
-                .cloned()
-                .collect();
-            if let Some(why) = volumes::refusal(&canon, &others) {
-                out.push((name, path, why));
-            }
-        }
-        Ok(out)
-    }
-
     /// The store's layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -271,343 +221,6 @@ impl Catalog {
     /// The store interface.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
-    }
-
-    /// Every volume: (name, path), the default first.
-    pub fn volume_list(&self) -> Result<Vec<(String, PathBuf)>> {
-        let mut out = vec![(DEFAULT_VOLUME.to_string(), self.layout.data_dir())];
-        out.extend(
-            self.store
-                .volumes()?
-                .into_iter()
-                .map(|(n, p)| (n, PathBuf::from(p))),
-        );
-        Ok(out)
-    }
-
-    /// The volume named `name`, opened.
-    pub fn volume(&self, name: &str) -> Result<Arc<Volume>> {
-        if let Some(v) = self.volumes.read().get(name) {
-            return Ok(v.clone());
-        }
-        let path = self
-            .volume_list()?
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p)
-            .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
-        if let Some((at, e)) = self.unmarked.read().get(name)
-            && at.elapsed() < UNMARKED_RECHECK
-        {
-            return Err(e.clone().into());
-        }
-        let fd = sys::open_dir_path(&path).map_err(io_err(&path))?;
-        if let Err(e) = self.check_marker(name, &path, fd.as_fd()) {
-            if let StoreError::Volume(v @ VolumeError::Unmarked { .. }) = &e {
-                self.unmarked
-                    .write()
-                    .insert(name.to_string(), (std::time::Instant::now(), v.clone()));
-            }
-            return Err(e);
-        }
-        self.unmarked.write().remove(name);
-        let v = Arc::new(Volume {
-            name: name.to_string(),
-            path,
-            fd,
-        });
-        self.volumes.write().insert(name.to_string(), v.clone());
-        Ok(v)
-    }
-
-    /// The identity marker volume `name` of this store carries.
-    fn marker_for(&self, name: &str) -> Result<String> {
-        Ok(volumes::marker_text(
-            &self.store.store_id()?.unwrap_or_default(),
-            name,
-        ))
-    }
-
-    /// Whether the directory opened as volume `name` is that volume of this
-    /// store: its identity marker ([`volumes::MARKER`]) says so. A directory
-    /// without one is marked now only if nothing says data should be there
-    /// (no vfolder that may hold data lives on the volume) or the data is
-    /// there (the directory of such a vfolder exists: a store from before
-    /// markers); otherwise it is refused as unavailable, which is what an
-    /// empty local directory standing in for an unmounted shared filesystem
-    /// looks like. Not cached when refused: it is asked again next time.
-    fn check_marker(&self, name: &str, path: &std::path::Path, fd: BorrowedFd<'_>) -> Result<()> {
-        let want = self.marker_for(name)?;
-        let unmarked = |why: String| -> StoreError {
-            VolumeError::Unmarked {
-                name: name.to_string(),
-                path: path.display().to_string(),
-                why,
-            }
-            .into()
-        };
-        match volumes::read_marker(fd).map_err(io_err(path))? {
-            Some(m) if m == want => Ok(()),
-            Some(m) => Err(unmarked(format!("is {}", volumes::foreign_marker(&m)))),
-            None => {
-                // Rows that may hold data here: not purged, not mid-purge.
-                let rows: Vec<VFolder> = self
-                    .store
-                    .list(ListFilter::All)?
-                    .into_iter()
-                    .filter(|v| v.volume == name || v.prev_volume.as_deref() == Some(name))
-                    .filter(|v| !v.status.is_purged())
-                    .collect();
-                let present = rows.iter().any(|v| {
-                    sys::open_beneath(
-                        fd,
-                        &Layout::relative_path(&v.id),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )
-                    .is_ok()
-                });
-                if rows.is_empty() || present {
-                    volumes::write_marker(fd, &want).map_err(io_err(path))
-                } else {
-                    Err(unmarked(format!(
-                        "has no vfolderfs marker and none of the {} vfolder directories that \
-                         should be there (is the shared filesystem mounted?)",
-                        rows.len()
-                    )))
-                }
-            }
-        }
-    }
-
-    /// What a new volume must not overlap: the store directory (which holds
-    /// the default volume) and every added volume.
-    pub fn occupied(&self) -> Result<Vec<volumes::Occupied>> {
-        let mut out = vec![volumes::Occupied {
-            label: "the store directory".into(),
-            path: self.layout.root().to_path_buf(),
-        }];
-        for (n, p) in self.store.volumes()? {
-            out.push(volumes::Occupied {
-                label: format!("volume {n:?}"),
-                path: PathBuf::from(p),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Adds a data volume at `path`, after checking that the directory may
-    /// be one ([`crate::volumes`]: not on FUSE, not in a vfolderfs mount, not
-    /// overlapping another volume or the store; refused with
-    /// [`VolumeError::Unsafe`] before anything is made). A missing
-    /// directory is made `0700`; an existing one that other users can reach
-    /// is tightened to `0700` if it is empty, and refused
-    /// ([`StoreError::LoosePath`]) if not, since something else may rely on it.
-    pub fn add_volume(&self, name: &str, path: &std::path::Path) -> Result<()> {
-        if name == DEFAULT_VOLUME || self.store.volumes()?.iter().any(|(n, _)| n == name) {
-            return Err(VolumeError::Exists(name.to_string()).into());
-        }
-        let occupied = self.occupied()?;
-        let unsafe_path = |p: &std::path::Path, why: String| VolumeError::Unsafe {
-            name: name.to_string(),
-            path: p.display().to_string(),
-            why,
-        };
-        if let Some(why) = volumes::mount_table_refusal(path) {
-            return Err(unsafe_path(path, why).into());
-        }
-        let planned = volumes::prospective(path).map_err(io_err(path))?;
-        if let Some(why) = volumes::refusal(&planned, &occupied) {
-            return Err(unsafe_path(&planned, why).into());
-        }
-        let made = privacy::make_private_dir(&planned).map_err(io_err(&planned))?;
-        let canon = fs::canonicalize(&planned).map_err(io_err(&planned))?;
-        // Again on the directory as made: a symlink or mount may have
-        // appeared on the way meanwhile.
-        if let Some(why) = volumes::refusal(&canon, &occupied) {
-            if made {
-                let _ = fs::remove_dir(&canon);
-            }
-            return Err(unsafe_path(&canon, why).into());
-        }
-        let meta = fs::metadata(&canon).map_err(io_err(&canon))?;
-        if !meta.is_dir() {
-            return Err(io_err(&canon)(std::io::ErrorKind::NotADirectory.into()));
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            let empty = fs::read_dir(&canon)
-                .map_err(io_err(&canon))?
-                .next()
-                .is_none();
-            if !empty {
-                return Err(StoreError::LoosePath {
-                    path: canon.display().to_string(),
-                    mode,
-                });
-            }
-            privacy::tighten_all(&[privacy::Loose {
-                path: canon.clone(),
-                mode,
-                want: mode & 0o700,
-            }]);
-            let now = fs::metadata(&canon).map_err(io_err(&canon))?.mode();
-            if now & 0o077 != 0 {
-                return Err(StoreError::LoosePath {
-                    path: canon.display().to_string(),
-                    mode: now & 0o7777,
-                });
-            }
-        }
-        // A directory marked as another store's (or another volume's) is
-        // not taken over.
-        let want = self.marker_for(name)?;
-        let dfd = sys::open_dir_path(&canon).map_err(io_err(&canon))?;
-        if let Some(m) = volumes::read_marker(dfd.as_fd()).map_err(io_err(&canon))?
-            && m != want
-        {
-            return Err(
-                unsafe_path(&canon, format!("it is {}", volumes::foreign_marker(&m))).into(),
-            );
-        }
-        self.store.add_volume(name, &canon.display().to_string())?;
-        // Its identity marker, now (see `check_marker`).
-        self.volume(name).map(drop)
-    }
-
-    /// Volume `name`, refused ([`VolumeError::Unsafe`]) if it should never
-    /// have been accepted (a store made before volumes were checked may have
-    /// one inside a vfolderfs mount, where moving data deadlocks the kernel):
-    /// what new data is placed on.
-    pub fn usable_volume(&self, name: &str) -> Result<Arc<Volume>> {
-        if name == DEFAULT_VOLUME {
-            // The store's own; an added volume overlapping it is the one refused.
-            return self.volume(name);
-        }
-        // Refused before it is opened (opening marks a directory as the
-        // volume: nothing is written into one that should never be).
-        if !self.store.volumes()?.iter().any(|(n, _)| n == name) {
-            return Err(VolumeError::NotFound(name.to_string()).into());
-        }
-        if let Some((_, path, why)) = self
-            .volume_refusals()?
-            .into_iter()
-            .find(|(n, _, _)| n == name)
-        {
-            return Err(VolumeError::Unsafe {
-                name: name.to_string(),
-                path: path.display().to_string(),
-                why,
-            }
-            .into());
-        }
-        self.volume(name)
-    }
-
-    /// Forgets volume `name` (refused while any vfolder row, of any status,
-    /// uses it: see [`Store::remove_volume`]); its directory is left as it is.
-    pub fn remove_volume(&self, name: &str) -> Result<()> {
-        self.store.remove_volume(name)?;
-        self.volumes.write().remove(name);
-        Ok(())
-    }
-
-    /// Where a vfolder's backing directory is.
-    pub fn backing_path(&self, v: &VFolder) -> PathBuf {
-        self.path_on(&v.volume, &v.id)
-    }
-
-    /// Where vfolder `id`'s backing directory is on `volume`.
-    pub fn path_on(&self, volume: &str, id: &str) -> PathBuf {
-        let root = self
-            .volume(volume)
-            .map(|v| v.path.clone())
-            .unwrap_or_else(|_| PathBuf::from(format!("<unknown volume {volume}>")));
-        root.join(Layout::relative_path(id))
-    }
-
-    /// Opens vfolder `id`'s backing directory on `volume` (`openat2` beneath
-    /// the volume, no symlinks, no mount crossing).
-    pub fn open_backing(&self, id: &str, volume: &str, flags: i32) -> std::io::Result<OwnedFd> {
-        let vol = self.volume(volume).map_err(std::io::Error::other)?;
-        let rel = Layout::relative_path(id);
-        sys::open_beneath(vol.fd(), &rel, flags | libc::O_DIRECTORY, 0)
-    }
-
-    /// Whether vfolder `id` has a backing directory on `volume`.
-    pub fn backing_exists(&self, id: &str, volume: &str) -> bool {
-        self.open_backing(id, volume, libc::O_PATH | libc::O_NOFOLLOW)
-            .is_ok()
-    }
-
-    /// Removes a vfolder's (emptied) backing directory itself; a missing one is fine.
-    pub fn remove_backing_root(&self, id: &str, volume: &str) -> std::io::Result<()> {
-        let (_, leaf) = shard_and_leaf(id)?;
-        let shard_fd = match self.shard_fd(volume, id, false) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            other => other?,
-        };
-        match sys::unlinkat(shard_fd.as_fd(), &leaf, libc::AT_REMOVEDIR) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// An `O_PATH` fd on the shard directory of vfolder `id` on `volume`,
-    /// made first if `create`.
-    fn shard_fd(&self, volume: &str, id: &str, create: bool) -> std::io::Result<OwnedFd> {
-        let vol = self.volume(volume).map_err(std::io::Error::other)?;
-        shard_fd_on(&vol, id, create)
-    }
-
-    /// Whether two volumes are on one filesystem (a move between them is a rename).
-    pub fn same_filesystem(&self, a: &str, b: &str) -> Result<bool> {
-        let (va, vb) = (self.volume(a)?, self.volume(b)?);
-        let sa = sys::fstat(va.fd()).map_err(io_err(&va.path))?;
-        let sb = sys::fstat(vb.fd()).map_err(io_err(&vb.path))?;
-        Ok(sa.st_dev == sb.st_dev)
-    }
-
-    /// Moves vfolder `id`'s backing directory from one volume to another on
-    /// the same filesystem with one rename (never replacing anything).
-    pub fn rename_backing(&self, id: &str, from: &str, to: &str) -> std::io::Result<()> {
-        let (_, leaf) = shard_and_leaf(id)?;
-        let src = self.shard_fd(from, id, false)?;
-        let dst = self.shard_fd(to, id, true)?;
-        sys::renameat2(
-            src.as_fd(),
-            &leaf,
-            dst.as_fd(),
-            &leaf,
-            libc::RENAME_NOREPLACE,
-        )
-    }
-
-    /// Makes vfolder `id`'s backing directory on `volume`; returns it opened.
-    pub fn make_backing(&self, id: &str, volume: &str, dir: NewDir) -> Result<OwnedFd> {
-        let vol = self.volume(volume)?;
-        let path = vol.path.join(Layout::relative_path(id));
-        let (_, leaf) = shard_and_leaf(id).map_err(io_err(&path))?;
-        let shard_fd = shard_fd_on(&vol, id, true).map_err(io_err(&path))?;
-        sys::mkdirat(shard_fd.as_fd(), &leaf, dir.mode & 0o7777).map_err(io_err(&path))?;
-        let finish = || -> std::io::Result<OwnedFd> {
-            let fd = sys::openat(
-                shard_fd.as_fd(),
-                &leaf,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            // mkdirat applies the umask; the requested mode is what counts.
-            sys::fchmod(fd.as_fd(), dir.mode & 0o7777)?;
-            if let Some((uid, gid)) = dir.owner {
-                sys::fchown(fd.as_fd(), uid, gid)?;
-            }
-            Ok(fd)
-        };
-        finish().map_err(|e| {
-            let _ = sys::unlinkat(shard_fd.as_fd(), &leaf, libc::AT_REMOVEDIR);
-            io_err(&path)(e)
-        })
     }
 
     /// Creates a ready vfolder on `volume` (the default if None): its
@@ -633,25 +246,6 @@ impl Catalog {
             Ok(_) => self.remake_if_moved(&id, volume, dir)?,
         }
         made
-    }
-
-    /// After the row of a new (still empty) directory was inserted: if an
-    /// `fsck --repair` moved the directory away meanwhile (this process
-    /// was stalled past fsck's grace period between `mkdir` and the row),
-    /// makes it again. See [`crate::fsck`].
-    pub fn remake_if_moved(&self, id: &str, volume: &str, dir: NewDir) -> Result<()> {
-        if self.backing_exists(id, volume) {
-            return Ok(());
-        }
-        log::warn!(
-            "the new directory of {id} on {volume} was moved away before its row was in; making it again"
-        );
-        match self.make_backing(id, volume, dir) {
-            Ok(fd) => drop(fd),
-            Err(StoreError::Io(_, e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        Ok(())
     }
 
     /// Creates a ready vfolder on the default volume.
