@@ -434,6 +434,89 @@ impl StoreError {
     }
 }
 
+/// [`StoreError::NotMountable`]'s message.
+fn not_mountable(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    status: Status,
+    read_only: bool,
+    why: Option<&str>,
+) -> fmt::Result {
+    write!(
+        f,
+        "cannot attach vfolder {name:?}{}: its status is {status}{}",
+        if read_only { " read-only" } else { "" },
+        match (why, status.is_relocating()) {
+            (Some(w), _) => format!(" ({w})"),
+            (None, true) => " (a relocation runs: its data moves at the end; \
+                             attach once it is ready)"
+                .to_string(),
+            (None, false) => String::new(),
+        }
+    )
+}
+
+/// [`StoreError::Unconfirmed`]'s message.
+fn unconfirmed(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    mounts: &[String],
+    waited: std::time::Duration,
+) -> fmt::Result {
+    write!(
+        f,
+        "the change to vfolder {name:?} is made, but {} mount(s) did not confirm it within \
+         {}: {} (writes in flight on a stuck volume, or an overloaded node); it takes \
+         effect there as soon as they do, or when their lease lapses",
+        mounts.len(),
+        humantime::format_duration(waited),
+        mounts.join("; ")
+    )
+}
+
+/// [`StoreError::Missing`]'s message: how to make the store that is not there.
+fn missing(f: &mut fmt::Formatter<'_>, db: &str) -> fmt::Result {
+    if pgconf::is_postgres(db) {
+        write!(
+            f,
+            "no vfolderfs store in {db}; create one with \
+             `vfolderfs --store URL --data DIR init`"
+        )
+    } else {
+        write!(
+            f,
+            "no store at {db} (no vfolders.db there); create one with \
+             `vfolderfs --store {db} init`"
+        )
+    }
+}
+
+/// [`StoreError::Foreign`]'s message.
+fn foreign(
+    f: &mut fmt::Formatter<'_>,
+    path: &str,
+    expected: &str,
+    found: Option<&str>,
+) -> fmt::Result {
+    match found {
+        Some(found) => write!(
+            f,
+            "{path} belongs to another store (id {found}, expected {expected})"
+        ),
+        None => write!(f, "{path} has no store id (expected {expected})"),
+    }
+}
+
+/// Appends the chain of `e`'s sources, each after ": ".
+fn write_sources(f: &mut fmt::Formatter<'_>, e: &dyn std::error::Error) -> fmt::Result {
+    let mut src = e.source();
+    while let Some(s) = src {
+        write!(f, ": {s}")?;
+        src = s.source();
+    }
+    Ok(())
+}
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -465,18 +548,7 @@ impl fmt::Display for StoreError {
                 status,
                 read_only,
                 why,
-            } => write!(
-                f,
-                "cannot attach vfolder {name:?}{}: its status is {status}{}",
-                if *read_only { " read-only" } else { "" },
-                match (why, status.is_relocating()) {
-                    (Some(w), _) => format!(" ({w})"),
-                    (None, true) => " (a relocation runs: its data moves at the end; \
-                                     attach once it is ready)"
-                        .to_string(),
-                    (None, false) => String::new(),
-                }
-            ),
+            } => not_mountable(f, name, *status, *read_only, *why),
             StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
                 f,
@@ -491,26 +563,12 @@ impl fmt::Display for StoreError {
             },
             StoreError::Connect(db, e) => {
                 write!(f, "cannot connect to {db}: {e}")?;
-                let mut src = std::error::Error::source(e);
-                while let Some(s) = src {
-                    write!(f, ": {s}")?;
-                    src = s.source();
-                }
-                Ok(())
+                write_sources(f, e)
             }
             StoreError::BadConfig(m) => write!(f, "PostgreSQL connection settings: {m}"),
             StoreError::Io(path, e) => write!(f, "{path}: {e}"),
             StoreError::Os(action, e) => write!(f, "{action}: {e}"),
-            StoreError::Missing(db) if pgconf::is_postgres(db) => write!(
-                f,
-                "no vfolderfs store in {db}; create one with \
-                 `vfolderfs --store URL --data DIR init`"
-            ),
-            StoreError::Missing(path) => write!(
-                f,
-                "no store at {path} (no vfolders.db there); create one with \
-                 `vfolderfs --store {path} init`"
-            ),
+            StoreError::Missing(db) => missing(f, db),
             StoreError::NotEmpty(path) => write!(
                 f,
                 "{path} is not empty but holds no vfolders.db: if it is a store whose database \
@@ -519,29 +577,13 @@ impl fmt::Display for StoreError {
             StoreError::Foreign {
                 path,
                 expected,
-                found: Some(found),
-            } => write!(
-                f,
-                "{path} belongs to another store (id {found}, expected {expected})"
-            ),
-            StoreError::Foreign {
-                path,
-                expected,
-                found: None,
-            } => write!(f, "{path} has no store id (expected {expected})"),
+                found,
+            } => foreign(f, path, expected, found.as_deref()),
             StoreError::Unconfirmed {
                 name,
                 mounts,
                 waited,
-            } => write!(
-                f,
-                "the change to vfolder {name:?} is made, but {} mount(s) did not confirm it within \
-                 {}: {} (writes in flight on a stuck volume, or an overloaded node); it takes \
-                 effect there as soon as they do, or when their lease lapses",
-                mounts.len(),
-                humantime::format_duration(*waited),
-                mounts.join("; ")
-            ),
+            } => unconfirmed(f, name, mounts, *waited),
             StoreError::ClaimLost { id, owner, token } => write!(
                 f,
                 "the job on vfolder {id} is no longer held by {owner} (claim {token}): \
