@@ -6,6 +6,7 @@ mod follow;
 mod fsck;
 mod interrupt;
 mod jobs;
+mod mount;
 mod nodes;
 mod output;
 mod progress;
@@ -16,11 +17,11 @@ mod volume;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::catalog::{Catalog, NewDir};
-use crate::daemon::{self, MountArgs};
+use crate::daemon;
 use crate::layout::Layout;
 use crate::sessions;
 use crate::store::{ListFilter, Millis, StoreError, VFolder};
@@ -30,6 +31,7 @@ pub use exit::{
     EXIT_PROBLEMS, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_VOLUME, Kind,
 };
 use jobs::run_job;
+pub use mount::MountCmd;
 use output::{attachment_json, history_json, print_detail, print_table, vfolder_detail_json};
 pub use output::{fmt_time, json_mode, vfolder_json};
 use std::sync::atomic::AtomicBool;
@@ -377,33 +379,6 @@ fn session_id(s: &str) -> Result<String, String> {
     }
 }
 
-/// Arguments of `vfolderfs mount`.
-#[derive(Args, Debug, Clone)]
-pub struct MountCmd {
-    /// Where to mount.
-    pub mountpoint: PathBuf,
-    /// Stay in the foreground instead of returning once the mount is ready.
-    #[arg(long, short = 'f')]
-    pub foreground: bool,
-    /// Request-handling threads (default: one per CPU, 2 to 16).
-    #[arg(long, default_value_t = crate::daemon::default_threads())]
-    pub threads: usize,
-    /// Let other users use the mount (permissions are checked by the kernel).
-    #[arg(long)]
-    pub allow_other: bool,
-    /// How many vfolders the purge pool removes at once.
-    #[arg(long, default_value_t = 2)]
-    pub purge_workers: usize,
-    /// Refused: the trash retention is a store-wide setting
-    /// (`vfolderfs retention DURATION`), which every mount follows.
-    #[arg(long, hide = true)]
-    pub trash_retention: Option<String>,
-    /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
-    /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
-    #[arg(short = 'o', value_name = "OPTS")]
-    pub options: Vec<String>,
-}
-
 /// An error worth one line on stderr (or a JSON object under `--json`).
 #[derive(Debug)]
 pub enum CliError {
@@ -487,11 +462,11 @@ pub fn main() -> i32 {
         .and_then(|a| std::path::Path::new(a).file_name())
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cli = if invoked_as.starts_with("mount.") || daemon::is_helper_call(&args) {
+    let cli = if invoked_as.starts_with("mount.") || mount::is_helper_call(&args) {
         // As mount(8)'s helper: `mount.vfolderfs STORE MOUNTPOINT -o OPTS`,
         // or `vfolderfs STORE MOUNTPOINT -o OPTS` as mount.fuse3 runs it for
         // `-t fuse.vfolderfs` and `vfolderfs#STORE` lines.
-        match daemon::helper_args(&args) {
+        match mount::helper_args(&args) {
             Ok(c) => c,
             Err(m) => {
                 eprintln!("mount.vfolderfs: {m}");
@@ -578,7 +553,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     let layout = Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
     match cli.command {
         Command::Mount(m) => {
-            let args = MountArgs::from_cli(layout, &m).map_err(|m| CliError::Of {
+            let args = mount::mount_args(layout, &m).map_err(|m| CliError::Of {
                 kind: Kind::Usage,
                 message: m,
                 vfolder: None,
