@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::Args;
 use fuser::MountOption;
 
-use super::{Cli, Command};
-use crate::daemon::{MountArgs, default_threads};
+use super::{Cli, CliError, Command, Kind};
+use crate::daemon::{self, MountArgs, default_threads};
 use crate::fs::FsConfig;
 use crate::fs::caching::{CacheConfig, Ttl};
 use crate::layout::Layout;
@@ -156,6 +156,19 @@ fn apply_option(a: &mut MountArgs, k: &str, v: Option<&str>) -> Result<(), Strin
         other => return Err(format!("unknown mount option {other:?}")),
     }
     Ok(())
+}
+
+/// `mount MOUNTPOINT [-o OPTS]`: mounts the store (see [`crate::daemon`]).
+pub(super) fn run(layout: Layout, m: &MountCmd) -> Result<i32, CliError> {
+    let args = mount_args(layout, m).map_err(|m| CliError::Of {
+        kind: Kind::Usage,
+        message: m,
+        vfolder: None,
+    })?;
+    daemon::mount(args).map(|()| 0).map_err(|e| match e {
+        daemon::MountError::Store(e) => CliError::Store(e),
+        e => CliError::Failed(e.to_string()),
+    })
 }
 
 /// Whether `vfolderfs` was called as a mount helper, `vfolderfs STORE
