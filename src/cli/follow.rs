@@ -269,7 +269,7 @@ pub(super) fn cancel_cmd(
     }
     // Nobody runs it: end it here the cancelled way, under its claim.
     let Some(task) = Task::for_row(&cat.store().get(&on.id)?) else {
-        return Err(CliError::Failed(format!(
+        return Err(CliError::Job(format!(
             "the job on {:?} has nothing left to do",
             on.name
         )));

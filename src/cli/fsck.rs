@@ -10,8 +10,10 @@ use crate::fsck::{self, Options};
 /// `fsck [--repair] [--grace AGE]`.
 pub(super) fn cmd(cat: &Catalog, repair: bool, json: bool, grace: &str) -> Result<i32, CliError> {
     let opts = Options {
-        grace: humantime::parse_duration(grace)
-            .map_err(|e| CliError::Failed(format!("--grace {grace}: {e}")))?,
+        grace: humantime::parse_duration(grace).map_err(|err| CliError::Duration {
+            arg: format!("--grace {grace}"),
+            err,
+        })?,
     };
     run(cat, repair, json, &opts)
 }

@@ -89,7 +89,7 @@ pub(super) fn run_job(
             }
             Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
                 progress.clear();
-                return Err(CliError::Failed(format!("{what} failed: {msg}")));
+                return Err(CliError::Job(format!("{what} failed: {msg}")));
             }
             Outcome::ClaimLost => return Err(lost(&what, on)),
             Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
@@ -109,7 +109,7 @@ pub(super) fn run_job(
                     say!("done: {:?} is {}", now.name, now.status);
                     return Ok(0);
                 }
-                return Err(CliError::Failed(format!(
+                return Err(CliError::Job(format!(
                     "{what} did not complete: its status is {}{}",
                     now.status,
                     now.error.map(|e| format!(" ({e})")).unwrap_or_default()
@@ -122,7 +122,7 @@ pub(super) fn run_job(
 /// This process was stopped past its job's lease and another process took
 /// the job over: it made no final step, and does not follow the job further.
 fn lost(what: &str, v: &VFolder) -> CliError {
-    CliError::Failed(format!(
+    CliError::Job(format!(
         "{what} ({:?}): this process lost its claim on the job to another process \
          (it was stopped longer than the lease); it stopped without a final step, \
          and the other process carries on",
@@ -206,7 +206,7 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
             }
             Outcome::Failed(msg) => {
                 progress.clear();
-                return Err(CliError::Failed(format!(
+                return Err(CliError::Job(format!(
                     "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
                     v.name
                 )));
@@ -230,7 +230,7 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
                 }
                 progress.clear();
                 if let Some(err) = now.error {
-                    return Err(CliError::Failed(format!(
+                    return Err(CliError::Job(format!(
                         "purge of vfolder {:?} failed: {err}",
                         v.name
                     )));

@@ -2,6 +2,7 @@
 //! are in [`output`], background jobs run from the CLI in [`jobs`].
 
 mod attach;
+mod error;
 mod exit;
 mod follow;
 mod fsck;
@@ -28,6 +29,7 @@ use crate::catalog::Catalog;
 use crate::layout::Layout;
 use crate::sessions;
 use crate::store::StoreError;
+pub use error::CliError;
 pub use exit::{
     EXIT_BUSY, EXIT_CANCELLED, EXIT_EXISTS, EXIT_FAILED, EXIT_NO_STORE, EXIT_NOT_FOUND,
     EXIT_PROBLEMS, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_VOLUME, Kind,
@@ -375,81 +377,6 @@ fn session_id(s: &str) -> Result<String, String> {
         Ok(()) => Ok(s.to_string()),
         Err(sessions::SessionError::InvalidSession { why, .. }) => Err(why),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-/// An error worth one line on stderr (or a JSON object under `--json`).
-#[derive(Debug)]
-pub enum CliError {
-    /// From the store layer.
-    Store(StoreError),
-    /// Anything else, with its message.
-    Failed(String),
-    /// An error of a known kind, with its message and the vfolder it is about.
-    Of {
-        /// What kind of failure (decides the exit status).
-        kind: Kind,
-        /// The message.
-        message: String,
-        /// The vfolder it is about, if any.
-        vfolder: Option<String>,
-    },
-}
-
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CliError::Store(e) => match exit::store_hint(e) {
-                Some(h) => write!(f, "{e}; {h}"),
-                None => e.fmt(f),
-            },
-            CliError::Failed(m) | CliError::Of { message: m, .. } => f.write_str(m),
-        }
-    }
-}
-
-impl CliError {
-    /// What kind of failure this is.
-    pub fn kind(&self) -> Kind {
-        match self {
-            CliError::Store(e) => exit::store_kind(e),
-            CliError::Failed(_) => Kind::Failed,
-            CliError::Of { kind, .. } => *kind,
-        }
-    }
-
-    /// The vfolder the error is about, if it names one.
-    pub fn vfolder(&self) -> Option<&str> {
-        match self {
-            CliError::Store(e) => exit::store_vfolder(e),
-            CliError::Failed(_) => None,
-            CliError::Of { vfolder, .. } => vfolder.as_deref(),
-        }
-    }
-
-    /// The process exit status for this error.
-    pub fn exit_code(&self) -> i32 {
-        self.kind().code()
-    }
-}
-
-impl From<StoreError> for CliError {
-    fn from(e: StoreError) -> Self {
-        CliError::Store(e)
-    }
-}
-
-impl From<sessions::SessionError> for CliError {
-    fn from(e: sessions::SessionError) -> Self {
-        match e {
-            sessions::SessionError::Store(e) => CliError::Store(e),
-            sessions::SessionError::InvalidSession { .. } => CliError::Of {
-                kind: Kind::Usage,
-                message: e.to_string(),
-                vfolder: None,
-            },
-            e => CliError::Failed(e.to_string()),
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use fuser::MountOption;
 
-use super::{Cli, CliError, Command, Kind};
+use super::{Cli, CliError, Command};
 use crate::daemon::{self, MountArgs, default_threads};
 use crate::fs::FsConfig;
 use crate::fs::caching::{CacheConfig, Ttl};
@@ -160,15 +160,9 @@ fn apply_option(a: &mut MountArgs, k: &str, v: Option<&str>) -> Result<(), Strin
 
 /// `mount MOUNTPOINT [-o OPTS]`: mounts the store (see [`crate::daemon`]).
 pub(super) fn run(layout: Layout, m: &MountCmd) -> Result<i32, CliError> {
-    let args = mount_args(layout, m).map_err(|m| CliError::Of {
-        kind: Kind::Usage,
-        message: m,
-        vfolder: None,
-    })?;
-    daemon::mount(args).map(|()| 0).map_err(|e| match e {
-        daemon::MountError::Store(e) => CliError::Store(e),
-        e => CliError::Failed(e.to_string()),
-    })
+    let args = mount_args(layout, m).map_err(CliError::MountOption)?;
+    daemon::mount(args)?;
+    Ok(0)
 }
 
 /// Whether `vfolderfs` was called as a mount helper, `vfolderfs STORE

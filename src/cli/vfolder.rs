@@ -97,10 +97,10 @@ pub(super) fn list(cat: &Catalog, all: bool, json: bool) -> Result<i32, CliError
 pub(super) fn show(cat: &Catalog, name: &str, size: bool, json: bool) -> Result<i32, CliError> {
     let v = cat.resolve(name)?;
     if size && jobs::count(cat, &v, &AtomicBool::new(false)).is_none() {
-        return Err(CliError::Failed(format!(
-            "cannot measure {:?}: its data cannot be read (status {})",
-            v.name, v.status
-        )));
+        return Err(CliError::Unmeasurable {
+            name: v.name,
+            status: v.status,
+        });
     }
     let mut obj = vfolder_detail_json(cat, &v)?;
     if let Some(j) = jobs::job_json(cat, &v)? {
@@ -211,8 +211,10 @@ pub(super) fn gc(cat: &Catalog, older_than: &str, json: bool) -> Result<i32, Cli
     let age = if older_than.trim() == "0" {
         Duration::ZERO
     } else {
-        humantime::parse_duration(older_than)
-            .map_err(|e| CliError::Failed(format!("bad duration {older_than:?}: {e}")))?
+        humantime::parse_duration(older_than).map_err(|err| CliError::Duration {
+            arg: format!("bad duration {older_than:?}"),
+            err,
+        })?
     };
     let before = crate::store::sqlite::now_millis() - age.as_millis() as Millis;
     let gone = cat.store().forget_purged(before)?;
