@@ -82,12 +82,12 @@ pub(super) fn relocate(
 /// `purge NAME`: a trashed vfolder by its trash name, else any by name or id
 /// (a failed one may be purged too; others are refused by status).
 pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool, json: bool) -> Result<i32, CliError> {
-    let id = match cat.resolve_trashed(name) {
-        Ok(v) => v.id,
-        Err(StoreError::NotFound(_)) => cat.resolve(name)?.id,
+    let v = match cat.resolve_trashed(name) {
+        Ok(v) => v,
+        Err(StoreError::NotFound(_)) => cat.resolve(name)?,
         Err(e) => return Err(e.into()),
     };
-    let code = jobs::purge(cat, &id, no_wait)?;
-    print_result(cat, &id, json)?;
+    let code = jobs::purge(cat, &v, no_wait)?;
+    print_result(cat, &v.id, json)?;
     Ok(code)
 }
