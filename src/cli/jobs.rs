@@ -536,7 +536,13 @@ fn resume_all(cat: &Catalog) -> Result<i32, CliError> {
 /// A hint for a refusal caused by a job no live process holds: names the
 /// job and says how to finish it. `layout` is the store's.
 pub(super) fn refusal_hint(layout: &crate::layout::Layout, e: &CliError) -> Option<String> {
-    let CliError::Store(StoreError::Refused { id, .. }) = e else {
+    // Only a transition: a rename or attach refusal names no job.
+    let CliError::Store(StoreError::Refused {
+        id,
+        op: crate::status::Action::Transition(_),
+        ..
+    }) = e
+    else {
         return None;
     };
     let cat = Catalog::open(layout.clone()).ok()?;

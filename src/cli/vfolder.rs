@@ -181,7 +181,7 @@ pub(super) fn restore(
                 name: v.name,
                 id: v.id,
                 status: v.status,
-                op: crate::status::Op::Restore,
+                op: crate::status::Op::Restore.into(),
             }
             .into());
         }

@@ -27,7 +27,7 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
 
 /// Idle connections kept for reuse.
@@ -401,7 +401,7 @@ impl PgStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(
@@ -667,10 +667,12 @@ impl Store for PgStore {
         checked_name(new_name)?;
         self.tx("committing a rename", |tx| {
             let current = Self::lock_in(tx, id)?;
-            if !current.status.is_renamable() {
-                return Err(StoreError::RenameRefused {
+            if !Action::Rename.allows(current.status) {
+                return Err(StoreError::Refused {
                     name: current.name,
+                    id: current.id,
                     status: current.status,
+                    op: Action::Rename,
                 });
             }
             Self::check_unattached(tx, &current, "rename")?;
@@ -1267,22 +1269,18 @@ impl Store for PgStore {
     ) -> Result<Attachment> {
         self.tx("committing an attachment", |tx| {
             let v = Self::lock_in(tx, id)?;
-            let allowed = if read_only {
-                v.status.is_mountable_read_only()
-            } else {
-                v.status.is_mountable()
-            };
             // A clone's target is cloning too, but its data is still being
-            // copied, and an aborted clone purges it.
-            let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-            if !allowed || target_of_clone {
-                return Err(StoreError::NotMountable {
+            // copied (see `Action::Attach`).
+            let op = Action::Attach {
+                read_only,
+                clone_target: v.status.is_cloning() && v.clone_src.is_some(),
+            };
+            if !op.allows(v.status) {
+                return Err(StoreError::Refused {
                     name: v.name,
+                    id: v.id,
                     status: v.status,
-                    read_only,
-                    why: target_of_clone.then_some(
-                        "it is the target of a clone still copying; attach once it is ready",
-                    ),
+                    op,
                 });
             }
             let now = Self::now_in(tx)?;

@@ -14,7 +14,7 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
 
 /// How long a statement waits for another process's write lock.
@@ -249,10 +249,12 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         let current = Self::get_in(&tx, id)?;
-        if !current.status.is_renamable() {
-            return Err(StoreError::RenameRefused {
+        if !Action::Rename.allows(current.status) {
+            return Err(StoreError::Refused {
                 name: current.name,
+                id: current.id,
                 status: current.status,
+                op: Action::Rename,
             });
         }
         Self::check_unattached(&tx, &current, "rename")?;
@@ -632,22 +634,18 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         let v = Self::get_in(&tx, id)?;
-        let allowed = if read_only {
-            v.status.is_mountable_read_only()
-        } else {
-            v.status.is_mountable()
-        };
         // A clone's target is cloning too, but its data is still being
-        // copied, and an aborted clone purges it.
-        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-        if !allowed || target_of_clone {
-            return Err(StoreError::NotMountable {
+        // copied (see `Action::Attach`).
+        let op = Action::Attach {
+            read_only,
+            clone_target: v.status.is_cloning() && v.clone_src.is_some(),
+        };
+        if !op.allows(v.status) {
+            return Err(StoreError::Refused {
                 name: v.name,
+                id: v.id,
                 status: v.status,
-                read_only,
-                why: target_of_clone.then_some(
-                    "it is the target of a clone still copying; attach once it is ready",
-                ),
+                op,
             });
         }
         tx.execute(
@@ -1145,7 +1143,7 @@ impl SqliteStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(
