@@ -332,6 +332,155 @@ fn serve_inner(
         me.caps
     );
     let sigset = block_signals();
+    let (cat, store_id, reg, lease) = register(args)?;
+    let pool =
+        Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
+    let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
+        .map_err(|e| MountError::Io("opening the data directory", e))?
+        .with_purge_pool(pool.clone());
+
+    let (kmount, config) = mount_config(args);
+    let mut session = start_session(args, fs, &kmount, config)?;
+    let notifier = session.notifier();
+    // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
+    let dev = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+    let unmounter = session.unmount_callable();
+    let stop = Arc::new(AtomicBool::new(false));
+    caching::probe_epoch(&reg, dev.as_fd());
+    let lapse_guard = spawn_lapse_guard(&reg, &notifier, &dev, &stop)?;
+    let watcher = spawn_watcher(args, &cat, &reg, store_id, (notifier, dev), &stop, lease)?;
+    spawn_signal_thread(args, sigset, unmounter)?;
+    let exporters = crate::metrics::export::start(
+        args.metrics_file.clone(),
+        args.metrics_listen.clone(),
+        reg.clone(),
+        pool.clone(),
+        cat.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| {
+        let _ = unmount(&args.mountpoint);
+        MountError::Io("starting the metrics", e)
+    })?;
+    let janitor = {
+        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
+        let mp = args.mountpoint.clone();
+        thread::Builder::new()
+            .name("vfolderfs-janitor".into())
+            .spawn(move || janitor(&cat, &reg, &stop, &mp))
+            .map_err(|e| MountError::Io("starting the janitor", e))?
+    };
+    info!(
+        "mounted {} on {}{}",
+        args.layout.root().display(),
+        args.mountpoint.display(),
+        if args.read_only { " (read-only)" } else { "" }
+    );
+    report(Ok(()));
+    if std::env::var_os(crate::service::notify::ENV).is_some() {
+        spawn_notifier(args)?;
+    }
+    let res = session.run();
+    let t = std::time::Instant::now();
+    pool.shutdown();
+    log::debug!("pool stopped in {:?}", t.elapsed());
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    let _ = lapse_guard.join();
+    log::debug!("watcher stopped in {:?}", t.elapsed());
+    let _ = janitor.join();
+    log::debug!("janitor stopped in {:?}", t.elapsed());
+    for e in exporters {
+        let _ = e.join();
+    }
+    info!("unmounted {}", args.mountpoint.display());
+    res.map_err(|e| MountError::Io("serving", e))
+}
+
+/// Mounts and starts the FUSE session: the kernel mount typed
+/// `fuse.vfolderfs` when this process may call mount(2), else through
+/// fuser and fusermount.
+fn start_session(
+    args: &MountArgs,
+    fs: VfolderFs,
+    kmount: &KernelMount,
+    config: Config,
+) -> Result<Session<VfolderFs>, MountError> {
+    // Mounted here as `fuse.vfolderfs`; without the privilege for mount(2),
+    // through fuser and fusermount (then shown as plain `fuse`).
+    let session = match kmount.mount(&args.mountpoint) {
+        Ok(dev) => {
+            let acl = config.acl;
+            Session::from_fd(fs, dev, acl, config).map_err(|e| {
+                let _ = unmount(&args.mountpoint);
+                MountError::Io("starting the session", e)
+            })?
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Session::new(fs, &args.mountpoint, &config)
+                .map_err(|e| MountError::Io("mounting", e))?
+        }
+        Err(e) => return Err(MountError::Io("mounting", e)),
+    };
+    Ok(session)
+}
+
+/// Starts the thread that drops the kernel's caches when this mount's
+/// lease lapses (see [`caching::guard_lapse`]).
+fn spawn_lapse_guard(
+    reg: &Arc<Registry>,
+    notifier: &Notifier,
+    dev: &std::os::fd::OwnedFd,
+    stop: &Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, MountError> {
+    let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
+    let dev = dev
+        .try_clone()
+        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+    thread::Builder::new()
+        .name("vfolderfs-lapse".into())
+        .spawn(move || caching::guard_lapse(&reg, &notifier, dev.as_fd(), &stop))
+        .map_err(|e| MountError::Io("starting the lease guard", e))
+}
+
+/// Starts the watcher: [`watch`] for a SQLite store, or
+/// [`crate::watch_shared::watch`] for a PostgreSQL one.
+fn spawn_watcher(
+    args: &MountArgs,
+    cat: &Arc<Catalog>,
+    reg: &Arc<Registry>,
+    store_id: String,
+    (notifier, dev): (Notifier, std::os::fd::OwnedFd),
+    stop: &Arc<AtomicBool>,
+    lease: MountLease,
+) -> Result<thread::JoinHandle<()>, MountError> {
+    let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
+    let shared = args
+        .layout
+        .database()
+        .is_some()
+        .then(|| cat.store().clone());
+    thread::Builder::new()
+        .name("vfolderfs-watch".into())
+        .spawn(move || match shared {
+            Some(s) => {
+                crate::watch_shared::watch(s, &store_id, &reg, (&notifier, &dev), &stop, lease)
+            }
+            None => watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease),
+        })
+        .map_err(|e| MountError::Io("starting the watcher", e))
+}
+
+/// Opens the store, registers this mount in it and reads every vfolder
+/// (recorded before the first read: a change made after that read began
+/// waits for this mount's confirmation, one made before is in the read);
+/// then waits until another live mount of the store knows of this one.
+fn register(
+    args: &MountArgs,
+) -> Result<(Arc<Catalog>, String, Arc<Registry>, MountLease), MountError> {
     let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
     // The watcher serves from this store only, never from a database put in its place.
     let store_id = cat
@@ -344,8 +493,6 @@ fn serve_inner(
             ))
         })?;
     let reg = Arc::new(Registry::new());
-    // Recorded before the first read: a change made after that read began
-    // waits for this mount's confirmation, one made before is in the read.
     let mut lease = MountLease::new(&args.mountpoint.display().to_string(), args.lease);
     lease
         .register(cat.store().as_ref(), &reg)
@@ -368,12 +515,12 @@ fn serve_inner(
             unseen.join("; ")
         );
     }
-    let pool =
-        Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
-    let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
-        .map_err(|e| MountError::Io("opening the data directory", e))?
-        .with_purge_pool(pool.clone());
+    Ok((cat, store_id, reg, lease))
+}
 
+/// The kernel mount (as `fuse.vfolderfs`) and fuser's configuration for
+/// `args`.
+fn mount_config(args: &MountArgs) -> (KernelMount, Config) {
     let kmount = KernelMount {
         source: args.layout.root().display().to_string(),
         allow_other: args.allow_other,
@@ -411,154 +558,68 @@ fn serve_inner(
     };
     config.n_threads = Some(args.threads);
     config.clone_fd = true;
+    (kmount, config)
+}
 
-    // Mounted here as `fuse.vfolderfs`; without the privilege for mount(2),
-    // through fuser and fusermount (then shown as plain `fuse`).
-    let mut session = match kmount.mount(&args.mountpoint) {
-        Ok(dev) => {
-            let acl = config.acl;
-            Session::from_fd(fs, dev, acl, config).map_err(|e| {
-                let _ = unmount(&args.mountpoint);
-                MountError::Io("starting the session", e)
-            })?
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            Session::new(fs, &args.mountpoint, &config)
-                .map_err(|e| MountError::Io("mounting", e))?
-        }
-        Err(e) => return Err(MountError::Io("mounting", e)),
+/// Starts the thread that waits for the blocked signals: SIGHUP reopens
+/// the log file; SIGTERM, SIGINT or SIGQUIT unmounts (lazily if busy).
+fn spawn_signal_thread(
+    args: &MountArgs,
+    sigset: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+) -> Result<(), MountError> {
+    let mp = args.mountpoint.clone();
+    let log = if args.foreground {
+        None
+    } else {
+        args.log_file.clone()
     };
-    let notifier = session.notifier();
-    // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
-    let dev = session
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-    let mut unmounter = session.unmount_callable();
-    let stop = Arc::new(AtomicBool::new(false));
-    caching::probe_epoch(&reg, dev.as_fd());
-    let lapse_guard = {
-        let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
-        let dev = dev
-            .try_clone()
-            .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-        thread::Builder::new()
-            .name("vfolderfs-lapse".into())
-            .spawn(move || caching::guard_lapse(&reg, &notifier, dev.as_fd(), &stop))
-            .map_err(|e| MountError::Io("starting the lease guard", e))?
-    };
-    let watcher = {
-        let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
-        let shared = args
-            .layout
-            .database()
-            .is_some()
-            .then(|| cat.store().clone());
-        thread::Builder::new()
-            .name("vfolderfs-watch".into())
-            .spawn(move || match shared {
-                Some(s) => {
-                    crate::watch_shared::watch(s, &store_id, &reg, (&notifier, &dev), &stop, lease)
+    thread::Builder::new()
+        .name("vfolderfs-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            loop {
+                // SAFETY: sigset holds the signals blocked in every thread.
+                unsafe { libc::sigwait(&sigset, &mut sig) };
+                if sig != libc::SIGHUP {
+                    break;
                 }
-                None => watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease),
-            })
-            .map_err(|e| MountError::Io("starting the watcher", e))?
-    };
-    {
-        let mp = args.mountpoint.clone();
-        let log = if args.foreground {
-            None
-        } else {
-            args.log_file.clone()
-        };
-        thread::Builder::new()
-            .name("vfolderfs-signals".into())
-            .spawn(move || {
-                let mut sig = 0;
-                loop {
-                    // SAFETY: sigset holds the signals blocked in every thread.
-                    unsafe { libc::sigwait(&sigset, &mut sig) };
-                    if sig != libc::SIGHUP {
-                        break;
-                    }
-                    // SIGHUP: reopen the log file (after a rotation).
-                    match &log {
-                        Some(p) => match LogFile::check(p).and_then(|l| l.redirect_stderr()) {
-                            Ok(()) => info!("SIGHUP: reopened the log file {}", p.display()),
-                            Err(e) => error!("SIGHUP: {e}"),
-                        },
-                        None => info!("SIGHUP: no log file to reopen"),
-                    }
+                // SIGHUP: reopen the log file (after a rotation).
+                match &log {
+                    Some(p) => match LogFile::check(p).and_then(|l| l.redirect_stderr()) {
+                        Ok(()) => info!("SIGHUP: reopened the log file {}", p.display()),
+                        Err(e) => error!("SIGHUP: {e}"),
+                    },
+                    None => info!("SIGHUP: no log file to reopen"),
                 }
-                info!("signal {sig}: unmounting {}", mp.display());
-                crate::service::notify::stopping();
-                // A plain unmount; if busy, a lazy one.
-                if (unmounter.unmount().is_err() || is_mounted_here(&mp))
-                    && let Err(e) = unmount(&mp)
-                {
-                    error!("unmounting {}: {e}", mp.display());
-                }
-            })
-            .map_err(|e| MountError::Io("starting the signal thread", e))?;
-    }
-    let exporters = crate::metrics::export::start(
-        args.metrics_file.clone(),
-        args.metrics_listen.clone(),
-        reg.clone(),
-        pool.clone(),
-        cat.clone(),
-        stop.clone(),
-    )
-    .map_err(|e| {
-        let _ = unmount(&args.mountpoint);
-        MountError::Io("starting the metrics", e)
-    })?;
-    let janitor = {
-        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
-        let mp = args.mountpoint.clone();
-        thread::Builder::new()
-            .name("vfolderfs-janitor".into())
-            .spawn(move || janitor(&cat, &reg, &stop, &mp))
-            .map_err(|e| MountError::Io("starting the janitor", e))?
-    };
-    info!(
-        "mounted {} on {}{}",
-        args.layout.root().display(),
-        args.mountpoint.display(),
-        if args.read_only { " (read-only)" } else { "" }
+            }
+            info!("signal {sig}: unmounting {}", mp.display());
+            crate::service::notify::stopping();
+            // A plain unmount; if busy, a lazy one.
+            if (unmounter.unmount().is_err() || is_mounted_here(&mp))
+                && let Err(e) = unmount(&mp)
+            {
+                error!("unmounting {}: {e}", mp.display());
+            }
+        })
+        .map_err(|e| MountError::Io("starting the signal thread", e))?;
+    Ok(())
+}
+
+/// Tells systemd the mount is ready once it answers a request.
+fn spawn_notifier(args: &MountArgs) -> Result<(), MountError> {
+    let (mp, root) = (
+        args.mountpoint.clone(),
+        args.layout.root().display().to_string(),
     );
-    report(Ok(()));
-    if std::env::var_os(crate::service::notify::ENV).is_some() {
-        // Ready for systemd once the mount answers a request.
-        let (mp, root) = (
-            args.mountpoint.clone(),
-            args.layout.root().display().to_string(),
-        );
-        thread::Builder::new()
-            .name("vfolderfs-notify".into())
-            .spawn(move || match std::fs::metadata(&mp) {
-                Ok(_) => {
-                    crate::service::notify::ready(&format!("serving {root} on {}", mp.display()))
-                }
-                Err(e) => error!("the mount does not answer: {e}"),
-            })
-            .map_err(|e| MountError::Io("starting the notifier", e))?;
-    }
-    let res = session.run();
-    let t = std::time::Instant::now();
-    pool.shutdown();
-    log::debug!("pool stopped in {:?}", t.elapsed());
-    stop.store(true, Ordering::Release);
-    let _ = watcher.join();
-    let _ = lapse_guard.join();
-    log::debug!("watcher stopped in {:?}", t.elapsed());
-    let _ = janitor.join();
-    log::debug!("janitor stopped in {:?}", t.elapsed());
-    for e in exporters {
-        let _ = e.join();
-    }
-    info!("unmounted {}", args.mountpoint.display());
-    res.map_err(|e| MountError::Io("serving", e))
+    thread::Builder::new()
+        .name("vfolderfs-notify".into())
+        .spawn(move || match std::fs::metadata(&mp) {
+            Ok(_) => crate::service::notify::ready(&format!("serving {root} on {}", mp.display())),
+            Err(e) => error!("the mount does not answer: {e}"),
+        })
+        .map_err(|e| MountError::Io("starting the notifier", e))?;
+    Ok(())
 }
 
 /// Periodic chores: pruning stale attachments of this namespace,
@@ -675,100 +736,26 @@ fn watch(
     stop: &AtomicBool,
     mut lease: MountLease,
 ) {
-    let mut store: Option<(SqliteStore, (u64, u64))> = None;
-    let mut last = None;
-    let mut last_full = std::time::Instant::now();
-    let mut last_check = std::time::Instant::now();
-    let hold = std::env::var_os(WATCHER_HOLD_ENV).map(std::path::PathBuf::from);
+    let mut w = Watcher {
+        db,
+        store_id,
+        store: None,
+        last: None,
+        last_full: std::time::Instant::now(),
+        last_check: std::time::Instant::now(),
+        hold: std::env::var_os(WATCHER_HOLD_ENV).map(std::path::PathBuf::from),
+    };
     while !stop.load(Ordering::Acquire) {
         // Test hook: a watcher that cannot run (its process stopped, its
         // store read hung), without stopping a FUSE daemon, which would hang
         // every process that looks at it.
-        if let Some(h) = &hold
+        if let Some(h) = &w.hold
             && h.exists()
         {
             thread::sleep(POLL_INTERVAL);
             continue;
         }
-        // What this pass confirms is the store as read from here on.
-        let began = clock();
-        let step = (|| {
-            if store.is_some() && last_check.elapsed() >= HEALTH_CHECK {
-                last_check = std::time::Instant::now();
-                let same = store
-                    .as_ref()
-                    .is_some_and(|(_, id)| file_id(db).ok() == Some(*id));
-                if !same {
-                    // Replaced or gone: reopen below (or fail closed).
-                    store = None;
-                } else {
-                    let fresh = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
-                    fresh.check_readable()?;
-                    check_store_id(&fresh, db, store_id)?;
-                }
-            }
-            let mut full = last_full.elapsed() >= FULL_REFRESH;
-            if store.is_none() {
-                let id = file_id(db)
-                    .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
-                let s = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
-                check_store_id(&s, db, store_id)?;
-                store = Some((s, id));
-                last_check = std::time::Instant::now();
-                full = true;
-            }
-            let (s, _) = store.as_ref().expect("opened above");
-            let tok = s.change_token()?;
-            if full || last != Some(tok) {
-                if full {
-                    reg.refresh(s)?;
-                } else {
-                    reg.sync(s)?;
-                }
-                last = Some(tok);
-                if full {
-                    last_full = std::time::Instant::now();
-                }
-            }
-            // Confirms what is applied and drained (when that changed, and
-            // to keep the lease); a lapsed lease means this mount may have
-            // missed changes others no longer wait for: reread everything
-            // before registering again.
-            match lease.confirm(s, reg, began) {
-                Ok(true) => {}
-                Ok(false) => {
-                    warn!(
-                        "this mount's lease lapsed: rereading the store before serving writes again"
-                    );
-                    // Live again first, then the read, then its
-                    // confirmation: a change a command committed while this
-                    // mount was counted gone is in the read (see
-                    // `MountLease::register`).
-                    lease.register(s, reg)?;
-                    let again = clock();
-                    reg.refresh(s)?;
-                    if let Some(h) = &hold {
-                        // Test hook: held between the reread and its
-                        // confirmation while `HOLD.reread` exists.
-                        let mut p = h.clone().into_os_string();
-                        p.push(".reread");
-                        while std::path::Path::new(&p).exists() && !stop.load(Ordering::Acquire) {
-                            thread::sleep(POLL_INTERVAL);
-                        }
-                    }
-                    // Lapsed again already (a starved host): the next
-                    // pass starts over; writes stay refused meanwhile.
-                    lease.confirm(s, reg, again)?;
-                }
-                // Locked by a long transaction: the view read above is
-                // current, but cannot be confirmed; the lease runs on, and
-                // past it writes are refused.
-                Err(e) if e.is_busy() => log::debug!("confirming this mount's view: {e}"),
-                Err(e) => return Err(e),
-            }
-            Ok::<(), crate::store::StoreError>(())
-        })();
-        match step {
+        match w.pass(reg, &mut lease, stop) {
             Ok(()) => {
                 crate::metrics::counters::store_ok(crate::store::sqlite::now_millis());
                 if reg.set_healthy(true) {
@@ -776,7 +763,7 @@ fn watch(
                 }
             }
             Err(e) => {
-                store = None;
+                w.store = None;
                 if reg.set_healthy(false) {
                     error!("store unavailable, refusing writes until it recovers: {e}");
                 }
@@ -786,7 +773,7 @@ fn watch(
         thread::sleep(POLL_INTERVAL);
     }
     // A clean unmount: no command waits for this mount any more.
-    let gone = match &store {
+    let gone = match &w.store {
         Some((s, _)) => lease.remove(s),
         None => SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT).and_then(|s| {
             check_store_id(&s, db, store_id)?;
@@ -796,4 +783,117 @@ fn watch(
     if let Err(e) = gone {
         warn!("forgetting this mount in the store: {e}");
     }
+}
+
+/// The SQLite watcher's state between passes (see [`watch`]).
+struct Watcher<'a> {
+    db: &'a Path,
+    store_id: &'a str,
+    /// The connection it reads through, and the (device, inode) of the
+    /// database file it opened; None after a failure (reopened next pass).
+    store: Option<(SqliteStore, (u64, u64))>,
+    /// The change token last applied.
+    last: Option<u64>,
+    last_full: std::time::Instant,
+    last_check: std::time::Instant,
+    /// [`WATCHER_HOLD_ENV`], if set.
+    hold: Option<PathBuf>,
+}
+
+impl Watcher<'_> {
+    /// One pass: the health check when due, (re)opening the store, applying
+    /// what changed, and confirming the view (which keeps the lease).
+    fn pass(
+        &mut self,
+        reg: &Registry,
+        lease: &mut MountLease,
+        stop: &AtomicBool,
+    ) -> crate::store::Result<()> {
+        // What this pass confirms is the store as read from here on.
+        let began = clock();
+        let (db, store_id) = (self.db, self.store_id);
+        if self.store.is_some() && self.last_check.elapsed() >= HEALTH_CHECK {
+            self.last_check = std::time::Instant::now();
+            let same = self
+                .store
+                .as_ref()
+                .is_some_and(|(_, id)| file_id(db).ok() == Some(*id));
+            if !same {
+                // Replaced or gone: reopen below (or fail closed).
+                self.store = None;
+            } else {
+                let fresh = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+                fresh.check_readable()?;
+                check_store_id(&fresh, db, store_id)?;
+            }
+        }
+        let mut full = self.last_full.elapsed() >= FULL_REFRESH;
+        if self.store.is_none() {
+            let id = file_id(db)
+                .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
+            let s = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+            check_store_id(&s, db, store_id)?;
+            self.store = Some((s, id));
+            self.last_check = std::time::Instant::now();
+            full = true;
+        }
+        let (s, _) = self.store.as_ref().expect("opened above");
+        let tok = s.change_token()?;
+        if full || self.last != Some(tok) {
+            if full {
+                reg.refresh(s)?;
+                self.last_full = std::time::Instant::now();
+            } else {
+                reg.sync(s)?;
+            }
+            self.last = Some(tok);
+        }
+        // Confirms what is applied and drained (when that changed, and
+        // to keep the lease); a lapsed lease means this mount may have
+        // missed changes others no longer wait for: reread everything
+        // before registering again.
+        match lease.confirm(s, reg, began) {
+            Ok(true) => Ok(()),
+            Ok(false) => reread_after_lapse(s, reg, lease, self.hold.as_deref(), stop),
+            // Locked by a long transaction: the view read above is
+            // current, but cannot be confirmed; the lease runs on, and
+            // past it writes are refused.
+            Err(e) if e.is_busy() => {
+                log::debug!("confirming this mount's view: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// This mount's lease lapsed: registers again, rereads everything, then
+/// confirms that read. `hold` is the [`WATCHER_HOLD_ENV`] test hook.
+fn reread_after_lapse(
+    s: &SqliteStore,
+    reg: &Registry,
+    lease: &mut MountLease,
+    hold: Option<&Path>,
+    stop: &AtomicBool,
+) -> crate::store::Result<()> {
+    warn!("this mount's lease lapsed: rereading the store before serving writes again");
+    // Live again first, then the read, then its confirmation: a change a
+    // command committed while this mount was counted gone is in the read
+    // (see `MountLease::register`).
+    lease.register(s, reg)?;
+    let again = clock();
+    reg.refresh(s)?;
+    if let Some(h) = hold {
+        // Test hook: held between the reread and its confirmation while
+        // `HOLD.reread` exists.
+        let mut p = h.as_os_str().to_owned();
+        p.push(".reread");
+        while Path::new(&p).exists() && !stop.load(Ordering::Acquire) {
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+    // Lapsed again already (a starved host): the next pass starts over;
+    // writes stay refused meanwhile.
+    lease.confirm(s, reg, again)?;
+    Ok(())
 }
