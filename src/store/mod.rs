@@ -11,7 +11,7 @@ pub mod sqlite;
 use std::fmt;
 
 use crate::name::NameError;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -311,7 +311,8 @@ pub enum StoreError {
     },
     /// A live vfolder already has this name.
     NameTaken(String),
-    /// The transition table does not allow `op` from the vfolder's status.
+    /// The vfolder's status does not allow `op` (a transition of the table,
+    /// a rename, an attach): see [`crate::status::Action`].
     Refused {
         /// The vfolder's name.
         name: String,
@@ -320,14 +321,7 @@ pub enum StoreError {
         /// Its status at the time of the attempt.
         status: Status,
         /// The operation attempted.
-        op: Op,
-    },
-    /// Renaming is allowed only for ready vfolders.
-    RenameRefused {
-        /// The vfolder's name.
-        name: String,
-        /// Its status.
-        status: Status,
+        op: Action,
     },
     /// The name is not acceptable.
     InvalidName(String, NameError),
@@ -339,17 +333,6 @@ pub enum StoreError {
         count: usize,
         /// What was attempted ("delete", "rename", ...).
         what: &'static str,
-    },
-    /// The vfolder's status does not allow attaching it (in this mode).
-    NotMountable {
-        /// The vfolder's name.
-        name: String,
-        /// Its status.
-        status: Status,
-        /// Whether a read-only attach was asked for.
-        read_only: bool,
-        /// Why, when the status alone does not say (a clone's target).
-        why: Option<&'static str>,
     },
     /// Something is already attached at this target in this namespace.
     TargetTaken(String),
@@ -434,28 +417,6 @@ impl StoreError {
     }
 }
 
-/// [`StoreError::NotMountable`]'s message.
-fn not_mountable(
-    f: &mut fmt::Formatter<'_>,
-    name: &str,
-    status: Status,
-    read_only: bool,
-    why: Option<&str>,
-) -> fmt::Result {
-    write!(
-        f,
-        "cannot attach vfolder {name:?}{}: its status is {status}{}",
-        if read_only { " read-only" } else { "" },
-        match (why, status.is_relocating()) {
-            (Some(w), _) => format!(" ({w})"),
-            (None, true) => " (a relocation runs: its data moves at the end; \
-                             attach once it is ready)"
-                .to_string(),
-            (None, false) => String::new(),
-        }
-    )
-}
-
 /// [`StoreError::Unconfirmed`]'s message.
 fn unconfirmed(
     f: &mut fmt::Formatter<'_>,
@@ -531,24 +492,28 @@ impl fmt::Display for StoreError {
                 id,
                 status,
                 op,
-            } => write!(
-                f,
-                "cannot {op} vfolder {name:?} ({id}): its status is {status}"
-            ),
-            StoreError::RenameRefused { name, status } => {
-                write!(f, "cannot rename vfolder {name:?}: its status is {status}")
-            }
+            } => match op {
+                Action::Transition(op) => write!(
+                    f,
+                    "cannot {op} vfolder {name:?} ({id}): its status is {status}"
+                ),
+                Action::Rename => {
+                    write!(f, "cannot rename vfolder {name:?}: its status is {status}")
+                }
+                Action::Attach { read_only, .. } => write!(
+                    f,
+                    "cannot attach vfolder {name:?}{}: its status is {status}{}",
+                    if *read_only { " read-only" } else { "" },
+                    op.why(*status)
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                ),
+            },
             StoreError::InvalidName(n, e) => write!(f, "invalid vfolder name {n:?}: {e}"),
             StoreError::Attached { name, count, what } => write!(
                 f,
                 "cannot {what} vfolder {name:?}: it is attached to {count} session mount(s); detach first"
             ),
-            StoreError::NotMountable {
-                name,
-                status,
-                read_only,
-                why,
-            } => not_mountable(f, name, *status, *read_only, *why),
             StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
                 f,

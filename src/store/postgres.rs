@@ -37,7 +37,7 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
 
 /// Idle connections kept for reuse.
@@ -411,7 +411,7 @@ impl PgStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(
@@ -677,10 +677,12 @@ impl Store for PgStore {
         checked_name(new_name)?;
         self.tx("committing a rename", |tx| {
             let current = Self::lock_in(tx, id)?;
-            if !current.status.is_renamable() {
-                return Err(StoreError::RenameRefused {
+            if !Action::Rename.allows(current.status) {
+                return Err(StoreError::Refused {
                     name: current.name,
+                    id: current.id,
                     status: current.status,
+                    op: Action::Rename,
                 });
             }
             Self::check_unattached(tx, &current, "rename")?;

@@ -21,7 +21,7 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
 
 mod attachments;
@@ -251,10 +251,12 @@ impl Store for SqliteStore {
         checked_name(new_name)?;
         self.write_tx("committing a rename", |tx| {
             let current = Self::get_in(tx, id)?;
-            if !current.status.is_renamable() {
-                return Err(StoreError::RenameRefused {
+            if !Action::Rename.allows(current.status) {
+                return Err(StoreError::Refused {
                     name: current.name,
+                    id: current.id,
                     status: current.status,
+                    op: Action::Rename,
                 });
             }
             Self::check_unattached(tx, &current, "rename")?;
@@ -636,7 +638,7 @@ impl SqliteStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(

@@ -4,6 +4,7 @@
 //! Each function is the body of the [`Store`] method of the same name.
 
 use super::*;
+use crate::status::Action;
 
 // The arguments of Store::attach, which allows as many.
 #[allow(clippy::too_many_arguments)]
@@ -19,22 +20,18 @@ pub(super) fn attach(
 ) -> Result<Attachment> {
     s.tx("committing an attachment", |tx| {
         let v = PgStore::lock_in(tx, id)?;
-        let allowed = if read_only {
-            v.status.is_mountable_read_only()
-        } else {
-            v.status.is_mountable()
-        };
         // A clone's target is cloning too, but its data is still being
-        // copied, and an aborted clone purges it.
-        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-        if !allowed || target_of_clone {
-            return Err(StoreError::NotMountable {
+        // copied (see `Action::Attach`).
+        let op = Action::Attach {
+            read_only,
+            clone_target: v.status.is_cloning() && v.clone_src.is_some(),
+        };
+        if !op.allows(v.status) {
+            return Err(StoreError::Refused {
                 name: v.name,
+                id: v.id,
                 status: v.status,
-                read_only,
-                why: target_of_clone.then_some(
-                    "it is the target of a clone still copying; attach once it is ready",
-                ),
+                op,
             });
         }
         let now = PgStore::now_in(tx)?;
