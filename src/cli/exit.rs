@@ -117,7 +117,8 @@ pub fn store_kind(e: &StoreError) -> Kind {
         StoreError::NameTaken(_) | StoreError::TargetTaken(_) => Kind::Exists,
         StoreError::Refused { .. }
         | StoreError::RenameRefused { .. }
-        | StoreError::NotMountable { .. } => Kind::Refused,
+        | StoreError::NotMountable { .. }
+        | StoreError::Pinned { .. } => Kind::Refused,
         StoreError::InvalidName(..) | StoreError::Ambiguous { .. } => Kind::Usage,
         StoreError::Attached { .. } | StoreError::ClaimLost { .. } => Kind::Busy,
         e if e.is_busy() => Kind::Busy,
@@ -146,7 +147,8 @@ pub fn store_vfolder(e: &StoreError) -> Option<&str> {
         | StoreError::RenameRefused { name: n, .. }
         | StoreError::Attached { name: n, .. }
         | StoreError::NotMountable { name: n, .. }
-        | StoreError::Unconfirmed { name: n, .. } => Some(n),
+        | StoreError::Unconfirmed { name: n, .. }
+        | StoreError::Pinned { name: n, .. } => Some(n),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ mod output;
 mod progress;
 mod reference;
 mod retention;
+mod tier;
 mod volume;
 
 use std::ffi::OsString;
@@ -281,6 +282,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tiering: plan and run moves between fast and capacity volumes by
+    /// usage, pin vfolders against them, automatic passes.
+    #[command(subcommand)]
+    Tier(tier::TierCmd),
     /// List background jobs (purges, clones, relocations) and whether their
     /// owner lives; --resume runs those no live process holds.
     Jobs {
@@ -356,8 +361,10 @@ impl Command {
             | Command::Cancel { json, .. }
             | Command::Retention { json, .. }
             | Command::Nodes { json } => *json,
+            Command::Tier(t) => t.json(),
             Command::Volume(
                 VolumeCmd::Add { json, .. }
+                | VolumeCmd::Set { json, .. }
                 | VolumeCmd::List { json }
                 | VolumeCmd::Show { json, .. }
                 | VolumeCmd::Remove { json, .. },
@@ -672,6 +679,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             json,
         } => {
             let v = relocate::start(&cat, &name, &to, &cause("relocate"))?;
+            // An explicit relocation pins the vfolder against tiering.
+            cat.store()
+                .set_pin(&v.id, Some(&cause(&format!("relocate to {to}"))))?;
             if no_wait {
                 if json {
                     println!("{}", vfolder_detail_json(&cat, &v)?);
@@ -1005,6 +1015,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             return follow::cancel_cmd(&cat, &job, no_wait, json);
         }
         Command::Retention { value, json } => return retention::run(&cat, value, json),
+        Command::Tier(cmd) => return tier::run(&cat, cmd),
     }
     Ok(0)
 }
