@@ -320,21 +320,21 @@ fn who() -> String {
     format!("uid {}", unsafe { libc::getuid() })
 }
 
-/// `tier run`: passes until the plan is done (or one pass with `no_wait`).
+/// `tier run`: one plan, its moves started in batches of at most
+/// `max_concurrent` relocations under way, each batch run here to its end
+/// (with `no_wait`: the first batch only started, for the mounts' pools).
 fn run_passes(cat: &Catalog, policy: &Policy, no_wait: bool, json: bool) -> Result<i32, CliError> {
     let mut moved: Vec<Value> = Vec::new();
     let mut refused: Vec<Value> = Vec::new();
     let mut failed = false;
-    // Each pass starts at least one move or ends the run; a vfolder moved
-    // once is not planned again within one run (no ping-pong).
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        let mut p = plan::make(cat, policy, tier::now())?;
-        p.moves.retain(|m| !seen.contains(&m.id));
-        let s = run::start(cat, &p, policy)?;
-        let deferred = s.deferred;
+    let p = plan::make(cat, policy, tier::now())?;
+    let mut todo = p.moves.clone();
+    let mut in_flight = p.in_flight;
+    let mut left = 0;
+    while !todo.is_empty() {
+        let s = run::start(cat, &todo, in_flight, policy)?;
+        todo = s.rest;
         for (m, why) in &s.refused {
-            seen.insert(m.id.clone());
             if !json {
                 println!("not moved: {why}");
             }
@@ -342,17 +342,17 @@ fn run_passes(cat: &Catalog, policy: &Policy, no_wait: bool, json: bool) -> Resu
                 .push(json!({"vfolder": m.name, "vfolder_id": m.id, "to": m.to, "refusal": why}));
         }
         if s.started.is_empty() {
-            if deferred > 0 && !json {
+            left = todo.len();
+            if left > 0 && !json {
                 println!(
-                    "{deferred} move(s) left for a later pass: {} relocation(s) under way \
+                    "{left} move(s) left for a later pass: {in_flight} relocation(s) under way \
                      (at most {} at once)",
-                    p.in_flight, policy.max_concurrent
+                    policy.max_concurrent
                 );
             }
             break;
         }
         for (m, _) in &s.started {
-            seen.insert(m.id.clone());
             if !json {
                 println!(
                     "{} {} from {} to {} ({})",
@@ -371,6 +371,7 @@ fn run_passes(cat: &Catalog, policy: &Policy, no_wait: bool, json: bool) -> Resu
                                   "to": m.to, "cause": m.reason.cause(), "outcome": "queued"}),
                 );
             }
+            left = todo.len();
             break;
         }
         let ids: Vec<String> = s.started.iter().map(|(_, v)| v.id.clone()).collect();
@@ -394,9 +395,13 @@ fn run_passes(cat: &Catalog, policy: &Policy, no_wait: bool, json: bool) -> Resu
                               "to": m.to, "cause": m.reason.cause(), "outcome": outcome}),
             );
         }
+        in_flight = run::in_flight(cat)?;
     }
     if json {
-        println!("{}", json!({"moves": moved, "refused": refused}));
+        println!(
+            "{}",
+            json!({"moves": moved, "refused": refused, "left": left})
+        );
     } else if moved.is_empty() && refused.is_empty() {
         println!("nothing to move");
     }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::plan::{self, Move, Plan};
+use super::plan::{self, Move};
 use super::policy::Policy;
 use crate::catalog::Catalog;
 use crate::store::{Result, StoreError, VFolder};
@@ -24,17 +24,31 @@ pub struct Started {
     /// Moves refused when they were started (the status, a pin or an
     /// attachment changed since the plan), with the refusal.
     pub refused: Vec<(Move, String)>,
-    /// Moves left for a later pass (the concurrency bound).
-    pub deferred: usize,
+    /// Moves left for later (the concurrency bound), in order.
+    pub rest: Vec<Move>,
 }
 
-/// Starts `plan`'s moves in order, up to the policy's concurrency.
-pub fn start(cat: &Catalog, plan: &Plan, policy: &Policy) -> Result<Started> {
+/// Relocations under way in the store now.
+pub fn in_flight(cat: &Catalog) -> Result<usize> {
+    Ok(cat
+        .store()
+        .list(crate::store::ListFilter::Work)?
+        .iter()
+        .filter(|v| v.status.is_relocating())
+        .count())
+}
+
+/// Starts `moves` in order, up to the policy's concurrency with
+/// `in_flight` relocations under way already; the rest is returned for
+/// later. A plan's moves are started from the plan, not planned again
+/// between batches, so that a fast volume evicted from above its high
+/// watermark goes down to its low watermark.
+pub fn start(cat: &Catalog, moves: &[Move], in_flight: usize, policy: &Policy) -> Result<Started> {
     let mut out = Started::default();
-    let mut room = policy.max_concurrent.saturating_sub(plan.in_flight);
-    for m in &plan.moves {
+    let mut room = policy.max_concurrent.saturating_sub(in_flight);
+    for m in moves {
         if room == 0 {
-            out.deferred += 1;
+            out.rest.push(m.clone());
             continue;
         }
         if let Err(e) = cat.usable_volume(&m.to) {
@@ -104,12 +118,10 @@ pub fn stored_policy(cat: &Catalog) -> Result<std::result::Result<Policy, String
 /// A mount's state for automatic passes.
 #[derive(Debug, Default)]
 pub struct Auto {
-    /// Its last pass left moves for later.
-    pending: bool,
+    /// Moves its last pass left for later (started in batches before the
+    /// next plan).
+    pending: Vec<Move>,
 }
-
-/// How soon a mount whose pass left moves for later tries again.
-const RETRY_MS: i64 = 30_000;
 
 /// An automatic pass, if one is enabled and due: the mount that wins the
 /// compare-and-set on the last pass's time plans and starts the moves (its
@@ -130,16 +142,6 @@ pub fn auto_tick(cat: &Catalog, st: &mut Auto) -> Result<Vec<Move>> {
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or(0);
     let since = wall - last_ms;
-    if since < every.saturating_mul(1000) && !(st.pending && since >= RETRY_MS.min(every * 1000)) {
-        return Ok(Vec::new());
-    }
-    if !store.swap_setting(
-        super::SETTING_LAST_PASS,
-        last.as_deref(),
-        Some(&wall.to_string()),
-    )? {
-        return Ok(Vec::new());
-    }
     let policy = match stored_policy(cat)? {
         Ok(p) => p,
         Err(e) => {
@@ -147,9 +149,26 @@ pub fn auto_tick(cat: &Catalog, st: &mut Auto) -> Result<Vec<Move>> {
             return Ok(Vec::new());
         }
     };
-    let plan = plan::make(cat, &policy, super::now())?;
-    let s = start(cat, &plan, &policy)?;
-    st.pending = s.deferred > 0;
+    let s = if since >= every.saturating_mul(1000) {
+        if !store.swap_setting(
+            super::SETTING_LAST_PASS,
+            last.as_deref(),
+            Some(&wall.to_string()),
+        )? {
+            st.pending.clear();
+            return Ok(Vec::new());
+        }
+        let plan = plan::make(cat, &policy, super::now())?;
+        start(cat, &plan.moves, plan.in_flight, &policy)?
+    } else if !st.pending.is_empty() {
+        // This mount's pass left moves for later: the next batch, when
+        // relocations have finished.
+        let pending = std::mem::take(&mut st.pending);
+        start(cat, &pending, in_flight(cat)?, &policy)?
+    } else {
+        return Ok(Vec::new());
+    };
+    st.pending = s.rest;
     for (m, why) in &s.refused {
         log::info!("tiering: {} not moved: {why}", m.name);
     }
