@@ -423,3 +423,122 @@ fn a_mount_records_usage_in_batches() {
         m.store.show("u")
     );
 }
+
+/// The cost of one planning pass over 20,000 vfolders (`cargo test --release
+/// --test tiering -- --ignored --nocapture plan_cost`; with
+/// VFOLDERFS_TEST_PG set, PostgreSQL too): prints wall time, queries and
+/// rows read. Ignored: a measurement, not a test (no timed assertion).
+#[test]
+#[ignore]
+fn plan_cost_with_20000_vfolders() {
+    let mut backends = vec![common::Backend::Sqlite];
+    if std::env::var("VFOLDERFS_TEST_PG").is_ok() {
+        backends.push(common::Backend::Postgres);
+    }
+    for b in backends {
+        let t = TempStore::with(b);
+        let cap = t.dir.path().join("cap");
+        t.ok(&[
+            "volume",
+            "add",
+            "cap",
+            cap.to_str().unwrap(),
+            "--tier",
+            "capacity",
+        ]);
+        t.ok(&["volume", "set", "default", "--tier", "fast"]);
+        let now = now_ms();
+        // 20,000 vfolders on the fast volume, sizes known; half used today.
+        let (series, uuid) = match b {
+            common::Backend::Sqlite => (
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) SELECT i FROM n",
+                "printf('00000000-0000-4000-8000-%012d', i)",
+            ),
+            common::Backend::Postgres => (
+                "SELECT generate_series(1, 20000) AS i",
+                "'00000000-0000-4000-8000-' || lpad(i::text, 12, '0')",
+            ),
+        };
+        t.sql(&format!(
+            "INSERT INTO vfolders (id, name, status, created_at, status_changed_at, volume) \
+             SELECT {uuid}, 'v' || i, 'ready', {old}, {old}, 'default' FROM ({series}) s;
+             INSERT INTO vfolder_sizes (vfolder_id, bytes, files, measured_at) \
+             SELECT {uuid}, 1000, 1, {now} FROM ({series}) s;
+             INSERT INTO vfolder_usage (vfolder_id, day, opens, bytes_read, bytes_written) \
+             SELECT {uuid}, {day}, 5, 0, 0 FROM ({series}) s WHERE i % 2 = 0;
+             INSERT INTO vfolder_access (vfolder_id, last_access) \
+             SELECT {uuid}, {now} FROM ({series}) s WHERE i % 2 = 0;",
+            old = now - 60 * DAY_MS,
+            day = day_of(now),
+        ));
+        let cat = vfolderfs::catalog::Catalog::open(t.layout()).unwrap();
+        let policy = vfolderfs::tier::policy::Policy::default();
+        let mut best = Duration::MAX;
+        let mut plan = None;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            plan = Some(vfolderfs::tier::plan::make(&cat, &policy, now).unwrap());
+            best = best.min(t0.elapsed());
+        }
+        let plan = plan.unwrap();
+        let inp = vfolderfs::tier::plan::gather(&cat, &policy, now).unwrap();
+        let rows =
+            inp.vfolders.len() + inp.sizes.len() + inp.last_access.len() + inp.day_opens.len();
+        println!(
+            "{b:?}: plan over {} vfolders: {} moves, best of 5 {:?}; rows read {rows} \
+             (vfolders {}, sizes {}, last access {}, usage {}), 8 queries",
+            inp.vfolders.len(),
+            plan.moves.len(),
+            best,
+            inp.vfolders.len(),
+            inp.sizes.len(),
+            inp.last_access.len(),
+            inp.day_opens.len()
+        );
+    }
+}
+
+#[test]
+fn a_mount_makes_the_automatic_passes_once_enabled() {
+    let (t, _f, _c) = two_tiers("16m", "16m");
+    t.ok(&["create", "old", "--volume", "fast"]);
+    t.ok(&["create", "kept", "--volume", "fast"]);
+    t.ok(&["tier", "pin", "kept"]);
+    let now = (now_ms() + 40 * DAY_MS).to_string();
+    let m = Mount::on_env(t, &[], &[(NOW_ENV, &now)]);
+    // Not enabled: nothing moves.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(volume_of(&m.store, "old"), "fast");
+    let e = m.store.fails(&["tier", "auto", "--demote-after", "7d"]);
+    assert!(e.contains("--every"), "{e}");
+    let shown = json(&m.store.ok(&[
+        "tier",
+        "auto",
+        "--every",
+        "1s",
+        "--demote-after",
+        "7d",
+        "--json",
+    ]));
+    assert_eq!(shown["seconds"], 1, "{shown}");
+    assert!(
+        shown["policy"]
+            .as_str()
+            .unwrap()
+            .contains("demote_after = \"7days\""),
+        "{shown}"
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || volume_of(&m.store, "old")
+            == "cap"
+            && m.store.show("old")["status"] == "ready"),
+        "the mount made no pass"
+    );
+    assert!(history_causes(&m.store, "old").contains(&"tier: idle 40 days".to_string()));
+    assert_eq!(volume_of(&m.store, "kept"), "fast");
+    m.store.ok(&["tier", "auto", "--every", "off"]);
+    assert_eq!(
+        json(&m.store.ok(&["tier", "auto", "--json"]))["every"],
+        Value::Null
+    );
+}

@@ -172,12 +172,16 @@ fn print_plan(p: &plan::Plan) {
     for h in &p.held {
         println!("held: {}: {} ({})", h.name, h.why, h.reason.cause());
     }
-    for (n, t, now, after, hi, lo) in &p.volumes {
-        let pct = |x: &Option<u8>| x.map_or("unavailable".to_string(), |x| format!("{x}%"));
+    for v in &p.volumes {
+        let pct = |x: Option<u8>| x.map_or("unavailable".to_string(), |x| format!("{x}%"));
         println!(
-            "volume {n} ({t}): {} used, {} after the plan (high {hi}%, low {lo}%)",
-            pct(now),
-            pct(after)
+            "volume {} ({}): {} used, {} after the plan (high {}%, low {}%)",
+            v.name,
+            v.tier,
+            pct(v.used_pct),
+            pct(v.used_pct_after),
+            v.high,
+            v.low
         );
     }
     if p.in_flight > 0 {

@@ -1031,7 +1031,8 @@ impl Store for PgStore {
     }
 
     fn volume_tiers(&self) -> Result<Vec<super::VolumeTier>> {
-        let rows: Vec<(String, Option<String>, Option<i32>, Option<i32>)> = self.read(|tx| {
+        type Row = (String, Option<String>, Option<i32>, Option<i32>);
+        let rows: Vec<Row> = self.read(|tx| {
             Ok(tx
                 .query(
                     "SELECT volume, tier, high_watermark, low_watermark FROM volume_tiers \

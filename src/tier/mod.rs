@@ -74,10 +74,10 @@ pub fn now() -> Millis {
         if let Ok(ms) = v.trim().parse::<Millis>() {
             return ms;
         }
-        if let Ok(t) = humantime::parse_rfc3339_weak(v.trim()) {
-            if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
-                return d.as_millis() as Millis;
-            }
+        if let Ok(t) = humantime::parse_rfc3339_weak(v.trim())
+            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+        {
+            return d.as_millis() as Millis;
         }
         log::warn!("{TEST_NOW_ENV}={v:?} is neither milliseconds nor an RFC 3339 time; ignored");
     }

@@ -153,9 +153,25 @@ pub struct Plan {
     pub held: Vec<Held>,
     /// Relocations running or queued when it was made.
     pub in_flight: usize,
-    /// Tiered volumes: (name, tier, used % now, used % once the plan is
-    /// done, high, low); `None` percentages: unavailable.
-    pub volumes: Vec<(String, Tier, Option<u8>, Option<u8>, u8, u8)>,
+    /// Tiered volumes, by name.
+    pub volumes: Vec<VolumeUse>,
+}
+
+/// A tiered volume's use now and once a plan is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeUse {
+    /// Its name.
+    pub name: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Percent used now (`None`: unavailable).
+    pub used_pct: Option<u8>,
+    /// Percent used once the plan is done.
+    pub used_pct_after: Option<u8>,
+    /// Its effective high watermark.
+    pub high: u8,
+    /// Its effective low watermark.
+    pub low: u8,
 }
 
 fn pct(used: u64, total: u64) -> u8 {
@@ -378,7 +394,14 @@ pub fn decide(
                 Some((u, t)) => (Some(pct(u, t)), Some(pct(used[&s.name], t))),
                 None => (None, None),
             };
-            (s.name.clone(), s.tier, now_p, after_p, s.high, s.low)
+            VolumeUse {
+                name: s.name.clone(),
+                tier: s.tier,
+                used_pct: now_p,
+                used_pct_after: after_p,
+                high: s.high,
+                low: s.low,
+            }
         })
         .collect();
     plan
@@ -496,13 +519,13 @@ pub fn to_json(plan: &Plan) -> Value {
             "cause": h.reason.cause(),
             "why": h.why,
         })).collect::<Vec<_>>(),
-        "volumes": plan.volumes.iter().map(|(n, t, now, after, hi, lo)| json!({
-            "name": n,
-            "tier": t.as_str(),
-            "used_pct": now,
-            "used_pct_after": after,
-            "high_watermark": hi,
-            "low_watermark": lo,
+        "volumes": plan.volumes.iter().map(|v| json!({
+            "name": v.name,
+            "tier": v.tier.as_str(),
+            "used_pct": v.used_pct,
+            "used_pct_after": v.used_pct_after,
+            "high_watermark": v.high,
+            "low_watermark": v.low,
         })).collect::<Vec<_>>(),
     })
 }
