@@ -193,6 +193,23 @@ pub(super) fn print_detail(obj: &Value) {
                 println!("{k:18} unknown (`vfolderfs show --size NAME` measures it)")
             }
             (_, Value::String(s)) => println!("{k:18} {s}"),
+            ("usage", u) => {
+                let days = u["days"].as_array().map_or(&[][..], |d| d.as_slice());
+                let sum = |f: &str| days.iter().filter_map(|d| d[f].as_u64()).sum::<u64>();
+                println!(
+                    "{k:18} last access {}; {} opens, {} read, {} written in {} day(s) of the last 30",
+                    u["last_access"].as_str().unwrap_or("never"),
+                    sum("opens"),
+                    human_bytes(sum("bytes_read")),
+                    human_bytes(sum("bytes_written")),
+                    days.len()
+                );
+            }
+            ("pinned", Value::Object(p)) => println!(
+                "{k:18} since {} ({})",
+                p.get("at").and_then(|v| v.as_str()).unwrap_or("?"),
+                p.get("cause").and_then(|v| v.as_str()).unwrap_or("?")
+            ),
             (_, Value::Null) => println!("{k:18} -"),
             (_, other) => println!("{k:18} {other}"),
         }
