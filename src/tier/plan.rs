@@ -314,7 +314,8 @@ pub fn decide(
                 && !taken.contains(&v.id)
                 && inp.now - last(v) >= after_ms
             {
-                let b = size(v);
+                // A held vfolder is not measured: it does not move.
+                let b = if held_why(v).is_some() { None } else { size(v) };
                 place(
                     &mut plan,
                     &mut used,
@@ -344,7 +345,8 @@ pub fn decide(
             if pct(used[&s.name], total) <= s.low {
                 break;
             }
-            let b = size(v);
+            // A held vfolder is not measured: it does not move.
+            let b = if held_why(v).is_some() { None } else { size(v) };
             let reason = Reason::Watermark {
                 volume: s.name.clone(),
                 used_pct: pct(now_used, total),
@@ -374,7 +376,8 @@ pub fn decide(
             .collect();
         hot.sort_by(|(a, x), (b, y)| (y, &a.name, &a.id).cmp(&(x, &b.name, &b.id)));
         for (v, n) in hot {
-            let b = size(v);
+            // A held vfolder is not measured: it does not move.
+            let b = if held_why(v).is_some() { None } else { size(v) };
             place(
                 &mut plan,
                 &mut used,
