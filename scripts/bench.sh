@@ -3,8 +3,13 @@
 # the benchmark (scripts/bench.py): native vs vfolderfs vs bindfs vs mergerfs.
 #   scripts/bench.sh --quick     # under 2 minutes
 #   scripts/bench.sh             # full sizes, 3 rounds
+#   scripts/bench.sh --tier-plan # one tiering plan over 20,000 vfolders: time, queries, rows
+#                                # (SQLite; PostgreSQL too with VFOLDERFS_TEST_PG set, see test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --tier-plan ]; then
+  exec cargo test --release --quiet --test tiering -- --ignored --nocapture plan_cost
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "bench.sh: needs root (mounts, drop_caches)" >&2
   exit 1

@@ -50,6 +50,9 @@ pub const WATCHER_HOLD_ENV: &str = "VFOLDERFS_TEST_WATCHER_HOLD";
 pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// How often the daemon records its open counts in the store.
 pub const OPENS_EVERY: Duration = Duration::from_secs(5);
+/// How often a mount checks whether an automatic tiering pass is due (two
+/// small reads of store settings; see [`crate::tier::run::auto_tick`]).
+pub const TIER_EVERY: Duration = Duration::from_secs(2);
 /// How long the watcher waits for a locked store before failing closed.
 pub const WATCH_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -642,8 +645,28 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool, mountpoint: &Path) 
             }
         }
     };
+    // Usage for tiering: what the request path counted, sent in one batch
+    // per interval (never a store write per open), once more on the way out.
+    let mut usage = crate::tier::usage::Flusher::new();
+    let flush_usage = |usage: &mut crate::tier::usage::Flusher| {
+        if let Err(e) = usage.flush(
+            cat.store().as_ref(),
+            &reg.usage_counts(),
+            crate::tier::now(),
+        ) {
+            warn!("recording usage: {e}");
+        }
+    };
+    let mut tiering = crate::tier::run::Auto::default();
+    let mut last_tier = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(100));
+        if last_tier.elapsed() >= TIER_EVERY {
+            last_tier = std::time::Instant::now();
+            if let Err(e) = crate::tier::run::auto_tick(cat, &mut tiering) {
+                warn!("tiering pass: {e}");
+            }
+        }
         if last_held.elapsed() >= Duration::from_secs(1) {
             last_held = std::time::Instant::now();
             if !crate::sessions::held::mounted_at(cat, mountpoint) {
@@ -663,6 +686,7 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool, mountpoint: &Path) 
         if last_opens.elapsed() >= OPENS_EVERY {
             last_opens = std::time::Instant::now();
             record(&mut recorded);
+            flush_usage(&mut usage);
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
@@ -677,6 +701,7 @@ fn janitor(cat: &Catalog, reg: &Registry, stop: &AtomicBool, mountpoint: &Path) 
         }
     }
     record(&mut recorded);
+    flush_usage(&mut usage);
 }
 
 /// Fails unless the database `s` (at `db`) is the store with id `want`.

@@ -224,3 +224,106 @@ fn a_status_change_is_announced_to_listeners() {
     other.transition(&id, Op::Delete, args("t")).unwrap();
     assert!(wait(Duration::from_secs(30)));
 }
+
+/// Tiering's store functions on PostgreSQL: usage batches from two mounts
+/// add up (one statement per table per batch), the last access only moves
+/// forward, pins refuse a tier move in its own transaction, the settings'
+/// compare-and-set elects one winner, volume tiers are kept.
+#[test]
+fn tiering_store_on_postgres() {
+    use vfolderfs::store::{UsageDelta, VolumeTier};
+    use vfolderfs::tier::Tier;
+    let t = TempStore::new_pg();
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "b"]);
+    let s = t.open_store();
+    let a = s.get_live("a").unwrap().id;
+    let b = s.get_live("b").unwrap().id;
+    let d = |id: &str, day: i64, opens: u64, at: i64| UsageDelta {
+        vfolder_id: id.into(),
+        day,
+        opens,
+        bytes_read: opens * 10,
+        bytes_written: 1,
+        at,
+    };
+    // Two mounts' batches, one with a vfolder forgotten meanwhile.
+    s.record_usage(&[
+        d(&a, 100, 3, 5000),
+        d(&b, 100, 1, 4000),
+        d("gone", 100, 9, 1),
+    ])
+    .unwrap();
+    s.record_usage(&[d(&b, 100, 2, 3000), d(&a, 101, 4, 9000)])
+        .unwrap();
+    let u = s.usage_since(100, None).unwrap();
+    let got: Vec<(String, i64, u64, u64)> = u
+        .iter()
+        .map(|u| (u.vfolder_id.clone(), u.day, u.opens, u.bytes_read))
+        .collect();
+    let mut want = vec![
+        (a.clone(), 100, 3, 30),
+        (a.clone(), 101, 4, 40),
+        (b.clone(), 100, 3, 30),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(s.usage_since(101, Some(&a)).unwrap().len(), 1);
+    let last = s.last_access(None).unwrap();
+    assert_eq!(last.get(&a), Some(&9000));
+    assert_eq!(last.get(&b), Some(&4000), "the last access went backwards");
+    assert!(!last.contains_key("gone"));
+    // Pins.
+    t.ok(&[
+        "volume",
+        "add",
+        "cap",
+        t.dir.path().join("cap").to_str().unwrap(),
+        "--tier",
+        "capacity",
+    ]);
+    assert!(s.set_pin(&a, Some("test pin")).unwrap());
+    assert!(matches!(
+        s.start_tier_move(&a, "cap", "tier: test"),
+        Err(StoreError::Pinned { .. })
+    ));
+    assert_eq!(s.get(&a).unwrap().status, Status::Ready);
+    assert!(s.set_pin(&a, None).unwrap());
+    assert!(!s.set_pin(&a, None).unwrap());
+    let v = s.start_tier_move(&a, "cap", "tier: idle 31 days").unwrap();
+    assert_eq!(v.status, Status::Performing);
+    assert_eq!(s.job(&a).unwrap().unwrap().arg.as_deref(), Some("cap"));
+    assert_eq!(
+        s.history(&a).unwrap().last().unwrap().cause,
+        "tier: idle 31 days"
+    );
+    // Settings: one compare-and-set wins.
+    assert!(s.swap_setting("tier_last_pass", None, Some("1")).unwrap());
+    assert!(!s.swap_setting("tier_last_pass", None, Some("2")).unwrap());
+    assert!(
+        s.swap_setting("tier_last_pass", Some("1"), Some("2"))
+            .unwrap()
+    );
+    assert_eq!(s.setting("tier_last_pass").unwrap().as_deref(), Some("2"));
+    // Volume tiers.
+    s.set_volume_tier(&VolumeTier {
+        volume: "default".into(),
+        tier: Some(Tier::Fast),
+        high_watermark: Some(80),
+        low_watermark: Some(60),
+    })
+    .unwrap();
+    let tiers = s.volume_tiers().unwrap();
+    assert_eq!(tiers.len(), 2, "{tiers:?}");
+    assert_eq!(tiers[0].volume, "cap");
+    assert_eq!(tiers[1].tier, Some(Tier::Fast));
+    assert!(
+        s.set_volume_tier(&VolumeTier {
+            volume: "nowhere".into(),
+            tier: None,
+            high_watermark: None,
+            low_watermark: None,
+        })
+        .is_err()
+    );
+}

@@ -115,7 +115,7 @@ pub fn store_kind(e: &StoreError) -> Kind {
     match e {
         StoreError::NotFound(_) => Kind::NotFound,
         StoreError::NameTaken(_) | StoreError::TargetTaken(_) => Kind::Exists,
-        StoreError::Refused { .. } => Kind::Refused,
+        StoreError::Refused { .. } | StoreError::Pinned { .. } => Kind::Refused,
         StoreError::InvalidName(..) | StoreError::Ambiguous { .. } => Kind::Usage,
         StoreError::Attached { .. } | StoreError::ClaimLost { .. } => Kind::Busy,
         e if e.is_busy() => Kind::Busy,
@@ -143,7 +143,8 @@ pub fn store_vfolder(e: &StoreError) -> Option<&str> {
         | StoreError::InvalidName(n, _)
         | StoreError::Refused { name: n, .. }
         | StoreError::Attached { name: n, .. }
-        | StoreError::Unconfirmed { name: n, .. } => Some(n),
+        | StoreError::Unconfirmed { name: n, .. }
+        | StoreError::Pinned { name: n, .. } => Some(n),
         _ => None,
     }
 }

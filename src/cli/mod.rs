@@ -15,6 +15,7 @@ mod progress;
 mod reference;
 mod retention;
 mod start;
+mod tier;
 mod vfolder;
 mod volume;
 
@@ -284,6 +285,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tiering: plan and run moves between fast and capacity volumes by
+    /// usage, pin vfolders against them, automatic passes.
+    #[command(subcommand)]
+    Tier(tier::TierCmd),
     /// List background jobs (purges, clones, relocations) and whether their
     /// owner lives; --resume runs those no live process holds.
     Jobs {
@@ -359,8 +364,10 @@ impl Command {
             | Command::Cancel { json, .. }
             | Command::Retention { json, .. }
             | Command::Nodes { json } => *json,
+            Command::Tier(t) => t.json(),
             Command::Volume(
                 VolumeCmd::Add { json, .. }
+                | VolumeCmd::Set { json, .. }
                 | VolumeCmd::List { json }
                 | VolumeCmd::Show { json, .. }
                 | VolumeCmd::Remove { json, .. },
@@ -588,6 +595,7 @@ fn run_other(cat: &Catalog, command: Command) -> Result<i32, CliError> {
         Command::Wait { job, json } => follow::wait_cmd(cat, &job, json),
         Command::Cancel { job, no_wait, json } => follow::cancel_cmd(cat, &job, no_wait, json),
         Command::Retention { value, json } => retention::run(cat, value, json),
+        Command::Tier(cmd) => tier::run(cat, cmd),
         _ => unreachable!("handled by run or run_on"),
     }
 }

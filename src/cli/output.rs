@@ -100,6 +100,14 @@ pub(super) fn vfolder_detail_json(cat: &Catalog, v: &VFolder) -> Result<Value, C
         obj["purge_after"] = json!(purge_after(v, cat.store().trash_retention()?).map(fmt_time));
     }
     obj["size"] = size_json(cat.store().sizes()?.get(&v.id));
+    obj["usage"] = usage_json(cat, &v.id)?;
+    obj["pinned"] = json!(
+        cat.store()
+            .pins()?
+            .into_iter()
+            .find(|p| p.vfolder_id == v.id)
+            .map(|p| json!({"at": fmt_time(p.at), "cause": p.cause}))
+    );
     let atts = cat.store().attachments(Some(&v.id))?;
     obj["attachments"] = Value::Array(atts.iter().map(|a| attachment_json(cat, a)).collect());
     if let Some(j) = cat.store().job(&v.id)? {
@@ -112,6 +120,28 @@ pub(super) fn vfolder_detail_json(cat: &Catalog, v: &VFolder) -> Result<Value, C
         });
     }
     Ok(obj)
+}
+
+/// A vfolder's usage as every mount recorded it: the last access and the
+/// last 30 UTC days with any (`{"day": "2026-11-26", "opens",
+/// "bytes_read", "bytes_written"}`, oldest first).
+fn usage_json(cat: &Catalog, id: &str) -> Result<Value, CliError> {
+    let today = crate::tier::day_of(crate::tier::now());
+    let days: Vec<Value> = cat
+        .store()
+        .usage_since(today - 29, Some(id))?
+        .into_iter()
+        .map(|u| {
+            json!({
+                "day": fmt_time(u.day * crate::tier::DAY_MS)[..10].to_string(),
+                "opens": u.opens,
+                "bytes_read": u.bytes_read,
+                "bytes_written": u.bytes_written,
+            })
+        })
+        .collect();
+    let last = cat.store().last_access(Some(id))?.get(id).copied();
+    Ok(json!({"last_access": last.map(fmt_time), "days": days}))
 }
 
 /// `show` as a table: one field a line, attachments and the job spelled out.
@@ -163,6 +193,23 @@ pub(super) fn print_detail(obj: &Value) {
                 println!("{k:18} unknown (`vfolderfs show --size NAME` measures it)")
             }
             (_, Value::String(s)) => println!("{k:18} {s}"),
+            ("usage", u) => {
+                let days = u["days"].as_array().map_or(&[][..], |d| d.as_slice());
+                let sum = |f: &str| days.iter().filter_map(|d| d[f].as_u64()).sum::<u64>();
+                println!(
+                    "{k:18} last access {}; {} opens, {} read, {} written in {} day(s) of the last 30",
+                    u["last_access"].as_str().unwrap_or("never"),
+                    sum("opens"),
+                    human_bytes(sum("bytes_read")),
+                    human_bytes(sum("bytes_written")),
+                    days.len()
+                );
+            }
+            ("pinned", Value::Object(p)) => println!(
+                "{k:18} since {} ({})",
+                p.get("at").and_then(|v| v.as_str()).unwrap_or("?"),
+                p.get("cause").and_then(|v| v.as_str()).unwrap_or("?")
+            ),
             (_, Value::Null) => println!("{k:18} -"),
             (_, other) => println!("{k:18} {other}"),
         }

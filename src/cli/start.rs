@@ -67,6 +67,9 @@ pub(super) fn relocate(
     json: bool,
 ) -> Result<i32, CliError> {
     let v = relocate::start(cat, name, to, &cause("relocate"))?;
+    // An explicit relocation pins the vfolder against tiering.
+    cat.store()
+        .set_pin(&v.id, Some(&cause(&format!("relocate to {to}"))))?;
     if no_wait {
         let human = format!("relocating {name:?} to volume {to} in the background");
         return print_queued(cat, &v, json, human);

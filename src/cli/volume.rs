@@ -1,16 +1,16 @@
 //! `vfolderfs volume ...`: adding, listing, showing and removing data
 //! volumes. Which directories may be volumes is [`crate::volumes`]'s job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::CliError;
 use super::output::human_bytes;
+use super::{CliError, Kind};
 use crate::catalog::Catalog;
-use crate::store::{ListFilter, StoreError, VFolder};
+use crate::store::{ListFilter, StoreError, VFolder, VolumeTier};
 use crate::volumes::{self, VolumeError};
 
 /// `vfolderfs volume ...`.
@@ -24,7 +24,33 @@ pub enum VolumeCmd {
         name: String,
         /// Its directory (created if missing).
         path: PathBuf,
+        /// Its tier for tiering (`fast` or `capacity`); without it the volume
+        /// is untiered and the tiering policy never moves vfolders to or
+        /// from it (as before tiering existed).
+        #[arg(long, value_parser = parse_tier)]
+        tier: Option<crate::tier::Tier>,
         /// Print the volume as a JSON object (as `volume show --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a volume's tier and watermarks (`default` too). Options left out
+    /// keep their value; `none` clears one.
+    Set {
+        /// The volume's name.
+        name: String,
+        /// `fast`, `capacity` or `none` (untiered).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Percent of its filesystem used above which the policy moves the
+        /// coldest vfolders off a fast volume (and moves none onto a volume);
+        /// `none`: the policy's (90 by default).
+        #[arg(long, value_name = "PCT")]
+        high_watermark: Option<String>,
+        /// Percent used down to which they are then moved; `none`: the
+        /// policy's (75 by default).
+        #[arg(long, value_name = "PCT")]
+        low_watermark: Option<String>,
+        /// Print the volume as a JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -53,6 +79,51 @@ pub enum VolumeCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_tier(s: &str) -> Result<crate::tier::Tier, String> {
+    s.parse()
+}
+
+/// A watermark option: a percentage, or `none`.
+fn parse_pct(what: &str, s: &str) -> Result<Option<u8>, CliError> {
+    if s == "none" {
+        return Ok(None);
+    }
+    match s.trim_end_matches('%').parse::<u8>() {
+        Ok(n) if n <= 100 => Ok(Some(n)),
+        _ => Err(CliError::Of {
+            kind: Kind::Usage,
+            message: format!("--{what} {s:?} is not a percentage from 0 to 100 (or none)"),
+            vfolder: None,
+        }),
+    }
+}
+
+/// Every volume's tier settings by name.
+fn tiers(cat: &Catalog) -> Result<HashMap<String, VolumeTier>, CliError> {
+    Ok(cat
+        .store()
+        .volume_tiers()?
+        .into_iter()
+        .map(|t| (t.volume.clone(), t))
+        .collect())
+}
+
+/// One volume's state, in the stable JSON form of `volume show` and
+/// `volume list --json`, with its tier settings.
+fn volume_json_tiered(
+    name: &str,
+    path: &Path,
+    rows: &[VFolder],
+    tiers: &HashMap<String, VolumeTier>,
+) -> Value {
+    let mut j = volume_json(name, path, rows);
+    let t = tiers.get(name);
+    j["tier"] = json!(t.and_then(|t| t.tier).map(|t| t.as_str()));
+    j["high_watermark"] = json!(t.and_then(|t| t.high_watermark));
+    j["low_watermark"] = json!(t.and_then(|t| t.low_watermark));
+    j
 }
 
 /// One volume's state, in the stable JSON form of `volume show` and
@@ -93,34 +164,49 @@ fn space(j: &Value, key: &str) -> String {
 /// Runs a `volume` subcommand.
 pub fn run(cat: &Catalog, cmd: VolumeCmd) -> Result<i32, CliError> {
     match cmd {
-        VolumeCmd::Add { name, path, json } => {
+        VolumeCmd::Add {
+            name,
+            path,
+            tier,
+            json,
+        } => {
             cat.add_volume(&name, &path)?;
+            // Always written: a volume of this name removed earlier may
+            // have left its settings behind.
+            cat.store().set_volume_tier(&VolumeTier {
+                volume: name.clone(),
+                tier,
+                high_watermark: None,
+                low_watermark: None,
+            })?;
             let at = cat.volume(&name)?.path.clone();
             if json {
                 let rows = cat.store().list(ListFilter::All)?;
-                println!("{}", volume_json(&name, &at, &rows));
+                println!("{}", volume_json_tiered(&name, &at, &rows, &tiers(cat)?));
             } else {
                 println!("added volume {name} at {}", at.display());
             }
         }
         VolumeCmd::List { json } => {
             let rows = cat.store().list(ListFilter::All)?;
+            let tiers = tiers(cat)?;
             let list: Vec<Value> = cat
                 .volume_list()?
                 .into_iter()
-                .map(|(n, p)| volume_json(&n, &p, &rows))
+                .map(|(n, p)| volume_json_tiered(&n, &p, &rows, &tiers))
                 .collect();
             if json {
                 println!("{}", Value::Array(list));
             } else {
                 println!(
-                    "{:12}  {:>12}  {:>12}  {:>8}  PATH",
-                    "NAME", "FREE", "TOTAL", "VFOLDERS"
+                    "{:12}  {:8}  {:>12}  {:>12}  {:>8}  PATH",
+                    "NAME", "TIER", "FREE", "TOTAL", "VFOLDERS"
                 );
                 for r in list {
                     println!(
-                        "{:12}  {:>12}  {:>12}  {:>8}  {}",
+                        "{:12}  {:8}  {:>12}  {:>12}  {:>8}  {}",
                         r["name"].as_str().unwrap_or(""),
+                        r["tier"].as_str().unwrap_or("-"),
                         space(&r, "free_bytes"),
                         space(&r, "total_bytes"),
                         r["vfolders"],
@@ -137,7 +223,69 @@ pub fn run(cat: &Catalog, cmd: VolumeCmd) -> Result<i32, CliError> {
                 .map(|(_, p)| p)
                 .ok_or_else(|| StoreError::from(VolumeError::NotFound(name.clone())))?;
             let rows = cat.store().list(ListFilter::All)?;
-            let j = volume_json(&name, &path, &rows);
+            let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
+            if json {
+                println!("{j}");
+            } else {
+                print_show(&j);
+            }
+        }
+        VolumeCmd::Set {
+            name,
+            tier,
+            high_watermark,
+            low_watermark,
+            json,
+        } => {
+            let path = cat
+                .volume_list()?
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| p)
+                .ok_or_else(|| StoreError::from(VolumeError::NotFound(name.clone())))?;
+            let mut t = tiers(cat)?.remove(&name).unwrap_or(VolumeTier {
+                volume: name.clone(),
+                tier: None,
+                high_watermark: None,
+                low_watermark: None,
+            });
+            if let Some(s) = tier {
+                t.tier = match s.as_str() {
+                    "none" => None,
+                    s => Some(s.parse().map_err(|message| CliError::Of {
+                        kind: Kind::Usage,
+                        message,
+                        vfolder: None,
+                    })?),
+                };
+            }
+            if let Some(s) = high_watermark {
+                t.high_watermark = parse_pct("high-watermark", &s)?;
+            }
+            if let Some(s) = low_watermark {
+                t.low_watermark = parse_pct("low-watermark", &s)?;
+            }
+            if t.high_watermark == Some(0) {
+                return Err(CliError::Of {
+                    kind: Kind::Usage,
+                    message: "--high-watermark must be at least 1".into(),
+                    vfolder: None,
+                });
+            }
+            if let (Some(h), Some(l)) = (t.high_watermark, t.low_watermark)
+                && l >= h
+            {
+                return Err(CliError::Of {
+                    kind: Kind::Usage,
+                    message: format!(
+                        "volume {name}: low watermark {l}% must be below high watermark {h}%"
+                    ),
+                    vfolder: None,
+                });
+            }
+            cat.store().set_volume_tier(&t)?;
+            let rows = cat.store().list(ListFilter::All)?;
+            let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
             if json {
                 println!("{j}");
             } else {
@@ -160,6 +308,18 @@ fn print_show(j: &Value) {
     let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
     println!("name:        {}", s("name"));
     println!("path:        {}", s("path"));
+    let pct = |k: &str| {
+        j[k].as_u64()
+            .map_or("policy".to_string(), |n| format!("{n}%"))
+    };
+    match j["tier"].as_str() {
+        Some(t) => println!(
+            "tier:        {t} (high watermark {}, low {})",
+            pct("high_watermark"),
+            pct("low_watermark")
+        ),
+        None => println!("tier:        none (tiering leaves it alone)"),
+    }
     match j["filesystem"].as_str() {
         Some(fs) => println!("filesystem:  {fs} (mounted at {})", s("mount_point")),
         None => println!("filesystem:  unknown"),

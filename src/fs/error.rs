@@ -83,7 +83,8 @@ impl FsError {
                 | StoreError::Foreign { .. }
                 | StoreError::Unconfirmed { .. }
                 | StoreError::Volume(_)
-                | StoreError::LoosePath { .. } => Errno::EIO,
+                | StoreError::LoosePath { .. }
+                | StoreError::Pinned { .. } => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,
             FsError::Gone | FsError::NotFound | FsError::CacheableMiss => Errno::ENOENT,

@@ -478,6 +478,8 @@ impl VfolderFs {
                     }
                     done += n;
                 }
+                f.vf.bytes_read
+                    .fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
                 Ok(done)
             });
             match r {
@@ -499,6 +501,8 @@ impl VfolderFs {
                 }
                 done += n;
             }
+            f.vf.bytes_written
+                .fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(done as u32)
         })
     }

@@ -73,6 +73,11 @@ pub struct VfState {
     volume: RwLock<Arc<str>>,
     /// Files opened in it through this mount (a measure of how hot it is).
     pub opens: AtomicU64,
+    /// Bytes read from it through the daemon (reads through kernel
+    /// passthrough do not reach the daemon).
+    pub bytes_read: AtomicU64,
+    /// Bytes written to it through this mount.
+    pub bytes_written: AtomicU64,
     /// Files open in it through this mount now (handles not yet released).
     pub handles: AtomicI64,
     /// Location epoch: bumped when its data moves to a new copy (another
@@ -107,6 +112,8 @@ impl VfState {
             root_nodeid: AtomicU64::new(0),
             volume: RwLock::new(Arc::from(volume)),
             opens: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
             handles: AtomicI64::new(0),
             epoch: AtomicU64::new(0),
         }
@@ -367,6 +374,22 @@ impl Registry {
             .collect()
     }
 
+    /// Usage counted per vfolder id since this mount started (those with
+    /// any), for the tiering's usage flush ([`crate::tier::usage`]).
+    pub fn usage_counts(&self) -> Vec<crate::tier::usage::Counted> {
+        self.by_id
+            .read()
+            .iter()
+            .map(|(id, st)| crate::tier::usage::Counted {
+                id: id.clone(),
+                opens: st.opens.load(Ordering::Relaxed),
+                bytes_read: st.bytes_read.load(Ordering::Relaxed),
+                bytes_written: st.bytes_written.load(Ordering::Relaxed),
+            })
+            .filter(|c| c.opens > 0 || c.bytes_read > 0 || c.bytes_written > 0)
+            .collect()
+    }
+
     /// (id, name, open handles) of the vfolders with files open through
     /// this mount now (for the metrics).
     pub fn handle_counts(&self) -> Vec<(String, String, i64)> {
@@ -388,6 +411,26 @@ impl Registry {
                 (id, name, n)
             })
             .collect()
+    }
+
+    /// The usage this mount counted with each vfolder's name (for the
+    /// metrics): (id, name, opens, bytes read, bytes written).
+    pub fn usage_named(&self) -> Vec<(String, String, u64, u64, u64)> {
+        let counted = self.usage_counts();
+        let cur = self.cursor.lock();
+        let mut v: Vec<_> = counted
+            .into_iter()
+            .map(|c| {
+                let name = cur
+                    .rows
+                    .get(&c.id)
+                    .map(|v| v.name.clone())
+                    .unwrap_or_default();
+                (c.id, name, c.opens, c.bytes_read, c.bytes_written)
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// Whether the last refresh could read the store.

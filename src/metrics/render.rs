@@ -177,6 +177,34 @@ pub fn render(src: &Sources<'_>) -> String {
             escape(&name)
         );
     }
+    let usage = src.reg.usage_named();
+    for (metric, help, pick) in [
+        (
+            "vfolderfs_vfolder_opens_total",
+            "Files opened through this mount since it started, by vfolder (tiering's usage).",
+            0,
+        ),
+        (
+            "vfolderfs_vfolder_read_bytes_total",
+            "Bytes read through the daemon (not through kernel passthrough) since this mount started, by vfolder.",
+            1,
+        ),
+        (
+            "vfolderfs_vfolder_written_bytes_total",
+            "Bytes written through this mount since it started, by vfolder.",
+            2,
+        ),
+    ] {
+        head(&mut out, metric, "counter", help);
+        for (id, name, o, r, w) in &usage {
+            let n = [*o, *r, *w][pick];
+            let _ = writeln!(
+                out,
+                "{metric}{{vfolder_id=\"{id}\",vfolder=\"{}\"}} {n}",
+                escape(name)
+            );
+        }
+    }
     head(
         &mut out,
         "vfolderfs_jobs_queued",

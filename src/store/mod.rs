@@ -188,6 +188,67 @@ pub struct Claim {
     pub token: i64,
 }
 
+/// A volume's place in tiering (see [`crate::tier`]): its tier and the
+/// share of its filesystem it should keep used. A volume never set is
+/// untiered: the policy leaves the vfolders on it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeTier {
+    /// The volume (`default` or an added one).
+    pub volume: String,
+    /// Its tier (`None`: untiered).
+    pub tier: Option<crate::tier::Tier>,
+    /// Percent of its filesystem used above which the policy moves vfolders off it.
+    pub high_watermark: Option<u8>,
+    /// Percent of its filesystem used down to which the policy then moves them.
+    pub low_watermark: Option<u8>,
+}
+
+/// Usage of one vfolder that a mount adds to the store in one batch: what
+/// it counted since its last flush, on UTC day `day`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// Days since the Unix epoch (UTC) the counts belong to.
+    pub day: i64,
+    /// Files opened (and created).
+    pub opens: u64,
+    /// Bytes read through the daemon (reads through kernel passthrough are
+    /// not seen by it).
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// When the mount counted it last: the vfolder's last access, to
+    /// within the flush interval.
+    pub at: Millis,
+}
+
+/// A vfolder's usage on one UTC day, summed over every mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDay {
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// Days since the Unix epoch (UTC).
+    pub day: i64,
+    /// Files opened.
+    pub opens: u64,
+    /// Bytes read through the daemon.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// A vfolder pinned against automatic tier moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The vfolder.
+    pub vfolder_id: String,
+    /// When it was pinned.
+    pub at: Millis,
+    /// Why ("relocate to fast1 (uid 0)", "tier pin (uid 0)").
+    pub cause: String,
+}
+
 /// A vfolder bind-mounted into a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -404,6 +465,13 @@ pub enum StoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The vfolder is pinned against automatic tier moves.
+    Pinned {
+        /// The vfolder's name.
+        name: String,
+        /// Why it was pinned.
+        cause: String,
+    },
 }
 
 impl StoreError {
@@ -555,6 +623,11 @@ impl fmt::Display for StoreError {
                  another process took it over"
             ),
             StoreError::Volume(e) => e.fmt(f),
+            StoreError::Pinned { name, cause } => write!(
+                f,
+                "vfolder {name:?} is pinned against automatic tier moves ({cause}); \
+                 `vfolderfs tier unpin {name}` to let the policy move it"
+            ),
             StoreError::LoosePath { path, mode } => write!(
                 f,
                 "{path} is {mode:04o} and not empty: a data volume must be private to \
@@ -750,6 +823,41 @@ pub trait Store: Send + Sync {
     fn remove_mount(&self, id: &str) -> Result<()>;
     /// The recorded mounts and the store's clock, read together.
     fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)>;
+    /// Every volume's tier settings (volumes that still exist only).
+    fn volume_tiers(&self) -> Result<Vec<VolumeTier>>;
+    /// Records a volume's tier settings, replacing earlier ones;
+    /// [`VolumeError::NotFound`](crate::volumes::VolumeError::NotFound)
+    /// unless the volume is `default` or recorded (checked in the same
+    /// transaction).
+    fn set_volume_tier(&self, t: &VolumeTier) -> Result<()>;
+    /// Adds a mount's counted usage in one transaction (additive, so every
+    /// mount of a cluster adds its own), and moves each vfolder's last
+    /// access forward to the delta's time. Vfolders forgotten meanwhile
+    /// are skipped.
+    fn record_usage(&self, batch: &[UsageDelta]) -> Result<()>;
+    /// Usage per vfolder and day from `day` on, of one vfolder or all,
+    /// ordered by vfolder then day.
+    fn usage_since(&self, day: i64, vfolder: Option<&str>) -> Result<Vec<UsageDay>>;
+    /// The last recorded access per vfolder id, of one vfolder or all.
+    fn last_access(
+        &self,
+        vfolder: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, Millis>>;
+    /// Every pin against automatic tier moves.
+    fn pins(&self) -> Result<Vec<Pin>>;
+    /// Pins vfolder `id` (with its cause), or unpins it with `None`;
+    /// whether anything changed.
+    fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool>;
+    /// Starts an automatic tier move in one transaction: refused with
+    /// [`StoreError::Pinned`] if the vfolder is pinned, otherwise as
+    /// [`Store::transition`] with `Op::RelocateStart` (attachments and
+    /// status checked), its relocation job to `to` queued with it.
+    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder>;
+    /// A store-wide setting (`store_info`), if set.
+    fn setting(&self, key: &str) -> Result<Option<String>>;
+    /// Sets (or with `None` removes) a store-wide setting only if it is
+    /// still `expected` (compare-and-set); whether it was changed.
+    fn swap_setting(&self, key: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool>;
     /// For a store that announces changes (PostgreSQL's `NOTIFY`): a
     /// function that waits up to the given time for one and says whether
     /// one came. `None`: the store must be polled.

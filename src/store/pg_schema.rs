@@ -163,6 +163,32 @@ fn migrations() -> Vec<String> {
          measured_at BIGINT NOT NULL
      );"
         .to_string(),
+        // Version 12: tiering (as SQLite's version 12).
+        "CREATE TABLE volume_tiers (
+         volume         TEXT PRIMARY KEY,
+         tier           TEXT CHECK (tier IN ('fast', 'capacity')),
+         high_watermark INTEGER CHECK (high_watermark BETWEEN 1 AND 100),
+         low_watermark  INTEGER CHECK (low_watermark BETWEEN 0 AND 99)
+     );
+     CREATE TABLE vfolder_usage (
+         vfolder_id    TEXT NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         day           BIGINT NOT NULL,
+         opens         BIGINT NOT NULL DEFAULT 0,
+         bytes_read    BIGINT NOT NULL DEFAULT 0,
+         bytes_written BIGINT NOT NULL DEFAULT 0,
+         PRIMARY KEY (vfolder_id, day)
+     );
+     CREATE INDEX vfolder_usage_day ON vfolder_usage(day);
+     CREATE TABLE vfolder_access (
+         vfolder_id  TEXT PRIMARY KEY REFERENCES vfolders(id) ON DELETE CASCADE,
+         last_access BIGINT NOT NULL
+     );
+     CREATE TABLE tier_pins (
+         vfolder_id TEXT PRIMARY KEY REFERENCES vfolders(id) ON DELETE CASCADE,
+         pinned_at  BIGINT NOT NULL,
+         cause      TEXT NOT NULL
+     );"
+        .to_string(),
     ]
 }
 

@@ -896,6 +896,243 @@ impl Store for PgStore {
         audit::forget_purged(self, before)
     }
 
+    fn volume_tiers(&self) -> Result<Vec<super::VolumeTier>> {
+        type Row = (String, Option<String>, Option<i32>, Option<i32>);
+        let rows: Vec<Row> = self.read(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT volume, tier, high_watermark, low_watermark FROM volume_tiers \
+                     WHERE volume = $1 OR volume IN (SELECT name FROM volumes) ORDER BY volume",
+                    &[&crate::catalog::DEFAULT_VOLUME],
+                )
+                .map_err(pg("reading volume tiers"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect())
+        })?;
+        rows.into_iter()
+            .map(|(volume, tier, high, low)| {
+                Ok(super::VolumeTier {
+                    volume,
+                    tier: tier
+                        .map(|t| t.parse::<crate::tier::Tier>().map_err(StoreError::Corrupt))
+                        .transpose()?,
+                    high_watermark: high.map(|v| v as u8),
+                    low_watermark: low.map(|v| v as u8),
+                })
+            })
+            .collect()
+    }
+
+    fn set_volume_tier(&self, t: &super::VolumeTier) -> Result<()> {
+        self.tx("recording a volume tier", |tx| {
+            Self::volume_known_in(tx, &t.volume)?;
+            tx.execute(
+                "INSERT INTO volume_tiers (volume, tier, high_watermark, low_watermark) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (volume) DO UPDATE SET tier = $2, \
+                 high_watermark = $3, low_watermark = $4",
+                &[
+                    &t.volume,
+                    &t.tier.map(|t| t.as_str()),
+                    &t.high_watermark.map(i32::from),
+                    &t.low_watermark.map(i32::from),
+                ],
+            )
+            .map_err(pg("recording a volume tier"))?;
+            Ok(())
+        })
+    }
+
+    fn record_usage(&self, batch: &[super::UsageDelta]) -> Result<()> {
+        // One statement per table for the whole batch (arrays unnested), in
+        // one order (by vfolder) so that two mounts' batches cannot deadlock.
+        let mut b: Vec<&super::UsageDelta> = batch.iter().collect();
+        b.sort_by(|x, y| (&x.vfolder_id, x.day).cmp(&(&y.vfolder_id, y.day)));
+        b.dedup_by(|x, y| x.vfolder_id == y.vfolder_id && x.day == y.day);
+        let ids: Vec<&str> = b.iter().map(|d| d.vfolder_id.as_str()).collect();
+        let days: Vec<i64> = b.iter().map(|d| d.day).collect();
+        let opens: Vec<i64> = b.iter().map(|d| d.opens as i64).collect();
+        let read: Vec<i64> = b.iter().map(|d| d.bytes_read as i64).collect();
+        let written: Vec<i64> = b.iter().map(|d| d.bytes_written as i64).collect();
+        let at: Vec<i64> = b.iter().map(|d| d.at).collect();
+        self.tx("committing usage", |tx| {
+            tx.execute(
+                "INSERT INTO vfolder_usage AS u (vfolder_id, day, opens, bytes_read, bytes_written) \
+                 SELECT n.id, n.day, n.o, n.r, n.w \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+                      AS n(id, day, o, r, w) \
+                 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = n.id) ORDER BY n.id, n.day \
+                 ON CONFLICT (vfolder_id, day) DO UPDATE SET opens = u.opens + excluded.opens, \
+                 bytes_read = u.bytes_read + excluded.bytes_read, \
+                 bytes_written = u.bytes_written + excluded.bytes_written",
+                &[&ids, &days, &opens, &read, &written],
+            )
+            .map_err(pg("recording usage"))?;
+            tx.execute(
+                "INSERT INTO vfolder_access AS a (vfolder_id, last_access) \
+                 SELECT n.id, max(n.at) FROM unnest($1::text[], $2::bigint[]) AS n(id, at) \
+                 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = n.id) GROUP BY n.id ORDER BY n.id \
+                 ON CONFLICT (vfolder_id) DO UPDATE \
+                 SET last_access = GREATEST(a.last_access, excluded.last_access)",
+                &[&ids, &at],
+            )
+            .map_err(pg("recording usage"))?;
+            Ok(())
+        })
+    }
+
+    fn usage_since(&self, day: i64, vfolder: Option<&str>) -> Result<Vec<super::UsageDay>> {
+        self.read(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT vfolder_id, day, opens, bytes_read, bytes_written FROM vfolder_usage \
+                     WHERE day >= $1 AND ($2::text IS NULL OR vfolder_id = $2) \
+                     ORDER BY vfolder_id, day",
+                    &[&day, &vfolder],
+                )
+                .map_err(pg("reading usage"))?
+                .iter()
+                .map(|r| super::UsageDay {
+                    vfolder_id: r.get(0),
+                    day: r.get(1),
+                    opens: r.get::<_, i64>(2) as u64,
+                    bytes_read: r.get::<_, i64>(3) as u64,
+                    bytes_written: r.get::<_, i64>(4) as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn last_access(
+        &self,
+        vfolder: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, Millis>> {
+        self.read(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT vfolder_id, last_access FROM vfolder_access \
+                     WHERE $1::text IS NULL OR vfolder_id = $1",
+                    &[&vfolder],
+                )
+                .map_err(pg("reading last accesses"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+
+    fn pins(&self) -> Result<Vec<super::Pin>> {
+        self.read(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT vfolder_id, pinned_at, cause FROM tier_pins ORDER BY vfolder_id",
+                    &[],
+                )
+                .map_err(pg("reading pins"))?
+                .iter()
+                .map(|r| super::Pin {
+                    vfolder_id: r.get(0),
+                    at: r.get(1),
+                    cause: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool> {
+        self.tx("recording a pin", |tx| {
+            // The row lock orders a pin against a tier move's start.
+            Self::lock_in(tx, id)?;
+            let n = match cause {
+                Some(c) => tx.execute(
+                    &format!(
+                        "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) \
+                         VALUES ($1, {NOW_MS}, $2) \
+                         ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = {NOW_MS}, cause = $2"
+                    ),
+                    &[&id, &c],
+                ),
+                None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = $1", &[&id]),
+            }
+            .map_err(pg("recording a pin"))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder> {
+        self.tx("starting a tier move", |tx| {
+            let v = Self::lock_in(tx, id)?;
+            let pinned: Option<String> = tx
+                .query_opt("SELECT cause FROM tier_pins WHERE vfolder_id = $1", &[&id])
+                .map_err(pg("reading a pin"))?
+                .map(|r| r.get(0));
+            if let Some(cause) = pinned {
+                return Err(StoreError::Pinned {
+                    name: v.name,
+                    cause,
+                });
+            }
+            Self::volume_known_in(tx, to)?;
+            let v = Self::transition_in(
+                tx,
+                id,
+                Op::RelocateStart,
+                &TransitionArgs {
+                    cause,
+                    ..Default::default()
+                },
+                &[],
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
+                     VALUES ($1, $2, '', 0, {NOW_MS}, 0, $3) \
+                     ON CONFLICT (vfolder_id) DO UPDATE SET kind = $2, arg = $3"
+                ),
+                &[&id, &crate::workers::relocate::KIND, &to],
+            )
+            .map_err(pg("queueing a job"))?;
+            Ok(v)
+        })
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|tx| {
+            Ok(tx
+                .query_opt("SELECT value FROM store_info WHERE key = $1", &[&key])
+                .map_err(pg("reading a setting"))?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn swap_setting(&self, key: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool> {
+        self.tx("changing a setting", |tx| {
+            // Serialises swaps of one key, also of one not set yet.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('vfolderfs setting ' || $1))",
+                &[&key],
+            )
+            .map_err(pg("locking a setting"))?;
+            let cur: Option<String> = tx
+                .query_opt("SELECT value FROM store_info WHERE key = $1", &[&key])
+                .map_err(pg("reading a setting"))?
+                .map(|r| r.get(0));
+            if cur.as_deref() != expected {
+                return Ok(false);
+            }
+            match new {
+                Some(v) => tx.execute(
+                    "INSERT INTO store_info (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&key, &v],
+                ),
+                None => tx.execute("DELETE FROM store_info WHERE key = $1", &[&key]),
+            }
+            .map_err(pg("changing a setting"))?;
+            Ok(true)
+        })
+    }
+
     fn audit(&self) -> Result<Vec<AuditEntry>> {
         audit::audit(self)
     }

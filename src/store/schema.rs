@@ -189,6 +189,36 @@ fn migrations() -> Vec<String> {
          measured_at INTEGER NOT NULL
      );"
         .to_string(),
+        // Version 12: tiering. Volumes' tiers and watermarks (`default`
+        // included, so not a column of `volumes`); usage per vfolder and
+        // UTC day, added to by every mount in batches; the last access per
+        // vfolder; pins against automatic moves. Tables of their own, so
+        // that recording usage is no change for the mounts' feed.
+        "CREATE TABLE IF NOT EXISTS volume_tiers (
+         volume         TEXT PRIMARY KEY NOT NULL,
+         tier           TEXT CHECK (tier IN ('fast', 'capacity')),
+         high_watermark INTEGER CHECK (high_watermark BETWEEN 1 AND 100),
+         low_watermark  INTEGER CHECK (low_watermark BETWEEN 0 AND 99)
+     );
+     CREATE TABLE IF NOT EXISTS vfolder_usage (
+         vfolder_id    TEXT NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         day           INTEGER NOT NULL,
+         opens         INTEGER NOT NULL DEFAULT 0,
+         bytes_read    INTEGER NOT NULL DEFAULT 0,
+         bytes_written INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (vfolder_id, day)
+     );
+     CREATE INDEX IF NOT EXISTS vfolder_usage_day ON vfolder_usage(day);
+     CREATE TABLE IF NOT EXISTS vfolder_access (
+         vfolder_id  TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         last_access INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS tier_pins (
+         vfolder_id TEXT PRIMARY KEY NOT NULL REFERENCES vfolders(id) ON DELETE CASCADE,
+         pinned_at  INTEGER NOT NULL,
+         cause      TEXT NOT NULL
+     );"
+        .to_string(),
     ]
 }
 

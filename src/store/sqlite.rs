@@ -578,6 +578,244 @@ impl Store for SqliteStore {
         mounts::opens(self)
     }
 
+    fn volume_tiers(&self) -> Result<Vec<super::VolumeTier>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT volume, tier, high_watermark, low_watermark FROM volume_tiers \
+                 WHERE volume = ?1 OR volume IN (SELECT name FROM volumes) ORDER BY volume",
+            )
+            .map_err(db("reading volume tiers"))?;
+        let rows = stmt
+            .query_map([crate::catalog::DEFAULT_VOLUME], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .map_err(db("reading volume tiers"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("reading volume tiers"))?;
+        rows.into_iter()
+            .map(|(volume, tier, high, low)| {
+                Ok(super::VolumeTier {
+                    volume,
+                    tier: tier
+                        .map(|t| t.parse::<crate::tier::Tier>().map_err(StoreError::Corrupt))
+                        .transpose()?,
+                    high_watermark: high.map(|v| v as u8),
+                    low_watermark: low.map(|v| v as u8),
+                })
+            })
+            .collect()
+    }
+
+    fn set_volume_tier(&self, t: &super::VolumeTier) -> Result<()> {
+        self.write_tx("recording a volume tier", |tx| {
+            Self::volume_known_in(tx, &t.volume)?;
+            tx.execute(
+                "INSERT INTO volume_tiers (volume, tier, high_watermark, low_watermark) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (volume) DO UPDATE SET tier = ?2, \
+                 high_watermark = ?3, low_watermark = ?4",
+                params![
+                    t.volume,
+                    t.tier.map(|t| t.as_str()),
+                    t.high_watermark.map(i64::from),
+                    t.low_watermark.map(i64::from)
+                ],
+            )
+            .map_err(db("recording a volume tier"))?;
+            Ok(())
+        })
+    }
+
+    fn record_usage(&self, batch: &[super::UsageDelta]) -> Result<()> {
+        self.write_tx("committing usage", |tx| {
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT INTO vfolder_usage (vfolder_id, day, opens, bytes_read, bytes_written) \
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
+                     ON CONFLICT (vfolder_id, day) DO UPDATE SET opens = opens + excluded.opens, \
+                     bytes_read = bytes_read + excluded.bytes_read, \
+                     bytes_written = bytes_written + excluded.bytes_written",
+                )
+                .map_err(db("recording usage"))?;
+            let mut seen = tx
+                .prepare_cached(
+                    "INSERT INTO vfolder_access (vfolder_id, last_access) \
+                     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
+                     ON CONFLICT (vfolder_id) DO UPDATE \
+                     SET last_access = max(last_access, excluded.last_access)",
+                )
+                .map_err(db("recording usage"))?;
+            for d in batch {
+                add.execute(params![
+                    d.vfolder_id,
+                    d.day,
+                    d.opens as i64,
+                    d.bytes_read as i64,
+                    d.bytes_written as i64
+                ])
+                .map_err(db("recording usage"))?;
+                seen.execute(params![d.vfolder_id, d.at])
+                    .map_err(db("recording usage"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn usage_since(&self, day: i64, vfolder: Option<&str>) -> Result<Vec<super::UsageDay>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT vfolder_id, day, opens, bytes_read, bytes_written FROM vfolder_usage \
+                 WHERE day >= ?1 AND (?2 IS NULL OR vfolder_id = ?2) ORDER BY vfolder_id, day",
+            )
+            .map_err(db("reading usage"))?;
+        let rows = stmt
+            .query_map(params![day, vfolder], |r| {
+                Ok(super::UsageDay {
+                    vfolder_id: r.get(0)?,
+                    day: r.get(1)?,
+                    opens: r.get::<_, i64>(2)? as u64,
+                    bytes_read: r.get::<_, i64>(3)? as u64,
+                    bytes_written: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(db("reading usage"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading usage"))
+    }
+
+    fn last_access(
+        &self,
+        vfolder: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, Millis>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT vfolder_id, last_access FROM vfolder_access \
+                 WHERE ?1 IS NULL OR vfolder_id = ?1",
+            )
+            .map_err(db("reading last accesses"))?;
+        let rows = stmt
+            .query_map(params![vfolder], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db("reading last accesses"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading last accesses"))
+    }
+
+    fn pins(&self) -> Result<Vec<super::Pin>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT vfolder_id, pinned_at, cause FROM tier_pins ORDER BY vfolder_id",
+            )
+            .map_err(db("reading pins"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(super::Pin {
+                    vfolder_id: r.get(0)?,
+                    at: r.get(1)?,
+                    cause: r.get(2)?,
+                })
+            })
+            .map_err(db("reading pins"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading pins"))
+    }
+
+    fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool> {
+        self.write_tx("recording a pin", |tx| {
+            Self::get_in(tx, id)?;
+            let n = match cause {
+                Some(c) => tx.execute(
+                    "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = ?2, cause = ?3",
+                    params![id, now_millis(), c],
+                ),
+                None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = ?1", [id]),
+            }
+            .map_err(db("recording a pin"))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder> {
+        self.write_tx("starting a tier move", |tx| {
+            let pinned: Option<String> = tx
+                .query_row(
+                    "SELECT cause FROM tier_pins WHERE vfolder_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("reading a pin"))?;
+            if let Some(cause) = pinned {
+                let v = Self::get_in(tx, id)?;
+                return Err(StoreError::Pinned {
+                    name: v.name,
+                    cause,
+                });
+            }
+            Self::volume_known_in(tx, to)?;
+            let v = Self::transition_in(
+                tx,
+                id,
+                Op::RelocateStart,
+                &TransitionArgs {
+                    cause,
+                    ..Default::default()
+                },
+                &[],
+            )?;
+            tx.execute(
+                "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
+                 VALUES (?1, ?2, '', 0, ?3, 0, ?4) \
+                 ON CONFLICT(vfolder_id) DO UPDATE SET kind = ?2, arg = ?4",
+                params![id, crate::workers::relocate::KIND, now_millis(), to],
+            )
+            .map_err(db("queueing a job"))?;
+            Ok(v)
+        })
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .lock()
+            .query_row("SELECT value FROM store_info WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db("reading a setting"))
+    }
+
+    fn swap_setting(&self, key: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool> {
+        self.write_tx("changing a setting", |tx| {
+            let cur: Option<String> = tx
+                .query_row("SELECT value FROM store_info WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db("reading a setting"))?;
+            if cur.as_deref() != expected {
+                return Ok(false);
+            }
+            match new {
+                Some(v) => tx.execute(
+                    "INSERT INTO store_info (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                ),
+                None => tx.execute("DELETE FROM store_info WHERE key = ?1", [key]),
+            }
+            .map_err(db("changing a setting"))?;
+            Ok(true)
+        })
+    }
+
     fn audit(&self) -> Result<Vec<AuditEntry>> {
         audit::audit(self)
     }
