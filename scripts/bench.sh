@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --tier-plan ]; then
-  exec cargo test --release --quiet --test tiering -- --ignored --nocapture plan_cost
+  exec cargo test --release --quiet --test tiering -- --nocapture plan_cost
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "bench.sh: needs root (mounts, drop_caches)" >&2
