@@ -18,7 +18,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "vfolderfs")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "vfolderfs")
 
 
 def sh(cmd, **kw):
@@ -71,9 +71,13 @@ class Native(Target):
 class Vfolderfs(Target):
     opts = None
 
+    def __init__(self, name, base, binary=BIN):
+        super().__init__(name, base)
+        self.bin = binary
+
     def setup(self):
-        self.store = os.path.join(self.base, "vfs-store")
-        self.mnt = os.path.join(self.base, "vfs-mnt")
+        self.store = os.path.join(self.base, f"{self.name}-store")
+        self.mnt = os.path.join(self.base, f"{self.name}-mnt")
         os.makedirs(self.mnt, exist_ok=True)
         self.cli("init")
         self.cli("mount", self.mnt, *(["-o", self.opts] if self.opts else []))
@@ -82,7 +86,7 @@ class Vfolderfs(Target):
         wait_visible(self.work)
 
     def cli(self, *args, check=True):
-        return subprocess.run([BIN, "--store", self.store, *args], check=check,
+        return subprocess.run([self.bin, "--store", self.store, *args], check=check,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def pid(self):
@@ -94,7 +98,7 @@ class Vfolderfs(Target):
                     cmd = f.read().split(b"\0")
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"vfolderfs") and self.store.encode() in cmd and b"mount" in cmd:
+            if cmd and self.store.encode() in cmd and b"mount" in cmd:
                 return int(p)
         return None
 
@@ -243,6 +247,28 @@ class Workloads:
         shutil.rmtree(d)
         return n / t, "files/s", True
 
+    def small_read_open(self, w):
+        """The same with Python's open() (a loader's usual call), which also
+        fstat()s each file: after an earlier epoch's read the kernel asks
+        the filesystem for the attributes again (kernel passthrough
+        invalidates the cached atime after every read)."""
+        d = os.path.join(w, "small")
+        os.mkdir(d)
+        n = 2000 if self.quick else 10000
+        blob = os.urandom(32768)
+        for i in range(n):
+            with open(os.path.join(d, f"f{i}"), "wb") as f:
+                f.write(blob)
+        os.sync()
+        script = ("import os,sys\n"
+                  "d=sys.argv[1]; n=int(sys.argv[2])\n"
+                  "for i in range(n):\n"
+                  "    with open(os.path.join(d,'f%d'%i),'rb') as f: f.read()\n")
+        subprocess.run([sys.executable, "-c", script, d, str(n)], check=True)  # warm
+        t = timed(lambda: subprocess.run([sys.executable, "-c", script, d, str(n)], check=True))
+        shutil.rmtree(d)
+        return n / t, "files/s", True
+
     def ckpt_parallel(self, w):
         """Four writers each write a checkpoint file and fsync it."""
         mib = 128 if self.quick else 1024
@@ -307,6 +333,7 @@ ROWS = [
     ("rm -rf tree", "rm_rf"),
     ("4 procs small files", "parallel_small"),
     ("small-file reads 32 KiB", "small_read"),
+    ("same, Python open()", "small_read_open"),
     ("4 writers x ckpt, fsync", "ckpt_parallel"),
     ("256 MiB shards, fsync", "ckpt_many"),
 ]
@@ -478,6 +505,9 @@ def main():
     ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs)")
     ap.add_argument("--vfs-opts", default=None, help="extra -o options for the vfolderfs mount")
     ap.add_argument("--skip-extra", action="store_true", help="only the table (no lifecycle, latency, RSS)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="also mount another vfolderfs binary as target NAME (e.g. before=/tmp/old/vfolderfs),"
+                    " for a before/after comparison in the same run")
     ap.add_argument("--samples", action="store_true", help="also print every round's figures")
     ap.add_argument("--rows", default=None,
                     help="comma-separated workloads to run (" + ",".join(fn for _, fn in ROWS) + ")")
@@ -488,6 +518,11 @@ def main():
     kinds = {"native": Native, "vfolderfs": Vfolderfs, "bindfs": Bindfs, "mergerfs": Mergerfs}
     names = args.only.split(",") if args.only else list(kinds)
     targets = [kinds[n](n, base) for n in names]
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        if not name or not path or name in kinds:
+            ap.error(f"--compare wants NAME=PATH with a new name, not {spec!r}")
+        targets.insert(2 if len(targets) > 2 else len(targets), Vfolderfs(name, base, os.path.abspath(path)))
     wl = Workloads(args.quick)
     rows = ROWS
     if args.rows:

@@ -232,3 +232,28 @@ fn writes_by_non_owners_clear_setuid_and_setgid() {
     let st = fs::metadata(format!("{path}/f6777")).unwrap();
     assert_eq!(st.permissions().mode() & 0o7777, 0o777);
 }
+
+#[test]
+fn a_live_backing_id_never_lets_another_user_read() {
+    let (_a, _b, da, db) = two_mounts();
+    ok(
+        &as_user(ALICE, &[], &db, "echo open > f && chmod 644 f"),
+        "alice",
+    );
+    // A reader holds the file on mount A: the inode's kernel-passthrough
+    // backing id exists, and a later reader of the inode would share it.
+    let held = fs::File::open(da.join("f")).unwrap();
+    assert_eq!(
+        ok(&as_user(BOB, &[], &da, "cat f"), "bob reads while 0644"),
+        "open\n"
+    );
+    ok(
+        &as_user(ALICE, &[], &db, "chmod 600 f && echo secret > f"),
+        "alice",
+    );
+    // A's cached mode is stale and the backing id is still live, but the
+    // open is made as Bob before any sharing.
+    let e = refused(&as_user(BOB, &[], &da, "cat f"), "bob reads a 0600 file");
+    assert!(e.contains("Permission denied"), "{e}");
+    drop(held);
+}

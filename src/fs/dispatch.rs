@@ -1,34 +1,115 @@
 //! The thin layer between the kernel and the filesystem: each FUSE request
-//! mapped to one operation of [`VfolderFs`], its result to one reply.
+//! mapped to one operation of [`VfolderFs`], which returns a result, and that
+//! result to one reply ([`Answer`], the one place that turns an error into
+//! the errno the caller sees). Calls that may block for long come back as a
+//! job that runs on the blocking pool and answers from there.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle as Fh, Filesystem, FopenFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle as Fh, Filesystem,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::info;
 
-use super::error::FsError;
-use super::handles::{DirHandle, Handle};
-use super::vfolders::{ROOT_INO, TRASH_INO};
-use super::{Node, SELINUX_XATTR, VfolderFs, attr, cname, reply_empty, reply_entry, xattr_read};
-use crate::backing::sys;
+use super::error::FsResult;
+use super::xattr::Xattr;
+use super::{Created, Entry, Job, Opened, VfolderFs};
 use crate::metrics::counters::{self as metrics, FuseOp};
 
 /// Makes the request thread act for the request (see `VfolderFs::act`) before
-/// any backing call, or replies with the error.
+/// any backing call, or answers with the error.
 macro_rules! act {
     ($fs:expr, $req:expr, $reply:expr, $($ino:expr),+) => {
         if let Err(e) = $fs.act($req, &[$($ino),+]) {
-            return $reply.error(e.errno());
+            return $reply.answer(Err(e));
         }
     };
+}
+
+/// A reply that answers a filesystem result: the value in the reply's
+/// form, an error as its errno (counted by [`super::error::FsError::errno`]).
+trait Answer<T>: Sized {
+    /// Sends the value.
+    fn value(self, v: T);
+    /// Sends the errno.
+    fn errno(self, e: Errno);
+    /// Sends the result.
+    fn answer(self, r: FsResult<T>) {
+        match r {
+            Ok(v) => self.value(v),
+            Err(e) => self.errno(e.errno()),
+        }
+    }
+}
+
+macro_rules! answer {
+    ($reply:ty, $t:ty, |$r:ident, $v:ident| $send:expr) => {
+        impl Answer<$t> for $reply {
+            fn value(self, $v: $t) {
+                let $r = self;
+                $send
+            }
+            fn errno(self, e: Errno) {
+                self.error(e)
+            }
+        }
+    };
+}
+
+answer!(ReplyEmpty, (), |r, _v| r.ok());
+answer!(ReplyEntry, Entry, |r, v| r.entry(
+    &v.ttl,
+    &v.attr,
+    Generation(0)
+));
+answer!(ReplyAttr, (Duration, FileAttr), |r, v| r.attr(&v.0, &v.1));
+answer!(ReplyData, &[u8], |r, v| r.data(v));
+answer!(ReplyWrite, u32, |r, v| r.written(v));
+answer!(ReplyLseek, i64, |r, v| r.offset(v));
+answer!(ReplyDirectory, (), |r, _v| r.ok());
+answer!(ReplyDirectoryPlus, (), |r, _v| r.ok());
+answer!(ReplyOpen, Opened, |r, v| match &v.backing {
+    Some(b) => r.opened_passthrough(Fh(v.fh), v.flags, b),
+    None => r.opened(Fh(v.fh), v.flags),
+});
+answer!(ReplyCreate, Created, |r, v| r.created(
+    &v.entry.ttl,
+    &v.entry.attr,
+    Generation(0),
+    Fh(v.opened.fh),
+    v.opened.flags,
+));
+answer!(ReplyXattr, Xattr, |r, v| match v {
+    Xattr::Size(n) => r.size(n),
+    Xattr::Data(d) => r.data(&d),
+});
+answer!(ReplyStatfs, libc::statvfs, |r, s| r.statfs(
+    s.f_blocks,
+    s.f_bfree,
+    s.f_bavail,
+    s.f_files,
+    s.f_ffree,
+    s.f_bsize as u32,
+    s.f_namemax as u32,
+    s.f_frsize as u32,
+));
+
+impl VfolderFs {
+    /// Runs a job made ready by the filesystem on the blocking pool, as this
+    /// request's caller, and answers from there.
+    fn offload<T: 'static, R: Answer<T> + Send + 'static>(&self, reply: R, job: FsResult<Job<T>>) {
+        match job {
+            Ok(job) => self
+                .blocking
+                .run(Self::as_current(move || reply.answer(job()))),
+            Err(e) => reply.answer(Err(e)),
+        }
+    }
 }
 
 impl Filesystem for VfolderFs {
@@ -72,14 +153,7 @@ impl Filesystem for VfolderFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         metrics::request(FuseOp::Lookup);
         act!(self, req, reply, parent.0);
-        match self.do_lookup(parent, name) {
-            // Node id 0 is a negative entry, cached for the entry TTL.
-            Err(FsError::CacheableMiss) => {
-                let negative = attr::virtual_dir(0, 1, self.started);
-                reply.entry(&self.ttl_negative(parent.0), &negative, Generation(0));
-            }
-            r => reply_entry(reply, self.ttl_entry(parent.0), r),
-        }
+        reply.answer(self.do_lookup_entry(parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -90,17 +164,7 @@ impl Filesystem for VfolderFs {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<Fh>, reply: ReplyAttr) {
         metrics::request(FuseOp::Getattr);
         act!(self, req, reply, ino.0);
-        // An open file answers for itself (it may be unlinked already).
-        if let Some(h) = fh.and_then(|f| self.file(f).ok())
-            && let Handle::File(f) = &*h
-            && let Ok(st) = f.fd().and_then(|fd| sys::fstat(fd.as_fd()))
-        {
-            return reply.attr(&self.ttl_attr(ino.0), &attr::from_stat(ino.0, &st));
-        }
-        match self.do_getattr(ino) {
-            Ok(a) => reply.attr(&self.ttl_attr(ino.0), &a),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_getattr_fh(ino, fh));
     }
 
     fn setattr(
@@ -123,21 +187,16 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Setattr);
         act!(self, req, reply, ino.0);
-        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&self.ttl_attr(ino.0), &a),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh);
+        reply.answer(r.map(|a| (self.ttl_attr(ino.0), a)));
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         metrics::request(FuseOp::Readlink);
         act!(self, req, reply, ino.0);
-        match self
-            .inode(ino)
-            .and_then(|i| Ok(sys::readlinkat(i.fd()?.as_fd(), sys::EMPTY)?))
-        {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e.errno()),
+        match self.do_readlink(ino) {
+            Ok(target) => reply.answer(Ok(&target[..])),
+            Err(e) => reply.answer(Err(e)),
         }
     }
 
@@ -153,11 +212,8 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Mknod);
         act!(self, req, reply, parent.0);
-        reply_entry(
-            reply,
-            self.ttl_entry(parent.0),
-            self.do_mknod(parent, name, mode, rdev),
-        );
+        let r = self.do_mknod(parent, name, mode, rdev);
+        reply.answer(r.map(|a| self.entry(parent, a)));
     }
 
     fn mkdir(
@@ -171,23 +227,20 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Mkdir);
         act!(self, req, reply, parent.0);
-        reply_entry(
-            reply,
-            self.ttl_entry(parent.0),
-            self.do_mkdir(req, parent, name, mode),
-        );
+        let r = self.do_mkdir(req, parent, name, mode);
+        reply.answer(r.map(|a| self.entry(parent, a)));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::request(FuseOp::Unlink);
         act!(self, req, reply, parent.0);
-        reply_empty(reply, self.do_unlink(parent, name, false));
+        reply.answer(self.do_unlink(parent, name, false));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::request(FuseOp::Rmdir);
         act!(self, req, reply, parent.0);
-        reply_empty(reply, self.do_unlink(parent, name, true));
+        reply.answer(self.do_unlink(parent, name, true));
     }
 
     fn symlink(
@@ -200,11 +253,8 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Symlink);
         act!(self, req, reply, parent.0);
-        reply_entry(
-            reply,
-            self.ttl_entry(parent.0),
-            self.do_symlink(parent, link_name, target),
-        );
+        let r = self.do_symlink(parent, link_name, target);
+        reply.answer(r.map(|a| self.entry(parent, a)));
     }
 
     fn rename(
@@ -219,10 +269,7 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Rename);
         act!(self, req, reply, parent.0, newparent.0);
-        reply_empty(
-            reply,
-            self.do_rename(parent, name, newparent, newname, flags),
-        );
+        reply.answer(self.do_rename(parent, name, newparent, newname, flags));
     }
 
     fn link(
@@ -235,17 +282,15 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Link);
         act!(self, req, reply, ino.0, newparent.0);
-        reply_entry(
-            reply,
-            self.ttl_entry(newparent.0),
-            self.do_link(ino, newparent, newname),
-        );
+        let r = self.do_link(ino, newparent, newname);
+        reply.answer(r.map(|a| self.entry(newparent, a)));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         metrics::request(FuseOp::Open);
         act!(self, req, reply, ino.0);
-        self.do_open(ino, flags, reply);
+        let r = self.do_open(ino, flags, |fd| reply.open_backing(fd));
+        reply.answer(r);
     }
 
     fn read(
@@ -261,7 +306,20 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Read);
         act!(self, req, reply, ino.0);
-        self.do_read(fh, offset, size, reply);
+        // Into this request thread's buffer: no allocation per read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            match self.do_read(fh, offset, buf) {
+                Ok(n) => reply.answer(Ok(&buf[..n])),
+                Err(e) => reply.answer(Err(e)),
+            }
+        });
     }
 
     fn write(
@@ -280,10 +338,7 @@ impl Filesystem for VfolderFs {
         // As the caller: a write by one without CAP_FSETID clears setuid and
         // setgid in the backing filesystem, as natively (FUSE_HANDLE_KILLPRIV_V2).
         act!(self, req, reply, ino.0);
-        match self.do_write(fh, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_write(fh, offset, data));
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: Fh, _lock: LockOwner, reply: ReplyEmpty) {
@@ -304,45 +359,20 @@ impl Filesystem for VfolderFs {
         reply: ReplyEmpty,
     ) {
         metrics::request(FuseOp::Release);
-        if let Some(h) = self.handles.remove(fh.0)
-            && let Handle::File(f) = &*h
-            && self.passthrough
-        {
-            self.handles.release_mode(f);
-        }
+        self.do_release(fh);
         reply.ok();
     }
 
     fn fsync(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         metrics::request(FuseOp::Fsync);
         act!(self, req, reply, ino.0);
-        self.with_file_blocking(fh, reply, move |f| {
-            Ok(sys::fsync(f.fd()?.as_fd(), datasync)?)
-        });
+        self.offload(reply, self.do_fsync(fh, datasync));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         metrics::request(FuseOp::Opendir);
         act!(self, req, reply, ino.0);
-        match self.do_opendir(req, ino) {
-            Ok(fh) => {
-                // Listings of a writable vfolder change only through this
-                // mount, which tells the kernel; it also revalidates them by
-                // the directory's mtime. Others (being cloned into, moved)
-                // are read fresh every time.
-                let cache = match self.handles.get(fh).as_deref() {
-                    Some(Handle::Dir(DirHandle::Backing { vf, .. })) => vf.is_writable(),
-                    _ => false,
-                };
-                let flags = if cache {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(Fh(fh), flags)
-            }
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_opendir(req, ino));
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
@@ -351,10 +381,7 @@ impl Filesystem for VfolderFs {
         let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
             Ok(!reply.add(INodeNo(i), next, kind, name))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(r);
     }
 
     fn readdirplus(
@@ -367,10 +394,8 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Readdirplus);
         act!(self, req, reply, ino.0);
-        match self.do_readdirplus(ino, fh, offset, &mut reply) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.do_readdirplus(ino, fh, offset, &mut reply);
+        reply.answer(r);
     }
 
     fn releasedir(
@@ -382,50 +407,20 @@ impl Filesystem for VfolderFs {
         reply: ReplyEmpty,
     ) {
         metrics::request(FuseOp::Releasedir);
-        self.handles.remove(fh.0);
+        self.do_release(fh);
         reply.ok();
     }
 
     fn fsyncdir(&self, req: &Request, ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         metrics::request(FuseOp::Fsyncdir);
         act!(self, req, reply, ino.0);
-        match self.file(fh) {
-            Ok(h) => self.blocking.run(Self::as_current(move || {
-                let r = match &*h {
-                    Handle::Dir(DirHandle::Backing { fd, .. }) => {
-                        sys::fsync(fd.lock().as_fd(), datasync).map_err(FsError::from)
-                    }
-                    _ => Ok(()),
-                };
-                reply_empty(reply, r);
-            })),
-            Err(e) => reply.error(e.errno()),
-        }
+        self.offload(reply, self.do_fsyncdir(fh, datasync));
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         metrics::request(FuseOp::Statfs);
         act!(self, req, reply, ino.0);
-        let r = match self.node(ino) {
-            Ok(Node::Backing(i)) => i
-                .fd()
-                .and_then(|fd| sys::fstatvfs(fd.as_fd()))
-                .map_err(FsError::from),
-            _ => sys::fstatvfs(self.data.as_fd()).map_err(FsError::from),
-        };
-        match r {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_statfs(ino));
     }
 
     fn setxattr(
@@ -439,77 +434,40 @@ impl Filesystem for VfolderFs {
         reply: ReplyEmpty,
     ) {
         metrics::request(FuseOp::Setxattr);
-        if self.no_selinux && name == SELINUX_XATTR {
-            return reply.error(Errno::EOPNOTSUPP);
+        if self.is_absent_selinux(name) {
+            return reply.errno(Errno::EOPNOTSUPP);
         }
         act!(self, req, reply, ino.0);
-        let r = self.with_proc_path(ino, |i, p| {
-            let n = cname(name)?;
-            let _w = i.begin_write()?;
-            Ok(sys::setxattr(p, &n, value, flags)?)
-        });
-        reply_empty(reply, r);
+        reply.answer(self.do_setxattr(ino, name, value, flags));
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         metrics::request(FuseOp::Getxattr);
-        if self.no_selinux && name == SELINUX_XATTR {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        if matches!(ino.0, ROOT_INO | TRASH_INO) {
-            return reply.error(Errno::ENODATA);
-        }
-        if name == super::VFOLDER_ID_XATTR {
-            // Answered by the daemon only, never read from the backing.
-            return match self.inode(ino) {
-                Ok(i) if i.is_vf_root => Self::reply_xattr(reply, size, Ok(i.vf.id.clone().into())),
-                _ => reply.error(Errno::ENODATA),
-            };
+        if let Some(r) = self.early_getxattr(ino, name, size) {
+            return reply.answer(r);
         }
         act!(self, req, reply, ino.0);
-        let r = self.with_proc_path(ino, |_i, p| {
-            let n = cname(name)?;
-            if size == 0 {
-                let len = sys::getxattr(p, &n, &mut [])?;
-                return Ok(vec![0; len]);
-            }
-            let mut buf = vec![0u8; size as usize];
-            let len = sys::getxattr(p, &n, &mut buf)?;
-            buf.truncate(len);
-            Ok(buf)
-        });
-        Self::reply_xattr(reply, size, r);
+        reply.answer(self.do_getxattr(ino, name, size));
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         metrics::request(FuseOp::Listxattr);
-        if matches!(ino.0, ROOT_INO | TRASH_INO) {
-            return Self::reply_xattr(reply, size, Ok(Vec::new()));
+        if let Some(r) = self.early_listxattr(ino, size) {
+            return reply.answer(r);
         }
         act!(self, req, reply, ino.0);
-        let r = self.with_proc_path(ino, |_i, p| xattr_read(|b| sys::listxattr(p, b)));
-        Self::reply_xattr(reply, size, r);
+        reply.answer(self.do_listxattr(ino, size));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         metrics::request(FuseOp::Removexattr);
         act!(self, req, reply, ino.0);
-        let r = self.with_proc_path(ino, |i, p| {
-            let n = cname(name)?;
-            let _w = i.begin_write()?;
-            Ok(sys::removexattr(p, &n)?)
-        });
-        reply_empty(reply, r);
+        reply.answer(self.do_removexattr(ino, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         metrics::request(FuseOp::Access);
-        let r = match self.node(ino) {
-            Ok(Node::Backing(i)) if mask.contains(AccessFlags::W_OK) => i.begin_write().map(drop),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        reply_empty(reply, r);
+        reply.answer(self.do_access(ino, mask));
     }
 
     fn create(
@@ -524,16 +482,7 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Create);
         act!(self, req, reply, parent.0);
-        match self.do_create(parent, name, mode, flags) {
-            Ok((a, fh)) => reply.created(
-                &self.ttl_entry(parent.0),
-                &a,
-                Generation(0),
-                Fh(fh),
-                self.served_open_flags(flags),
-            ),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_create(parent, name, mode, flags));
     }
 
     fn fallocate(
@@ -548,10 +497,7 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Fallocate);
         act!(self, req, reply, ino.0);
-        self.with_file_blocking(fh, reply, move |f| {
-            let _w = f.inode.begin_write()?;
-            Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)
-        });
+        self.offload(reply, self.do_fallocate(fh, offset, length, mode));
     }
 
     fn lseek(
@@ -565,10 +511,7 @@ impl Filesystem for VfolderFs {
     ) {
         metrics::request(FuseOp::Lseek);
         act!(self, req, reply, ino.0);
-        match self.with_file(fh, |f| Ok(sys::lseek(f.fd()?.as_fd(), offset, whence)?)) {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply.answer(self.do_lseek(fh, offset, whence));
     }
 
     fn copy_file_range(
@@ -585,30 +528,18 @@ impl Filesystem for VfolderFs {
         reply: ReplyWrite,
     ) {
         metrics::request(FuseOp::CopyFileRange);
-        let (hin, hout) = match (self.file(fh_in), self.file(fh_out)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e.errno()),
-        };
-        act!(self, req, reply, ino_out.0);
-        self.blocking.run(Self::as_current(move || {
-            let r = (|| {
-                let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
-                    return Err(FsError::Invalid);
-                };
-                let _w = fout.inode.begin_write()?;
-                Ok(sys::copy_file_range(
-                    fin.fd()?.as_fd(),
-                    offset_in,
-                    fout.fd()?.as_fd(),
-                    offset_out,
-                    len,
-                    flags.bits() as u32,
-                )?)
-            })();
-            match r {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(e.errno()),
-            }
-        }));
+        // The handles are resolved before the caller's identity is taken on.
+        let job = self.do_copy_file_range(
+            fh_in,
+            offset_in,
+            fh_out,
+            offset_out,
+            len,
+            flags.bits() as u32,
+        );
+        if job.is_ok() {
+            act!(self, req, reply, ino_out.0);
+        }
+        self.offload(reply, job);
     }
 }

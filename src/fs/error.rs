@@ -43,6 +43,14 @@ pub enum FsError {
     MountInside,
     /// No such name, in a place where the kernel may cache the miss.
     CacheableMiss,
+    /// No such extended attribute (answered by the daemon: the virtual
+    /// directories, the vfolder id outside a vfolder's root).
+    NoAttribute,
+    /// Extended attributes of this kind are not supported here (the SELinux
+    /// label on a host without SELinux).
+    AttributeUnsupported,
+    /// The caller's buffer is too small for a value the daemon answers.
+    TooSmall,
 }
 
 impl FsError {
@@ -54,7 +62,15 @@ impl FsError {
         if let FsError::ReadOnly(s) = self {
             crate::metrics::counters::refused(*s);
         }
-        crate::metrics::counters::error(e.code());
+        // What the daemon answers about attributes by itself (no such
+        // attribute here, none of this kind, a buffer too small for the
+        // value it knows) is an answer, not a failed request.
+        if !matches!(
+            self,
+            FsError::NoAttribute | FsError::AttributeUnsupported | FsError::TooSmall
+        ) {
+            crate::metrics::counters::error(e.code());
+        }
         e
     }
 
@@ -98,6 +114,9 @@ impl FsError {
             FsError::Invalid => Errno::EINVAL,
             FsError::PassthroughBusy => Errno::ETXTBSY,
             FsError::MountInside => Errno::EACCES,
+            FsError::NoAttribute => Errno::ENODATA,
+            FsError::AttributeUnsupported => Errno::EOPNOTSUPP,
+            FsError::TooSmall => Errno::ERANGE,
         }
     }
 }

@@ -14,18 +14,18 @@ pub mod offload;
 mod readdir;
 pub mod root;
 pub mod vfolders;
+mod xattr;
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle as Fh, FopenFlags, Generation, INodeNo, OpenFlags, RenameFlags,
-    ReplyData, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
-    TimeOrNow,
+    AccessFlags, BackingId, FileAttr, FileHandle as Fh, FopenFlags, Generation, INodeNo, OpenFlags,
+    RenameFlags, ReplyDirectoryPlus, Request, TimeOrNow,
 };
 
 use crate::backing::creds;
@@ -127,19 +127,36 @@ fn cname(name: &OsStr) -> FsResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| FsError::Invalid)
 }
 
-fn reply_entry(reply: ReplyEntry, ttl: Duration, r: FsResult<FileAttr>) {
-    match r {
-        Ok(a) => reply.entry(&ttl, &a, Generation(0)),
-        Err(e) => reply.error(e.errno()),
-    }
+/// A name's entry for the kernel: its attributes and how long it may cache
+/// them.
+pub(crate) struct Entry {
+    /// How long the kernel may cache the name and attributes.
+    pub ttl: Duration,
+    /// The attributes (node id 0: a cached negative entry).
+    pub attr: FileAttr,
 }
 
-fn reply_empty(reply: ReplyEmpty, r: FsResult<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e.errno()),
-    }
+/// A file opened for the kernel.
+pub(crate) struct Opened {
+    /// The handle number.
+    pub fh: u64,
+    /// How the kernel treats the open.
+    pub flags: FopenFlags,
+    /// The inode's kernel-passthrough backing id, for a passthrough open.
+    pub backing: Option<Arc<BackingId>>,
 }
+
+/// A file created and opened for the kernel.
+pub(crate) struct Created {
+    /// The new name's entry.
+    pub entry: Entry,
+    /// The open handle.
+    pub opened: Opened,
+}
+
+/// A call that may block for long, made ready on the request thread (its
+/// handle resolved) and run on the blocking pool as the caller.
+pub(crate) type Job<T> = Box<dyn FnOnce() -> FsResult<T> + Send + 'static>;
 
 /// Where a node id lives.
 enum Node {
@@ -280,6 +297,45 @@ impl VfolderFs {
         }
     }
 
+    /// A lookup's answer: the entry, or a cached negative entry for a name
+    /// known to be missing.
+    fn do_lookup_entry(&self, parent: INodeNo, name: &OsStr) -> FsResult<Entry> {
+        match self.do_lookup(parent, name) {
+            // Node id 0 is a negative entry, cached for the entry TTL.
+            Err(FsError::CacheableMiss) => Ok(Entry {
+                ttl: self.ttl_negative(parent.0),
+                attr: attr::virtual_dir(0, 1, self.started),
+            }),
+            r => r.map(|attr| self.entry(parent, attr)),
+        }
+    }
+
+    /// The entry of a name in `parent` with these attributes.
+    fn entry(&self, parent: INodeNo, attr: FileAttr) -> Entry {
+        Entry {
+            ttl: self.ttl_entry(parent.0),
+            attr,
+        }
+    }
+
+    /// Attributes for the kernel: an open file answers for itself (it may be
+    /// unlinked already), anything else through its inode.
+    fn do_getattr_fh(&self, ino: INodeNo, fh: Option<Fh>) -> FsResult<(Duration, FileAttr)> {
+        let ttl = self.ttl_attr(ino.0);
+        if let Some(h) = fh.and_then(|f| self.file(f).ok())
+            && let Handle::File(f) = &*h
+            && let Ok(st) = f.fd().and_then(|fd| sys::fstat(fd.as_fd()))
+        {
+            return Ok((ttl, attr::from_stat(ino.0, &st)));
+        }
+        Ok((ttl, self.do_getattr(ino)?))
+    }
+
+    fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
+        let i = self.inode(ino)?;
+        Ok(sys::readlinkat(i.fd()?.as_fd(), sys::EMPTY)?)
+    }
+
     fn do_getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
         match self.node(ino)? {
             Node::Root => Ok(self.root_attr()),
@@ -352,57 +408,69 @@ impl VfolderFs {
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let r = (|| -> FsResult<(u64, Option<Arc<fuser::BackingId>>)> {
-            let i = self.inode(ino)?;
-            i.vf.check_readable()?;
-            let wants_write =
-                (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-            let _w = if wants_write {
-                Some(i.begin_write()?)
-            } else {
-                None
-            };
-            let oflags = Self::open_flags(flags.0);
-            let read_only = !wants_write || i.fmt != libc::S_IFREG;
-            // Opened as the caller on every open, also when the inode's
-            // backing id already exists: the backing filesystem checks the
-            // caller's rights, not the kernel's possibly stale cached mode.
-            let fd = i.open(oflags)?;
-            let mode = if self.passthrough && i.fmt == libc::S_IFREG {
-                // For a passthrough reader the fd only makes the inode's
-                // backing id; the kernel keeps it, the daemon does not.
-                self.handles
-                    .open_mode(i.nodeid, read_only, || {
-                        // Privileged step: FUSE_DEV_IOC_BACKING_OPEN demands
-                        // CAP_SYS_ADMIN; the file was opened as the caller.
-                        creds::with_caps(creds::cap::bit(creds::cap::SYS_ADMIN), || {
-                            reply.open_backing(&fd)
-                        })?
-                    })
-                    .map_err(|_| FsError::PassthroughBusy)?
-            } else {
-                IoMode::Served
-            };
-            let (fd, backing) = match mode {
-                IoMode::Passthrough(b) => (None, Some(b)),
-                IoMode::Served => (Some(fd), None),
-            };
-            i.vf.opens
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let fh = self.handles.insert(Handle::File(FileHandle {
-                fd,
-                inode: i.clone(),
-                vf: i.vf.clone(),
-                backing: backing.clone(),
-                nodeid: i.nodeid,
-            }));
-            Ok((fh, backing))
-        })();
-        match r {
-            Ok((fh, Some(b))) => reply.opened_passthrough(Fh(fh), FopenFlags::empty(), &b),
-            Ok((fh, None)) => reply.opened(Fh(fh), self.served_open_flags(flags.0)),
-            Err(e) => reply.error(e.errno()),
+    /// Opens a file for the kernel. A read-only open of a regular file
+    /// shares the inode's kernel-passthrough backing id, which `backing`
+    /// registers from an fd when the inode has none yet.
+    fn do_open(
+        &self,
+        ino: INodeNo,
+        flags: OpenFlags,
+        backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> FsResult<Opened> {
+        let i = self.inode(ino)?;
+        i.vf.check_readable()?;
+        let wants_write =
+            (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let _w = if wants_write {
+            Some(i.begin_write()?)
+        } else {
+            None
+        };
+        let oflags = Self::open_flags(flags.0);
+        let read_only = !wants_write || i.fmt != libc::S_IFREG;
+        // Opened as the caller on every open, also when the inode's
+        // backing id already exists: the backing filesystem checks the
+        // caller's rights, not the kernel's possibly stale cached mode.
+        let fd = i.open(oflags)?;
+        let mode = if self.passthrough && i.fmt == libc::S_IFREG {
+            // For a passthrough reader the fd only makes the inode's
+            // backing id; the kernel keeps it, the daemon does not.
+            self.handles
+                .open_mode(i.nodeid, read_only, || {
+                    // Privileged step: FUSE_DEV_IOC_BACKING_OPEN demands
+                    // CAP_SYS_ADMIN; the file was opened as the caller.
+                    creds::with_caps(creds::cap::bit(creds::cap::SYS_ADMIN), || {
+                        backing(fd.as_fd())
+                    })?
+                })
+                .map_err(|_| FsError::PassthroughBusy)?
+        } else {
+            IoMode::Served
+        };
+        let (fd, backing, flags) = match mode {
+            IoMode::Passthrough(b) => (None, Some(b), FopenFlags::empty()),
+            IoMode::Served => (Some(fd), None, self.served_open_flags(flags.0)),
+        };
+        i.vf.opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self.handles.insert(Handle::File(FileHandle {
+            fd,
+            inode: i.clone(),
+            vf: i.vf.clone(),
+            backing: backing.clone(),
+            nodeid: i.nodeid,
+        }));
+        Ok(Opened { fh, flags, backing })
+    }
+
+    /// Forgets a released file handle (and, with the last opener of an
+    /// inode, its passthrough backing id) or directory handle.
+    fn do_release(&self, fh: Fh) {
+        if let Some(h) = self.handles.remove(fh.0)
+            && let Handle::File(f) = &*h
+            && self.passthrough
+        {
+            self.handles.release_mode(f);
         }
     }
 
@@ -417,13 +485,7 @@ impl VfolderFs {
         }
     }
 
-    fn do_create(
-        &self,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        flags: i32,
-    ) -> FsResult<(FileAttr, u64)> {
+    fn do_create(&self, parent: INodeNo, name: &OsStr, mode: u32, flags: i32) -> FsResult<Created> {
         let p = self.writable_parent(parent)?;
         let n = cname(name)?;
         let _w = p.begin_write()?;
@@ -454,39 +516,33 @@ impl VfolderFs {
             backing: None,
             nodeid: attr.ino.0,
         }));
-        Ok((attr, fh))
+        Ok(Created {
+            entry: self.entry(parent, attr),
+            opened: Opened {
+                fh,
+                flags: self.served_open_flags(flags),
+                backing: None,
+            },
+        })
     }
 
-    /// Reads into this request thread's buffer (no allocation per read)
-    /// and replies from it.
-    fn do_read(&self, fh: Fh, offset: u64, size: u32, reply: ReplyData) {
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            let buf = &mut buf[..size as usize];
-            let r = self.with_file(fh, |f| {
-                let fd = f.fd()?;
-                let mut done = 0;
-                while done < buf.len() {
-                    let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
+    /// Reads from a daemon-served handle into `buf`; returns how many bytes
+    /// it read (fewer than asked only at the end of the file).
+    fn do_read(&self, fh: Fh, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        self.with_file(fh, |f| {
+            let fd = f.fd()?;
+            let mut done = 0;
+            while done < buf.len() {
+                let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
                 }
-                f.vf.bytes_read
-                    .fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
-                Ok(done)
-            });
-            match r {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(e.errno()),
+                done += n;
             }
-        });
+            f.vf.bytes_read
+                .fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(done)
+        })
     }
 
     fn do_write(&self, fh: Fh, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -515,23 +571,90 @@ impl VfolderFs {
         }
     }
 
-    /// [`Self::with_file`] for a call that may block for long: runs `f` on
-    /// the blocking pool and replies from there.
-    fn with_file_blocking(
+    /// [`Self::with_file`] for a call that may block for long: resolves the
+    /// handle here and returns the call to run on the blocking pool.
+    fn file_job<T: 'static>(
         &self,
         fh: Fh,
-        reply: ReplyEmpty,
-        f: impl FnOnce(&FileHandle) -> FsResult<()> + Send + 'static,
-    ) {
-        match self.file(fh) {
-            Ok(h) => self.blocking.run(Self::as_current(move || {
-                let r = match &*h {
-                    Handle::File(file) => f(file),
-                    Handle::Dir(_) => Err(FsError::Invalid),
-                };
-                reply_empty(reply, r);
-            })),
-            Err(e) => reply.error(e.errno()),
+        f: impl FnOnce(&FileHandle) -> FsResult<T> + Send + 'static,
+    ) -> FsResult<Job<T>> {
+        let h = self.file(fh)?;
+        Ok(Box::new(move || match &*h {
+            Handle::File(file) => f(file),
+            Handle::Dir(_) => Err(FsError::Invalid),
+        }))
+    }
+
+    fn do_fsync(&self, fh: Fh, datasync: bool) -> FsResult<Job<()>> {
+        self.file_job(fh, move |f| Ok(sys::fsync(f.fd()?.as_fd(), datasync)?))
+    }
+
+    fn do_fallocate(&self, fh: Fh, offset: u64, length: u64, mode: i32) -> FsResult<Job<()>> {
+        self.file_job(fh, move |f| {
+            let _w = f.inode.begin_write()?;
+            Ok(sys::fallocate(f.fd()?.as_fd(), mode, offset, length)?)
+        })
+    }
+
+    fn do_lseek(&self, fh: Fh, offset: i64, whence: i32) -> FsResult<i64> {
+        self.with_file(fh, |f| Ok(sys::lseek(f.fd()?.as_fd(), offset, whence)?))
+    }
+
+    /// Copies between two open files inside the backing filesystem (the
+    /// target's vfolder must be writable while it runs).
+    #[allow(clippy::too_many_arguments)]
+    fn do_copy_file_range(
+        &self,
+        fh_in: Fh,
+        offset_in: u64,
+        fh_out: Fh,
+        offset_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> FsResult<Job<u32>> {
+        let (hin, hout) = (self.file(fh_in)?, self.file(fh_out)?);
+        Ok(Box::new(move || {
+            let (Handle::File(fin), Handle::File(fout)) = (&*hin, &*hout) else {
+                return Err(FsError::Invalid);
+            };
+            let _w = fout.inode.begin_write()?;
+            let n = sys::copy_file_range(
+                fin.fd()?.as_fd(),
+                offset_in,
+                fout.fd()?.as_fd(),
+                offset_out,
+                len,
+                flags,
+            )?;
+            Ok(n as u32)
+        }))
+    }
+
+    fn do_fsyncdir(&self, fh: Fh, datasync: bool) -> FsResult<Job<()>> {
+        let h = self.file(fh)?;
+        Ok(Box::new(move || match &*h {
+            Handle::Dir(DirHandle::Backing { fd, .. }) => {
+                Ok(sys::fsync(fd.lock().as_fd(), datasync)?)
+            }
+            _ => Ok(()),
+        }))
+    }
+
+    /// The filesystem statistics of a vfolder's volume, or of the data
+    /// directory at the virtual top.
+    fn do_statfs(&self, ino: INodeNo) -> FsResult<libc::statvfs> {
+        Ok(match self.node(ino) {
+            Ok(Node::Backing(i)) => i.fd().and_then(|fd| sys::fstatvfs(fd.as_fd()))?,
+            _ => sys::fstatvfs(self.data.as_fd())?,
+        })
+    }
+
+    /// `access(2)`: the kernel checked the mode bits (`default_permissions`);
+    /// a check for writing also asks whether the vfolder may be changed.
+    fn do_access(&self, ino: INodeNo, mask: AccessFlags) -> FsResult<()> {
+        match self.node(ino)? {
+            Node::Backing(i) if mask.contains(AccessFlags::W_OK) => i.begin_write().map(drop),
+            _ => Ok(()),
         }
     }
 
@@ -557,7 +680,11 @@ impl VfolderFs {
         r.map_err(FsError::from)
     }
 
-    fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
+    /// Opens a directory. Listings of a writable vfolder change only through
+    /// this mount, which tells the kernel; it also revalidates them by the
+    /// directory's mtime: they are cached. Others (being cloned into, moved)
+    /// are read fresh every time.
+    fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<Opened> {
         let h = match self.node(ino)? {
             Node::Root => {
                 self.catch_up();
@@ -582,29 +709,17 @@ impl VfolderFs {
                 }
             }
         };
-        Ok(self.handles.insert(Handle::Dir(h)))
-    }
-
-    /// Runs `f` with the inode and a `/proc/self/fd` path reaching it (the
-    /// xattr calls have no `O_PATH`-fd form).
-    fn with_proc_path<T>(
-        &self,
-        ino: INodeNo,
-        f: impl FnOnce(&Inode, &CString) -> FsResult<T>,
-    ) -> FsResult<T> {
-        let i = self.inode(ino)?;
-        let fd = i.fd()?;
-        let path = sys::proc_fd_path(fd.as_fd());
-        f(&i, &path)
-    }
-
-    fn reply_xattr(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
-        match r {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(e.errno()),
-        }
+        let flags = match &h {
+            DirHandle::Backing { vf, .. } if vf.is_writable() => {
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+            }
+            _ => FopenFlags::empty(),
+        };
+        Ok(Opened {
+            fh: self.handles.insert(Handle::Dir(h)),
+            flags,
+            backing: None,
+        })
     }
 }
 
@@ -625,20 +740,4 @@ fn fail_lookup_for_test(name: &[u8]) -> bool {
     NAME.get_or_init(|| std::env::var_os(FAIL_LOOKUP_ENV).map(|v| v.as_bytes().to_vec()))
         .as_deref()
         == Some(name)
-}
-
-/// Calls a size-probing xattr function twice: once for the size, once for the data.
-fn xattr_read(mut f: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> FsResult<Vec<u8>> {
-    loop {
-        let n = f(&mut [])?;
-        let mut buf = vec![0u8; n];
-        match f(&mut buf) {
-            Ok(m) => {
-                buf.truncate(m);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
