@@ -134,6 +134,9 @@ impl MountArgs {
                 ..PoolConfig::default()
             },
         };
+        if m.io_uring {
+            a.fs.io_uring = Some(Default::default());
+        }
         if let Some(v) = &m.trash_retention {
             return Err(retention_is_store_wide(v));
         }
@@ -189,6 +192,7 @@ impl MountArgs {
                     }
                 }
                 "nopassthrough" => a.fs.passthrough = false,
+                "io_uring" => a.fs.io_uring = Some(Default::default()),
                 "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
                 "foreground" => a.foreground = true,
                 "log" => a.log_file = v.map(PathBuf::from),
@@ -276,6 +280,7 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
             allow_other: false,
             purge_workers: 2,
             trash_retention: None,
+            io_uring: false,
             options: opts,
         }),
     })
@@ -551,6 +556,7 @@ fn serve_inner(
     }
     let pool =
         Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
+    let uring = args.fs.io_uring.clone();
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
         .map_err(|e| MountError::Io("opening the data directory", e))?
         .with_purge_pool(pool.clone());
@@ -725,7 +731,18 @@ fn serve_inner(
             })
             .map_err(|e| MountError::Io("starting the notifier", e))?;
     }
-    let res = session.run();
+    // INIT is done: with io_uring granted, the rings serve beside the
+    // /dev/fuse loops (see `transport::uring`).
+    let res = match uring.filter(|u| u.granted()) {
+        Some(_) => {
+            let dev = session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+            session.run_with(move |d| crate::transport::uring::serve(d, dev))
+        }
+        None => session.run(),
+    };
     let t = std::time::Instant::now();
     pool.shutdown();
     log::debug!("pool stopped in {:?}", t.elapsed());

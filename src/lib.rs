@@ -36,6 +36,7 @@ pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod store;
+pub mod transport;
 pub mod volumes;
 pub mod watch_shared;
 pub mod workers;

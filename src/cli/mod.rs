@@ -398,6 +398,10 @@ pub struct MountCmd {
     /// (`vfolderfs retention DURATION`), which every mount follows.
     #[arg(long, hide = true)]
     pub trash_retention: Option<String>,
+    /// Serve requests over io_uring, one ring per CPU, when the kernel
+    /// allows it (`-o io_uring`); otherwise /dev/fuse, said in the log.
+    #[arg(long)]
+    pub io_uring: bool,
     /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
     /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
     #[arg(short = 'o', value_name = "OPTS")]
