@@ -320,7 +320,25 @@ impl Queue {
         for idx in 0..self.ents.len() {
             self.push(idx, CMD_REGISTER, 0);
         }
-        let mut first = true;
+        // Submitted without waiting: a refused registration comes back as
+        // an error completion below, a good one only with a request.
+        let n = self.pending.swap(0, Ordering::Relaxed);
+        // SAFETY: plain io_uring_enter on our ring, no argument.
+        if let Err(e) = unsafe { self.ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) } {
+            error!(
+                "io_uring: queue {}: registering: {e}; serving on /dev/fuse",
+                self.qid
+            );
+            return;
+        }
+        let n = started.fetch_add(1, Ordering::AcqRel) + 1;
+        if n as usize == queue_count() {
+            info!(
+                "io_uring: FUSE over io_uring negotiated, {n} queues of {QUEUE_DEPTH} \
+                 entries registered, one thread per CPU"
+            );
+            crate::metrics::counters::uring_queues(n as u64);
+        }
         let mut live = self.ents.len();
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(2 * QUEUE_DEPTH);
         let mut buf: Vec<u8> = Vec::with_capacity(IN_HEADER + OP_IN_SIZE + 64 * 1024);
@@ -342,19 +360,6 @@ impl Queue {
                         error!("io_uring: queue {}: {e}", self.qid);
                         return;
                     }
-                }
-            }
-            if first {
-                // The registrations went in with the first enter (a refused
-                // one comes back as an error below).
-                first = false;
-                let n = started.fetch_add(1, Ordering::AcqRel) + 1;
-                if n as usize == queue_count() {
-                    info!(
-                        "io_uring: FUSE over io_uring negotiated, {n} queues of {QUEUE_DEPTH} \
-                         entries registered, one thread per CPU"
-                    );
-                    crate::metrics::counters::uring_queues(n as u64);
                 }
             }
             done.clear();
