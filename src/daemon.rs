@@ -734,12 +734,12 @@ fn serve_inner(
     // INIT is done: with io_uring granted, the rings serve beside the
     // /dev/fuse loops (see `transport::uring`).
     let res = match uring.filter(|u| u.granted()) {
-        Some(_) => {
+        Some(u) => {
             let dev = session
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-            session.run_with(move |d| crate::transport::uring::serve(d, dev))
+            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
         }
         None => session.run(),
     };

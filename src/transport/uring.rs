@@ -24,8 +24,8 @@
 use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use fuser::{Dispatcher, Filesystem, InitFlags, KernelConfig, ReplySink};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -62,18 +62,41 @@ pub const QUEUE_DEPTH: usize = 16;
 pub const PAYLOAD: usize = 1 << 20;
 
 /// The transport a mount asked for and what INIT granted.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Negotiation {
     granted: AtomicBool,
+    /// The rings, made before INIT is answered: once the kernel granted
+    /// io_uring it holds every new request until all queues registered, so
+    /// a ring that cannot be made must be known before asking for it.
+    queues: Mutex<Vec<Arc<Queue>>>,
+}
+
+impl std::fmt::Debug for Negotiation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Negotiation {{ granted: {} }}", self.granted())
+    }
 }
 
 impl Negotiation {
-    /// Asks for `FUSE_OVER_IO_URING` in the INIT reply, or says in one log
-    /// line that the kernel does not offer it and the mount stays on
-    /// /dev/fuse.
+    /// Makes the rings and asks for `FUSE_OVER_IO_URING` in the INIT reply;
+    /// or says in one log line why the mount stays on /dev/fuse (the kernel
+    /// does not offer it, or the rings cannot be made here).
     pub fn negotiate(&self, config: &mut KernelConfig) {
+        let queues = match (0..queue_count())
+            .map(|q| Queue::new(q as u16).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(q) => q,
+            Err(e) => {
+                warn!("io_uring: cannot set up the rings ({e}); serving on /dev/fuse");
+                return;
+            }
+        };
         match config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
-            Ok(()) => self.granted.store(true, Ordering::Release),
+            Ok(()) => {
+                *self.queues.lock() = queues;
+                self.granted.store(true, Ordering::Release);
+            }
             Err(_) => warn!(
                 "io_uring: the kernel does not offer FUSE over io_uring \
                  (/sys/module/fuse/parameters/enable_uring is off); serving on /dev/fuse"
@@ -101,27 +124,22 @@ pub fn queue_count() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Serves requests on one ring per CPU until the connection ends. Runs on
-/// the thread fuser gives [`fuser::Session::run_with`]'s closure; `dev` is a
-/// duplicate of the session's /dev/fuse descriptor. A ring that cannot be
-/// set up is logged and leaves every request on /dev/fuse.
-pub fn serve<FS: Filesystem>(d: Dispatcher<FS>, dev: OwnedFd) -> io::Result<()> {
-    let n = queue_count();
+/// Serves requests on the rings [`Negotiation::negotiate`] made, one per
+/// CPU, until the connection ends. Runs on the thread fuser gives
+/// [`fuser::Session::run_with`]'s closure; `dev` is a duplicate of the
+/// session's /dev/fuse descriptor.
+pub fn serve<FS: Filesystem>(
+    d: Dispatcher<FS>,
+    dev: OwnedFd,
+    negotiated: &Negotiation,
+) -> io::Result<()> {
+    let queues = std::mem::take(&mut *negotiated.queues.lock());
     let dev = Arc::new(dev);
-    let mut queues = Vec::with_capacity(n);
-    for q in 0..n {
-        match Queue::new(q as u16, dev.clone()) {
-            Ok(queue) => queues.push(Arc::new(queue)),
-            Err(e) => {
-                error!("io_uring: setting up queue {q}: {e}; serving on /dev/fuse");
-                return Ok(());
-            }
-        }
-    }
     let d = Arc::new(d);
     let started = Arc::new(AtomicU32::new(0));
-    let mut threads = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(queues.len());
     for queue in queues {
+        let _ = queue.dev.set(dev.clone());
         let (d, started) = (d.clone(), started.clone());
         let t = std::thread::Builder::new()
             .name(format!("vfs-uring-{}", queue.qid))
@@ -220,7 +238,8 @@ thread_local! {
 struct Queue {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    dev: Arc<OwnedFd>,
+    /// The /dev/fuse descriptor the commands go to (set when serving starts).
+    dev: OnceLock<Arc<OwnedFd>>,
     /// Serialises pushes to the submission queue.
     sq: Mutex<()>,
     /// Commits pushed by the queue's own thread, not yet submitted.
@@ -229,7 +248,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn new(qid: u16, dev: Arc<OwnedFd>) -> io::Result<Queue> {
+    fn new(qid: u16) -> io::Result<Queue> {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(2 * QUEUE_DEPTH as u32)
             .build(QUEUE_DEPTH as u32)?;
@@ -259,7 +278,7 @@ impl Queue {
         Ok(Queue {
             qid,
             ring,
-            dev,
+            dev: OnceLock::new(),
             sq: Mutex::new(()),
             pending: AtomicU32::new(0),
             ents,
@@ -272,7 +291,8 @@ impl Queue {
         let mut cmd = [0u8; 80];
         cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
         cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
-        let mut b = opcode::UringCmd80::new(types::Fd(self.dev.as_raw_fd()), cmd_op).cmd(cmd);
+        let fd = self.dev.get().map_or(-1, |d| d.as_raw_fd());
+        let mut b = opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd);
         if cmd_op == CMD_REGISTER {
             b = b.addr(Some(self.ents[idx].iov.as_ptr() as u64));
         }
