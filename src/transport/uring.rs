@@ -55,11 +55,24 @@ const OUT_HEADER: usize = 16;
 /// Entries per queue: requests of one CPU that may wait for a reply at once
 /// (a request handed to the blocking pool keeps its entry until it replies).
 pub const QUEUE_DEPTH: usize = 16;
-/// An entry's payload buffer. The kernel refuses a smaller one than
+/// An entry's payload buffer, at least. The kernel refuses one smaller than
 /// `max(max_write, max_pages * PAGE_SIZE)`: the mount's `max_write` is 1 MiB
-/// (`fs::dispatch`, `init`) and `max_pages` at most 256 unless the fuse
-/// module's `max_pages_limit` was raised.
+/// (`fs::dispatch`, `init`) and `max_pages` at most the fuse module's
+/// `max_pages_limit` (256 pages by default); see [`payload_size`].
 pub const PAYLOAD: usize = 1 << 20;
+
+/// The payload buffer each entry gets: [`PAYLOAD`], or more when the fuse
+/// module's `max_pages_limit` was raised (the mapping is only touched as far
+/// as requests fill it).
+pub fn payload_size() -> usize {
+    let pages: usize = std::fs::read_to_string("/sys/module/fuse/parameters/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    PAYLOAD.max(pages.min(1 << 16) * page)
+}
 
 /// The transport a mount asked for and what INIT granted.
 #[derive(Default)]
@@ -253,10 +266,11 @@ impl Queue {
             .setup_cqsize(2 * QUEUE_DEPTH as u32)
             .build(QUEUE_DEPTH as u32)?;
         let page = 4096;
+        let payload_len = payload_size();
         let ents = (0..QUEUE_DEPTH)
             .map(|_| {
                 let header = Buf::new(page)?;
-                let payload = Buf::new(PAYLOAD)?;
+                let payload = Buf::new(payload_len)?;
                 let iov = Box::new([
                     libc::iovec {
                         iov_base: header.ptr.cast(),
@@ -264,7 +278,7 @@ impl Queue {
                     },
                     libc::iovec {
                         iov_base: payload.ptr.cast(),
-                        iov_len: PAYLOAD,
+                        iov_len: payload_len,
                     },
                 ]);
                 Ok(Ent {
@@ -406,10 +420,19 @@ impl Queue {
                     // The connection ended (unmount or abort).
                     libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV => live -= 1,
                     e => {
+                        // A refused registration leaves the kernel holding
+                        // new requests for a ring that will never be ready.
+                        let registering = self.ents[idx].commit_id.load(Ordering::Relaxed) == 0;
                         error!(
-                            "io_uring: queue {} entry {idx}: {}",
+                            "io_uring: queue {} entry {idx}: {}{}",
                             self.qid,
-                            io::Error::from_raw_os_error(e)
+                            io::Error::from_raw_os_error(e),
+                            if registering {
+                                " while registering: the kernel holds requests until every \
+                                 queue registered; unmount (umount -l) and mount without io_uring"
+                            } else {
+                                ""
+                            }
                         );
                         live -= 1;
                     }
@@ -433,7 +456,7 @@ impl Queue {
         let commit_id = u64_at(COMMIT_ID);
         ent.commit_id.store(commit_id, Ordering::Relaxed);
         let unique = u64_at(IN_OUT + 8);
-        let payload = (u32_at(PAYLOAD_SZ) as usize).min(PAYLOAD);
+        let payload = (u32_at(PAYLOAD_SZ) as usize).min(ent.payload.len);
         let sink = Arc::new(EntSink {
             queue: self.clone(),
             idx,
@@ -483,7 +506,7 @@ impl EntSink {
         let total: usize = data.iter().map(|s| s.len()).sum();
         let mut out = [0u8; OUT_HEADER];
         let (mut filled, mut off) = (0usize, 0usize);
-        let fits = total >= OUT_HEADER && total - OUT_HEADER <= PAYLOAD;
+        let fits = total >= OUT_HEADER && total - OUT_HEADER <= ent.payload.len;
         if fits {
             for s in data {
                 let mut s: &[u8] = s;
