@@ -1,12 +1,11 @@
-//! Running a mount: options, stale-mount recovery, going to the background
-//! once the mount is ready, the watcher that keeps the mount in step with
+//! Running a mount: the plain [`MountArgs`] it runs with (parsed from the
+//! command line in `cli/mount.rs`; nothing here knows the CLI), stale-mount
+//! recovery, going to the background once the mount is ready, the watcher that keeps the mount in step with
 //! the store, and clean shutdown on signals or `umount`.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +17,12 @@ use log::{error, info, warn};
 
 use crate::backing::sys;
 use crate::catalog::Catalog;
-use crate::cli::{Cli, Command, MountCmd};
 use crate::enforce::MountLease;
 use crate::fs::vfolders::{Inval, Registry, clock};
 use crate::fs::{FsConfig, VfolderFs};
 use std::os::fd::AsFd;
 
-use crate::fs::caching::{self, CacheConfig, Ttl};
+use crate::fs::caching;
 use crate::layout::Layout;
 use crate::mountinfo;
 use crate::service::kmount::KernelMount;
@@ -92,15 +90,6 @@ pub struct MountArgs {
     pub lease: Duration,
 }
 
-/// The refusal of a per-mount trash retention: one mount's setting used to
-/// purge the whole store's trash.
-fn retention_is_store_wide(v: &str) -> String {
-    format!(
-        "the trash retention is a store-wide setting, not a mount option: \
-         `vfolderfs retention {v}` sets it for every mount of the store"
-    )
-}
-
 /// Request loops by default: one per CPU (at least 2, at most 16). More
 /// loops than CPUs only add context switches; calls that may block for long
 /// run on a pool of their own (`fs::offload`).
@@ -109,181 +98,6 @@ pub fn default_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 16)
-}
-
-impl MountArgs {
-    /// Builds the arguments from the command line, parsing `-o` options.
-    pub fn from_cli(layout: Layout, m: &MountCmd) -> Result<MountArgs, String> {
-        let mut a = MountArgs {
-            layout,
-            mountpoint: m.mountpoint.clone(),
-            foreground: m.foreground,
-            threads: m.threads.max(1),
-            allow_other: m.allow_other,
-            suid: false,
-            dev: false,
-            read_only: false,
-            extra: Vec::new(),
-            fs: FsConfig::default(),
-            log_file: None,
-            metrics_file: None,
-            metrics_listen: None,
-            lease: crate::enforce::DEFAULT_LEASE,
-            purge: PoolConfig {
-                workers: m.purge_workers.max(1),
-                ..PoolConfig::default()
-            },
-        };
-        if m.io_uring {
-            a.fs.io_uring = Some(Default::default());
-        }
-        if let Some(v) = &m.trash_retention {
-            return Err(retention_is_store_wide(v));
-        }
-        for opt in m.options.iter().flat_map(|o| o.split(',')) {
-            let (k, v) = match opt.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (opt, None),
-            };
-            let num = |v: Option<&str>| -> Result<u64, String> {
-                v.and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("option {k} needs a number"))
-            };
-            if k.starts_with("x-") || k == "comment" {
-                // fstab annotations for systemd and others.
-                continue;
-            }
-            match k {
-                ""
-                | "relatime"
-                | "atime"
-                | "strictatime"
-                | "async"
-                | "defaults"
-                | "default_permissions"
-                | "auto"
-                | "noauto"
-                | "_netdev"
-                | "nofail"
-                | "user"
-                | "nouser" => {}
-                "ro" => a.read_only = true,
-                "rw" => a.read_only = false,
-                "allow_other" => a.allow_other = true,
-                "suid" => a.suid = true,
-                "nosuid" => a.suid = false,
-                "dev" => a.dev = true,
-                "nodev" => a.dev = false,
-                "noatime" => a.extra.push(MountOption::NoAtime),
-                "noexec" => a.extra.push(MountOption::NoExec),
-                "exec" => a.extra.push(MountOption::Exec),
-                "threads" => a.threads = num(v)?.clamp(1, 64) as usize,
-                "ttl" => {
-                    a.fs.cache =
-                        CacheConfig::all(Ttl::Fixed(Duration::from_millis(num(v)?.min(3_600_000))))
-                }
-                "attr_timeout" | "entry_timeout" | "negative_timeout" => {
-                    let t = Ttl::parse(v.unwrap_or_default())
-                        .map_err(|e| format!("option {k}: {e}"))?;
-                    match k {
-                        "attr_timeout" => a.fs.cache.attr = t,
-                        "entry_timeout" => a.fs.cache.entry = t,
-                        _ => a.fs.cache.negative = t,
-                    }
-                }
-                "nopassthrough" => a.fs.passthrough = false,
-                "io_uring" => a.fs.io_uring = Some(Default::default()),
-                "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
-                "foreground" => a.foreground = true,
-                "log" => a.log_file = v.map(PathBuf::from),
-                "metrics_file" => a.metrics_file = v.map(PathBuf::from),
-                "metrics_listen" => {
-                    a.metrics_listen =
-                        Some(crate::metrics::export::parse_listen(v.unwrap_or_default())?)
-                }
-                "purge_workers" => a.purge.workers = num(v)?.clamp(1, 64) as usize,
-                "trash_retention" => return Err(retention_is_store_wide(v.unwrap_or_default())),
-                "lease" => {
-                    let d = humantime::parse_duration(v.unwrap_or_default())
-                        .map_err(|e| format!("option lease: {e}"))?;
-                    if d < Duration::from_millis(200) || d > Duration::from_secs(3600) {
-                        return Err("option lease must be between 200ms and 1h".into());
-                    }
-                    a.lease = d;
-                }
-                other => return Err(format!("unknown mount option {other:?}")),
-            }
-        }
-        Ok(a)
-    }
-}
-
-/// Whether `vfolderfs` was called as a mount helper, `vfolderfs STORE
-/// MOUNTPOINT [-o OPTS]`: so mount.fuse3 runs it for `mount -t
-/// fuse.vfolderfs STORE MOUNTPOINT` and `vfolderfs#STORE` fstab lines. The
-/// first argument is then a path (it has a `/`), never a subcommand name.
-pub fn is_helper_call(args: &[OsString]) -> bool {
-    args.get(1)
-        .is_some_and(|a| !a.as_bytes().starts_with(b"-") && a.as_bytes().contains(&b'/'))
-}
-
-/// Parses the arguments of `mount.vfolderfs STORE MOUNTPOINT [-o OPTS]`, as
-/// mount(8) calls a helper.
-pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
-    let mut pos = Vec::new();
-    let mut opts = Vec::new();
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_bytes() {
-            b"-o" => opts.push(
-                it.next()
-                    .ok_or("-o needs options")?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            b"-s" | b"-n" | b"-v" => {}
-            b"-f" => opts.push("foreground".into()),
-            b"-t" => {
-                it.next();
-            }
-            _ => pos.push(PathBuf::from(a)),
-        }
-    }
-    let [store, mountpoint] = <[PathBuf; 2]>::try_from(pos)
-        .map_err(|_| "usage: mount.vfolderfs STORE MOUNTPOINT [-o OPTIONS]".to_string())?;
-    // `data=DIR`: the data directory of a PostgreSQL store (`--data`).
-    let mut data = None;
-    let opts: Vec<String> = opts
-        .iter()
-        .map(|o| {
-            o.split(',')
-                .filter(|kv| match kv.strip_prefix("data=") {
-                    Some(d) => {
-                        data = Some(PathBuf::from(d));
-                        false
-                    }
-                    None => true,
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .filter(|o| !o.is_empty())
-        .collect();
-    Ok(Cli {
-        store: Some(store),
-        data,
-        confirm_timeout: crate::enforce::DEFAULT_CONFIRM_TIMEOUT,
-        command: Command::Mount(MountCmd {
-            mountpoint,
-            foreground: false,
-            threads: default_threads(),
-            allow_other: false,
-            purge_workers: 2,
-            trash_retention: None,
-            io_uring: false,
-            options: opts,
-        }),
-    })
 }
 
 /// Errors of running a mount.
@@ -518,6 +332,167 @@ fn serve_inner(
         me.caps
     );
     let sigset = block_signals();
+    let (cat, store_id, reg, lease) = register(args)?;
+    let pool =
+        Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
+    let uring = args.fs.io_uring.clone();
+    let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
+        .map_err(|e| MountError::Io("opening the data directory", e))?
+        .with_purge_pool(pool.clone());
+
+    let (kmount, config) = mount_config(args);
+    let mut session = start_session(args, fs, &kmount, config)?;
+    let notifier = session.notifier();
+    // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
+    let dev = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+    let unmounter = session.unmount_callable();
+    let stop = Arc::new(AtomicBool::new(false));
+    caching::probe_epoch(&reg, dev.as_fd());
+    let lapse_guard = spawn_lapse_guard(&reg, &notifier, &dev, &stop)?;
+    let watcher = spawn_watcher(args, &cat, &reg, store_id, (notifier, dev), &stop, lease)?;
+    spawn_signal_thread(args, sigset, unmounter)?;
+    let exporters = crate::metrics::export::start(
+        args.metrics_file.clone(),
+        args.metrics_listen.clone(),
+        reg.clone(),
+        pool.clone(),
+        cat.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| {
+        let _ = unmount(&args.mountpoint);
+        MountError::Io("starting the metrics", e)
+    })?;
+    let janitor = {
+        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
+        let mp = args.mountpoint.clone();
+        thread::Builder::new()
+            .name("vfolderfs-janitor".into())
+            .spawn(move || janitor(&cat, &reg, &stop, &mp))
+            .map_err(|e| MountError::Io("starting the janitor", e))?
+    };
+    info!(
+        "mounted {} on {}{}",
+        args.layout.root().display(),
+        args.mountpoint.display(),
+        if args.read_only { " (read-only)" } else { "" }
+    );
+    report(Ok(()));
+    if std::env::var_os(crate::service::notify::ENV).is_some() {
+        spawn_notifier(args)?;
+    }
+    // INIT is done: with io_uring granted, the rings serve beside the
+    // /dev/fuse loops (see `transport::uring`).
+    let res = match uring.filter(|u| u.granted()) {
+        Some(u) => {
+            let dev = session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
+        }
+        None => session.run(),
+    };
+    let t = std::time::Instant::now();
+    pool.shutdown();
+    log::debug!("pool stopped in {:?}", t.elapsed());
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    let _ = lapse_guard.join();
+    log::debug!("watcher stopped in {:?}", t.elapsed());
+    let _ = janitor.join();
+    log::debug!("janitor stopped in {:?}", t.elapsed());
+    for e in exporters {
+        let _ = e.join();
+    }
+    info!("unmounted {}", args.mountpoint.display());
+    res.map_err(|e| MountError::Io("serving", e))
+}
+
+/// Mounts and starts the FUSE session: the kernel mount typed
+/// `fuse.vfolderfs` when this process may call mount(2), else through
+/// fuser and fusermount.
+fn start_session(
+    args: &MountArgs,
+    fs: VfolderFs,
+    kmount: &KernelMount,
+    config: Config,
+) -> Result<Session<VfolderFs>, MountError> {
+    // Mounted here as `fuse.vfolderfs`; without the privilege for mount(2),
+    // through fuser and fusermount (then shown as plain `fuse`).
+    let session = match kmount.mount(&args.mountpoint) {
+        Ok(dev) => {
+            let acl = config.acl;
+            Session::from_fd(fs, dev, acl, config).map_err(|e| {
+                let _ = unmount(&args.mountpoint);
+                MountError::Io("starting the session", e)
+            })?
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Session::new(fs, &args.mountpoint, &config)
+                .map_err(|e| MountError::Io("mounting", e))?
+        }
+        Err(e) => return Err(MountError::Io("mounting", e)),
+    };
+    Ok(session)
+}
+
+/// Starts the thread that drops the kernel's caches when this mount's
+/// lease lapses (see [`caching::guard_lapse`]).
+fn spawn_lapse_guard(
+    reg: &Arc<Registry>,
+    notifier: &Notifier,
+    dev: &std::os::fd::OwnedFd,
+    stop: &Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, MountError> {
+    let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
+    let dev = dev
+        .try_clone()
+        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+    thread::Builder::new()
+        .name("vfolderfs-lapse".into())
+        .spawn(move || caching::guard_lapse(&reg, &notifier, dev.as_fd(), &stop))
+        .map_err(|e| MountError::Io("starting the lease guard", e))
+}
+
+/// Starts the watcher: [`watch`] for a SQLite store, or
+/// [`crate::watch_shared::watch`] for a PostgreSQL one.
+fn spawn_watcher(
+    args: &MountArgs,
+    cat: &Arc<Catalog>,
+    reg: &Arc<Registry>,
+    store_id: String,
+    (notifier, dev): (Notifier, std::os::fd::OwnedFd),
+    stop: &Arc<AtomicBool>,
+    lease: MountLease,
+) -> Result<thread::JoinHandle<()>, MountError> {
+    let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
+    let shared = args
+        .layout
+        .database()
+        .is_some()
+        .then(|| cat.store().clone());
+    thread::Builder::new()
+        .name("vfolderfs-watch".into())
+        .spawn(move || match shared {
+            Some(s) => {
+                crate::watch_shared::watch(s, &store_id, &reg, (&notifier, &dev), &stop, lease)
+            }
+            None => watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease),
+        })
+        .map_err(|e| MountError::Io("starting the watcher", e))
+}
+
+/// Opens the store, registers this mount in it and reads every vfolder
+/// (recorded before the first read: a change made after that read began
+/// waits for this mount's confirmation, one made before is in the read);
+/// then waits until another live mount of the store knows of this one.
+fn register(
+    args: &MountArgs,
+) -> Result<(Arc<Catalog>, String, Arc<Registry>, MountLease), MountError> {
     let cat = Arc::new(Catalog::open(args.layout.clone()).map_err(MountError::Store)?);
     // The watcher serves from this store only, never from a database put in its place.
     let store_id = cat
@@ -530,8 +505,6 @@ fn serve_inner(
             ))
         })?;
     let reg = Arc::new(Registry::new());
-    // Recorded before the first read: a change made after that read began
-    // waits for this mount's confirmation, one made before is in the read.
     let mut lease = MountLease::new(&args.mountpoint.display().to_string(), args.lease);
     lease
         .register(cat.store().as_ref(), &reg)
@@ -554,13 +527,12 @@ fn serve_inner(
             unseen.join("; ")
         );
     }
-    let pool =
-        Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
-    let uring = args.fs.io_uring.clone();
-    let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
-        .map_err(|e| MountError::Io("opening the data directory", e))?
-        .with_purge_pool(pool.clone());
+    Ok((cat, store_id, reg, lease))
+}
 
+/// The kernel mount (as `fuse.vfolderfs`) and fuser's configuration for
+/// `args`.
+fn mount_config(args: &MountArgs) -> (KernelMount, Config) {
     let kmount = KernelMount {
         source: args.layout.root().display().to_string(),
         allow_other: args.allow_other,
@@ -598,165 +570,68 @@ fn serve_inner(
     };
     config.n_threads = Some(args.threads);
     config.clone_fd = true;
+    (kmount, config)
+}
 
-    // Mounted here as `fuse.vfolderfs`; without the privilege for mount(2),
-    // through fuser and fusermount (then shown as plain `fuse`).
-    let mut session = match kmount.mount(&args.mountpoint) {
-        Ok(dev) => {
-            let acl = config.acl;
-            Session::from_fd(fs, dev, acl, config).map_err(|e| {
-                let _ = unmount(&args.mountpoint);
-                MountError::Io("starting the session", e)
-            })?
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            Session::new(fs, &args.mountpoint, &config)
-                .map_err(|e| MountError::Io("mounting", e))?
-        }
-        Err(e) => return Err(MountError::Io("mounting", e)),
+/// Starts the thread that waits for the blocked signals: SIGHUP reopens
+/// the log file; SIGTERM, SIGINT or SIGQUIT unmounts (lazily if busy).
+fn spawn_signal_thread(
+    args: &MountArgs,
+    sigset: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+) -> Result<(), MountError> {
+    let mp = args.mountpoint.clone();
+    let log = if args.foreground {
+        None
+    } else {
+        args.log_file.clone()
     };
-    let notifier = session.notifier();
-    // For the notification fuser does not send (FUSE_NOTIFY_INC_EPOCH).
-    let dev = session
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-    let mut unmounter = session.unmount_callable();
-    let stop = Arc::new(AtomicBool::new(false));
-    caching::probe_epoch(&reg, dev.as_fd());
-    let lapse_guard = {
-        let (reg, stop, notifier) = (reg.clone(), stop.clone(), notifier.clone());
-        let dev = dev
-            .try_clone()
-            .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-        thread::Builder::new()
-            .name("vfolderfs-lapse".into())
-            .spawn(move || caching::guard_lapse(&reg, &notifier, dev.as_fd(), &stop))
-            .map_err(|e| MountError::Io("starting the lease guard", e))?
-    };
-    let watcher = {
-        let (reg, stop, db) = (reg.clone(), stop.clone(), args.layout.db_path());
-        let shared = args
-            .layout
-            .database()
-            .is_some()
-            .then(|| cat.store().clone());
-        thread::Builder::new()
-            .name("vfolderfs-watch".into())
-            .spawn(move || match shared {
-                Some(s) => {
-                    crate::watch_shared::watch(s, &store_id, &reg, (&notifier, &dev), &stop, lease)
+    thread::Builder::new()
+        .name("vfolderfs-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            loop {
+                // SAFETY: sigset holds the signals blocked in every thread.
+                unsafe { libc::sigwait(&sigset, &mut sig) };
+                if sig != libc::SIGHUP {
+                    break;
                 }
-                None => watch(&db, &store_id, &reg, (&notifier, &dev), &stop, lease),
-            })
-            .map_err(|e| MountError::Io("starting the watcher", e))?
-    };
-    {
-        let mp = args.mountpoint.clone();
-        let log = if args.foreground {
-            None
-        } else {
-            args.log_file.clone()
-        };
-        thread::Builder::new()
-            .name("vfolderfs-signals".into())
-            .spawn(move || {
-                let mut sig = 0;
-                loop {
-                    // SAFETY: sigset holds the signals blocked in every thread.
-                    unsafe { libc::sigwait(&sigset, &mut sig) };
-                    if sig != libc::SIGHUP {
-                        break;
-                    }
-                    // SIGHUP: reopen the log file (after a rotation).
-                    match &log {
-                        Some(p) => match LogFile::check(p).and_then(|l| l.redirect_stderr()) {
-                            Ok(()) => info!("SIGHUP: reopened the log file {}", p.display()),
-                            Err(e) => error!("SIGHUP: {e}"),
-                        },
-                        None => info!("SIGHUP: no log file to reopen"),
-                    }
+                // SIGHUP: reopen the log file (after a rotation).
+                match &log {
+                    Some(p) => match LogFile::check(p).and_then(|l| l.redirect_stderr()) {
+                        Ok(()) => info!("SIGHUP: reopened the log file {}", p.display()),
+                        Err(e) => error!("SIGHUP: {e}"),
+                    },
+                    None => info!("SIGHUP: no log file to reopen"),
                 }
-                info!("signal {sig}: unmounting {}", mp.display());
-                crate::service::notify::stopping();
-                // A plain unmount; if busy, a lazy one.
-                if (unmounter.unmount().is_err() || is_mounted_here(&mp))
-                    && let Err(e) = unmount(&mp)
-                {
-                    error!("unmounting {}: {e}", mp.display());
-                }
-            })
-            .map_err(|e| MountError::Io("starting the signal thread", e))?;
-    }
-    let exporters = crate::metrics::export::start(
-        args.metrics_file.clone(),
-        args.metrics_listen.clone(),
-        reg.clone(),
-        pool.clone(),
-        cat.clone(),
-        stop.clone(),
-    )
-    .map_err(|e| {
-        let _ = unmount(&args.mountpoint);
-        MountError::Io("starting the metrics", e)
-    })?;
-    let janitor = {
-        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
-        let mp = args.mountpoint.clone();
-        thread::Builder::new()
-            .name("vfolderfs-janitor".into())
-            .spawn(move || janitor(&cat, &reg, &stop, &mp))
-            .map_err(|e| MountError::Io("starting the janitor", e))?
-    };
-    info!(
-        "mounted {} on {}{}",
-        args.layout.root().display(),
-        args.mountpoint.display(),
-        if args.read_only { " (read-only)" } else { "" }
+            }
+            info!("signal {sig}: unmounting {}", mp.display());
+            crate::service::notify::stopping();
+            // A plain unmount; if busy, a lazy one.
+            if (unmounter.unmount().is_err() || is_mounted_here(&mp))
+                && let Err(e) = unmount(&mp)
+            {
+                error!("unmounting {}: {e}", mp.display());
+            }
+        })
+        .map_err(|e| MountError::Io("starting the signal thread", e))?;
+    Ok(())
+}
+
+/// Tells systemd the mount is ready once it answers a request.
+fn spawn_notifier(args: &MountArgs) -> Result<(), MountError> {
+    let (mp, root) = (
+        args.mountpoint.clone(),
+        args.layout.root().display().to_string(),
     );
-    report(Ok(()));
-    if std::env::var_os(crate::service::notify::ENV).is_some() {
-        // Ready for systemd once the mount answers a request.
-        let (mp, root) = (
-            args.mountpoint.clone(),
-            args.layout.root().display().to_string(),
-        );
-        thread::Builder::new()
-            .name("vfolderfs-notify".into())
-            .spawn(move || match std::fs::metadata(&mp) {
-                Ok(_) => {
-                    crate::service::notify::ready(&format!("serving {root} on {}", mp.display()))
-                }
-                Err(e) => error!("the mount does not answer: {e}"),
-            })
-            .map_err(|e| MountError::Io("starting the notifier", e))?;
-    }
-    // INIT is done: with io_uring granted, the rings serve beside the
-    // /dev/fuse loops (see `transport::uring`).
-    let res = match uring.filter(|u| u.granted()) {
-        Some(u) => {
-            let dev = session
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
-        }
-        None => session.run(),
-    };
-    let t = std::time::Instant::now();
-    pool.shutdown();
-    log::debug!("pool stopped in {:?}", t.elapsed());
-    stop.store(true, Ordering::Release);
-    let _ = watcher.join();
-    let _ = lapse_guard.join();
-    log::debug!("watcher stopped in {:?}", t.elapsed());
-    let _ = janitor.join();
-    log::debug!("janitor stopped in {:?}", t.elapsed());
-    for e in exporters {
-        let _ = e.join();
-    }
-    info!("unmounted {}", args.mountpoint.display());
-    res.map_err(|e| MountError::Io("serving", e))
+    thread::Builder::new()
+        .name("vfolderfs-notify".into())
+        .spawn(move || match std::fs::metadata(&mp) {
+            Ok(_) => crate::service::notify::ready(&format!("serving {root} on {}", mp.display())),
+            Err(e) => error!("the mount does not answer: {e}"),
+        })
+        .map_err(|e| MountError::Io("starting the notifier", e))?;
+    Ok(())
 }
 
 /// Periodic chores: pruning stale attachments of this namespace,
@@ -873,100 +748,26 @@ fn watch(
     stop: &AtomicBool,
     mut lease: MountLease,
 ) {
-    let mut store: Option<(SqliteStore, (u64, u64))> = None;
-    let mut last = None;
-    let mut last_full = std::time::Instant::now();
-    let mut last_check = std::time::Instant::now();
-    let hold = std::env::var_os(WATCHER_HOLD_ENV).map(std::path::PathBuf::from);
+    let mut w = Watcher {
+        db,
+        store_id,
+        store: None,
+        last: None,
+        last_full: std::time::Instant::now(),
+        last_check: std::time::Instant::now(),
+        hold: std::env::var_os(WATCHER_HOLD_ENV).map(std::path::PathBuf::from),
+    };
     while !stop.load(Ordering::Acquire) {
         // Test hook: a watcher that cannot run (its process stopped, its
         // store read hung), without stopping a FUSE daemon, which would hang
         // every process that looks at it.
-        if let Some(h) = &hold
+        if let Some(h) = &w.hold
             && h.exists()
         {
             thread::sleep(POLL_INTERVAL);
             continue;
         }
-        // What this pass confirms is the store as read from here on.
-        let began = clock();
-        let step = (|| {
-            if store.is_some() && last_check.elapsed() >= HEALTH_CHECK {
-                last_check = std::time::Instant::now();
-                let same = store
-                    .as_ref()
-                    .is_some_and(|(_, id)| file_id(db).ok() == Some(*id));
-                if !same {
-                    // Replaced or gone: reopen below (or fail closed).
-                    store = None;
-                } else {
-                    let fresh = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
-                    fresh.check_readable()?;
-                    check_store_id(&fresh, db, store_id)?;
-                }
-            }
-            let mut full = last_full.elapsed() >= FULL_REFRESH;
-            if store.is_none() {
-                let id = file_id(db)
-                    .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
-                let s = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
-                check_store_id(&s, db, store_id)?;
-                store = Some((s, id));
-                last_check = std::time::Instant::now();
-                full = true;
-            }
-            let (s, _) = store.as_ref().expect("opened above");
-            let tok = s.change_token()?;
-            if full || last != Some(tok) {
-                if full {
-                    reg.refresh(s)?;
-                } else {
-                    reg.sync(s)?;
-                }
-                last = Some(tok);
-                if full {
-                    last_full = std::time::Instant::now();
-                }
-            }
-            // Confirms what is applied and drained (when that changed, and
-            // to keep the lease); a lapsed lease means this mount may have
-            // missed changes others no longer wait for: reread everything
-            // before registering again.
-            match lease.confirm(s, reg, began) {
-                Ok(true) => {}
-                Ok(false) => {
-                    warn!(
-                        "this mount's lease lapsed: rereading the store before serving writes again"
-                    );
-                    // Live again first, then the read, then its
-                    // confirmation: a change a command committed while this
-                    // mount was counted gone is in the read (see
-                    // `MountLease::register`).
-                    lease.register(s, reg)?;
-                    let again = clock();
-                    reg.refresh(s)?;
-                    if let Some(h) = &hold {
-                        // Test hook: held between the reread and its
-                        // confirmation while `HOLD.reread` exists.
-                        let mut p = h.clone().into_os_string();
-                        p.push(".reread");
-                        while std::path::Path::new(&p).exists() && !stop.load(Ordering::Acquire) {
-                            thread::sleep(POLL_INTERVAL);
-                        }
-                    }
-                    // Lapsed again already (a starved host): the next
-                    // pass starts over; writes stay refused meanwhile.
-                    lease.confirm(s, reg, again)?;
-                }
-                // Locked by a long transaction: the view read above is
-                // current, but cannot be confirmed; the lease runs on, and
-                // past it writes are refused.
-                Err(e) if e.is_busy() => log::debug!("confirming this mount's view: {e}"),
-                Err(e) => return Err(e),
-            }
-            Ok::<(), crate::store::StoreError>(())
-        })();
-        match step {
+        match w.pass(reg, &mut lease, stop) {
             Ok(()) => {
                 crate::metrics::counters::store_ok(crate::store::sqlite::now_millis());
                 if reg.set_healthy(true) {
@@ -974,7 +775,7 @@ fn watch(
                 }
             }
             Err(e) => {
-                store = None;
+                w.store = None;
                 if reg.set_healthy(false) {
                     error!("store unavailable, refusing writes until it recovers: {e}");
                 }
@@ -984,7 +785,7 @@ fn watch(
         thread::sleep(POLL_INTERVAL);
     }
     // A clean unmount: no command waits for this mount any more.
-    let gone = match &store {
+    let gone = match &w.store {
         Some((s, _)) => lease.remove(s),
         None => SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT).and_then(|s| {
             check_store_id(&s, db, store_id)?;
@@ -996,35 +797,115 @@ fn watch(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::ffi::OsString;
-    use std::path::Path;
+/// The SQLite watcher's state between passes (see [`watch`]).
+struct Watcher<'a> {
+    db: &'a Path,
+    store_id: &'a str,
+    /// The connection it reads through, and the (device, inode) of the
+    /// database file it opened; None after a failure (reopened next pass).
+    store: Option<(SqliteStore, (u64, u64))>,
+    /// The change token last applied.
+    last: Option<u64>,
+    last_full: std::time::Instant,
+    last_check: std::time::Instant,
+    /// [`WATCHER_HOLD_ENV`], if set.
+    hold: Option<PathBuf>,
+}
 
-    use crate::cli::Command;
-
-    #[test]
-    fn the_fstab_helper_takes_data_for_a_postgres_store() {
-        let args: Vec<OsString> = [
-            "mount.vfolderfs",
-            "postgres://u@h/db?sslmode=verify-full",
-            "/mnt/v",
-            "-o",
-            "rw,data=/shared/v,allow_other",
-        ]
-        .map(OsString::from)
-        .to_vec();
-        let cli = super::helper_args(&args).unwrap();
-        assert_eq!(cli.data.as_deref(), Some(Path::new("/shared/v")));
-        let layout = crate::layout::Layout::resolve(cli.store.as_deref(), cli.data.as_deref());
-        assert_eq!(
-            layout.database(),
-            Some("postgres://u@h/db?sslmode=verify-full")
-        );
-        assert_eq!(layout.data_dir(), Path::new("/shared/v/data"));
-        match cli.command {
-            Command::Mount(m) => assert_eq!(m.options, ["rw,allow_other"]),
-            other => panic!("{other:?}"),
+impl Watcher<'_> {
+    /// One pass: the health check when due, (re)opening the store, applying
+    /// what changed, and confirming the view (which keeps the lease).
+    fn pass(
+        &mut self,
+        reg: &Registry,
+        lease: &mut MountLease,
+        stop: &AtomicBool,
+    ) -> crate::store::Result<()> {
+        // What this pass confirms is the store as read from here on.
+        let began = clock();
+        let (db, store_id) = (self.db, self.store_id);
+        if self.store.is_some() && self.last_check.elapsed() >= HEALTH_CHECK {
+            self.last_check = std::time::Instant::now();
+            let same = self
+                .store
+                .as_ref()
+                .is_some_and(|(_, id)| file_id(db).ok() == Some(*id));
+            if !same {
+                // Replaced or gone: reopen below (or fail closed).
+                self.store = None;
+            } else {
+                let fresh = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+                fresh.check_readable()?;
+                check_store_id(&fresh, db, store_id)?;
+            }
+        }
+        let mut full = self.last_full.elapsed() >= FULL_REFRESH;
+        if self.store.is_none() {
+            let id = file_id(db)
+                .map_err(|e| crate::store::StoreError::Io(db.display().to_string(), e))?;
+            let s = SqliteStore::open_existing(db, WATCH_BUSY_TIMEOUT)?;
+            check_store_id(&s, db, store_id)?;
+            self.store = Some((s, id));
+            self.last_check = std::time::Instant::now();
+            full = true;
+        }
+        let (s, _) = self.store.as_ref().expect("opened above");
+        let tok = s.change_token()?;
+        if full || self.last != Some(tok) {
+            if full {
+                reg.refresh(s)?;
+                self.last_full = std::time::Instant::now();
+            } else {
+                reg.sync(s)?;
+            }
+            self.last = Some(tok);
+        }
+        // Confirms what is applied and drained (when that changed, and
+        // to keep the lease); a lapsed lease means this mount may have
+        // missed changes others no longer wait for: reread everything
+        // before registering again.
+        match lease.confirm(s, reg, began) {
+            Ok(true) => Ok(()),
+            Ok(false) => reread_after_lapse(s, reg, lease, self.hold.as_deref(), stop),
+            // Locked by a long transaction: the view read above is
+            // current, but cannot be confirmed; the lease runs on, and
+            // past it writes are refused.
+            Err(e) if e.is_busy() => {
+                log::debug!("confirming this mount's view: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
+}
+
+/// This mount's lease lapsed: registers again, rereads everything, then
+/// confirms that read. `hold` is the [`WATCHER_HOLD_ENV`] test hook.
+fn reread_after_lapse(
+    s: &SqliteStore,
+    reg: &Registry,
+    lease: &mut MountLease,
+    hold: Option<&Path>,
+    stop: &AtomicBool,
+) -> crate::store::Result<()> {
+    warn!("this mount's lease lapsed: rereading the store before serving writes again");
+    // Live again first, then the read, then its confirmation: a change a
+    // command committed while this mount was counted gone is in the read
+    // (see `MountLease::register`).
+    lease.register(s, reg)?;
+    let again = clock();
+    reg.refresh(s)?;
+    if let Some(h) = hold {
+        // Test hook: held between the reread and its confirmation while
+        // `HOLD.reread` exists.
+        let mut p = h.as_os_str().to_owned();
+        p.push(".reread");
+        while Path::new(&p).exists() && !stop.load(Ordering::Acquire) {
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+    // Lapsed again already (a starved host): the next pass starts over;
+    // writes stay refused meanwhile.
+    lease.confirm(s, reg, again)?;
+    Ok(())
 }

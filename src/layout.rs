@@ -85,8 +85,13 @@ impl Layout {
     /// A vfolder's backing directory relative to [`Layout::data_dir`]:
     /// `3f/3f2a…`, sharded by the id's first two hex digits.
     pub fn relative_path(id: &str) -> PathBuf {
-        let shard = id.get(..2).unwrap_or(id);
-        Path::new(shard).join(id)
+        Path::new(Layout::shard_of(id)).join(id)
+    }
+
+    /// The shard directory (under a volume's root) that holds vfolder
+    /// `id`'s backing directory: the id's first two hex digits.
+    pub fn shard_of(id: &str) -> &str {
+        id.get(..2).unwrap_or(id)
     }
 
     /// A vfolder's backing directory.

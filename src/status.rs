@@ -336,6 +336,75 @@ pub static TRANSITIONS: [Transition; 10] = {
     ]
 };
 
+/// An operation a vfolder's status may refuse: a transition of the table,
+/// or one that keeps the status (renaming, attaching into a session). Every
+/// refusal by status is one `StoreError::Refused` naming its action, so
+/// that what a status allows is decided here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A status transition: a row of [`TRANSITIONS`].
+    Transition(Op),
+    /// Renaming: only a vfolder whose name counts as live and settled.
+    Rename,
+    /// Attaching into a session, read-only or not. A clone's target is
+    /// cloning like its source, but its data is still being copied (and an
+    /// aborted clone purges it): it is refused in either mode.
+    Attach {
+        /// A read-only bind was asked for.
+        read_only: bool,
+        /// The vfolder is the target of a clone (not its source).
+        clone_target: bool,
+    },
+}
+
+impl Action {
+    /// Whether a vfolder in `status` may undergo this action.
+    pub const fn allows(self, status: Status) -> bool {
+        match self {
+            Action::Transition(op) => op.allows_from(status),
+            Action::Rename => status.is_renamable(),
+            Action::Attach {
+                clone_target: true, ..
+            } => false,
+            Action::Attach {
+                read_only: true, ..
+            } => status.is_mountable_read_only(),
+            Action::Attach {
+                read_only: false, ..
+            } => status.is_mountable(),
+        }
+    }
+
+    /// A short verb for messages ("cannot rename vfolder ...").
+    pub const fn verb(self) -> &'static str {
+        match self {
+            Action::Transition(op) => op.verb(),
+            Action::Rename => "rename",
+            Action::Attach { .. } => "attach",
+        }
+    }
+
+    /// Why a vfolder in `status` is refused, when its status alone does not
+    /// say (a clone's target; a relocation that is moving the data).
+    pub const fn why(self, status: Status) -> Option<&'static str> {
+        match self {
+            Action::Attach {
+                clone_target: true, ..
+            } => Some("it is the target of a clone still copying; attach once it is ready"),
+            Action::Attach { .. } if status.is_relocating() => {
+                Some("a relocation runs: its data moves at the end; attach once it is ready")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<Op> for Action {
+    fn from(op: Op) -> Action {
+        Action::Transition(op)
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.verb())
@@ -397,6 +466,31 @@ mod tests {
             assert_eq!(TRANSITIONS[i].op, op);
             assert!(!TRANSITIONS[i].from.is_empty());
         }
+    }
+
+    #[test]
+    fn rename_and_attach_are_refused_by_the_same_rules_as_before() {
+        let allowed = |a: Action| -> Vec<Status> {
+            Status::ALL.into_iter().filter(|s| a.allows(*s)).collect()
+        };
+        assert_eq!(allowed(Action::Rename), [Status::Ready]);
+        let attach = |read_only, clone_target| Action::Attach {
+            read_only,
+            clone_target,
+        };
+        assert_eq!(allowed(attach(false, false)), [Status::Ready]);
+        assert_eq!(
+            allowed(attach(true, false)),
+            [Status::Ready, Status::Cloning]
+        );
+        assert!(allowed(attach(true, true)).is_empty());
+        assert!(allowed(attach(false, true)).is_empty());
+        for op in Op::ALL {
+            assert_eq!(allowed(op.into()), op.from_statuses());
+        }
+        assert!(attach(true, true).why(Status::Cloning).is_some());
+        assert!(attach(false, false).why(Status::Performing).is_some());
+        assert_eq!(Action::Rename.why(Status::Performing), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Mount, TempStore, errno, eventually};
 use vfolderfs::catalog::{Catalog, NewDir};
 use vfolderfs::layout::Layout;
-use vfolderfs::status::{Op, Status};
+use vfolderfs::status::{Action, Op, Status};
 use vfolderfs::store::{StoreError, TransitionArgs};
 
 /// A session: a process in its own mount namespace that ran `script`
@@ -211,7 +211,11 @@ fn attaching_a_trashed_or_missing_vfolder_is_refused_and_mounts_nothing() {
         .store()
         .attach(&id, "x", "/nowhere", false, 1, "/m/gone", None)
     {
-        Err(StoreError::NotMountable { status, .. }) => assert_eq!(status, Status::DeletePending),
+        Err(StoreError::Refused {
+            status,
+            op: Action::Attach { .. },
+            ..
+        }) => assert_eq!(status, Status::DeletePending),
         other => panic!("{other:?}"),
     }
     assert!(cat.store().attachments(None).unwrap().is_empty());

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 
 use common::{Backend, TempStore};
 use vfolderfs::catalog::{Catalog, NewDir};
-use vfolderfs::status::{Op, Status};
+use vfolderfs::status::{Action, Op, Status};
 use vfolderfs::store::{ListFilter, StoreError, TransitionArgs};
 
 fn args(cause: &str) -> TransitionArgs<'_> {
@@ -63,7 +63,7 @@ fn every_status_operation_pair(b: Backend) {
                         ref name,
                         ..
                     }) => {
-                        assert_eq!((status, o), (from, op));
+                        assert_eq!((status, o), (from, Action::from(op)));
                         assert_eq!(name, &v.name);
                         let msg = r.unwrap_err().to_string();
                         assert!(
@@ -125,7 +125,10 @@ fn names_are_unique_among_live_vfolders_only(b: Backend) {
     ));
     assert!(matches!(
         cat.store().rename(&b.id, "baz"),
-        Err(StoreError::RenameRefused { .. })
+        Err(StoreError::Refused {
+            op: Action::Rename,
+            ..
+        })
     ));
     // Names are metadata: the backing directory is keyed by id and stays put.
     let path = cat.layout().vfolder_path(&c.id);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{PgDb, TempStore};
 use vfolderfs::catalog::{Catalog, NewDir};
-use vfolderfs::status::{Op, Status};
+use vfolderfs::status::{Action, Op, Status};
 use vfolderfs::store::pgconf::PgConf;
 use vfolderfs::store::{PgStore, Store, StoreError, TransitionArgs};
 
@@ -133,7 +133,13 @@ fn attach_and_delete_racing_from_two_nodes_end_consistently() {
             (Ok(()), Err(StoreError::Attached { .. })) => {
                 assert_eq!((now.status, attached), (Status::Ready, 1));
             }
-            (Err(StoreError::NotMountable { .. }), Ok(())) => {
+            (
+                Err(StoreError::Refused {
+                    op: Action::Attach { .. },
+                    ..
+                }),
+                Ok(()),
+            ) => {
                 assert_eq!((now.status, attached), (Status::DeletePending, 0));
             }
             other => panic!("round {round}: inconsistent outcome {other:?}"),

@@ -7,41 +7,25 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
-use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::error::{TreeError, shorten_path};
+use super::handle::{InodeRef, MountFd};
 use super::sys;
 
-/// Why a copy stopped.
-#[derive(Debug)]
-pub enum CopyError {
-    /// A system call failed on `path` (relative to the tree's root).
-    Failed {
-        /// Where.
-        path: String,
-        /// The error.
-        err: io::Error,
-    },
-    /// Cancelled (shutdown).
-    Cancelled,
-}
+mod file;
+use file::{copy_xattrs, set_meta, times_of};
 
-impl fmt::Display for CopyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CopyError::Failed { path, err } => write!(f, "{path}: {err}"),
-            CopyError::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for CopyError {}
+/// Why a copy stopped: the backing layer's one tree error (never
+/// [`TreeError::MountPoint`]: a mount point inside is copied as an empty
+/// directory).
+pub type CopyError = TreeError;
 
 /// What has been copied so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,8 +35,6 @@ pub struct CopyStats {
     /// Bytes of file data copied.
     pub bytes: u64,
 }
-
-const FICLONE: libc::c_ulong = 0x4004_9409;
 
 /// The most one `copy_file_range` call copies: the byte count moves, and a
 /// stop is seen, at least this often within one large file.
@@ -74,44 +56,17 @@ struct Shared<'a> {
     /// Directories waiting to be copied, and how many are not finished.
     queue: Mutex<(VecDeque<Arc<DirNode>>, usize)>,
     queue_cv: Condvar,
-    /// Fds to reopen the source's and the destination's file handles
+    /// Fds to reopen the source's and the destination's kernel handles
     /// against (`None`: handles do not work there, fds are kept instead).
-    src_mount: Option<OwnedFd>,
-    dst_mount: Option<OwnedFd>,
+    src_mount: Option<Arc<MountFd>>,
+    dst_mount: Option<Arc<MountFd>>,
 }
 
 enum LinkState {
     /// Another thread is copying the first name.
     Copying,
     /// The first copy, to link further names to.
-    Done(Ref),
-}
-
-/// An inode reached by its file handle (no open file while it waits) or,
-/// where handles do not work, by an fd kept open.
-enum Ref {
-    Handle(sys::FileHandle),
-    Fd(OwnedFd),
-}
-
-impl Ref {
-    /// Trades `fd` for its handle when `mount` can reopen it.
-    fn of(fd: OwnedFd, mount: &Option<OwnedFd>) -> Ref {
-        match (mount, sys::handle_of(fd.as_fd())) {
-            (Some(_), Ok((h, _))) => Ref::Handle(h),
-            _ => Ref::Fd(fd),
-        }
-    }
-
-    /// An fd on it with `flags` (`O_PATH` or `O_RDONLY | O_DIRECTORY`).
-    fn open(&self, mount: &Option<OwnedFd>, flags: i32) -> io::Result<OwnedFd> {
-        match (self, mount) {
-            (Ref::Handle(h), Some(m)) => sys::open_handle(m.as_fd(), h, flags),
-            (Ref::Fd(fd), _) if flags & libc::O_PATH != 0 => fd.try_clone(),
-            (Ref::Fd(fd), _) => sys::reopen(fd.as_fd(), flags),
-            (Ref::Handle(_), None) => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
+    Done(InodeRef),
 }
 
 /// A directory being copied: held until it and everything below it are
@@ -121,8 +76,8 @@ struct DirNode {
     parent: Option<Arc<DirNode>>,
     /// Its name in its parent (empty for the root).
     name: Vec<u8>,
-    src: Ref,
-    dst: Ref,
+    src: InodeRef,
+    dst: InodeRef,
     st: libc::stat,
     /// 1 for its own entries, plus 1 per subdirectory not finished.
     pending: AtomicUsize,
@@ -140,7 +95,7 @@ impl DirNode {
             n = d.parent.as_deref();
         }
         parts.reverse();
-        sys::shorten_path(parts)
+        shorten_path(parts)
     }
 }
 
@@ -170,87 +125,6 @@ fn at_name(node: &DirNode, name: &CStr, err: io::Error) -> CopyError {
     }
 }
 
-/// Copies extended attributes from `src` to `dst` (both open fds).
-fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
-    let list = |buf: &mut [u8]| -> io::Result<usize> {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::flistxattr(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    };
-    let n = match list(&mut []) {
-        Ok(n) => n,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if n == 0 {
-        return Ok(());
-    }
-    let mut names = vec![0u8; n];
-    let n = list(&mut names)?;
-    names.truncate(n);
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        // SAFETY: valid fd and name; a null buffer asks for the size.
-        let size =
-            unsafe { libc::fgetxattr(src.as_raw_fd(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut val = vec![0u8; size as usize];
-        // SAFETY: valid fd, name and buffer.
-        let size = unsafe {
-            libc::fgetxattr(
-                src.as_raw_fd(),
-                cname.as_ptr(),
-                val.as_mut_ptr().cast(),
-                val.len(),
-            )
-        };
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: valid fd, name and value.
-        let r = unsafe {
-            libc::fsetxattr(
-                dst.as_raw_fd(),
-                cname.as_ptr(),
-                val.as_ptr().cast(),
-                size as usize,
-                0,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Owner, mode and times of `st` onto an open `dst` (owner first: chown
-/// clears set-id bits).
-fn set_meta(dst: BorrowedFd<'_>, st: &libc::stat) -> io::Result<()> {
-    sys::fchown(dst, st.st_uid, st.st_gid)?;
-    sys::fchmod(dst, st.st_mode & 0o7777)?;
-    sys::futimens(dst, &times_of(st))
-}
-
-fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
-    [
-        libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        },
-        libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        },
-    ]
-}
-
 impl Ctx<'_, '_> {
     /// Whether the copy is being stopped (cancelled, or failed elsewhere).
     fn stopping(&self) -> bool {
@@ -264,88 +138,6 @@ impl Ctx<'_, '_> {
         }
         if self.sh.stop.load(Ordering::Acquire) || self.sh.cancel.load(Ordering::Acquire) {
             return Err(CopyError::Cancelled);
-        }
-        Ok(())
-    }
-
-    /// Copies file data from `src` to `dst`, keeping holes.
-    fn copy_data(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-        if self.sh.reflink.load(Ordering::Relaxed) {
-            // SAFETY: FICLONE takes the source fd as its argument.
-            let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
-            if r == 0 {
-                self.sh.bytes.fetch_add(size, Ordering::Relaxed);
-                return Ok(());
-            }
-            // Not supported here: do not ask again in this copy.
-            self.sh.reflink.store(false, Ordering::Relaxed);
-        }
-        let mut pos: i64 = 0;
-        while (pos as u64) < size {
-            let data = match sys::lseek(src, pos, libc::SEEK_DATA) {
-                Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-                Err(e) => return Err(e),
-            };
-            let hole = sys::lseek(src, data, libc::SEEK_HOLE).unwrap_or(size as i64);
-            self.copy_range(src, dst, data as u64, (hole - data) as u64)?;
-            pos = hole;
-        }
-        // A trailing hole: the size must match.
-        sys::ftruncate(dst, size)
-    }
-
-    fn copy_range(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        mut off: u64,
-        mut len: u64,
-    ) -> io::Result<()> {
-        let mut use_cfr = true;
-        while len > 0 {
-            if self.stopping() {
-                return Err(io::ErrorKind::Interrupted.into());
-            }
-            if use_cfr {
-                match sys::copy_file_range(src, off, dst, off, len.min(CHUNK), 0) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        off += n as u64;
-                        len -= n as u64;
-                        self.sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        // The testing aid slows each chunk too, so that a
-                        // test sees the count move within one file.
-                        if let Some(p) = self.sh.pause
-                            && len > 0
-                        {
-                            std::thread::sleep(p);
-                        }
-                        continue;
-                    }
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
-                        ) =>
-                    {
-                        use_cfr = false;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let want = (len as usize).min(self.buf.len());
-            let n = sys::pread(src, &mut self.buf[..want], off)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let mut w = 0;
-            while w < n {
-                w += sys::pwrite(dst, &self.buf[w..n], off + w as u64)?;
-            }
-            off += n as u64;
-            len -= n as u64;
-            self.sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -370,94 +162,130 @@ impl Ctx<'_, '_> {
             return self.tick();
         }
         match fmt {
-            libc::S_IFDIR => {
-                sys::mkdirat(ddir, name, 0o700).map_err(at)?;
-                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-                let d = sys::openat(ddir, name, flags, 0).map_err(at)?;
-                let crosses =
-                    st.st_dev != self.sh.root_dev || sys::statx_at(sdir, name, 0).map_err(at)?.1;
-                let s = sys::openat(sdir, name, flags, 0).map_err(at)?;
-                if crosses {
-                    // A mount point: copied empty, like `cp -ax`.
-                    copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
-                    set_meta(d.as_fd(), &st).map_err(at)?;
-                } else {
-                    node.pending.fetch_add(1, Ordering::AcqRel);
-                    self.sh.push(Arc::new(DirNode {
-                        parent: Some(node.clone()),
-                        name: name.to_bytes().to_vec(),
-                        src: Ref::of(s, &self.sh.src_mount),
-                        dst: Ref::of(d, &self.sh.dst_mount),
-                        st,
-                        pending: AtomicUsize::new(1),
-                    }));
-                }
-            }
-            libc::S_IFREG => {
-                let s =
-                    sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(at)?;
-                let d = sys::openat(
-                    ddir,
-                    name,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                    0o600,
-                )
-                .map_err(at)?;
-                self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::Interrupted && self.stopping() {
-                            CopyError::Cancelled
-                        } else {
-                            at(e)
-                        }
-                    })?;
-                copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
-                set_meta(d.as_fd(), &st).map_err(at)?;
-                if st.st_nlink > 1 {
-                    let p =
-                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
-                }
-            }
-            libc::S_IFLNK => {
-                let target = sys::readlinkat(sdir, name).map_err(at)?;
-                let t = CString::new(target).map_err(|_| at(io::ErrorKind::InvalidData.into()))?;
-                sys::symlinkat(&t, ddir, name).map_err(at)?;
-                // SAFETY: valid fd and name.
-                let r = unsafe {
-                    libc::fchownat(
-                        ddir.as_raw_fd(),
-                        name.as_ptr(),
-                        st.st_uid,
-                        st.st_gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-                if r != 0 {
-                    return Err(at(io::Error::last_os_error()));
-                }
-                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(at)?;
-                if st.st_nlink > 1 {
-                    let p =
-                        sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
-                }
-            }
-            _ => {
-                // FIFOs, sockets and device nodes: recreated, not opened.
-                sys::mknodat(ddir, name, st.st_mode, st.st_rdev).map_err(at)?;
-                let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(at)?;
-                sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid).map_err(at)?;
-                sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777).map_err(at)?;
-                sys::utimensat(ddir, name, &times_of(&st), libc::AT_SYMLINK_NOFOLLOW)
-                    .map_err(at)?;
-                if st.st_nlink > 1 {
-                    self.sh.copied(key, Ref::of(p, &self.sh.dst_mount));
-                }
-            }
+            libc::S_IFDIR => self.copy_subdir(sdir, ddir, name, node, st).map_err(at)?,
+            libc::S_IFREG => self.copy_file(sdir, ddir, name, &st, &at)?,
+            libc::S_IFLNK => self.copy_symlink(sdir, ddir, name, &st).map_err(at)?,
+            _ => self.copy_node(ddir, name, &st).map_err(at)?,
         }
         self.tick()
+    }
+
+    /// Makes subdirectory `name` and queues it to be copied (a mount point:
+    /// copied empty, like `cp -ax`).
+    fn copy_subdir(
+        &self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        node: &Arc<DirNode>,
+        st: libc::stat,
+    ) -> io::Result<()> {
+        sys::mkdirat(ddir, name, 0o700)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let d = sys::openat(ddir, name, flags, 0)?;
+        let crosses = st.st_dev != self.sh.root_dev || sys::statx_at(sdir, name, 0)?.1;
+        let s = sys::openat(sdir, name, flags, 0)?;
+        if crosses {
+            copy_xattrs(s.as_fd(), d.as_fd())?;
+            return set_meta(d.as_fd(), &st);
+        }
+        node.pending.fetch_add(1, Ordering::AcqRel);
+        self.sh.push(Arc::new(DirNode {
+            parent: Some(node.clone()),
+            name: name.to_bytes().to_vec(),
+            src: InodeRef::of(s, self.sh.src_mount.as_ref()),
+            dst: InodeRef::of(d, self.sh.dst_mount.as_ref()),
+            st,
+            pending: AtomicUsize::new(1),
+        }));
+        Ok(())
+    }
+
+    /// Copies regular file `name`: its data, xattrs and attributes.
+    fn copy_file(
+        &mut self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+        at: &dyn Fn(io::Error) -> CopyError,
+    ) -> Result<(), CopyError> {
+        let s = sys::openat(sdir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(at)?;
+        let d = sys::openat(
+            ddir,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        )
+        .map_err(at)?;
+        self.copy_data(s.as_fd(), d.as_fd(), st.st_size as u64)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::Interrupted && self.stopping() {
+                    CopyError::Cancelled
+                } else {
+                    at(e)
+                }
+            })?;
+        copy_xattrs(s.as_fd(), d.as_fd()).map_err(at)?;
+        set_meta(d.as_fd(), st).map_err(at)?;
+        self.remember_links(ddir, name, st).map_err(at)
+    }
+
+    /// Copies symlink `name`: its target, owner and times.
+    fn copy_symlink(
+        &self,
+        sdir: BorrowedFd<'_>,
+        ddir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        let target = sys::readlinkat(sdir, name)?;
+        let t = CString::new(target).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        sys::symlinkat(&t, ddir, name)?;
+        // SAFETY: valid fd and name.
+        let r = unsafe {
+            libc::fchownat(
+                ddir.as_raw_fd(),
+                name.as_ptr(),
+                st.st_uid,
+                st.st_gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sys::utimensat(ddir, name, &times_of(st), libc::AT_SYMLINK_NOFOLLOW)?;
+        self.remember_links(ddir, name, st)
+    }
+
+    /// Recreates a FIFO, socket or device node `name` (never opened).
+    fn copy_node(&self, ddir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> io::Result<()> {
+        sys::mknodat(ddir, name, st.st_mode, st.st_rdev)?;
+        let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        sys::fchown_path_fd(p.as_fd(), st.st_uid, st.st_gid)?;
+        sys::fchmod_path_fd(p.as_fd(), st.st_mode & 0o7777)?;
+        sys::utimensat(ddir, name, &times_of(st), libc::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_nlink > 1 {
+            self.sh.copied(
+                (st.st_dev, st.st_ino),
+                InodeRef::of(p, self.sh.dst_mount.as_ref()),
+            );
+        }
+        Ok(())
+    }
+
+    /// For a multiply-linked source: records the copy `ddir/name` so that
+    /// its further names become links to it.
+    fn remember_links(&self, ddir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> io::Result<()> {
+        if st.st_nlink > 1 {
+            let p = sys::openat(ddir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            self.sh.copied(
+                (st.st_dev, st.st_ino),
+                InodeRef::of(p, self.sh.dst_mount.as_ref()),
+            );
+        }
+        Ok(())
     }
 
     /// For a multiply-linked source: links `name` to its first copy and
@@ -478,7 +306,7 @@ impl Ctx<'_, '_> {
                 }
                 Some(LinkState::Done(first)) => {
                     let r = first
-                        .open(&self.sh.dst_mount, libc::O_PATH)
+                        .open(libc::O_PATH)
                         .and_then(|p| sys::link_fd(p.as_fd(), ddir, name));
                     r.map_err(|e| at_name(node, name, e))?;
                     return Ok(true);
@@ -499,8 +327,8 @@ impl Ctx<'_, '_> {
     fn copy_dir(&mut self, node: &Arc<DirNode>) -> Result<(), CopyError> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         let here = |e: io::Error| at_node(node, e);
-        let src = node.src.open(&self.sh.src_mount, flags).map_err(here)?;
-        let dst = node.dst.open(&self.sh.dst_mount, flags).map_err(here)?;
+        let src = node.src.open(flags).map_err(here)?;
+        let dst = node.dst.open(flags).map_err(here)?;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = sys::getdents(src.as_fd(), &mut buf).map_err(here)?;
@@ -527,7 +355,7 @@ impl Shared<'_> {
         self.queue_cv.notify_one();
     }
 
-    fn copied(&self, key: (u64, u64), first: Ref) {
+    fn copied(&self, key: (u64, u64), first: InodeRef) {
         self.links.lock().insert(key, LinkState::Done(first));
         self.links_cv.notify_all();
     }
@@ -579,8 +407,8 @@ impl Shared<'_> {
             };
             let flags = libc::O_RDONLY | libc::O_DIRECTORY;
             let here = |e: io::Error| at_node(&n, e);
-            let s = n.src.open(&self.src_mount, flags).map_err(here)?;
-            let d = n.dst.open(&self.dst_mount, flags).map_err(here)?;
+            let s = n.src.open(flags).map_err(here)?;
+            let d = n.dst.open(flags).map_err(here)?;
             copy_xattrs(s.as_fd(), d.as_fd()).map_err(here)?;
             set_meta(d.as_fd(), &n.st).map_err(here)?;
             n = parent;
@@ -637,14 +465,14 @@ pub fn copy_tree(
         links_cv: Condvar::new(),
         queue: Mutex::new((VecDeque::new(), 0)),
         queue_cv: Condvar::new(),
-        src_mount: handle_mount(src),
-        dst_mount: handle_mount(dst),
+        src_mount: MountFd::for_dir(src).map(Arc::new),
+        dst_mount: MountFd::for_dir(dst).map(Arc::new),
     };
     sh.push(Arc::new(DirNode {
         parent: None,
         name: Vec::new(),
-        src: Ref::Fd(reopen(src)?),
-        dst: Ref::Fd(reopen(dst)?),
+        src: InodeRef::Fd(reopen(src)?),
+        dst: InodeRef::Fd(reopen(dst)?),
         st,
         pending: AtomicUsize::new(1),
     }));
@@ -677,14 +505,4 @@ pub fn copy_tree(
     let s = stats(&sh);
     progress(&s);
     Ok(s)
-}
-
-/// An fd of `dir`'s mount to reopen file handles against, if that works
-/// here (it needs `CAP_DAC_READ_SEARCH` and a filesystem that exports
-/// handles); otherwise directories waiting to be copied keep an fd.
-fn handle_mount(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
-    let m = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
-    let (h, _) = sys::handle_of(dir).ok()?;
-    sys::open_handle(m.as_fd(), &h, libc::O_PATH).ok()?;
-    Some(m)
 }

@@ -6,5 +6,8 @@
 pub mod copy;
 pub mod count;
 pub mod creds;
+pub mod dirents;
+pub mod error;
+pub mod handle;
 pub mod remove;
 pub mod sys;

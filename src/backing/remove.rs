@@ -4,45 +4,15 @@
 //! between two entries when asked.
 
 use std::ffi::CString;
-use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::error::{TreeError, shorten_path};
 use super::sys;
 
-/// Why a removal stopped.
-#[derive(Debug)]
-pub enum RemoveError {
-    /// A system call failed on `path` (relative to the vfolder's root).
-    Failed {
-        /// Where, relative to the vfolder root.
-        path: String,
-        /// The error.
-        err: io::Error,
-    },
-    /// A mount point (or another filesystem) inside the tree was left alone.
-    MountPoint(String),
-    /// Cancelled (shutdown); what is left stays for a later run.
-    Cancelled,
-}
-
-impl fmt::Display for RemoveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RemoveError::Failed { path, err } => write!(f, "{path}: {err}"),
-            RemoveError::MountPoint(p) => {
-                write!(
-                    f,
-                    "{p}: a mount point inside the vfolder; unmount it and retry"
-                )
-            }
-            RemoveError::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for RemoveError {}
+/// Why a removal stopped: the backing layer's one tree error.
+pub type RemoveError = TreeError;
 
 /// At most this many directory fds are open during a removal, however deep
 /// the tree; deeper ancestors are reopened through `..` (checked by device
@@ -72,7 +42,7 @@ fn path_of(stack: &[Level], last: Option<&[u8]>) -> String {
     if let Some(n) = last {
         parts.push(String::from_utf8_lossy(n).into_owned());
     }
-    sys::shorten_path(parts)
+    shorten_path(parts)
 }
 
 /// Removes everything inside the directory `root` (opened `O_RDONLY |
@@ -84,116 +54,196 @@ pub fn empty_dir(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(),
 ) -> Result<(), RemoveError> {
-    let fail = |path: String, err: io::Error| RemoveError::Failed { path, err };
-    let st = sys::fstat(root.as_fd()).map_err(|e| fail(".".into(), e))?;
-    let root_dev = st.st_dev;
-    let mut stack = vec![Level {
-        fd: Some(root),
-        name: None,
-        id: (st.st_dev, st.st_ino),
-        resume: None,
-    }];
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut filled, mut pos) = (0usize, 0usize);
+    let st = sys::fstat(root.as_fd()).map_err(TreeError::at_root)?;
+    let mut w = Walk {
+        stack: vec![Level {
+            fd: Some(root),
+            name: None,
+            id: (st.st_dev, st.st_ino),
+            resume: None,
+        }],
+        root_dev: st.st_dev,
+        buf: vec![0u8; 64 * 1024],
+        filled: 0,
+        pos: 0,
+        progress,
+    };
     loop {
         if cancel.load(Ordering::Acquire) {
             return Err(RemoveError::Cancelled);
         }
-        let t = stack.len() - 1;
-        if let Some(off) = stack[t].resume.take() {
-            // Back from a subdirectory: read on after its entry.
-            let fd = stack[t].fd.as_ref().expect("the top level is open");
-            sys::lseek(fd.as_fd(), off, libc::SEEK_SET)
-                .map_err(|e| fail(path_of(&stack, None), e))?;
-            filled = 0;
-            pos = 0;
+        if w.seek_back()? {
             continue;
         }
-        if pos >= filled {
-            let fd = stack[t].fd.as_ref().expect("the top level is open");
-            filled =
-                sys::getdents(fd.as_fd(), &mut buf).map_err(|e| fail(path_of(&stack, None), e))?;
-            pos = 0;
-            if filled == 0 {
-                // Emptied: remove it from its parent, reopening the parent
-                // through `..` if its fd was let go.
-                if t == 0 {
-                    return Ok(());
+        if w.pos >= w.filled {
+            match w.read_more()? {
+                Read::Entries => {}
+                Read::Emptied if w.stack.len() == 1 => return Ok(()),
+                Read::Emptied => {
+                    w.ascend()?;
+                    continue;
                 }
-                if stack[t - 1].fd.is_none() {
-                    let up = reopen_parent(&stack[t], &stack[t - 1])
-                        .map_err(|e| fail(path_of(&stack[..t], None), e))?;
-                    stack[t - 1].fd = Some(up);
-                }
-                let done = stack.pop().expect("t > 0");
-                let name = done.name.as_ref().expect("below the root");
-                let parent = stack[t - 1].fd.as_ref().expect("open");
-                sys::unlinkat(parent.as_fd(), name, libc::AT_REMOVEDIR)
-                    .map_err(|e| fail(path_of(&stack, Some(name.as_bytes())), e))?;
-                progress();
-                filled = 0;
-                pos = 0;
-                continue;
             }
         }
-        let Some(e) = sys::parse_dirents(&buf[pos..filled]).next() else {
-            pos = filled;
-            continue;
-        };
-        let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
-        let (name_bytes, dtype, next_off) = (e.name.to_vec(), e.dtype, e.next_off);
-        pos += reclen;
-        if name_bytes == b"." || name_bytes == b".." {
-            continue;
+        w.next_entry()?;
+    }
+}
+
+/// What reading the deepest directory gave.
+enum Read {
+    /// Entries in the buffer.
+    Entries,
+    /// None left: it is empty.
+    Emptied,
+}
+
+/// A removal under way: the directories from the root down to the one being
+/// read, and what was read of it.
+struct Walk<'p> {
+    stack: Vec<Level>,
+    /// The tree's device: a directory on another one is a mount inside.
+    root_dev: u64,
+    buf: Vec<u8>,
+    /// How much of `buf` the last `getdents` filled, and how far it is used.
+    filled: usize,
+    pos: usize,
+    progress: &'p mut dyn FnMut(),
+}
+
+impl Walk<'_> {
+    /// The deepest directory's fd (it is always open).
+    fn top_fd(&self) -> BorrowedFd<'_> {
+        let top = self.stack.last().expect("the root is never popped");
+        top.fd.as_ref().expect("the top level is open").as_fd()
+    }
+
+    /// An error at the deepest directory, or at `name` inside it.
+    fn fail(&self, name: Option<&[u8]>, err: io::Error) -> TreeError {
+        TreeError::Failed {
+            path: path_of(&self.stack, name),
+            err,
         }
-        let here = |e: io::Error| fail(path_of(&stack, Some(&name_bytes)), e);
+    }
+
+    /// Forgets what was read (the next read starts at the fd's offset).
+    fn forget_buffer(&mut self) {
+        self.filled = 0;
+        self.pos = 0;
+    }
+
+    /// Back from a subdirectory: seeks the deepest directory to just after
+    /// that subdirectory's entry. True if it did.
+    fn seek_back(&mut self) -> Result<bool, TreeError> {
+        let t = self.stack.len() - 1;
+        let Some(off) = self.stack[t].resume.take() else {
+            return Ok(false);
+        };
+        sys::lseek(self.top_fd(), off, libc::SEEK_SET).map_err(|e| self.fail(None, e))?;
+        self.forget_buffer();
+        Ok(true)
+    }
+
+    /// Reads the next entries of the deepest directory.
+    fn read_more(&mut self) -> Result<Read, TreeError> {
+        let fd = self.stack.last().expect("root").fd.as_ref().expect("open");
+        let n = sys::getdents(fd.as_fd(), &mut self.buf).map_err(|e| self.fail(None, e))?;
+        self.filled = n;
+        self.pos = 0;
+        Ok(if n == 0 { Read::Emptied } else { Read::Entries })
+    }
+
+    /// The deepest directory (not the root) is empty: removes it from its
+    /// parent, reopening the parent through `..` if its fd was let go.
+    fn ascend(&mut self) -> Result<(), TreeError> {
+        let t = self.stack.len() - 1;
+        if self.stack[t - 1].fd.is_none() {
+            let up = reopen_parent(&self.stack[t], &self.stack[t - 1]).map_err(|e| {
+                TreeError::Failed {
+                    path: path_of(&self.stack[..t], None),
+                    err: e,
+                }
+            })?;
+            self.stack[t - 1].fd = Some(up);
+        }
+        let done = self.stack.pop().expect("t > 0");
+        let name = done.name.as_ref().expect("below the root");
+        sys::unlinkat(self.top_fd(), name, libc::AT_REMOVEDIR)
+            .map_err(|e| self.fail(Some(name.as_bytes()), e))?;
+        (self.progress)();
+        self.forget_buffer();
+        Ok(())
+    }
+
+    /// Handles the next entry in the buffer: removes a non-directory,
+    /// descends into a directory, refuses a mount point.
+    fn next_entry(&mut self) -> Result<(), TreeError> {
+        let Some(e) = sys::parse_dirents(&self.buf[self.pos..self.filled]).next() else {
+            self.pos = self.filled;
+            return Ok(());
+        };
+        let (name_bytes, dtype, next_off) = (e.name.to_vec(), e.dtype, e.next_off);
+        self.pos += e.reclen;
+        if name_bytes == b"." || name_bytes == b".." {
+            return Ok(());
+        }
+        let here = |w: &Self, e: io::Error| w.fail(Some(&name_bytes), e);
         let name = CString::new(name_bytes.clone())
-            .map_err(|_| here(io::ErrorKind::InvalidData.into()))?;
-        let dirfd = stack[t].fd.as_ref().expect("the top level is open").as_fd();
+            .map_err(|_| here(self, io::ErrorKind::InvalidData.into()))?;
         let is_dir = if dtype == libc::DT_DIR || dtype == libc::DT_UNKNOWN {
-            let (st, mount_root) = match sys::statx_at(dirfd, &name, libc::AT_STATX_DONT_SYNC) {
-                Ok(p) => p,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(here(e)),
-            };
+            let (st, mount_root) =
+                match sys::statx_at(self.top_fd(), &name, libc::AT_STATX_DONT_SYNC) {
+                    Ok(p) => p,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                    Err(e) => return Err(here(self, e)),
+                };
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if is_dir && (mount_root || st.st_dev != root_dev) {
-                return Err(RemoveError::MountPoint(path_of(&stack, Some(&name_bytes))));
+            if is_dir && (mount_root || st.st_dev != self.root_dev) {
+                return Err(RemoveError::MountPoint(path_of(
+                    &self.stack,
+                    Some(&name_bytes),
+                )));
             }
             is_dir
         } else {
             false
         };
         if !is_dir {
-            match sys::unlinkat(dirfd, &name, 0) {
-                Ok(()) => progress(),
+            match sys::unlinkat(self.top_fd(), &name, 0) {
+                Ok(()) => (self.progress)(),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(here(e)),
+                Err(e) => return Err(here(self, e)),
             }
-            continue;
+            return Ok(());
         }
+        self.descend(name, next_off).map_err(|e| here(self, e))
+    }
+
+    /// Opens subdirectory `name` of the deepest directory and makes it the
+    /// deepest, to come back at `next_off`; lets go of the fd of a level
+    /// beyond the deepest [`MAX_OPEN`].
+    fn descend(&mut self, name: CString, next_off: i64) -> io::Result<()> {
         let child = sys::openat(
-            dirfd,
+            self.top_fd(),
             &name,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )
-        .map_err(here)?;
-        let st = sys::fstat(child.as_fd()).map_err(here)?;
-        stack[t].resume = Some(next_off);
-        stack.push(Level {
+        )?;
+        let st = sys::fstat(child.as_fd())?;
+        let t = self.stack.len() - 1;
+        self.stack[t].resume = Some(next_off);
+        self.stack.push(Level {
             fd: Some(child),
             name: Some(name),
             id: (st.st_dev, st.st_ino),
             resume: None,
         });
         // Keep the deepest MAX_OPEN levels open (and the root).
-        if stack.len() > MAX_OPEN {
-            let k = stack.len() - MAX_OPEN;
-            stack[k].fd = None;
+        if self.stack.len() > MAX_OPEN {
+            let k = self.stack.len() - MAX_OPEN;
+            self.stack[k].fd = None;
         }
-        filled = 0;
-        pos = 0;
+        self.forget_buffer();
+        Ok(())
     }
 }
 

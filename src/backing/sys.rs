@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub use super::dirents::{DirEntry, getdents, parse_dirents};
+
 /// The empty path, for `AT_EMPTY_PATH` calls on the fd itself.
 pub const EMPTY: &CStr = c"";
 
@@ -430,124 +432,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// One entry of a `getdents64` buffer.
-pub struct DirEntry<'a> {
-    /// The entry's inode number.
-    pub ino: u64,
-    /// The cookie to seek to for the entry after this one.
-    pub next_off: i64,
-    /// `DT_*` type.
-    pub dtype: u8,
-    /// The name (no NUL).
-    pub name: &'a [u8],
-}
-
-/// Reads directory entries into `buf`; returns the bytes filled (0 at the end).
-pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// Parses the entries `getdents` put in `buf[..len]`.
-pub fn parse_dirents(buf: &[u8]) -> impl Iterator<Item = DirEntry<'_>> {
-    let mut pos = 0usize;
-    std::iter::from_fn(move || {
-        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
-        if pos + 19 > buf.len() {
-            return None;
-        }
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().ok()?);
-        let off = i64::from_ne_bytes(rec[8..16].try_into().ok()?);
-        let reclen = u16::from_ne_bytes(rec[16..18].try_into().ok()?) as usize;
-        if reclen < 19 || pos + reclen > buf.len() {
-            return None;
-        }
-        let dtype = rec[18];
-        let raw = &rec[19..reclen];
-        let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-        pos += reclen;
-        Some(DirEntry {
-            ino,
-            next_off: off,
-            dtype,
-            name,
-        })
-    })
-}
-
-/// A kernel file handle (`struct file_handle`): stable for the life of an
-/// inode, costs no open file, and reopens with `open_by_handle_at`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct FileHandle {
-    /// `struct file_handle` as the kernel wrote it (header and bytes).
-    raw: Box<[u8]>,
-}
-
-const MAX_HANDLE_SZ: usize = 128;
-
-/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of the inode an fd
-/// refers to, and the id of its mount.
-pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
-    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
-    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
-    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: buf holds a file_handle header announcing MAX_HANDLE_SZ bytes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_name_to_handle_at,
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            buf.as_mut_ptr(),
-            &mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    buf.truncate(8 + n.min(MAX_HANDLE_SZ));
-    Ok((
-        FileHandle {
-            raw: buf.into_boxed_slice(),
-        },
-        mount_id,
-    ))
-}
-
-/// `open_by_handle_at(mount_fd, handle, flags)` (needs `CAP_DAC_READ_SEARCH`).
-pub fn open_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
-    let mut raw = h.raw.to_vec();
-    // SAFETY: raw is a complete file_handle as the kernel produced it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_by_handle_at,
-            mount_fd.as_raw_fd(),
-            raw.as_mut_ptr(),
-            flags | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
 
 /// Stats the object an fd refers to with `statx`, returning it as a
@@ -593,29 +477,4 @@ pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<(lib
     let mount_root = x.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0
         && x.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0;
     Ok((st, mount_root))
-}
-
-/// A path for a message from its names, root first: whole when short,
-/// else its first name, `…` and its last names, with the depth (a tree can
-/// be thousands of levels deep). `.` for no names.
-pub fn shorten_path(parts: Vec<String>) -> String {
-    if parts.is_empty() {
-        return ".".into();
-    }
-    let full = parts.join("/");
-    if full.len() <= 512 {
-        return full;
-    }
-    let mut tail = String::new();
-    for p in parts.iter().rev() {
-        if !tail.is_empty() && tail.len() + p.len() > 300 {
-            break;
-        }
-        tail = if tail.is_empty() {
-            p.clone()
-        } else {
-            format!("{p}/{tail}")
-        };
-    }
-    format!("{}/…/{tail} ({} levels deep)", parts[0], parts.len())
 }

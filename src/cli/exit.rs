@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::CliError;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op};
 use crate::store::StoreError;
 
 /// Any failure not covered by a more specific status.
@@ -115,9 +115,7 @@ pub fn store_kind(e: &StoreError) -> Kind {
     match e {
         StoreError::NotFound(_) => Kind::NotFound,
         StoreError::NameTaken(_) | StoreError::TargetTaken(_) => Kind::Exists,
-        StoreError::Refused { .. }
-        | StoreError::RenameRefused { .. }
-        | StoreError::NotMountable { .. } => Kind::Refused,
+        StoreError::Refused { .. } => Kind::Refused,
         StoreError::InvalidName(..) | StoreError::Ambiguous { .. } => Kind::Usage,
         StoreError::Attached { .. } | StoreError::ClaimLost { .. } => Kind::Busy,
         e if e.is_busy() => Kind::Busy,
@@ -127,6 +125,7 @@ pub fn store_kind(e: &StoreError) -> Kind {
         | StoreError::Corrupt(_)
         | StoreError::Db(..)
         | StoreError::Io(..)
+        | StoreError::Os(..)
         | StoreError::Foreign { .. }
         | StoreError::Pg(..)
         | StoreError::Connect(..) => Kind::Unavailable,
@@ -143,9 +142,7 @@ pub fn store_vfolder(e: &StoreError) -> Option<&str> {
         | StoreError::NameTaken(n)
         | StoreError::InvalidName(n, _)
         | StoreError::Refused { name: n, .. }
-        | StoreError::RenameRefused { name: n, .. }
         | StoreError::Attached { name: n, .. }
-        | StoreError::NotMountable { name: n, .. }
         | StoreError::Unconfirmed { name: n, .. } => Some(n),
         _ => None,
     }
@@ -155,9 +152,12 @@ pub fn store_vfolder(e: &StoreError) -> Option<&str> {
 pub fn store_hint(e: &StoreError) -> Option<String> {
     match e {
         StoreError::Refused {
-            name, status, op, ..
+            name,
+            status,
+            op: Action::Transition(op),
+            ..
         } => match (op, status) {
-            (Op::Purge, Status::Ready) => Some(format!(
+            (Op::Purge, s) if s.is_deletable() => Some(format!(
                 "a vfolder is purged from the trash: move it there first with \
                  `vfolderfs delete {}`",
                 quote(name)
@@ -165,7 +165,7 @@ pub fn store_hint(e: &StoreError) -> Option<String> {
             (Op::Restore, s) if s.is_visible() => {
                 Some("it is not in the trash (`vfolderfs list --all`)".into())
             }
-            (Op::Delete, Status::DeletePending) => Some(format!(
+            (Op::Delete, s) if s.is_restorable() => Some(format!(
                 "it is in the trash already; `vfolderfs purge {}` destroys it",
                 quote(name)
             )),
@@ -242,6 +242,11 @@ mod tests {
         };
         assert_eq!(store_kind(&attached), Kind::Busy);
         assert_eq!(store_vfolder(&attached), Some("ds"));
+        // An action without a path exits like a path's I/O error.
+        let spawn = StoreError::Os("starting a worker", std::io::ErrorKind::WouldBlock.into());
+        let path = StoreError::Io("/s".into(), std::io::ErrorKind::WouldBlock.into());
+        assert_eq!(store_kind(&spawn), store_kind(&path));
+        assert!(spawn.to_string().starts_with("starting a worker: "));
         assert!(
             store_hint(&attached)
                 .unwrap()
@@ -251,7 +256,7 @@ mod tests {
             name: "my data".into(),
             id: "1".into(),
             status: Status::Ready,
-            op: Op::Purge,
+            op: Op::Purge.into(),
         };
         assert_eq!(store_kind(&purge_live), Kind::Refused);
         assert!(

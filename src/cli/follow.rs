@@ -268,17 +268,30 @@ pub(super) fn cancel_cmd(
         });
     }
     // Nobody runs it: end it here the cancelled way, under its claim.
+    cancel_here(cat, &on, &job, &owner, &by, json_out)
+}
+
+/// Ends the job on `on`, which no live process runs, here the cancelled
+/// way (asked by `by`), and says how it ended.
+fn cancel_here(
+    cat: &Catalog,
+    on: &VFolder,
+    job: &Job,
+    owner: &str,
+    by: &str,
+    json_out: bool,
+) -> Result<i32, CliError> {
     let Some(task) = Task::for_row(&cat.store().get(&on.id)?) else {
-        return Err(CliError::Failed(format!(
+        return Err(CliError::Job(format!(
             "the job on {:?} has nothing left to do",
             on.name
         )));
     };
     let never = AtomicBool::new(false);
-    let outcome = crate::workers::pool::run_task(cat, &task, &owner, &never, None)?;
+    let outcome = crate::workers::pool::run_task(cat, &task, owner, &never, None)?;
     if let (Task::Clone(id), Outcome::CancelledBy(_)) = (&task, &outcome) {
         // The partial target goes now (no mount may be running).
-        let _ = purge::purge_one(cat, id, &owner, &never, None, &mut |_| {});
+        let _ = purge::purge_one(cat, id, owner, &never, None, &mut |_| {});
     }
     let now = cat.store().get(&on.id).ok();
     let (code, how) = match &outcome {
@@ -306,7 +319,7 @@ pub(super) fn cancel_cmd(
     } else {
         println!(
             "{}: {how}{}",
-            what(&job.kind, &on),
+            what(&job.kind, on),
             now.map(|v| format!("; {:?} is {} on {}", v.name, v.status, v.volume))
                 .unwrap_or_default()
         );

@@ -7,6 +7,17 @@ use super::CliError;
 use crate::catalog::Catalog;
 use crate::fsck::{self, Options};
 
+/// `fsck [--repair] [--grace AGE]`.
+pub(super) fn cmd(cat: &Catalog, repair: bool, json: bool, grace: &str) -> Result<i32, CliError> {
+    let opts = Options {
+        grace: humantime::parse_duration(grace).map_err(|err| CliError::Duration {
+            arg: format!("--grace {grace}"),
+            err,
+        })?,
+    };
+    run(cat, repair, json, &opts)
+}
+
 /// Runs fsck; exit 0 when nothing is (or remains) wrong, 1 otherwise.
 pub fn run(cat: &Catalog, repair: bool, json: bool, opts: &Options) -> Result<i32, CliError> {
     let (findings, repairs, remaining, recent) = if repair {

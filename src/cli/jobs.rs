@@ -89,7 +89,7 @@ pub(super) fn run_job(
             }
             Outcome::Failed(msg) | Outcome::RolledBack(msg) => {
                 progress.clear();
-                return Err(CliError::Failed(format!("{what} failed: {msg}")));
+                return Err(CliError::Job(format!("{what} failed: {msg}")));
             }
             Outcome::ClaimLost => return Err(lost(&what, on)),
             Outcome::HeldElsewhere | Outcome::Cancelled | Outcome::NotApplicable => {
@@ -109,7 +109,7 @@ pub(super) fn run_job(
                     say!("done: {:?} is {}", now.name, now.status);
                     return Ok(0);
                 }
-                return Err(CliError::Failed(format!(
+                return Err(CliError::Job(format!(
                     "{what} did not complete: its status is {}{}",
                     now.status,
                     now.error.map(|e| format!(" ({e})")).unwrap_or_default()
@@ -122,7 +122,7 @@ pub(super) fn run_job(
 /// This process was stopped past its job's lease and another process took
 /// the job over: it made no final step, and does not follow the job further.
 fn lost(what: &str, v: &VFolder) -> CliError {
-    CliError::Failed(format!(
+    CliError::Job(format!(
         "{what} ({:?}): this process lost its claim on the job to another process \
          (it was stopped longer than the lease); it stopped without a final step, \
          and the other process carries on",
@@ -130,12 +130,10 @@ fn lost(what: &str, v: &VFolder) -> CliError {
     ))
 }
 
-pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, CliError> {
-    let v = match cat.resolve_trashed(name) {
-        Ok(v) => v,
-        Err(StoreError::NotFound(_)) => cat.resolve(name)?,
-        Err(e) => return Err(e.into()),
-    };
+/// `purge`: moves `v` to `delete-ongoing` (an explicit purge also resumes
+/// one stopped by `vfolderfs cancel`) and, unless `no_wait`, removes its
+/// data here with a progress line, or follows the process that does.
+pub(super) fn purge(cat: &Catalog, v: &VFolder, no_wait: bool) -> Result<i32, CliError> {
     purge::request(cat, &v.id, &cause("purge"))?;
     // An explicit purge resumes one stopped by `vfolderfs cancel`: the
     // request is withdrawn (unless a live process is still stopping it).
@@ -149,11 +147,17 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
         say!("queued the purge of vfolder {:?} ({})", v.name, v.id);
         return Ok(0);
     }
+    run_purge(cat, v)
+}
+
+/// Runs the purge of `v` here (Ctrl-C stops it, resumable), or follows
+/// another process's until the vfolder leaves `delete-ongoing`.
+fn run_purge(cat: &Catalog, v: &VFolder) -> Result<i32, CliError> {
     let owner = crate::workers::this_owner();
     let what = format!("purging {:?}", v.name);
     let _guard = interrupt::guard(cat.store().clone(), v.id.clone(), what.clone());
     let stop = interrupt::stop_flag();
-    let total = count(cat, &v, stop);
+    let total = count(cat, v, stop);
     let mut progress = Progress::new(what.clone(), Unit::Entries, total);
     let mut totals_set = false;
     loop {
@@ -171,79 +175,86 @@ pub(super) fn purge(cat: &Catalog, name: &str, no_wait: bool) -> Result<i32, Cli
         };
         let pause = purge::throttle_from_env();
         match purge::purge_one(cat, &v.id, &owner, stop, pause, &mut show)? {
-            Outcome::Complete(n) => {
-                let bytes = total.map_or(0, |t| t.bytes);
-                progress.finish("purged", &CopyStats { entries: n, bytes });
-                say!(
-                    "purged vfolder {:?} ({}): {n} entries removed",
-                    v.name,
-                    v.id
-                );
-                return Ok(0);
-            }
-            Outcome::CancelledBy(by) => {
-                progress.clear();
-                return Err(cancelled(
-                    &what,
-                    &by,
-                    &format!(
-                        "stopped after {} entries; it stays delete-ongoing until \
-                         `vfolderfs purge {}` resumes it",
-                        progress.last().entries,
-                        v.id
-                    ),
-                    &v,
-                ));
-            }
-            Outcome::Cancelled if stop.load(std::sync::atomic::Ordering::Acquire) => {
-                progress.clear();
-                return Err(cancelled(
-                    &what,
-                    "a signal",
-                    "stopped; it stays delete-ongoing until resumed",
-                    &v,
-                ));
-            }
-            Outcome::Failed(msg) => {
-                progress.clear();
-                return Err(CliError::Failed(format!(
-                    "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
-                    v.name
-                )));
-            }
-            Outcome::ClaimLost => {
-                progress.clear();
-                return Err(lost("purging", &v));
-            }
-            Outcome::NotApplicable
-            | Outcome::RolledBack(_)
-            | Outcome::HeldElsewhere
-            | Outcome::Cancelled => {
-                // Another process is on it: follow its progress until it ends.
-                let now = cat.store().get(&v.id)?;
-                if now.status.is_purging() {
-                    if let Some(j) = cat.store().job(&v.id)? {
-                        show(j.done);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    continue;
-                }
-                progress.clear();
-                if let Some(err) = now.error {
-                    return Err(CliError::Failed(format!(
-                        "purge of vfolder {:?} failed: {err}",
-                        v.name
-                    )));
-                }
-                say!(
-                    "purged vfolder {:?} ({}) (status {})",
-                    v.name,
-                    v.id,
-                    now.status
-                );
-                return Ok(0);
-            }
+            Outcome::NotApplicable | Outcome::RolledBack(_) | Outcome::HeldElsewhere => {}
+            Outcome::Cancelled if !stop.load(std::sync::atomic::Ordering::Acquire) => {}
+            o => return purge_ended(v, &what, o, &mut progress, total),
         }
+        // Another process is on it: follow its progress until it ends.
+        let now = cat.store().get(&v.id)?;
+        if now.status.is_purging() {
+            if let Some(j) = cat.store().job(&v.id)? {
+                show(j.done);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        progress.clear();
+        if let Some(err) = now.error {
+            return Err(CliError::Job(format!(
+                "purge of vfolder {:?} failed: {err}",
+                v.name
+            )));
+        }
+        say!(
+            "purged vfolder {:?} ({}) (status {})",
+            v.name,
+            v.id,
+            now.status
+        );
+        return Ok(0);
+    }
+}
+
+/// What a purge run here ended with, `o` (other than a stop that leaves
+/// it to another process), as the command's result.
+fn purge_ended(
+    v: &VFolder,
+    what: &str,
+    o: Outcome,
+    progress: &mut Progress,
+    total: Option<CopyStats>,
+) -> Result<i32, CliError> {
+    if !matches!(o, Outcome::Complete(_)) {
+        progress.clear();
+    }
+    match o {
+        Outcome::Complete(n) => {
+            let bytes = total.map_or(0, |t| t.bytes);
+            progress.finish("purged", &CopyStats { entries: n, bytes });
+            say!(
+                "purged vfolder {:?} ({}): {n} entries removed",
+                v.name,
+                v.id
+            );
+            Ok(0)
+        }
+        Outcome::CancelledBy(by) => Err(cancelled(
+            what,
+            &by,
+            &format!(
+                "stopped after {} entries; it stays delete-ongoing until \
+                 `vfolderfs purge {}` resumes it",
+                progress.last().entries,
+                v.id
+            ),
+            v,
+        )),
+        Outcome::Failed(msg) => Err(CliError::Job(format!(
+            "purge of vfolder {:?} failed: {msg} (status delete-error; fix the cause and run purge again)",
+            v.name
+        ))),
+        Outcome::ClaimLost => Err(lost("purging", v)),
+        // Only a stop by a signal to this process comes here: the others
+        // are followed (another process is on the purge).
+        Outcome::Cancelled
+        | Outcome::NotApplicable
+        | Outcome::RolledBack(_)
+        | Outcome::HeldElsewhere => Err(cancelled(
+            what,
+            "a signal",
+            "stopped; it stays delete-ongoing until resumed",
+            v,
+        )),
     }
 }
 
@@ -525,7 +536,13 @@ fn resume_all(cat: &Catalog) -> Result<i32, CliError> {
 /// A hint for a refusal caused by a job no live process holds: names the
 /// job and says how to finish it. `layout` is the store's.
 pub(super) fn refusal_hint(layout: &crate::layout::Layout, e: &CliError) -> Option<String> {
-    let CliError::Store(StoreError::Refused { id, .. }) = e else {
+    // Only a transition: a rename or attach refusal names no job.
+    let CliError::Store(StoreError::Refused {
+        id,
+        op: crate::status::Action::Transition(_),
+        ..
+    }) = e
+    else {
         return None;
     };
     let cat = Catalog::open(layout.clone()).ok()?;

@@ -21,12 +21,19 @@ pub(super) fn man(dir: Option<&Path>) -> Result<i32, CliError> {
     let Some(dir) = dir else {
         clap_mangen::Man::new(cmd)
             .render(&mut std::io::stdout())
-            .map_err(|e| CliError::Failed(format!("writing the manual page: {e}")))?;
+            .map_err(|err| CliError::Io {
+                what: "writing the manual page".into(),
+                err,
+            })?;
         return Ok(0);
     };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
-    clap_mangen::generate_to(cmd, dir)
-        .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|err| CliError::Io {
+        what: dir.display().to_string(),
+        err,
+    })?;
+    clap_mangen::generate_to(cmd, dir).map_err(|err| CliError::Io {
+        what: dir.display().to_string(),
+        err,
+    })?;
     Ok(0)
 }

@@ -64,10 +64,7 @@ impl FsError {
             FsError::Store(e) => match e {
                 StoreError::NotFound(_) | StoreError::Ambiguous { .. } => Errno::ENOENT,
                 StoreError::NameTaken(_) => Errno::EEXIST,
-                StoreError::Refused { .. }
-                | StoreError::RenameRefused { .. }
-                | StoreError::Attached { .. } => Errno::EBUSY,
-                StoreError::NotMountable { .. } => Errno::EBUSY,
+                StoreError::Refused { .. } | StoreError::Attached { .. } => Errno::EBUSY,
                 StoreError::ClaimLost { .. } => Errno::EBUSY,
                 StoreError::TargetTaken(_) => Errno::EEXIST,
                 StoreError::InvalidName(_, n) => FsError::BadName(n.clone()).code(),
@@ -80,6 +77,7 @@ impl FsError {
                 | StoreError::Connect(..)
                 | StoreError::BadConfig(_)
                 | StoreError::Io(..)
+                | StoreError::Os(..)
                 | StoreError::Missing(_)
                 | StoreError::NotEmpty(_)
                 | StoreError::Foreign { .. }

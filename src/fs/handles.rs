@@ -84,10 +84,41 @@ const SHARDS: usize = 16;
 const RELEASE_GRACE_STEPS: usize = 100;
 
 /// The handle table, sharded by handle number.
+///
+/// LOCK ORDER: every lock here is a leaf, taken alone and never while
+/// another lock of this table (or of the [`super::inodes::InodeTable`]) is
+/// held:
+///
+/// - a shard (`shards[fh % SHARDS]`): GUARDS handle number → handle; at
+///   most one at a time, held only for the map operation (a handle is used
+///   through its `Arc` after the lock is let go);
+/// - `io`: GUARDS each inode's I/O mode ([`InodeIo`]); held across the whole
+///   decision of [`HandleTable::open_mode`] (including making the kernel
+///   backing id, so two opens of one inode cannot both make one) and across
+///   [`HandleTable::release_mode`]; never while a shard is held.
+///
+/// `next` and `no_passthrough` are atomics outside any lock; a vfolder's
+/// open-file count (`VfState::handles`) is changed by `insert` and `remove`
+/// beside the shard lock, not under it.
+///
+/// Invariants, when no open or release is in flight (between a `remove` and
+/// its `release_mode` a handle is out of the shards but still counted):
+/// - with kernel passthrough off, `io` stays empty; on, an `io` entry's
+///   `served` is the number of regular-file handles of that node id in the
+///   shards without a backing id (daemon-served opens);
+/// - an inode has daemon-served opens or a live backing id, never both (the
+///   kernel forbids mixing); an entry with neither is removed;
+/// - every file handle in the shards is counted once in its vfolder's
+///   `handles`.
 pub struct HandleTable {
+    /// Handle number → handle. GUARDED_BY each shard's mutex (a leaf).
     shards: Vec<Mutex<HashMap<u64, Arc<Handle>>>>,
+    /// The next handle number (never reused while the daemon runs).
     next: AtomicU64,
+    /// Node id → how its open handles do their I/O. GUARDED_BY its mutex
+    /// (a leaf, never taken with a shard).
     io: Mutex<HashMap<u64, InodeIo>>,
+    /// Set once the kernel refused passthrough: every later open is served.
     no_passthrough: std::sync::atomic::AtomicBool,
 }
 

@@ -21,17 +21,8 @@ use parking_lot::Mutex;
 use super::error::{FsError, FsResult};
 use super::vfolders::{ROOT_INO, TRASH_INO, VfState};
 use crate::backing::creds;
-use crate::backing::sys::{self, FileHandle};
-
-/// How an inode is reached.
-enum Anchor {
-    /// An `O_PATH | O_NOFOLLOW` fd (where handles fail).
-    Fd(OwnedFd),
-    /// A file handle, reopened against an fd of its mount.
-    Handle(FileHandle, Arc<OwnedFd>),
-    /// A directory's file handle; its fd lives in the cache while used.
-    Dir(FileHandle, Arc<OwnedFd>, Arc<DirFds>),
-}
+use crate::backing::handle::{InodeRef, KernelHandle, MountFd, MountFds};
+use crate::backing::sys;
 
 /// The most directory fds kept open by default (fewer when the open-file
 /// limit is low: a quarter of it).
@@ -151,7 +142,11 @@ impl InodeFd<'_> {
 pub struct Inode {
     /// Node id (and `st_ino`).
     pub nodeid: u64,
-    anchor: Anchor,
+    /// How it is reached: an `O_PATH | O_NOFOLLOW` fd where handles fail,
+    /// else its kernel handle.
+    reach: InodeRef,
+    /// A directory reached by handle: the cache its fd lives in while used.
+    dir_fds: Option<Arc<DirFds>>,
     /// (st_dev, st_ino) of the backing inode.
     pub key: (u64, u64),
     /// `S_IFMT` bits of the backing inode.
@@ -195,18 +190,18 @@ impl Inode {
     /// An `O_PATH` fd on the inode (directories: their own; others: reopened
     /// by handle, `ESTALE` once the inode is gone).
     pub fn fd(&self) -> io::Result<InodeFd<'_>> {
-        match &self.anchor {
-            Anchor::Fd(fd) => Ok(InodeFd::Held(fd.as_fd())),
-            Anchor::Handle(h, mount) => by_handle(mount, h).map(InodeFd::Opened),
-            Anchor::Dir(h, mount, cache) => {
-                if let Some(fd) = cache.get(self.nodeid) {
-                    return Ok(InodeFd::Cached(fd));
-                }
-                let fd = Arc::new(by_handle(mount, h)?);
-                cache.put(self.nodeid, fd.clone());
-                Ok(InodeFd::Cached(fd))
-            }
+        if let InodeRef::Fd(fd) = &self.reach {
+            return Ok(InodeFd::Held(fd.as_fd()));
         }
+        let Some(cache) = &self.dir_fds else {
+            return by_handle(&self.reach).map(InodeFd::Opened);
+        };
+        if let Some(fd) = cache.get(self.nodeid) {
+            return Ok(InodeFd::Cached(fd));
+        }
+        let fd = Arc::new(by_handle(&self.reach)?);
+        cache.put(self.nodeid, fd.clone());
+        Ok(InodeFd::Cached(fd))
     }
 
     /// Whether `fd` (just opened on a name) is this very inode, not a new
@@ -214,14 +209,14 @@ impl Inode {
     /// so its number cannot be reused; for the others the handles (which
     /// carry the generation) must agree.
     fn is_same_inode(&self, fd: &OwnedFd) -> bool {
-        match &self.anchor {
-            Anchor::Fd(_) => true,
+        let Some(h) = self.reach.handle() else {
+            return true;
+        };
+        match &self.dir_fds {
             // An fd still open in the cache pins the inode: its number
             // cannot have been reused.
-            Anchor::Dir(_, _, cache) if cache.get(self.nodeid).is_some() => true,
-            Anchor::Handle(h, _) | Anchor::Dir(h, _, _) => {
-                sys::handle_of(fd.as_fd()).is_ok_and(|(other, _)| other == *h)
-            }
+            Some(cache) if cache.get(self.nodeid).is_some() => true,
+            _ => KernelHandle::of(fd.as_fd()).is_ok_and(|(other, _)| other == *h),
         }
     }
 
@@ -239,22 +234,17 @@ impl Inode {
     /// fsync): the right was checked at open, as an open fd keeps it natively
     /// even after a chmod.
     pub fn reopen_granted(&self) -> io::Result<OwnedFd> {
-        match &self.anchor {
-            Anchor::Fd(fd) => granted(|| sys::reopen(fd.as_fd(), libc::O_RDONLY)),
-            Anchor::Handle(h, mount) | Anchor::Dir(h, mount, _) => {
-                granted(|| sys::open_handle(mount.as_fd(), h, libc::O_RDONLY))
-            }
-        }
+        granted(|| self.reach.open(libc::O_RDONLY))
     }
 }
 
 /// Reaches an inode by its handle, as an `O_PATH` fd.
-fn by_handle(mount: &OwnedFd, h: &FileHandle) -> io::Result<OwnedFd> {
+fn by_handle(reach: &InodeRef) -> io::Result<OwnedFd> {
     // Privileged step: open_by_handle_at demands CAP_DAC_READ_SEARCH. With
     // O_PATH it opens no data and checks nothing the caller could lack: the
     // kernel resolved the caller's path to this inode before asking.
     creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
-        sys::open_handle(mount.as_fd(), h, libc::O_PATH | libc::O_NOFOLLOW)
+        reach.open(libc::O_PATH | libc::O_NOFOLLOW)
     })?
 }
 
@@ -282,8 +272,11 @@ struct Shard {
 ///    insertion and a whole forget, so that two lookups of one inode agree on
 ///    its node id and a forget cannot race an insertion of the same key.
 /// 2. a shard (`shards[nodeid % SHARDS]`) — at most one at a time.
-/// 3. `mounts` (the mount-fd map) and the [`DirFds`] cache — leaves: nothing
-///    is locked while holding them.
+/// 3. `mounts` (the mount-fd map, [`MountFds`]) and the [`DirFds`] cache —
+///    leaves: nothing is locked while holding them. (`mounts` is taken
+///    under `by_key` when a new inode's mount is first probed.)
+///
+/// The [`super::handles::HandleTable`]'s locks are never taken with these.
 ///
 /// Invariants (checked by [`InodeTable::check`], run in debug builds every
 /// [`CHECK_EVERY`] forgets, and by the tests):
@@ -297,7 +290,7 @@ pub struct InodeTable {
     shards: Vec<Mutex<Shard>>,
     /// One fd per mount seen, for `open_by_handle_at`; `None` for a mount
     /// where reopening by handle does not work (inodes there keep an fd).
-    mounts: Mutex<HashMap<i32, Option<Arc<OwnedFd>>>>,
+    mounts: MountFds,
     /// Directories' fds while they are used.
     dir_fds: Arc<DirFds>,
     /// (dev, ino) → node id; one lock so that lookups of one inode agree.
@@ -320,7 +313,7 @@ impl InodeTable {
     pub fn new(main_dev: u64, dir_fds: usize) -> InodeTable {
         InodeTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            mounts: Mutex::new(HashMap::new()),
+            mounts: MountFds::default(),
             dir_fds: Arc::new(DirFds::new(dir_fds)),
             by_key: Mutex::new(HashMap::new()),
             next_high: AtomicU64::new(HIGH_RANGE),
@@ -417,10 +410,11 @@ impl InodeTable {
         } else {
             self.next_high.fetch_add(1, Ordering::Relaxed)
         };
-        let anchor = self.anchor(nodeid, fd, st, parent);
+        let (reach, dir_fds) = self.reach(nodeid, fd, st, parent);
         let ino = Arc::new(Inode {
             nodeid,
-            anchor,
+            reach,
+            dir_fds,
             key,
             fmt: st.st_mode & libc::S_IFMT,
             vf: vf.clone(),
@@ -439,26 +433,26 @@ impl InodeTable {
     /// Trades the inode's fd for its handle when its mount can reopen by
     /// handle (a directory's fd goes to the cache, hot); keeps the fd
     /// otherwise.
-    fn anchor(
+    fn reach(
         &self,
         nodeid: u64,
         fd: OwnedFd,
         st: &libc::stat,
         parent: Option<BorrowedFd<'_>>,
-    ) -> Anchor {
+    ) -> (InodeRef, Option<Arc<DirFds>>) {
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let Ok((h, mount_id)) = sys::handle_of(fd.as_fd()) else {
+        let Ok((h, mount_id)) = KernelHandle::of(fd.as_fd()) else {
             // No handles on this filesystem: keep the fd.
-            return Anchor::Fd(fd);
+            return (InodeRef::Fd(fd), None);
         };
         let Some(mount) = self.mount_fd(mount_id, &h, fd.as_fd(), is_dir, parent) else {
-            return Anchor::Fd(fd);
+            return (InodeRef::Fd(fd), None);
         };
         if is_dir {
             self.dir_fds.put(nodeid, Arc::new(fd));
-            Anchor::Dir(h, mount, self.dir_fds.clone())
+            (InodeRef::Handle(h, mount), Some(self.dir_fds.clone()))
         } else {
-            Anchor::Handle(h, mount)
+            (InodeRef::Handle(h, mount), None)
         }
     }
 
@@ -468,40 +462,29 @@ impl InodeTable {
     fn mount_fd(
         &self,
         mount_id: i32,
-        h: &FileHandle,
+        h: &KernelHandle,
         fd: BorrowedFd<'_>,
         is_dir: bool,
         parent: Option<BorrowedFd<'_>>,
-    ) -> Option<Arc<OwnedFd>> {
-        let mut mounts = self.mounts.lock();
-        if let Some(m) = mounts.get(&mount_id) {
-            return m.clone();
-        }
-        // open_by_handle_at wants a real (not O_PATH) fd on the same mount:
-        // the directory itself, or the parent directory if on this mount.
-        let dir = if is_dir {
-            Some(fd)
-        } else {
-            parent.filter(|p| sys::handle_of(*p).is_ok_and(|(_, pm)| pm == mount_id))
-        };
-        // Privileged step (CAP_DAC_READ_SEARCH): the daemon's own reference
-        // fd for the mount, and the probe whether handles work there; nothing
-        // is opened for a caller, and the outcome must not depend on who
-        // happened to ask first.
-        let (m, works) = creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
-            let m = dir
-                .and_then(|d| sys::reopen(d, libc::O_RDONLY | libc::O_DIRECTORY).ok())
-                .map(Arc::new)?;
-            let works = sys::open_handle(m.as_fd(), h, libc::O_PATH).is_ok();
-            Some((m, works))
+    ) -> Option<Arc<MountFd>> {
+        self.mounts.get_or_probe(mount_id, || {
+            // open_by_handle_at wants a real (not O_PATH) fd on the same
+            // mount: the directory itself, or the parent directory if on
+            // this mount.
+            let dir = if is_dir {
+                Some(fd)
+            } else {
+                parent.filter(|p| KernelHandle::of(*p).is_ok_and(|(_, pm)| pm == mount_id))
+            };
+            let dir = dir.ok_or(io::ErrorKind::NotFound)?;
+            // Privileged step (CAP_DAC_READ_SEARCH): the daemon's own
+            // reference fd for the mount, and the probe whether handles work
+            // there; nothing is opened for a caller, and the outcome must not
+            // depend on who happened to ask first.
+            creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
+                MountFd::probe(dir, h)
+            })?
         })
-        .ok()??;
-        if !works {
-            log::warn!("reopening by file handle refused; inodes keep an open file each");
-        }
-        let m = works.then_some(m);
-        mounts.insert(mount_id, m.clone());
-        m
     }
 
     /// The kernel dropped `n` lookups of `nodeid`.
@@ -582,6 +565,20 @@ mod tests {
         // A key naming an entry that is gone is caught.
         t.by_key.lock().insert((st.st_dev, u64::MAX - 1), ids[0]);
         assert!(t.check().unwrap_err().contains("gone"));
+    }
+
+    /// The periodic check runs by itself in debug builds (the build every
+    /// test runs): a broken invariant panics within [`CHECK_EVERY`] forgets.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "inode table invariant broken")]
+    fn debug_builds_check_the_invariants_every_few_forgets() {
+        let t = InodeTable::new(0, 64);
+        t.by_key.lock().insert((0, 7), 7);
+        for _ in 0..CHECK_EVERY {
+            // Forgetting an unknown node changes nothing but counts.
+            t.forget(u64::MAX, 1);
+        }
     }
 
     #[test]

@@ -627,7 +627,7 @@ impl Registry {
         // A clone's target was filled behind the mount; a new copy has new
         // inodes: what the kernel cached there goes, race-free (a lookup in
         // flight is stamped with the old epoch).
-        behind |= st.status() == Status::Cloning && v.status != Status::Cloning;
+        behind |= st.status().is_cloning() && !v.status.is_cloning();
         if behind {
             self.pending.lock().push(Inval::Names);
         }

@@ -11,7 +11,7 @@ pub mod sqlite;
 use std::fmt;
 
 use crate::name::NameError;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -311,7 +311,8 @@ pub enum StoreError {
     },
     /// A live vfolder already has this name.
     NameTaken(String),
-    /// The transition table does not allow `op` from the vfolder's status.
+    /// The vfolder's status does not allow `op` (a transition of the table,
+    /// a rename, an attach): see [`crate::status::Action`].
     Refused {
         /// The vfolder's name.
         name: String,
@@ -320,14 +321,7 @@ pub enum StoreError {
         /// Its status at the time of the attempt.
         status: Status,
         /// The operation attempted.
-        op: Op,
-    },
-    /// Renaming is allowed only for ready vfolders.
-    RenameRefused {
-        /// The vfolder's name.
-        name: String,
-        /// Its status.
-        status: Status,
+        op: Action,
     },
     /// The name is not acceptable.
     InvalidName(String, NameError),
@@ -339,17 +333,6 @@ pub enum StoreError {
         count: usize,
         /// What was attempted ("delete", "rename", ...).
         what: &'static str,
-    },
-    /// The vfolder's status does not allow attaching it (in this mode).
-    NotMountable {
-        /// The vfolder's name.
-        name: String,
-        /// Its status.
-        status: Status,
-        /// Whether a read-only attach was asked for.
-        read_only: bool,
-        /// Why, when the status alone does not say (a clone's target).
-        why: Option<&'static str>,
     },
     /// Something is already attached at this target in this namespace.
     TargetTaken(String),
@@ -372,6 +355,9 @@ pub enum StoreError {
     BadConfig(String),
     /// A filesystem error on the store directory, with the path.
     Io(String, std::io::Error),
+    /// A system call failed while doing something that has no path (the
+    /// action, e.g. "starting a worker"): the daemon's own resources.
+    Os(&'static str, std::io::Error),
     /// There is no store at this path (no database): only `vfolderfs init`
     /// makes one.
     Missing(String),
@@ -431,6 +417,67 @@ impl StoreError {
     }
 }
 
+/// [`StoreError::Unconfirmed`]'s message.
+fn unconfirmed(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    mounts: &[String],
+    waited: std::time::Duration,
+) -> fmt::Result {
+    write!(
+        f,
+        "the change to vfolder {name:?} is made, but {} mount(s) did not confirm it within \
+         {}: {} (writes in flight on a stuck volume, or an overloaded node); it takes \
+         effect there as soon as they do, or when their lease lapses",
+        mounts.len(),
+        humantime::format_duration(waited),
+        mounts.join("; ")
+    )
+}
+
+/// [`StoreError::Missing`]'s message: how to make the store that is not there.
+fn missing(f: &mut fmt::Formatter<'_>, db: &str) -> fmt::Result {
+    if pgconf::is_postgres(db) {
+        write!(
+            f,
+            "no vfolderfs store in {db}; create one with \
+             `vfolderfs --store URL --data DIR init`"
+        )
+    } else {
+        write!(
+            f,
+            "no store at {db} (no vfolders.db there); create one with \
+             `vfolderfs --store {db} init`"
+        )
+    }
+}
+
+/// [`StoreError::Foreign`]'s message.
+fn foreign(
+    f: &mut fmt::Formatter<'_>,
+    path: &str,
+    expected: &str,
+    found: Option<&str>,
+) -> fmt::Result {
+    match found {
+        Some(found) => write!(
+            f,
+            "{path} belongs to another store (id {found}, expected {expected})"
+        ),
+        None => write!(f, "{path} has no store id (expected {expected})"),
+    }
+}
+
+/// Appends the chain of `e`'s sources, each after ": ".
+fn write_sources(f: &mut fmt::Formatter<'_>, e: &dyn std::error::Error) -> fmt::Result {
+    let mut src = e.source();
+    while let Some(s) = src {
+        write!(f, ": {s}")?;
+        src = s.source();
+    }
+    Ok(())
+}
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -445,34 +492,27 @@ impl fmt::Display for StoreError {
                 id,
                 status,
                 op,
-            } => write!(
-                f,
-                "cannot {op} vfolder {name:?} ({id}): its status is {status}"
-            ),
-            StoreError::RenameRefused { name, status } => {
-                write!(f, "cannot rename vfolder {name:?}: its status is {status}")
-            }
+            } => match op {
+                Action::Transition(op) => write!(
+                    f,
+                    "cannot {op} vfolder {name:?} ({id}): its status is {status}"
+                ),
+                Action::Rename => {
+                    write!(f, "cannot rename vfolder {name:?}: its status is {status}")
+                }
+                Action::Attach { read_only, .. } => write!(
+                    f,
+                    "cannot attach vfolder {name:?}{}: its status is {status}{}",
+                    if *read_only { " read-only" } else { "" },
+                    op.why(*status)
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                ),
+            },
             StoreError::InvalidName(n, e) => write!(f, "invalid vfolder name {n:?}: {e}"),
             StoreError::Attached { name, count, what } => write!(
                 f,
                 "cannot {what} vfolder {name:?}: it is attached to {count} session mount(s); detach first"
-            ),
-            StoreError::NotMountable {
-                name,
-                status,
-                read_only,
-                why,
-            } => write!(
-                f,
-                "cannot attach vfolder {name:?}{}: its status is {status}{}",
-                if *read_only { " read-only" } else { "" },
-                match (why, status.is_relocating()) {
-                    (Some(w), _) => format!(" ({w})"),
-                    (None, true) => " (a relocation runs: its data moves at the end; \
-                                     attach once it is ready)"
-                        .to_string(),
-                    (None, false) => String::new(),
-                }
             ),
             StoreError::TargetTaken(t) => write!(f, "{t}: something is already attached there"),
             StoreError::TooNew { found, supported } => write!(
@@ -488,25 +528,12 @@ impl fmt::Display for StoreError {
             },
             StoreError::Connect(db, e) => {
                 write!(f, "cannot connect to {db}: {e}")?;
-                let mut src = std::error::Error::source(e);
-                while let Some(s) = src {
-                    write!(f, ": {s}")?;
-                    src = s.source();
-                }
-                Ok(())
+                write_sources(f, e)
             }
             StoreError::BadConfig(m) => write!(f, "PostgreSQL connection settings: {m}"),
             StoreError::Io(path, e) => write!(f, "{path}: {e}"),
-            StoreError::Missing(db) if pgconf::is_postgres(db) => write!(
-                f,
-                "no vfolderfs store in {db}; create one with \
-                 `vfolderfs --store URL --data DIR init`"
-            ),
-            StoreError::Missing(path) => write!(
-                f,
-                "no store at {path} (no vfolders.db there); create one with \
-                 `vfolderfs --store {path} init`"
-            ),
+            StoreError::Os(action, e) => write!(f, "{action}: {e}"),
+            StoreError::Missing(db) => missing(f, db),
             StoreError::NotEmpty(path) => write!(
                 f,
                 "{path} is not empty but holds no vfolders.db: if it is a store whose database \
@@ -515,29 +542,13 @@ impl fmt::Display for StoreError {
             StoreError::Foreign {
                 path,
                 expected,
-                found: Some(found),
-            } => write!(
-                f,
-                "{path} belongs to another store (id {found}, expected {expected})"
-            ),
-            StoreError::Foreign {
-                path,
-                expected,
-                found: None,
-            } => write!(f, "{path} has no store id (expected {expected})"),
+                found,
+            } => foreign(f, path, expected, found.as_deref()),
             StoreError::Unconfirmed {
                 name,
                 mounts,
                 waited,
-            } => write!(
-                f,
-                "the change to vfolder {name:?} is made, but {} mount(s) did not confirm it within \
-                 {}: {} (writes in flight on a stuck volume, or an overloaded node); it takes \
-                 effect there as soon as they do, or when their lease lapses",
-                mounts.len(),
-                humantime::format_duration(*waited),
-                mounts.join("; ")
-            ),
+            } => unconfirmed(f, name, mounts, *waited),
             StoreError::ClaimLost { id, owner, token } => write!(
                 f,
                 "the job on vfolder {id} is no longer held by {owner} (claim {token}): \

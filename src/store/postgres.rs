@@ -10,6 +10,16 @@
 //! node's. Connections come from a small pool; one that broke (the
 //! database restarted, the network went away) is dropped and the next use
 //! connects again, so a mount recovers without a remount.
+//!
+//! As in the SQLite backend, this file keeps the connection, the
+//! transaction helpers and the vfolder rows; the [`Store`] methods of jobs,
+//! attachments, mounts, volumes and the audit call into a submodule each.
+
+mod attachments;
+mod audit;
+mod jobs;
+mod mounts;
+mod volumes;
 
 use std::time::Duration;
 
@@ -27,7 +37,7 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
 
 /// Idle connections kept for reuse.
@@ -401,7 +411,7 @@ impl PgStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(
@@ -667,10 +677,12 @@ impl Store for PgStore {
         checked_name(new_name)?;
         self.tx("committing a rename", |tx| {
             let current = Self::lock_in(tx, id)?;
-            if !current.status.is_renamable() {
-                return Err(StoreError::RenameRefused {
+            if !Action::Rename.allows(current.status) {
+                return Err(StoreError::Refused {
                     name: current.name,
+                    id: current.id,
                     status: current.status,
+                    op: Action::Rename,
                 });
             }
             Self::check_unattached(tx, &current, "rename")?;
@@ -782,54 +794,11 @@ impl Store for PgStore {
         lease: Duration,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>> {
-        let lease_ms = lease.as_millis() as i64;
-        self.tx("committing a claim", |tx| {
-            Self::lock_in(tx, id)?;
-            let now = Self::now_in(tx)?;
-            let until = now + lease_ms;
-            match Self::job_in(tx, id)? {
-                None => {
-                    tx.execute(
-                        "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                        &[&id, &kind, &owner, &until, &now],
-                    )
-                    .map_err(pg("claiming a job"))?;
-                }
-                Some(j) if j.owner == owner => {
-                    tx.execute(
-                        "UPDATE jobs SET lease_until = $2 WHERE vfolder_id = $1",
-                        &[&id, &until],
-                    )
-                    .map_err(pg("claiming a job"))?;
-                }
-                Some(j) if j.owner.is_empty() || j.lease_until < now || holder_dead(&j.owner) => {
-                    tx.execute(
-                        "UPDATE jobs SET owner = $2, lease_until = $3, kind = $4, \
-                         claims = claims + 1 WHERE vfolder_id = $1",
-                        &[&id, &owner, &until, &kind],
-                    )
-                    .map_err(pg("claiming a job"))?;
-                }
-                Some(_) => return Ok(None),
-            }
-            Self::job_in(tx, id)
-        })
+        jobs::claim_job(self, id, kind, owner, lease, holder_dead)
     }
 
     fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
-        self.tx("queueing a job", |tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
-                     VALUES ($1, $2, '', 0, {NOW_MS}, 0, $3) \
-                     ON CONFLICT (vfolder_id) DO UPDATE SET kind = $2, arg = $3"
-                ),
-                &[&id, &kind, &arg],
-            )
-            .map_err(pg("queueing a job"))?;
-            Ok(())
-        })
+        jobs::queue_job(self, id, kind, arg)
     }
 
     fn renew_job(
@@ -840,57 +809,15 @@ impl Store for PgStore {
         done: u64,
         bytes: u64,
     ) -> Result<bool> {
-        let lease_ms = lease.as_millis() as i64;
-        self.tx("renewing a job", |tx| {
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE jobs SET lease_until = {NOW_MS} + $3, done = $4 \
-                         WHERE vfolder_id = $1 AND owner = $2"
-                    ),
-                    &[&id, &owner, &lease_ms, &(done as i64)],
-                )
-                .map_err(pg("renewing a job"))?;
-            if n == 1 {
-                tx.execute(
-                    "INSERT INTO job_progress (vfolder_id, bytes) VALUES ($1, $2) \
-                     ON CONFLICT (vfolder_id) DO UPDATE SET bytes = $2",
-                    &[&id, &(bytes as i64)],
-                )
-                .map_err(pg("renewing a job"))?;
-            }
-            Ok(n == 1)
-        })
+        jobs::renew_job(self, id, owner, lease, done, bytes)
     }
 
     fn set_job_totals(&self, id: &str, owner: &str, entries: u64, bytes: u64) -> Result<bool> {
-        self.tx("recording a job's totals", |tx| {
-            let n = tx
-                .execute(
-                    "INSERT INTO job_progress (vfolder_id, total_entries, total_bytes) \
-                     SELECT $1, $3, $4 WHERE EXISTS \
-                         (SELECT 1 FROM jobs WHERE vfolder_id = $1 AND owner = $2) \
-                     ON CONFLICT (vfolder_id) DO UPDATE SET total_entries = $3, total_bytes = $4",
-                    &[&id, &owner, &(entries as i64), &(bytes as i64)],
-                )
-                .map_err(pg("recording a job's totals"))?;
-            Ok(n == 1)
-        })
+        jobs::set_job_totals(self, id, owner, entries, bytes)
     }
 
     fn set_job_cancel(&self, id: &str, by: Option<&str>) -> Result<bool> {
-        self.tx("recording a job's cancellation", |tx| {
-            if Self::job_in(tx, id)?.is_none() {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO job_progress (vfolder_id, cancel_by) VALUES ($1, $2) \
-                 ON CONFLICT (vfolder_id) DO UPDATE SET cancel_by = $2",
-                &[&id, &by],
-            )
-            .map_err(pg("recording a job's cancellation"))?;
-            Ok(true)
-        })
+        jobs::set_job_cancel(self, id, by)
     }
 
     fn record_size(&self, id: &str, bytes: u64, files: u64) -> Result<()> {
@@ -958,98 +885,19 @@ impl Store for PgStore {
     }
 
     fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()> {
-        let sql = if finished {
-            "DELETE FROM jobs WHERE vfolder_id = $1 AND owner = $2"
-        } else {
-            "UPDATE jobs SET lease_until = 0 WHERE vfolder_id = $1 AND owner = $2"
-        };
-        self.tx("releasing a job", |tx| {
-            tx.execute(sql, &[&id, &owner])
-                .map_err(pg("releasing a job"))?;
-            Ok(())
-        })
+        jobs::release_job(self, id, owner, finished)
     }
 
     fn job(&self, id: &str) -> Result<Option<Job>> {
-        self.read(|tx| Self::job_in(tx, id))
+        jobs::job(self, id)
     }
 
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>> {
-        self.tx("committing gc", |tx| {
-            let now = Self::now_in(tx)?;
-            let victims = tx
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM vfolders WHERE status = $1 AND status_changed_at < $2 \
-                         ORDER BY id FOR UPDATE"
-                    ),
-                    &[&Status::DeleteComplete.as_str(), &before],
-                )
-                .map_err(pg("finding purged vfolders"))?
-                .iter()
-                .map(row_to_vfolder)
-                .collect::<Result<Vec<_>>>()?;
-            let mut out = Vec::new();
-            for v in victims {
-                let history: Vec<serde_json::Value> = tx
-                    .query(
-                        "SELECT from_status, to_status, at, cause FROM status_history \
-                         WHERE vfolder_id = $1 ORDER BY seq",
-                        &[&v.id],
-                    )
-                    .map_err(pg("reading history"))?
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "from": r.get::<_, Option<String>>(0),
-                            "to": r.get::<_, String>(1),
-                            "at": r.get::<_, Millis>(2),
-                            "cause": r.get::<_, String>(3),
-                        })
-                    })
-                    .collect();
-                let e = AuditEntry {
-                    id: v.id.clone(),
-                    name: v.name.clone(),
-                    created_at: v.created_at,
-                    purged_at: v.status_changed_at,
-                    forgotten_at: now,
-                    history: serde_json::Value::Array(history).to_string(),
-                };
-                tx.execute(
-                    "INSERT INTO audit (vfolder_id, name, created_at, purged_at, forgotten_at, history) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&e.id, &e.name, &e.created_at, &e.purged_at, &e.forgotten_at, &e.history],
-                )
-                .map_err(pg("writing the audit"))?;
-                tx.execute("DELETE FROM vfolders WHERE id = $1", &[&v.id])
-                    .map_err(pg("forgetting a vfolder"))?;
-                out.push(e);
-            }
-            Ok(out)
-        })
+        audit::forget_purged(self, before)
     }
 
     fn audit(&self) -> Result<Vec<AuditEntry>> {
-        self.read(|tx| {
-            Ok(tx
-                .query(
-                    "SELECT vfolder_id, name, created_at, purged_at, forgotten_at, history \
-                     FROM audit ORDER BY seq",
-                    &[],
-                )
-                .map_err(pg("reading the audit"))?
-                .iter()
-                .map(|r| AuditEntry {
-                    id: r.get(0),
-                    name: r.get(1),
-                    created_at: r.get(2),
-                    purged_at: r.get(3),
-                    forgotten_at: r.get(4),
-                    history: r.get(5),
-                })
-                .collect())
-        })
+        audit::audit(self)
     }
 
     fn begin_clone(
@@ -1060,199 +908,47 @@ impl Store for PgStore {
         volume: &str,
         cause: &str,
     ) -> Result<(VFolder, VFolder)> {
-        self.tx("committing a clone start", |tx| {
-            let args = TransitionArgs {
-                cause,
-                ..Default::default()
-            };
-            let s = Self::transition_in(tx, src, Op::CloneStart, &args, &[])?;
-            let d = Self::insert_in(
-                tx,
-                dst_id,
-                dst_name,
-                volume,
-                Status::Cloning,
-                Some(src),
-                cause,
-            )?;
-            Ok((s, d))
-        })
+        jobs::begin_clone(self, src, dst_id, dst_name, volume, cause)
     }
 
     fn confirm_claim(&self, claim: &Claim, lease: Duration) -> Result<()> {
-        let lease_ms = lease.as_millis() as i64;
-        self.fenced(claim, "committing a claim check", |tx| {
-            tx.execute(
-                &format!("UPDATE jobs SET lease_until = {NOW_MS} + $2 WHERE vfolder_id = $1"),
-                &[&claim.vfolder_id, &lease_ms],
-            )
-            .map_err(pg("renewing a job"))?;
-            Ok(())
-        })
+        jobs::confirm_claim(self, claim, lease)
     }
 
     fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let op = Op::purge_end(error.is_some());
-        let args = TransitionArgs {
-            cause,
-            error,
-            ..Default::default()
-        };
-        self.fenced(claim, "committing a purge end", |tx| {
-            Self::transition_in(tx, &claim.vfolder_id, op, &args, &[])
-        })
+        jobs::finish_purge(self, claim, error, cause)
     }
 
     fn finish_clone(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        self.fenced(claim, "committing a clone end", |tx| {
-            Self::finish_clone_in(tx, &claim.vfolder_id, error, cause)
-        })
+        jobs::finish_clone(self, claim, error, cause)
     }
 
     fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder> {
-        let id = claim.vfolder_id.as_str();
-        self.fenced(claim, "committing a relocation", |tx| {
-            let cur = Self::get_in(tx, id)?;
-            let args = TransitionArgs {
-                cause,
-                ..Default::default()
-            };
-            let extra = match volume {
-                Some(new) if new != cur.volume => {
-                    Self::volume_known_in(tx, new)?;
-                    // A bind would be left showing the old copy, which is
-                    // removed next (attaching is refused while performing;
-                    // this holds the line for older records too).
-                    Self::check_unattached(tx, &cur, "switch the volume of")?;
-                    vec![
-                        ("volume", Some(new.to_string())),
-                        ("prev_volume", Some(cur.volume.clone())),
-                    ]
-                }
-                _ => vec![],
-            };
-            Self::transition_in(tx, id, Op::RelocateEnd, &args, &extra)
-        })
+        jobs::switch_volume(self, claim, volume, cause)
     }
 
     fn clear_prev_volume(&self, claim: &Claim) -> Result<()> {
-        self.fenced(claim, "clearing a relocation", |tx| {
-            tx.execute(
-                "UPDATE vfolders SET prev_volume = NULL WHERE id = $1",
-                &[&claim.vfolder_id],
-            )
-            .map_err(pg("clearing a relocation"))?;
-            Ok(())
-        })
+        jobs::clear_prev_volume(self, claim)
     }
 
     fn add_volume(&self, name: &str, path: &str) -> Result<()> {
-        checked_name(name)?;
-        if name == crate::catalog::DEFAULT_VOLUME {
-            return Err(VolumeError::Exists(name.to_string()).into());
-        }
-        self.tx("adding a volume", |tx| {
-            // Volumes change rarely: one at a time, so the check holds.
-            tx.execute("LOCK TABLE volumes IN SHARE ROW EXCLUSIVE MODE", &[])
-                .map_err(pg("adding a volume"))?;
-            let holder = tx
-                .query_opt(
-                    "SELECT name, path FROM volumes WHERE name = $1 OR path = $2",
-                    &[&name, &path],
-                )
-                .map_err(pg("adding a volume"))?
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
-            match holder {
-                Some((n, _)) if n == name => return Err(VolumeError::Exists(n).into()),
-                Some((by, p)) => return Err(VolumeError::PathTaken { path: p, by }.into()),
-                None => {}
-            }
-            tx.execute(
-                &format!("INSERT INTO volumes (name, path, created_at) VALUES ($1, $2, {NOW_MS})"),
-                &[&name, &path],
-            )
-            .map_err(pg("adding a volume"))?;
-            Ok(())
-        })
+        volumes::add_volume(self, name, path)
     }
 
     fn remove_volume(&self, name: &str) -> Result<()> {
-        if name == crate::catalog::DEFAULT_VOLUME {
-            return Err(VolumeError::Default.into());
-        }
-        self.tx("removing a volume", |tx| {
-            tx.execute("LOCK TABLE volumes IN SHARE ROW EXCLUSIVE MODE", &[])
-                .map_err(pg("removing a volume"))?;
-            Self::volume_known_in(tx, name)?;
-            // Rows that would start using it wait for this lock (their
-            // volume check reads `volumes`); rows already using it count.
-            let users: Vec<String> = tx
-                .query(
-                    "SELECT name || ' (' || status || ')' FROM vfolders \
-                     WHERE volume = $1 OR prev_volume = $1 \
-                     OR id IN (SELECT vfolder_id FROM jobs WHERE arg = $1) \
-                     ORDER BY name",
-                    &[&name],
-                )
-                .map_err(pg("checking a volume's vfolders"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if !users.is_empty() {
-                return Err(VolumeError::InUse {
-                    name: name.to_string(),
-                    count: users.len(),
-                    examples: users.into_iter().take(5).collect(),
-                }
-                .into());
-            }
-            tx.execute("DELETE FROM volumes WHERE name = $1", &[&name])
-                .map_err(pg("removing a volume"))?;
-            Ok(())
-        })
+        volumes::remove_volume(self, name)
     }
 
     fn volumes(&self) -> Result<Vec<(String, String)>> {
-        self.read(|tx| {
-            Ok(tx
-                .query("SELECT name, path FROM volumes ORDER BY name", &[])
-                .map_err(pg("listing volumes"))?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect())
-        })
+        volumes::volumes(self)
     }
 
     fn record_opens(&self, owner: &str, counts: &[(String, u64)]) -> Result<()> {
-        self.tx("committing open counts", |tx| {
-            for (id, n) in counts {
-                // A vfolder forgotten meanwhile has nothing to count.
-                tx.execute(
-                    &format!(
-                        "INSERT INTO open_counts (vfolder_id, owner, opens, updated_at) \
-                         SELECT $1, $2, $3, {NOW_MS} WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = $1) \
-                         ON CONFLICT (vfolder_id, owner) DO UPDATE SET opens = $3, updated_at = {NOW_MS}"
-                    ),
-                    &[id, &owner, &(*n as i64)],
-                )
-                .map_err(pg("recording open counts"))?;
-            }
-            Ok(())
-        })
+        mounts::record_opens(self, owner, counts)
     }
 
     fn opens(&self) -> Result<std::collections::HashMap<String, u64>> {
-        self.read(|tx| {
-            Ok(tx
-                .query(
-                    "SELECT vfolder_id, sum(opens)::bigint FROM open_counts GROUP BY vfolder_id",
-                    &[],
-                )
-                .map_err(pg("reading open counts"))?
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
-                .collect())
-        })
+        mounts::opens(self)
     }
 
     fn attach(
@@ -1265,127 +961,21 @@ impl Store for PgStore {
         source: &str,
         pending: Option<&str>,
     ) -> Result<Attachment> {
-        self.tx("committing an attachment", |tx| {
-            let v = Self::lock_in(tx, id)?;
-            let allowed = if read_only {
-                v.status.is_mountable_read_only()
-            } else {
-                v.status.is_mountable()
-            };
-            // A clone's target is cloning too, but its data is still being
-            // copied, and an aborted clone purges it.
-            let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-            if !allowed || target_of_clone {
-                return Err(StoreError::NotMountable {
-                    name: v.name,
-                    status: v.status,
-                    read_only,
-                    why: target_of_clone.then_some(
-                        "it is the target of a clone still copying; attach once it is ready",
-                    ),
-                });
-            }
-            let now = Self::now_in(tx)?;
-            let ns = mnt_ns as i64;
-            let node = crate::enforce::node_name();
-            let taken = tx
-                .query_opt(
-                    "SELECT 1 FROM attachments WHERE node = $1 AND mnt_ns = $2 AND target = $3",
-                    &[&node, &ns, &target],
-                )
-                .map_err(pg("recording an attachment"))?
-                .is_some();
-            if taken {
-                return Err(StoreError::TargetTaken(target.to_string()));
-            }
-            let seq: i64 = tx
-                .query_one(
-                    "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at, node) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
-                    &[&id, &session, &target, &read_only, &ns, &source, &now, &node],
-                )
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        StoreError::TargetTaken(target.to_string())
-                    } else {
-                        StoreError::Pg("recording an attachment", e)
-                    }
-                })?
-                .get(0);
-            if let Some(who) = pending {
-                tx.execute(
-                    "INSERT INTO attachment_pending (seq, attacher) VALUES ($1, $2) \
-                     ON CONFLICT (seq) DO UPDATE SET attacher = $2",
-                    &[&seq, &who],
-                )
-                .map_err(pg("recording an attachment"))?;
-            }
-            Ok(Attachment {
-                seq,
-                pending: pending.map(str::to_string),
-                vfolder_id: id.to_string(),
-                session: session.to_string(),
-                target: target.to_string(),
-                read_only,
-                mnt_ns,
-                node: node.clone(),
-                source: source.to_string(),
-                created_at: now,
-            })
-        })
+        attachments::attach(
+            self, id, session, target, read_only, mnt_ns, source, pending,
+        )
     }
 
     fn confirm_attachment(&self, seq: i64) -> Result<bool> {
-        self.tx("confirming an attachment", |tx| {
-            tx.execute("DELETE FROM attachment_pending WHERE seq = $1", &[&seq])
-                .map_err(pg("confirming an attachment"))?;
-            // Confirmed only if the record is still there (a prune may
-            // have removed it between the record and the bind).
-            Ok(tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM attachments WHERE seq = $1)",
-                    &[&seq],
-                )
-                .map_err(pg("confirming an attachment"))?
-                .get(0))
-        })
+        attachments::confirm_attachment(self, seq)
     }
 
     fn detach(&self, seq: i64) -> Result<bool> {
-        self.tx("removing an attachment", |tx| {
-            Ok(tx
-                .execute("DELETE FROM attachments WHERE seq = $1", &[&seq])
-                .map_err(pg("removing an attachment"))?
-                == 1)
-        })
+        attachments::detach(self, seq)
     }
 
     fn attachments(&self, vfolder: Option<&str>) -> Result<Vec<Attachment>> {
-        self.read(|tx| {
-            Ok(tx
-                .query(
-                    "SELECT a.seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at, \
-                     node, p.attacher FROM attachments a \
-                     LEFT JOIN attachment_pending p ON p.seq = a.seq \
-                     WHERE $1::text IS NULL OR vfolder_id = $1 ORDER BY a.seq",
-                    &[&vfolder],
-                )
-                .map_err(pg("listing attachments"))?
-                .iter()
-                .map(|r| Attachment {
-                    seq: r.get(0),
-                    vfolder_id: r.get(1),
-                    session: r.get(2),
-                    target: r.get(3),
-                    read_only: r.get(4),
-                    mnt_ns: r.get::<_, i64>(5) as u64,
-                    node: r.get(8),
-                    source: r.get(6),
-                    created_at: r.get(7),
-                    pending: r.get(9),
-                })
-                .collect())
-        })
+        attachments::attachments(self, vfolder)
     }
 
     fn rev_of(&self, id: &str) -> Result<u64> {
@@ -1398,32 +988,7 @@ impl Store for PgStore {
     }
 
     fn register_mount(&self, m: &MountRecord, lease: Duration) -> Result<()> {
-        let lease_ms = lease.as_millis() as i64;
-        self.tx("committing a mount", |tx| {
-            let now = Self::now_in(tx)?;
-            tx.execute(
-                "DELETE FROM mounts WHERE lease_until < $1",
-                &[&(now - 3_600_000)],
-            )
-            .map_err(pg("forgetting lapsed mounts"))?;
-            tx.execute(
-                "INSERT INTO mounts (id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO UPDATE SET lease_until = $6, applied_rev = $7, draining = $8",
-                &[
-                    &m.id,
-                    &m.node,
-                    &(m.pid as i64),
-                    &m.mountpoint,
-                    &m.started_at,
-                    &(now + lease_ms),
-                    &(m.applied_rev as i64),
-                    &m.draining.join(","),
-                ],
-            )
-            .map_err(pg("registering a mount"))?;
-            Ok(())
-        })
+        mounts::register_mount(self, m, lease)
     }
 
     fn renew_mount(
@@ -1433,46 +998,15 @@ impl Store for PgStore {
         draining: &[String],
         lease: Duration,
     ) -> Result<bool> {
-        let lease_ms = lease.as_millis() as i64;
-        let draining = draining.join(",");
-        self.tx("renewing a mount's lease", |tx| {
-            // One statement on the database's clock: extended only while it holds.
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE mounts SET lease_until = {NOW_MS} + $2, applied_rev = $3, draining = $4 \
-                         WHERE id = $1 AND lease_until >= {NOW_MS}"
-                    ),
-                    &[&id, &lease_ms, &(applied_rev as i64), &draining],
-                )
-                .map_err(pg("renewing a mount's lease"))?;
-            Ok(n == 1)
-        })
+        mounts::renew_mount(self, id, applied_rev, draining, lease)
     }
 
     fn remove_mount(&self, id: &str) -> Result<()> {
-        self.tx("forgetting a mount", |tx| {
-            tx.execute("DELETE FROM mounts WHERE id = $1", &[&id])
-                .map_err(pg("forgetting a mount"))?;
-            Ok(())
-        })
+        mounts::remove_mount(self, id)
     }
 
     fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)> {
-        self.read(|tx| {
-            let now = Self::now_in(tx)?;
-            let v = tx
-                .query(
-                    "SELECT id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining \
-                     FROM mounts ORDER BY started_at, id",
-                    &[],
-                )
-                .map_err(pg("listing mounts"))?
-                .iter()
-                .map(row_to_mount)
-                .collect();
-            Ok((now, v))
-        })
+        mounts::mounts(self)
     }
 
     fn change_listener(&self) -> Option<Box<dyn FnMut(Duration) -> bool + Send>> {

@@ -1,4 +1,11 @@
 //! The embedded SQLite backend of [`Store`].
+//!
+//! This file opens the database and keeps the vfolder rows (create, list,
+//! transitions, renames, history, the change feed); every multi-statement
+//! write goes through [`SqliteStore::write_tx`]. The [`Store`] methods of
+//! the other concepts are one-line calls into a submodule each: `jobs`
+//! (claims and the fenced steps that end a job), `attachments`, `mounts`
+//! (and their open counts), `volumes` and `audit` (forgetting purged rows).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,8 +21,14 @@ use super::{
     Result, Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
-use crate::status::{Op, Status};
+use crate::status::{Action, Op, Status};
 use crate::volumes::VolumeError;
+
+mod attachments;
+mod audit;
+mod jobs;
+mod mounts;
+mod volumes;
 
 /// How long a statement waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,13 +181,9 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn create(&self, id: &str, name: &str, volume: &str, cause: &str) -> Result<VFolder> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::insert_in(&tx, id, name, volume, Status::Ready, None, cause)?;
-        tx.commit().map_err(db("committing a creation"))?;
-        Ok(v)
+        self.write_tx("committing a creation", |tx| {
+            Self::insert_in(tx, id, name, volume, Status::Ready, None, cause)
+        })
     }
 
     fn get(&self, id: &str) -> Result<VFolder> {
@@ -233,43 +242,37 @@ impl Store for SqliteStore {
     }
 
     fn transition(&self, id: &str, op: Op, args: TransitionArgs<'_>) -> Result<VFolder> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::transition_in(&tx, id, op, &args, &[])?;
-        tx.commit().map_err(db("committing a status change"))?;
-        Ok(v)
+        self.write_tx("committing a status change", |tx| {
+            Self::transition_in(tx, id, op, &args, &[])
+        })
     }
 
     fn rename(&self, id: &str, new_name: &str) -> Result<VFolder> {
         checked_name(new_name)?;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let current = Self::get_in(&tx, id)?;
-        if !current.status.is_renamable() {
-            return Err(StoreError::RenameRefused {
-                name: current.name,
-                status: current.status,
-            });
-        }
-        Self::check_unattached(&tx, &current, "rename")?;
-        tx.execute(
-            "UPDATE vfolders SET name = ?1 WHERE id = ?2",
-            params![new_name, id],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(new_name.to_string())
-            } else {
-                StoreError::Db("renaming a vfolder", e)
+        self.write_tx("committing a rename", |tx| {
+            let current = Self::get_in(tx, id)?;
+            if !Action::Rename.allows(current.status) {
+                return Err(StoreError::Refused {
+                    name: current.name,
+                    id: current.id,
+                    status: current.status,
+                    op: Action::Rename,
+                });
             }
-        })?;
-        let v = Self::get_in(&tx, id)?;
-        tx.commit().map_err(db("committing a rename"))?;
-        Ok(v)
+            Self::check_unattached(tx, &current, "rename")?;
+            tx.execute(
+                "UPDATE vfolders SET name = ?1 WHERE id = ?2",
+                params![new_name, id],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken(new_name.to_string())
+                } else {
+                    StoreError::Db("renaming a vfolder", e)
+                }
+            })?;
+            Self::get_in(tx, id)
+        })
     }
 
     fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
@@ -394,54 +397,11 @@ impl Store for SqliteStore {
         lease: Duration,
         holder_dead: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Job>> {
-        let now = now_millis();
-        let until = now + lease.as_millis() as Millis;
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::get_in(&tx, id)?;
-        match Self::job_in(&tx, id)? {
-            None => {
-                tx.execute(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, kind, owner, until, now],
-                )
-                .map_err(db("claiming a job"))?;
-            }
-            Some(j) if j.owner == owner => {
-                tx.execute(
-                    "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
-                    params![id, until],
-                )
-                .map_err(db("claiming a job"))?;
-            }
-            Some(j) if j.owner.is_empty() || j.lease_until < now || holder_dead(&j.owner) => {
-                tx.execute(
-                    "UPDATE jobs SET owner = ?2, lease_until = ?3, kind = ?4, \
-                     claims = claims + 1 WHERE vfolder_id = ?1",
-                    params![id, owner, until, kind],
-                )
-                .map_err(db("claiming a job"))?;
-            }
-            Some(_) => return Ok(None),
-        }
-        let j = Self::job_in(&tx, id)?;
-        tx.commit().map_err(db("committing a claim"))?;
-        Ok(j)
+        jobs::claim_job(self, id, kind, owner, lease, holder_dead)
     }
 
     fn queue_job(&self, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
-        let conn = self.conn.lock();
-        conn.execute(
-            "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
-             VALUES (?1, ?2, '', 0, ?3, 0, ?4) \
-             ON CONFLICT(vfolder_id) DO UPDATE SET kind = ?2, arg = ?4",
-            params![id, kind, now_millis(), arg],
-        )
-        .map_err(db("queueing a job"))?;
-        Ok(())
+        jobs::queue_job(self, id, kind, arg)
     }
 
     fn renew_job(
@@ -452,54 +412,15 @@ impl Store for SqliteStore {
         done: u64,
         bytes: u64,
     ) -> Result<bool> {
-        let until = now_millis() + lease.as_millis() as Millis;
-        self.write_tx("renewing a job", |tx| {
-            let n = tx
-                .execute(
-                    "UPDATE jobs SET lease_until = ?3, done = ?4 \
-                     WHERE vfolder_id = ?1 AND owner = ?2",
-                    params![id, owner, until, done as i64],
-                )
-                .map_err(db("renewing a job"))?;
-            if n == 1 {
-                tx.execute(
-                    "INSERT INTO job_progress (vfolder_id, bytes) VALUES (?1, ?2) \
-                     ON CONFLICT(vfolder_id) DO UPDATE SET bytes = ?2",
-                    params![id, bytes as i64],
-                )
-                .map_err(db("renewing a job"))?;
-            }
-            Ok(n == 1)
-        })
+        jobs::renew_job(self, id, owner, lease, done, bytes)
     }
 
     fn set_job_totals(&self, id: &str, owner: &str, entries: u64, bytes: u64) -> Result<bool> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute(
-                "INSERT INTO job_progress (vfolder_id, total_entries, total_bytes) \
-                 SELECT ?1, ?3, ?4 WHERE EXISTS \
-                     (SELECT 1 FROM jobs WHERE vfolder_id = ?1 AND owner = ?2) \
-                 ON CONFLICT(vfolder_id) DO UPDATE SET total_entries = ?3, total_bytes = ?4",
-                params![id, owner, entries as i64, bytes as i64],
-            )
-            .map_err(db("recording a job's totals"))?;
-        Ok(n == 1)
+        jobs::set_job_totals(self, id, owner, entries, bytes)
     }
 
     fn set_job_cancel(&self, id: &str, by: Option<&str>) -> Result<bool> {
-        self.write_tx("recording a job's cancellation", |tx| {
-            if Self::job_in(tx, id)?.is_none() {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO job_progress (vfolder_id, cancel_by) VALUES (?1, ?2) \
-                 ON CONFLICT(vfolder_id) DO UPDATE SET cancel_by = ?2",
-                params![id, by],
-            )
-            .map_err(db("recording a job's cancellation"))?;
-            Ok(true)
-        })
+        jobs::set_job_cancel(self, id, by)
     }
 
     fn record_size(&self, id: &str, bytes: u64, files: u64) -> Result<()> {
@@ -536,84 +457,15 @@ impl Store for SqliteStore {
     }
 
     fn release_job(&self, id: &str, owner: &str, finished: bool) -> Result<()> {
-        let conn = self.conn.lock();
-        let sql = if finished {
-            "DELETE FROM jobs WHERE vfolder_id = ?1 AND owner = ?2"
-        } else {
-            "UPDATE jobs SET lease_until = 0 WHERE vfolder_id = ?1 AND owner = ?2"
-        };
-        conn.execute(sql, params![id, owner])
-            .map_err(db("releasing a job"))?;
-        Ok(())
+        jobs::release_job(self, id, owner, finished)
     }
 
     fn job(&self, id: &str) -> Result<Option<Job>> {
-        Self::job_in(&self.conn.lock(), id)
+        jobs::job(self, id)
     }
 
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>> {
-        let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let victims: Vec<VFolder> = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM vfolders WHERE status = ?1 AND status_changed_at < ?2"
-                ))
-                .map_err(db("finding purged vfolders"))?;
-            let rows = stmt
-                .query_map(
-                    params![Status::DeleteComplete.as_str(), before],
-                    row_to_vfolder,
-                )
-                .map_err(db("finding purged vfolders"))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(db("finding purged vfolders"))?
-        };
-        let mut out = Vec::new();
-        for v in victims {
-            let history: Vec<serde_json::Value> = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT from_status, to_status, at, cause FROM status_history \
-                         WHERE vfolder_id = ?1 ORDER BY seq",
-                    )
-                    .map_err(db("reading history"))?;
-                let rows = stmt
-                    .query_map([&v.id], |r| {
-                        Ok(serde_json::json!({
-                            "from": r.get::<_, Option<String>>(0)?,
-                            "to": r.get::<_, String>(1)?,
-                            "at": r.get::<_, Millis>(2)?,
-                            "cause": r.get::<_, String>(3)?,
-                        }))
-                    })
-                    .map_err(db("reading history"))?;
-                rows.collect::<rusqlite::Result<_>>()
-                    .map_err(db("reading history"))?
-            };
-            let e = AuditEntry {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                created_at: v.created_at,
-                purged_at: v.status_changed_at,
-                forgotten_at: now,
-                history: serde_json::Value::Array(history).to_string(),
-            };
-            tx.execute(
-                "INSERT INTO audit (vfolder_id, name, created_at, purged_at, forgotten_at, history) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![e.id, e.name, e.created_at, e.purged_at, e.forgotten_at, e.history],
-            )
-            .map_err(db("writing the audit"))?;
-            tx.execute("DELETE FROM vfolders WHERE id = ?1", [&v.id])
-                .map_err(db("forgetting a vfolder"))?;
-            out.push(e);
-        }
-        tx.commit().map_err(db("committing gc"))?;
-        Ok(out)
+        audit::forget_purged(self, before)
     }
 
     fn attach(
@@ -626,126 +478,21 @@ impl Store for SqliteStore {
         source: &str,
         pending: Option<&str>,
     ) -> Result<Attachment> {
-        let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let v = Self::get_in(&tx, id)?;
-        let allowed = if read_only {
-            v.status.is_mountable_read_only()
-        } else {
-            v.status.is_mountable()
-        };
-        // A clone's target is cloning too, but its data is still being
-        // copied, and an aborted clone purges it.
-        let target_of_clone = v.status.is_cloning() && v.clone_src.is_some();
-        if !allowed || target_of_clone {
-            return Err(StoreError::NotMountable {
-                name: v.name,
-                status: v.status,
-                read_only,
-                why: target_of_clone.then_some(
-                    "it is the target of a clone still copying; attach once it is ready",
-                ),
-            });
-        }
-        tx.execute(
-            "INSERT INTO attachments (vfolder_id, session, target, read_only, mnt_ns, source, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, session, target, read_only, mnt_ns as i64, source, now],
+        attachments::attach(
+            self, id, session, target, read_only, mnt_ns, source, pending,
         )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::TargetTaken(target.to_string())
-            } else {
-                StoreError::Db("recording an attachment", e)
-            }
-        })?;
-        let seq = tx.last_insert_rowid();
-        if let Some(who) = pending {
-            tx.execute(
-                "INSERT OR REPLACE INTO attachment_pending (seq, attacher) VALUES (?1, ?2)",
-                params![seq, who],
-            )
-            .map_err(db("recording an attachment"))?;
-        }
-        tx.commit().map_err(db("committing an attachment"))?;
-        Ok(Attachment {
-            seq,
-            vfolder_id: id.to_string(),
-            session: session.to_string(),
-            target: target.to_string(),
-            read_only,
-            mnt_ns,
-            // One node's store: every attachment is this node's.
-            node: crate::enforce::node_name(),
-            source: source.to_string(),
-            created_at: now,
-            pending: pending.map(str::to_string),
-        })
     }
 
     fn confirm_attachment(&self, seq: i64) -> Result<bool> {
-        let conn = self.conn.lock();
-        // One statement: the record must still exist.
-        let n = conn
-            .execute(
-                "DELETE FROM attachment_pending WHERE seq = ?1 AND EXISTS \
-                 (SELECT 1 FROM attachments WHERE seq = ?1)",
-                [seq],
-            )
-            .map_err(db("confirming an attachment"))?;
-        if n == 1 {
-            return Ok(true);
-        }
-        let exists: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM attachments WHERE seq = ?1)",
-                [seq],
-                |r| r.get(0),
-            )
-            .map_err(db("confirming an attachment"))?;
-        Ok(exists)
+        attachments::confirm_attachment(self, seq)
     }
 
     fn detach(&self, seq: i64) -> Result<bool> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute("DELETE FROM attachments WHERE seq = ?1", [seq])
-            .map_err(db("removing an attachment"))?;
-        Ok(n == 1)
+        attachments::detach(self, seq)
     }
 
     fn attachments(&self, vfolder: Option<&str>) -> Result<Vec<Attachment>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT a.seq, vfolder_id, session, target, read_only, mnt_ns, source, created_at, \
-                 p.attacher FROM attachments a LEFT JOIN attachment_pending p ON p.seq = a.seq \
-                 WHERE ?1 IS NULL OR vfolder_id = ?1 ORDER BY a.seq",
-            )
-            .map_err(db("listing attachments"))?;
-        // SQLite is one node's store: every attachment is this node's.
-        let node = crate::enforce::node_name();
-        let rows = stmt
-            .query_map([vfolder], |r| {
-                Ok(Attachment {
-                    seq: r.get(0)?,
-                    vfolder_id: r.get(1)?,
-                    session: r.get(2)?,
-                    target: r.get(3)?,
-                    read_only: r.get(4)?,
-                    mnt_ns: r.get::<_, i64>(5)? as u64,
-                    node: node.clone(),
-                    source: r.get(6)?,
-                    created_at: r.get(7)?,
-                    pending: r.get(8)?,
-                })
-            })
-            .map_err(db("listing attachments"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("listing attachments"))
+        attachments::attachments(self, vfolder)
     }
 
     fn rev_of(&self, id: &str) -> Result<u64> {
@@ -759,30 +506,7 @@ impl Store for SqliteStore {
     }
 
     fn register_mount(&self, m: &MountRecord, lease: Duration) -> Result<()> {
-        let now = now_millis();
-        let until = now + lease.as_millis() as Millis;
-        self.write_tx("committing a mount", |tx| {
-            // Mounts whose lease lapsed an hour ago are long gone (killed).
-            tx.execute("DELETE FROM mounts WHERE lease_until < ?1", [now - 3_600_000])
-                .map_err(db("forgetting lapsed mounts"))?;
-            tx.execute(
-                "INSERT INTO mounts (id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT(id) DO UPDATE SET lease_until = ?6, applied_rev = ?7, draining = ?8",
-                params![
-                    m.id,
-                    m.node,
-                    m.pid,
-                    m.mountpoint,
-                    m.started_at,
-                    until,
-                    m.applied_rev as i64,
-                    m.draining.join(",")
-                ],
-            )
-            .map_err(db("registering a mount"))?;
-            Ok(())
-        })
+        mounts::register_mount(self, m, lease)
     }
 
     fn renew_mount(
@@ -792,59 +516,15 @@ impl Store for SqliteStore {
         draining: &[String],
         lease: Duration,
     ) -> Result<bool> {
-        let now = now_millis();
-        let until = now + lease.as_millis() as Millis;
-        let conn = self.conn.lock();
-        // One statement: the lease is extended only while it still holds.
-        let n = conn
-            .execute(
-                "UPDATE mounts SET lease_until = ?2, applied_rev = ?3, draining = ?4 \
-                 WHERE id = ?1 AND lease_until >= ?5",
-                params![id, until, applied_rev as i64, draining.join(","), now],
-            )
-            .map_err(db("renewing a mount's lease"))?;
-        Ok(n == 1)
+        mounts::renew_mount(self, id, applied_rev, draining, lease)
     }
 
     fn remove_mount(&self, id: &str) -> Result<()> {
-        let conn = self.conn.lock();
-        conn.execute("DELETE FROM mounts WHERE id = ?1", [id])
-            .map_err(db("forgetting a mount"))?;
-        Ok(())
+        mounts::remove_mount(self, id)
     }
 
     fn mounts(&self) -> Result<(Millis, Vec<MountRecord>)> {
-        let conn = self.conn.lock();
-        let now = now_millis();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, node, pid, mountpoint, started_at, lease_until, applied_rev, draining \
-                 FROM mounts ORDER BY started_at, id",
-            )
-            .map_err(db("listing mounts"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                let draining: String = r.get(7)?;
-                Ok(MountRecord {
-                    id: r.get(0)?,
-                    node: r.get(1)?,
-                    pid: r.get(2)?,
-                    mountpoint: r.get(3)?,
-                    started_at: r.get(4)?,
-                    lease_until: r.get(5)?,
-                    applied_rev: r.get::<_, i64>(6)? as u64,
-                    draining: draining
-                        .split(',')
-                        .filter(|d| !d.is_empty())
-                        .map(str::to_string)
-                        .collect(),
-                })
-            })
-            .map_err(db("listing mounts"))?;
-        let v = rows
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db("listing mounts"))?;
-        Ok((now, v))
+        mounts::mounts(self)
     }
 
     fn begin_clone(
@@ -855,238 +535,51 @@ impl Store for SqliteStore {
         volume: &str,
         cause: &str,
     ) -> Result<(VFolder, VFolder)> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let args = TransitionArgs {
-            cause,
-            ..Default::default()
-        };
-        let s = Self::transition_in(&tx, src, Op::CloneStart, &args, &[])?;
-        let d = Self::insert_in(
-            &tx,
-            dst_id,
-            dst_name,
-            volume,
-            Status::Cloning,
-            Some(src),
-            cause,
-        )?;
-        tx.commit().map_err(db("committing a clone start"))?;
-        Ok((s, d))
+        jobs::begin_clone(self, src, dst_id, dst_name, volume, cause)
     }
 
     fn confirm_claim(&self, claim: &Claim, lease: Duration) -> Result<()> {
-        let until = now_millis() + lease.as_millis() as Millis;
-        self.fenced(claim, "committing a claim check", |tx| {
-            tx.execute(
-                "UPDATE jobs SET lease_until = ?2 WHERE vfolder_id = ?1",
-                params![claim.vfolder_id, until],
-            )
-            .map_err(db("renewing a job"))?;
-            Ok(())
-        })
+        jobs::confirm_claim(self, claim, lease)
     }
 
     fn finish_purge(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        let op = Op::purge_end(error.is_some());
-        let args = TransitionArgs {
-            cause,
-            error,
-            ..Default::default()
-        };
-        self.fenced(claim, "committing a purge end", |tx| {
-            Self::transition_in(tx, &claim.vfolder_id, op, &args, &[])
-        })
+        jobs::finish_purge(self, claim, error, cause)
     }
 
     fn finish_clone(&self, claim: &Claim, error: Option<&str>, cause: &str) -> Result<VFolder> {
-        self.fenced(claim, "committing a clone end", |tx| {
-            Self::finish_clone_in(tx, &claim.vfolder_id, error, cause)
-        })
+        jobs::finish_clone(self, claim, error, cause)
     }
 
     fn switch_volume(&self, claim: &Claim, volume: Option<&str>, cause: &str) -> Result<VFolder> {
-        let id = claim.vfolder_id.as_str();
-        self.fenced(claim, "committing a relocation", |tx| {
-            let cur = Self::get_in(tx, id)?;
-            let args = TransitionArgs {
-                cause,
-                ..Default::default()
-            };
-            if let Some(new) = volume.filter(|n| *n != cur.volume) {
-                Self::volume_known_in(tx, new)?;
-            }
-            let extra = match volume {
-                Some(new) if new != cur.volume => {
-                    // Attaching is refused while performing; this holds the
-                    // line in the switch's own transaction too (a record
-                    // from an older vfolderfs): a bind would be left showing
-                    // the old copy, which is removed next.
-                    Self::check_unattached(tx, &cur, "switch the volume of")?;
-                    vec![
-                        ("volume", Value::Text(new.into())),
-                        ("prev_volume", Value::Text(cur.volume.clone())),
-                    ]
-                }
-                _ => vec![],
-            };
-            Self::transition_in(tx, id, Op::RelocateEnd, &args, &extra)
-        })
+        jobs::switch_volume(self, claim, volume, cause)
     }
 
     fn clear_prev_volume(&self, claim: &Claim) -> Result<()> {
-        let conn = self.conn.lock();
-        // One statement: the claim check and the change are atomic.
-        let n = conn
-            .execute(
-                "UPDATE vfolders SET prev_volume = NULL WHERE id = ?1 AND EXISTS \
-                 (SELECT 1 FROM jobs WHERE vfolder_id = ?1 AND owner = ?2 AND kind = ?3 \
-                  AND claims = ?4)",
-                params![claim.vfolder_id, claim.owner, claim.kind, claim.token],
-            )
-            .map_err(db("clearing a relocation"))?;
-        if n == 0 {
-            // Not held, or no such vfolder: say which.
-            Self::check_claim(&conn, claim)?;
-            Self::get_in(&conn, &claim.vfolder_id)?;
-        }
-        Ok(())
+        jobs::clear_prev_volume(self, claim)
     }
 
     fn add_volume(&self, name: &str, path: &str) -> Result<()> {
-        checked_name(name)?;
-        if name == crate::catalog::DEFAULT_VOLUME {
-            return Err(VolumeError::Exists(name.to_string()).into());
-        }
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let holder: Option<(String, String)> = tx
-            .query_row(
-                "SELECT name, path FROM volumes WHERE name = ?1 OR path = ?2",
-                params![name, path],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(db("adding a volume"))?;
-        match holder {
-            Some((n, _)) if n == name => return Err(VolumeError::Exists(n).into()),
-            Some((by, p)) => return Err(VolumeError::PathTaken { path: p, by }.into()),
-            None => {}
-        }
-        tx.execute(
-            "INSERT INTO volumes (name, path, created_at) VALUES (?1, ?2, ?3)",
-            params![name, path, now_millis()],
-        )
-        .map_err(db("adding a volume"))?;
-        tx.commit().map_err(db("committing a new volume"))
+        volumes::add_volume(self, name, path)
     }
 
     fn remove_volume(&self, name: &str) -> Result<()> {
-        if name == crate::catalog::DEFAULT_VOLUME {
-            return Err(VolumeError::Default.into());
-        }
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        Self::volume_known_in(&tx, name)?;
-        let users: Vec<String> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT name || ' (' || status || ')' FROM vfolders \
-                     WHERE volume = ?1 OR prev_volume = ?1 \
-                     OR id IN (SELECT vfolder_id FROM jobs WHERE arg = ?1) \
-                     ORDER BY name",
-                )
-                .map_err(db("checking a volume's vfolders"))?;
-            stmt.query_map(params![name], |r| r.get(0))
-                .map_err(db("checking a volume's vfolders"))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db("checking a volume's vfolders"))?
-        };
-        if !users.is_empty() {
-            return Err(VolumeError::InUse {
-                name: name.to_string(),
-                count: users.len(),
-                examples: users.into_iter().take(5).collect(),
-            }
-            .into());
-        }
-        tx.execute("DELETE FROM volumes WHERE name = ?1", params![name])
-            .map_err(db("removing a volume"))?;
-        tx.commit().map_err(db("committing a volume removal"))
+        volumes::remove_volume(self, name)
     }
 
     fn volumes(&self) -> Result<Vec<(String, String)>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT name, path FROM volumes ORDER BY name")
-            .map_err(db("listing volumes"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(db("listing volumes"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("listing volumes"))
+        volumes::volumes(self)
     }
 
     fn record_opens(&self, owner: &str, counts: &[(String, u64)]) -> Result<()> {
-        let now = now_millis();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        for (id, n) in counts {
-            // A vfolder forgotten meanwhile has nothing to count.
-            let _ = tx.execute(
-                "INSERT INTO open_counts (vfolder_id, owner, opens, updated_at) \
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM vfolders WHERE id = ?1) \
-                 ON CONFLICT(vfolder_id, owner) DO UPDATE SET opens = ?3, updated_at = ?4",
-                params![id, owner, *n as i64, now],
-            );
-        }
-        tx.commit().map_err(db("committing open counts"))
+        mounts::record_opens(self, owner, counts)
     }
 
     fn opens(&self) -> Result<std::collections::HashMap<String, u64>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT vfolder_id, sum(opens) FROM open_counts GROUP BY vfolder_id")
-            .map_err(db("reading open counts"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(db("reading open counts"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("reading open counts"))
+        mounts::opens(self)
     }
 
     fn audit(&self) -> Result<Vec<AuditEntry>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT vfolder_id, name, created_at, purged_at, forgotten_at, history \
-                 FROM audit ORDER BY seq",
-            )
-            .map_err(db("reading the audit"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(AuditEntry {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_at: r.get(2)?,
-                    purged_at: r.get(3)?,
-                    forgotten_at: r.get(4)?,
-                    history: r.get(5)?,
-                })
-            })
-            .map_err(db("reading the audit"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("reading the audit"))
+        audit::audit(self)
     }
 }
 
@@ -1145,7 +638,7 @@ impl SqliteStore {
                 name: current.name,
                 id: current.id,
                 status: current.status,
-                op,
+                op: op.into(),
             });
         }
         tx.execute(
@@ -1228,10 +721,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The fence: [`StoreError::ClaimLost`] unless the job row still has
-    /// `claim`'s owner, kind and token. Called inside the transaction that
-    /// makes the fenced step.
-    /// Runs `f` in one immediate (write) transaction and commits it.
+    /// A write transaction: runs `f` in one `BEGIN IMMEDIATE` transaction
+    /// (the database's write lock is taken at the start, so two writers
+    /// never both read and then fail to upgrade) and commits it. An error
+    /// from `f` rolls everything back; `what` names the commit in its error.
+    /// Every multi-statement write goes through here.
     fn write_tx<T>(
         &self,
         what: &'static str,
@@ -1289,6 +783,9 @@ impl SqliteStore {
         Self::transition_in(tx, dst, op, &args, &[("clone_src", Value::Null)])
     }
 
+    /// The fence: [`StoreError::ClaimLost`] unless the job row still has
+    /// `claim`'s owner, kind and token. Called inside the transaction that
+    /// makes the fenced step.
     fn check_claim(conn: &Connection, claim: &Claim) -> Result<()> {
         let held = conn
             .query_row(

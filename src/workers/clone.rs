@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{Heartbeat, Outcome, Settled};
+use super::{ClaimGuard, Heartbeat, Outcome, Settled, end_job};
 use crate::backing::copy::{self, CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -93,131 +93,183 @@ pub fn run(
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some((job, d)) = super::claim(store.as_ref(), dst, KIND, owner)? else {
+    let Some((claim, job, d)) = ClaimGuard::take(store.as_ref(), dst, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
     let Some(src_id) = d.clone_src.clone().filter(|_| d.status.is_cloning()) else {
-        store.release_job(dst, owner, true)?;
+        claim.finish()?;
         return Ok(Outcome::NotApplicable);
     };
-    let claim = job.claim();
-    // The clone's end (both ready, or the source ready and the target on to
-    // the purge, which removes its partial data under a claim of its own)
-    // is fenced: made only while this claim holds.
-    let cancelled = |by: &str| -> Result<Outcome> {
-        let why = format!("clone cancelled by {by}; rolled back");
-        fenced!(
-            &claim,
-            "rolling the cancelled clone back",
-            store.finish_clone(&claim, Some(&why), &format!("{why} ({owner})"))
-        );
-        store.release_job(dst, owner, true)?;
-        info!("{why}: {:?}", d.name);
-        Ok(Outcome::CancelledBy(by.to_string()))
-    };
+    let a = Attempt { cat, owner, d };
     if let Some(by) = &job.cancel {
-        return cancelled(by);
+        return a.cancelled(claim, by);
     }
     if job.claims > 1 {
         let why = "clone interrupted (shutdown or crash); rolled back";
-        fenced!(
-            &claim,
-            "rolling the clone back",
-            store.finish_clone(&claim, Some(why), &format!("{why} ({owner})"))
-        );
-        store.release_job(dst, owner, true)?;
-        info!("rolled back the interrupted clone into {:?}", d.name);
-        return Ok(Outcome::RolledBack(why.into()));
+        let then = Outcome::RolledBack(why.into());
+        let o = a.roll_back(claim, "rolling the clone back", why, then)?;
+        if o != Outcome::ClaimLost {
+            info!("rolled back the interrupted clone into {:?}", a.d.name);
+        }
+        return Ok(o);
     }
     let s = store.get(&src_id)?;
     // The source is read only once every mount refuses writes to it and
     // the writes begun before have drained.
     match super::settle(store.as_ref(), &src_id, &s.name, cancel)? {
         Settled::Confirmed => {}
-        Settled::Cancelled => {
-            if let Some(by) = super::cancel_request(store.as_ref(), dst) {
-                return cancelled(&by);
-            }
-            store.release_job(dst, owner, false)?;
-            return Ok(Outcome::Cancelled);
-        }
+        Settled::Cancelled => return a.stopped(claim),
         Settled::Unconfirmed(e) => {
             let why = format!("clone abandoned: {e}");
-            fenced!(
-                &claim,
-                "abandoning the clone",
-                store.finish_clone(&claim, Some(&why), &format!("{why} ({owner})"))
-            );
-            store.release_job(dst, owner, true)?;
-            warn!("{why}");
-            return Ok(Outcome::RolledBack(why));
+            let then = Outcome::RolledBack(why.clone());
+            let o = a.roll_back(claim, "abandoning the clone", &why, then)?;
+            if o != Outcome::ClaimLost {
+                warn!("{why}");
+            }
+            return Ok(o);
         }
     }
-    let open = |v: &VFolder| {
-        cat.open_backing(&v.id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW)
-            .map_err(|err| CopyError::Failed {
-                path: cat.backing_path(v).display().to_string(),
-                err,
-            })
-    };
-    let result = open(&s).and_then(|sfd| {
-        let dfd = open(&d)?;
+    let result = a.copy(&s, cancel, pause, progress);
+    a.end(claim, &s, result)
+}
+
+/// One attempt at a clone into `d`, for `owner`.
+struct Attempt<'a> {
+    cat: &'a Catalog,
+    owner: &'a str,
+    d: VFolder,
+}
+
+impl Attempt<'_> {
+    fn store(&self) -> &dyn crate::store::Store {
+        self.cat.store().as_ref()
+    }
+
+    /// The clone's fenced end as a roll-back for `why` (the source ready,
+    /// the target on to the purge, which removes its partial data under a
+    /// claim of its own), then the job finished: gives `then`, or
+    /// [`Outcome::ClaimLost`].
+    fn roll_back(
+        &self,
+        claim: ClaimGuard<'_>,
+        step: &str,
+        why: &str,
+        then: Outcome,
+    ) -> Result<Outcome> {
+        let cause = format!("{why} ({})", self.owner);
+        let ended = self.store().finish_clone(&claim, Some(why), &cause);
+        end_job(ended, claim, step, then)
+    }
+
+    /// Asked to stop by `by`: rolled back.
+    fn cancelled(&self, claim: ClaimGuard<'_>, by: &str) -> Result<Outcome> {
+        let why = format!("clone cancelled by {by}; rolled back");
+        let then = Outcome::CancelledBy(by.to_string());
+        let o = self.roll_back(claim, "rolling the cancelled clone back", &why, then)?;
+        if o != Outcome::ClaimLost {
+            info!("{why}: {:?}", self.d.name);
+        }
+        Ok(o)
+    }
+
+    /// Stopped before its end: cancelled if someone asked, else shut down
+    /// (released for the next start to roll back).
+    fn stopped(&self, claim: ClaimGuard<'_>) -> Result<Outcome> {
+        if let Some(by) = super::cancel_request(self.store(), &self.d.id) {
+            return self.cancelled(claim, &by);
+        }
+        claim.release()?;
+        Ok(Outcome::Cancelled)
+    }
+
+    /// Copies `s` into the target, renewing the claim as it goes.
+    fn copy(
+        &self,
+        s: &VFolder,
+        cancel: &AtomicBool,
+        pause: Option<Duration>,
+        progress: &mut dyn FnMut(&CopyStats),
+    ) -> std::result::Result<CopyStats, CopyError> {
+        let open = |v: &VFolder| {
+            self.cat
+                .open_backing(&v.id, &v.volume, libc::O_RDONLY | libc::O_NOFOLLOW)
+                .map_err(|err| CopyError::Failed {
+                    path: self.cat.backing_path(v).display().to_string(),
+                    err,
+                })
+        };
+        let sfd = open(s)?;
+        let dfd = open(&self.d)?;
         copy_beating(
-            store.as_ref(),
-            dst,
-            owner,
+            self.store(),
+            &self.d.id,
+            self.owner,
             cancel,
             pause,
             sfd.as_fd(),
             dfd.as_fd(),
             progress,
         )
-    });
-    match result {
-        Ok(st) => {
-            super::stop_point("clone-end");
-            let cause = format!(
-                "clone done: {} entries, {} bytes from {:?} ({owner})",
-                st.entries, st.bytes, s.name
-            );
-            fenced!(
-                &claim,
-                "ending the clone",
-                store.finish_clone(&claim, None, &cause)
-            );
-            store.release_job(dst, owner, true)?;
-            for v in [dst, src_id.as_str()] {
-                if let Err(e) = store.record_size(v, st.bytes, st.entries) {
-                    warn!("recording the size of {v}: {e}");
+    }
+
+    /// Ends the clone of `s` by the copy's `result` (fenced): both ready,
+    /// or rolled back.
+    fn end(
+        &self,
+        claim: ClaimGuard<'_>,
+        s: &VFolder,
+        result: std::result::Result<CopyStats, CopyError>,
+    ) -> Result<Outcome> {
+        let (d, owner) = (&self.d, self.owner);
+        match result {
+            Ok(st) => {
+                super::stop_point("clone-end");
+                let cause = format!(
+                    "clone done: {} entries, {} bytes from {:?} ({owner})",
+                    st.entries, st.bytes, s.name
+                );
+                let ended = self.store().finish_clone(&claim, None, &cause);
+                let o = end_job(
+                    ended,
+                    claim,
+                    "ending the clone",
+                    Outcome::Complete(st.entries),
+                )?;
+                if o == Outcome::ClaimLost {
+                    return Ok(o);
                 }
+                for v in [d.id.as_str(), s.id.as_str()] {
+                    if let Err(e) = self.store().record_size(v, st.bytes, st.entries) {
+                        warn!("recording the size of {v}: {e}");
+                    }
+                }
+                info!(
+                    "cloned {:?} into {:?}: {} entries",
+                    s.name, d.name, st.entries
+                );
+                Ok(o)
             }
-            info!(
-                "cloned {:?} into {:?}: {} entries",
-                s.name, d.name, st.entries
-            );
-            Ok(Outcome::Complete(st.entries))
-        }
-        Err(CopyError::Cancelled) => {
-            if !super::holds(store.as_ref(), &claim) {
-                return Ok(super::claim_lost(&claim, "ending the clone"));
+            Err(CopyError::Cancelled) => {
+                if !claim.holds() {
+                    return Ok(claim.lost("ending the clone"));
+                }
+                self.stopped(claim)
             }
-            if let Some(by) = super::cancel_request(store.as_ref(), dst) {
-                return cancelled(&by);
+            Err(e) => {
+                let msg = e.to_string();
+                let cause = format!("clone failed: {msg}; rolled back ({owner})");
+                let ended = self.store().finish_clone(&claim, Some(&msg), &cause);
+                let o = end_job(
+                    ended,
+                    claim,
+                    "rolling the failed clone back",
+                    Outcome::Failed(msg.clone()),
+                )?;
+                if o != Outcome::ClaimLost {
+                    warn!("clone of {:?} into {:?} failed: {msg}", s.name, d.name);
+                }
+                Ok(o)
             }
-            store.release_job(dst, owner, false)?;
-            Ok(Outcome::Cancelled)
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            let cause = format!("clone failed: {msg}; rolled back ({owner})");
-            fenced!(
-                &claim,
-                "rolling the failed clone back",
-                store.finish_clone(&claim, Some(&msg), &cause)
-            );
-            store.release_job(dst, owner, true)?;
-            warn!("clone of {:?} into {:?} failed: {msg}", s.name, d.name);
-            Ok(Outcome::Failed(msg))
         }
     }
 }

@@ -3,26 +3,29 @@
 //! so that others can tell whether it lives.
 
 /// Evaluates a fenced store step (`Result<T>`) for the job holding
-/// `claim`; if the claim was lost, logs it and returns
+/// `claim` (a [`ClaimGuard`]); if the claim was lost, logs it and returns
 /// `Ok(Outcome::ClaimLost)` from the enclosing function, touching nothing
-/// further.
+/// further (the guard then owes no release).
 macro_rules! fenced {
     ($claim:expr, $step:expr, $e:expr) => {
         match $e {
             Err($crate::store::StoreError::ClaimLost { .. }) => {
-                return Ok($crate::workers::claim_lost($claim, $step));
+                return Ok($claim.lost($step));
             }
             other => other?,
         }
     };
 }
 
+mod claim;
 pub mod clone;
 pub mod pool;
 pub mod purge;
 pub mod relocate;
 
 use std::time::Duration;
+
+pub use claim::{ClaimGuard, end_job};
 
 /// How long a claim holds without renewal, unless [`LEASE_ENV`] says otherwise.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -209,21 +212,6 @@ pub fn cancel_request(store: &dyn crate::store::Store, id: &str) -> Option<Strin
     }
 }
 
-/// Claims `owner`'s job of `kind` on vfolder `id` (see
-/// [`crate::store::Store::claim_job`]) and reads the vfolder; None if
-/// another live process holds the job.
-pub fn claim(
-    store: &dyn crate::store::Store,
-    id: &str,
-    kind: &str,
-    owner: &str,
-) -> crate::store::Result<Option<(crate::store::Job, crate::store::VFolder)>> {
-    let Some(job) = store.claim_job(id, kind, owner, lease(), &owner_dead)? else {
-        return Ok(None);
-    };
-    Ok(Some((job, store.get(id)?)))
-}
-
 /// How a job attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -248,29 +236,6 @@ pub enum Outcome {
     /// another process took the job over): it stopped without its final
     /// step and left everything to the new owner.
     ClaimLost,
-}
-
-/// Logs that the job holding `claim` lost it before `step`, and says so.
-pub fn claim_lost(claim: &crate::store::Claim, step: &str) -> Outcome {
-    log::warn!(
-        "{} job on {}: this process ({}) lost its claim {} to another process; \
-         stopping without {step}",
-        claim.kind,
-        claim.vfolder_id,
-        claim.owner,
-        claim.token
-    );
-    Outcome::ClaimLost
-}
-
-/// Whether `claim` is still held (a read, not a fence: for telling a
-/// stop on a lost claim from a shutdown).
-pub fn holds(store: &dyn crate::store::Store, claim: &crate::store::Claim) -> bool {
-    store
-        .job(&claim.vfolder_id)
-        .ok()
-        .flatten()
-        .is_some_and(|j| j.owner == claim.owner && j.kind == claim.kind && j.claims == claim.token)
 }
 
 /// The node part of an owner: the node's name (`VFOLDERFS_NODE`, else the

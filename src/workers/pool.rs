@@ -115,7 +115,7 @@ impl JobPool {
                 thread::Builder::new()
                     .name(format!("vfolderfs-job-{i}"))
                     .spawn(move || worker(&cat, &rx, &shared, &owner, pause))
-                    .map_err(|e| StoreError::Io("starting a worker".into(), e))?,
+                    .map_err(|e| StoreError::Os("starting a worker", e))?,
             );
         }
         let cat = Catalog::open(layout.clone())?;
@@ -124,7 +124,7 @@ impl JobPool {
             thread::Builder::new()
                 .name("vfolderfs-job-scan".into())
                 .spawn(move || scan(&cat, &scan_tx, &scan_shared, &cfg))
-                .map_err(|e| StoreError::Io("starting the job scanner".into(), e))?,
+                .map_err(|e| StoreError::Os("starting the job scanner", e))?,
         );
         Ok(JobPool {
             tx: Mutex::new(Some(tx)),

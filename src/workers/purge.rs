@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use log::{error, info};
 
-use super::{Heartbeat, Outcome, lease};
+use super::{ClaimGuard, Heartbeat, Outcome, lease};
 use crate::backing::remove::{self, RemoveError};
 use crate::catalog::Catalog;
 use crate::status::Op;
@@ -51,17 +51,16 @@ pub fn purge_one(
     {
         return Ok(Outcome::CancelledBy(by));
     }
-    let Some((job, v)) = super::claim(store.as_ref(), id, KIND, owner)? else {
+    let Some((claim, job, v)) = ClaimGuard::take(store.as_ref(), id, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
     if !v.status.is_purging() {
-        store.release_job(id, owner, true)?;
+        claim.finish()?;
         return Ok(Outcome::NotApplicable);
     }
     if job.claims > 1 {
         info!("resuming the purge of {:?} ({id})", v.name);
     }
-    let claim = job.claim();
     let mut done = job.done;
     // Removing a delete-ongoing vfolder's data is what every owner of this
     // job does (that status only ends in delete-complete or delete-error),
@@ -80,16 +79,16 @@ pub fn purge_one(
                 "ending the purge",
                 store.finish_purge(&claim, None, &cause)
             );
-            store.release_job(id, owner, true)?;
+            claim.finish()?;
             info!("purged {:?} ({id}): {done} entries", v.name);
             Ok(Outcome::Complete(done))
         }
         Err(RemoveError::Cancelled) => {
-            if !super::holds(store.as_ref(), &claim) {
-                return Ok(super::claim_lost(&claim, "ending the purge"));
+            if !claim.holds() {
+                return Ok(claim.lost("ending the purge"));
             }
             let _ = store.renew_job(id, owner, lease(), done, 0);
-            store.release_job(id, owner, false)?;
+            claim.release()?;
             if let Some(by) = super::cancel_request(store.as_ref(), id) {
                 info!(
                     "purge of {:?} ({id}) stopped after {done} entries: cancelled by {by}; \
@@ -108,7 +107,7 @@ pub fn purge_one(
                 "recording the purge failure",
                 store.finish_purge(&claim, Some(&msg), &cause)
             );
-            store.release_job(id, owner, true)?;
+            claim.finish()?;
             error!("purge of {:?} ({id}) failed: {msg}", v.name);
             Ok(Outcome::Failed(msg))
         }

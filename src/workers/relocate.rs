@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use super::{Outcome, Settled, purge};
+use super::{ClaimGuard, Outcome, Settled, end_job, purge};
 use crate::backing::copy::{CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
@@ -67,112 +67,178 @@ pub fn run(
     progress: &mut dyn FnMut(&CopyStats),
 ) -> Result<Outcome> {
     let store = cat.store();
-    let Some((job, v)) = super::claim(store.as_ref(), id, KIND, owner)? else {
+    let Some((claim, job, v)) = ClaimGuard::take(store.as_ref(), id, KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
     if !v.status.is_relocating() {
-        store.release_job(id, owner, true)?;
+        claim.finish()?;
         return Ok(Outcome::NotApplicable);
     }
-    let claim = job.claim();
-    let from = v.volume.clone();
     let Some(to) = job.arg.clone().filter(|t| cat.volume(t).is_ok()) else {
         let why = "relocation has no usable target volume; rolled back";
-        fenced!(
-            &claim,
-            "rolling the relocation back",
-            store.switch_volume(&claim, None, why)
-        );
-        store.release_job(id, owner, true)?;
-        return Ok(Outcome::RolledBack(why.into()));
+        let ended = store.switch_volume(&claim, None, why);
+        let rolled_back = Outcome::RolledBack(why.into());
+        return end_job(ended, claim, "rolling the relocation back", rolled_back);
     };
-    // Removes the partial new copy under the claim; None when done.
-    let remove_partial = || -> Result<Option<Outcome>> {
-        match purge::remove_copy(cat, &claim, &to, cancel, None, false, &mut |_| {}) {
-            Ok(()) => Ok(None),
-            Err(_) if !super::holds(store.as_ref(), &claim) => Ok(Some(super::claim_lost(
-                &claim,
-                "removing the partial copy or switching",
-            ))),
+    let from = v.volume.clone();
+    let r = Relocation {
+        cat,
+        owner,
+        cancel,
+        v,
+        from,
+        to,
+    };
+    if job.claims > 1 {
+        return r.resume(claim, job.cancel.as_deref());
+    }
+    if let Some(by) = &job.cancel {
+        return r.cancelled(claim, by);
+    }
+    if cat.same_filesystem(&r.from, &r.to)? {
+        return r.by_rename(claim);
+    }
+    r.by_copy(claim, pause, progress)
+}
+
+/// One attempt at relocating `v` from volume `from` to `to`, for `owner`.
+struct Relocation<'a> {
+    cat: &'a Catalog,
+    owner: &'a str,
+    cancel: &'a AtomicBool,
+    v: VFolder,
+    from: String,
+    to: String,
+}
+
+impl<'c> Relocation<'c> {
+    fn store(&self) -> &'c dyn crate::store::Store {
+        self.cat.store().as_ref()
+    }
+
+    /// Removes the partial new copy under the claim, and gives the claim
+    /// back; or the outcome to stop with (the claim lost, or released
+    /// after a failed removal).
+    fn remove_partial<'s>(
+        &self,
+        claim: ClaimGuard<'s>,
+    ) -> Result<std::result::Result<ClaimGuard<'s>, Outcome>> {
+        let (id, to) = (&self.v.id, &self.to);
+        match purge::remove_copy(self.cat, &claim, to, self.cancel, None, false, &mut |_| {}) {
+            Ok(()) => Ok(Ok(claim)),
+            Err(_) if !claim.holds() => {
+                Ok(Err(claim.lost("removing the partial copy or switching")))
+            }
             Err(e) => {
-                store.release_job(id, owner, false)?;
+                claim.release()?;
                 warn!("removing the partial copy of {id} on {to}: {e}");
-                Ok(Some(Outcome::Cancelled))
+                Ok(Err(Outcome::Cancelled))
             }
         }
-    };
-    // The data moved by a rename: no old copy is left to remove.
-    let renamed = |cause: String| -> Result<Outcome> {
+    }
+
+    /// The partial new copy removed, the fenced switch back (the vfolder
+    /// ready on its old volume, the old copy untouched) with the history
+    /// `cause` (the owner added), the job finished; gives `then`.
+    fn roll_back(
+        &self,
+        claim: ClaimGuard<'_>,
+        step: &str,
+        cause: &str,
+        then: Outcome,
+    ) -> Result<Outcome> {
+        let claim = match self.remove_partial(claim)? {
+            Ok(c) => c,
+            Err(o) => return Ok(o),
+        };
+        let cause = format!("{cause} ({})", self.owner);
+        let ended = self.store().switch_volume(&claim, None, &cause);
+        end_job(ended, claim, step, then)
+    }
+
+    /// The data is on the new volume (moved by a rename: no old copy is
+    /// left to remove): the fenced switch and clearing, the job finished.
+    fn renamed(&self, claim: ClaimGuard<'_>, cause: String) -> Result<Outcome> {
         fenced!(
             &claim,
             "switching",
-            store.switch_volume(&claim, Some(&to), &cause)
+            self.store().switch_volume(&claim, Some(&self.to), &cause)
         );
-        fenced!(
-            &claim,
+        let ended = self.store().clear_prev_volume(&claim);
+        end_job(
+            ended,
+            claim,
             "clearing the old volume",
-            store.clear_prev_volume(&claim)
-        );
-        store.release_job(id, owner, true)?;
-        Ok(Outcome::Complete(0))
-    };
-    // Asked to stop: the partial new copy removed, then the fenced switch
-    // back (the vfolder ready on its old volume, the old copy untouched).
-    let cancelled = |by: &str| -> Result<Outcome> {
-        if let Some(o) = remove_partial()? {
-            return Ok(o);
-        }
-        let why = format!("relocation to {to} cancelled by {by}; rolled back");
-        fenced!(
-            &claim,
+            Outcome::Complete(0),
+        )
+    }
+
+    /// Asked to stop by `by`: rolled back.
+    fn cancelled(&self, claim: ClaimGuard<'_>, by: &str) -> Result<Outcome> {
+        let why = format!("relocation to {} cancelled by {by}; rolled back", self.to);
+        let o = self.roll_back(
+            claim,
             "rolling the cancelled relocation back",
-            store.switch_volume(&claim, None, &format!("{why} ({owner})"))
-        );
-        store.release_job(id, owner, true)?;
-        info!("{why}: {:?}", v.name);
-        Ok(Outcome::CancelledBy(by.to_string()))
-    };
-    if job.claims > 1 {
-        // Interrupted: finish a rename that happened, undo a partial copy.
-        if !cat.backing_exists(id, &from) && cat.backing_exists(id, &to) {
-            return renamed(format!("relocation to {to} completed on resume ({owner})"));
+            &why,
+            Outcome::CancelledBy(by.to_string()),
+        )?;
+        if matches!(o, Outcome::CancelledBy(_)) {
+            info!("{why}: {:?}", self.v.name);
         }
-        if let Some(by) = &job.cancel {
-            return cancelled(by);
+        Ok(o)
+    }
+
+    /// Stopped before the switch: cancelled if someone asked, else shut
+    /// down (released for the next start to resume).
+    fn stopped(&self, claim: ClaimGuard<'_>) -> Result<Outcome> {
+        if let Some(by) = super::cancel_request(self.store(), &self.v.id) {
+            return self.cancelled(claim, &by);
+        }
+        claim.release()?;
+        Ok(Outcome::Cancelled)
+    }
+
+    /// A relocation interrupted (shutdown or crash): finishes a rename
+    /// that happened, else undoes a partial copy.
+    fn resume(&self, claim: ClaimGuard<'_>, cancel: Option<&str>) -> Result<Outcome> {
+        let (id, to, owner) = (&self.v.id, &self.to, self.owner);
+        if !self.cat.backing_exists(id, &self.from) && self.cat.backing_exists(id, to) {
+            return self.renamed(
+                claim,
+                format!("relocation to {to} completed on resume ({owner})"),
+            );
+        }
+        if let Some(by) = cancel {
+            return self.cancelled(claim, by);
         }
         let why = format!("relocation to {to} interrupted; rolled back");
-        if let Some(o) = remove_partial()? {
-            return Ok(o);
-        }
-        fenced!(
-            &claim,
-            "rolling the relocation back",
-            store.switch_volume(&claim, None, &format!("{why} ({owner})"))
-        );
-        store.release_job(id, owner, true)?;
-        return Ok(Outcome::RolledBack(why));
+        let rolled_back = Outcome::RolledBack(why.clone());
+        self.roll_back(claim, "rolling the relocation back", &why, rolled_back)
     }
-    if let Some(by) = &job.cancel {
-        return cancelled(by);
-    }
-    if cat.same_filesystem(&from, &to)? {
+
+    /// Within one filesystem: a rename, after a fenced confirmation; undone
+    /// if the switch then finds the claim lost.
+    fn by_rename(&self, claim: ClaimGuard<'_>) -> Result<Outcome> {
+        let (id, from, to, v) = (&self.v.id, &self.from, &self.to, &self.v);
         fenced!(
             &claim,
             "moving the data",
-            store.confirm_claim(&claim, super::lease())
+            self.store().confirm_claim(&claim, super::lease())
         );
-        cat.rename_backing(id, &from, &to)
-            .map_err(|e| StoreError::Io(cat.backing_path(&v).display().to_string(), e))?;
-        let done = renamed(format!("relocated from {from} to {to} by rename ({owner})"))?;
+        self.cat
+            .rename_backing(id, from, to)
+            .map_err(|e| StoreError::Io(self.cat.backing_path(v).display().to_string(), e))?;
+        let cause = format!("relocated from {from} to {to} by rename ({})", self.owner);
+        let done = self.renamed(claim, cause)?;
         if done == Outcome::ClaimLost {
             // Stopped between the confirmation and the rename, and taken
             // over: the new owner saw the data where the row said and rolled
             // back; put the data back there. (A new owner that saw the
             // rename finished it instead, and the row names `to`.)
-            let now = store.get(id)?;
-            if now.volume == from
-                && !cat.backing_exists(id, &from)
-                && let Err(e) = cat.rename_backing(id, &to, &from)
+            let now = self.store().get(id)?;
+            if now.volume == *from
+                && !self.cat.backing_exists(id, from)
+                && let Err(e) = self.cat.rename_backing(id, to, from)
             {
                 warn!(
                     "moving {:?} back to {from} after losing the claim: {e}",
@@ -182,114 +248,119 @@ pub fn run(
             return Ok(done);
         }
         info!("relocated {:?} to {to} (rename)", v.name);
-        return Ok(done);
+        Ok(done)
     }
-    // Across filesystems: copy (once every mount refuses writes and the
-    // writes begun before have drained), switch, remove the old copy.
-    match super::settle(store.as_ref(), id, &v.name, cancel)? {
-        Settled::Confirmed => {}
-        Settled::Cancelled => {
-            if let Some(by) = super::cancel_request(store.as_ref(), id) {
-                return cancelled(&by);
-            }
-            store.release_job(id, owner, false)?;
-            return Ok(Outcome::Cancelled);
-        }
-        Settled::Unconfirmed(e) => {
-            let why = format!("relocation to {to} abandoned: {e}");
-            fenced!(
-                &claim,
-                "abandoning the relocation",
-                store.switch_volume(&claim, None, &format!("{why} ({owner})"))
-            );
-            store.release_job(id, owner, true)?;
-            warn!("{why}");
-            return Ok(Outcome::RolledBack(why));
-        }
-    }
-    let fail = |msg: String| -> Result<Outcome> {
+
+    /// A failure before the switch, `msg`: rolled back.
+    fn fail(&self, claim: ClaimGuard<'_>, msg: String) -> Result<Outcome> {
         // The partial copy first, while the claim (confirmed before any
         // removal) still shows it is this job's; then the fenced switch back.
-        if let Some(o) = remove_partial()? {
+        let cause = format!("relocation to {} failed: {msg}", self.to);
+        let failed = Outcome::Failed(msg.clone());
+        let o = self.roll_back(claim, "rolling the relocation back", &cause, failed)?;
+        if matches!(o, Outcome::Failed(_)) {
+            warn!(
+                "relocation of {:?} to {} failed: {msg}",
+                self.v.name, self.to
+            );
+        }
+        Ok(o)
+    }
+
+    /// Across filesystems: copy (once every mount refuses writes and the
+    /// writes begun before have drained), switch, remove the old copy.
+    fn by_copy(
+        &self,
+        claim: ClaimGuard<'_>,
+        pause: Option<Duration>,
+        progress: &mut dyn FnMut(&CopyStats),
+    ) -> Result<Outcome> {
+        let (id, to, owner) = (self.v.id.as_str(), &self.to, self.owner);
+        match super::settle(self.store(), id, &self.v.name, self.cancel)? {
+            Settled::Confirmed => {}
+            Settled::Cancelled => return self.stopped(claim),
+            Settled::Unconfirmed(e) => {
+                let why = format!("relocation to {to} abandoned: {e}");
+                let cause = format!("{why} ({owner})");
+                let ended = self.store().switch_volume(&claim, None, &cause);
+                let rolled_back = Outcome::RolledBack(why.clone());
+                let o = end_job(ended, claim, "abandoning the relocation", rolled_back)?;
+                if o != Outcome::ClaimLost {
+                    warn!("{why}");
+                }
+                return Ok(o);
+            }
+        }
+        let copied = match self.copy(pause, progress) {
+            Ok(r) => r,
+            Err(msg) => return self.fail(claim, msg),
+        };
+        let stats = match copied {
+            Ok(s) => s,
+            Err(CopyError::Cancelled) => {
+                if !claim.holds() {
+                    return Ok(claim.lost("switching"));
+                }
+                return self.stopped(claim);
+            }
+            Err(e) => return self.fail(claim, e.to_string()),
+        };
+        super::stop_point("relocate-switch");
+        let cause = format!(
+            "relocated from {} to {to}: {} entries, {} bytes ({owner})",
+            self.from, stats.entries, stats.bytes
+        );
+        let ended = self.store().switch_volume(&claim, Some(to), &cause);
+        let o = end_job(ended, claim, "switching", Outcome::Complete(stats.entries))?;
+        if o == Outcome::ClaimLost {
             return Ok(o);
         }
-        fenced!(
-            &claim,
-            "rolling the relocation back",
-            store.switch_volume(
-                &claim,
-                None,
-                &format!("relocation to {to} failed: {msg} ({owner})"),
-            )
-        );
-        store.release_job(id, owner, true)?;
-        warn!("relocation of {:?} to {to} failed: {msg}", v.name);
-        Ok(Outcome::Failed(msg))
-    };
-    let src = match cat.open_backing(id, &from, libc::O_RDONLY | libc::O_NOFOLLOW) {
-        Ok(fd) => fd,
-        Err(e) => return fail(e.to_string()),
-    };
-    let st = match sys::fstat(src.as_fd()) {
-        Ok(st) => st,
-        Err(e) => return fail(e.to_string()),
-    };
-    let dir = NewDir {
-        mode: st.st_mode & 0o7777,
-        owner: Some((st.st_uid, st.st_gid)),
-    };
-    let dst = match cat.make_backing(id, &to, dir) {
-        Ok(fd) => fd,
-        Err(e) => return fail(e.to_string()),
-    };
-    let copied = super::clone::copy_beating(
-        store.as_ref(),
-        id,
-        owner,
-        cancel,
-        pause,
-        src.as_fd(),
-        dst.as_fd(),
-        progress,
-    );
-    let stats = match copied {
-        Ok(s) => s,
-        Err(CopyError::Cancelled) => {
-            if !super::holds(store.as_ref(), &claim) {
-                return Ok(super::claim_lost(&claim, "switching"));
-            }
-            if let Some(by) = super::cancel_request(store.as_ref(), id) {
-                drop((src, dst));
-                return cancelled(&by);
-            }
-            store.release_job(id, owner, false)?;
-            return Ok(Outcome::Cancelled);
+        if let Err(e) = self.store().record_size(id, stats.bytes, stats.entries) {
+            warn!("recording the size of {:?}: {e}", self.v.name);
         }
-        Err(e) => return fail(e.to_string()),
-    };
-    drop((src, dst));
-    super::stop_point("relocate-switch");
-    fenced!(
-        &claim,
-        "switching",
-        store.switch_volume(
-            &claim,
-            Some(&to),
-            &format!(
-                "relocated from {from} to {to}: {} entries, {} bytes ({owner})",
-                stats.entries, stats.bytes
-            ),
-        )
-    );
-    store.release_job(id, owner, true)?;
-    if let Err(e) = store.record_size(id, stats.bytes, stats.entries) {
-        warn!("recording the size of {:?}: {e}", v.name);
+        info!(
+            "relocated {:?} to {to}: {} entries",
+            self.v.name, stats.entries
+        );
+        // The old copy goes once every mount has switched (cleanup waits for
+        // their confirmation; if shut down first, the next start removes it).
+        cleanup(self.cat, id, owner, self.cancel)?;
+        Ok(o)
     }
-    info!("relocated {:?} to {to}: {} entries", v.name, stats.entries);
-    // The old copy goes once every mount has switched (cleanup waits for
-    // their confirmation; if shut down first, the next start removes it).
-    cleanup(cat, id, owner, cancel)?;
-    Ok(Outcome::Complete(stats.entries))
+
+    /// Copies the data from the old volume into a new copy on the target,
+    /// renewing the claim as it goes; both directories are closed on
+    /// return. The outer error is a failure to open them, as a message.
+    fn copy(
+        &self,
+        pause: Option<Duration>,
+        progress: &mut dyn FnMut(&CopyStats),
+    ) -> std::result::Result<std::result::Result<CopyStats, CopyError>, String> {
+        let id = &self.v.id;
+        let src = self
+            .cat
+            .open_backing(id, &self.from, libc::O_RDONLY | libc::O_NOFOLLOW)
+            .map_err(|e| e.to_string())?;
+        let st = sys::fstat(src.as_fd()).map_err(|e| e.to_string())?;
+        let dir = NewDir {
+            mode: st.st_mode & 0o7777,
+            owner: Some((st.st_uid, st.st_gid)),
+        };
+        let dst = self
+            .cat
+            .make_backing(id, &self.to, dir)
+            .map_err(|e| e.to_string())?;
+        Ok(super::clone::copy_beating(
+            self.store(),
+            id,
+            self.owner,
+            self.cancel,
+            pause,
+            src.as_fd(),
+            dst.as_fd(),
+            progress,
+        ))
+    }
 }
 
 /// Removes the old copy a finished relocation left behind (its row names
@@ -299,18 +370,17 @@ pub fn run(
 /// fenced.
 pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Result<Outcome> {
     let store = cat.store();
-    let Some((job, v)) = super::claim(store.as_ref(), id, CLEANUP_KIND, owner)? else {
+    let Some((claim, _, v)) = ClaimGuard::take(store.as_ref(), id, CLEANUP_KIND, owner)? else {
         return Ok(Outcome::HeldElsewhere);
     };
-    let claim = job.claim();
     let Some(prev) = v.prev_volume.clone().filter(|p| *p != v.volume) else {
-        fenced!(
-            &claim,
+        let ended = store.clear_prev_volume(&claim);
+        return end_job(
+            ended,
+            claim,
             "clearing the old volume",
-            store.clear_prev_volume(&claim)
+            Outcome::NotApplicable,
         );
-        store.release_job(id, owner, true)?;
-        return Ok(Outcome::NotApplicable);
     };
     // Every mount must have switched to the new copy (and drained writes
     // begun before the relocation) before the old one goes.
@@ -318,7 +388,7 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
         Settled::Confirmed => {}
         Settled::Cancelled | Settled::Unconfirmed(_) => {
             // Tried again at the next start or scan; the row keeps the old volume.
-            store.release_job(id, owner, false)?;
+            claim.release()?;
             return Ok(Outcome::Cancelled);
         }
     }
@@ -326,23 +396,21 @@ pub fn cleanup(cat: &Catalog, id: &str, owner: &str, cancel: &AtomicBool) -> Res
     super::stop_point("cleanup-remove");
     match purge::remove_copy(cat, &claim, &prev, cancel, None, false, &mut |d| n = d) {
         Ok(()) => {
-            fenced!(
-                &claim,
+            let ended = store.clear_prev_volume(&claim);
+            end_job(
+                ended,
+                claim,
                 "clearing the old volume",
-                store.clear_prev_volume(&claim)
-            );
-            store.release_job(id, owner, true)?;
-            Ok(Outcome::Complete(n))
+                Outcome::Complete(n),
+            )
         }
-        Err(_) if !super::holds(store.as_ref(), &claim) => {
-            Ok(super::claim_lost(&claim, "removing the old copy"))
-        }
+        Err(_) if !claim.holds() => Ok(claim.lost("removing the old copy")),
         Err(crate::backing::remove::RemoveError::Cancelled) => {
-            store.release_job(id, owner, false)?;
+            claim.release()?;
             Ok(Outcome::Cancelled)
         }
         Err(e) => {
-            store.release_job(id, owner, true)?;
+            claim.finish()?;
             warn!("removing the old copy of {:?} on {prev}: {e}", v.name);
             Ok(Outcome::Failed(e.to_string()))
         }

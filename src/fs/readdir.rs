@@ -1,0 +1,146 @@
+//! Listing a directory handle: the root's and the trash's names as they
+//! were at opendir, or `getdents64` on a backing directory's fd, each entry
+//! looked up (readdirplus) so that the kernel caches it.
+
+use super::*;
+
+impl VfolderFs {
+    /// Walks a directory handle from `offset`; `emit` gets (d_ino, next
+    /// offset, d_type, name) and returns false when the reply is full.
+    pub(super) fn walk_dir(
+        &self,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut emit: impl FnMut(u64, u64, fuser::FileType, &OsStr) -> FsResult<bool>,
+    ) -> FsResult<()> {
+        let h = self.file(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(FsError::Invalid);
+        };
+        match d {
+            DirHandle::Virtual(names) => {
+                let dir_ino = ino.0;
+                let fixed: [(u64, &str); 3] =
+                    [(dir_ino, "."), (ROOT_INO, ".."), (TRASH_INO, ".trash")];
+                let nfixed = if dir_ino == ROOT_INO { 3 } else { 2 };
+                let total = nfixed + names.len();
+                for idx in (offset as usize)..total {
+                    let more = if idx < nfixed {
+                        let (i, n) = fixed[idx];
+                        emit(i, idx as u64 + 1, fuser::FileType::Directory, OsStr::new(n))?
+                    } else {
+                        let (n, vf) = &names[idx - nfixed];
+                        let i = vf.root_nodeid.load(std::sync::atomic::Ordering::Acquire);
+                        emit(
+                            i.max(3),
+                            idx as u64 + 1,
+                            fuser::FileType::Directory,
+                            OsStr::new(n),
+                        )?
+                    };
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            DirHandle::Backing { fd, vf, .. } => {
+                vf.check_readable()?;
+                let fd = fd.lock();
+                sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;
+                // About what one reply holds: a bigger read is mostly
+                // thrown away (the next request seeks and reads again).
+                let mut buf = [0u8; 8 * 1024];
+                'outer: loop {
+                    let n = sys::getdents(fd.as_fd(), &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for e in sys::parse_dirents(&buf[..n]) {
+                        let kind = attr::kind_of_dtype(e.dtype);
+                        if !emit(e.ino, e.next_off as u64, kind, OsStr::from_bytes(e.name))? {
+                            break 'outer;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn do_readdirplus(
+        &self,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> FsResult<()> {
+        let ttl = self.ttl_entry(ino.0);
+        let parent = match self.node(ino)? {
+            Node::Backing(p) => Some(p),
+            _ => None,
+        };
+        // Once an entry is in the reply (and its lookup counted), a later
+        // failure ends the reply instead of replacing it with an error: the
+        // kernel must learn of every lookup counted for it, or those inodes
+        // are never forgotten. The next readdirplus starts at the failing
+        // entry and reports its error then.
+        let added = std::cell::Cell::new(false);
+        let r = self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
+            let bytes = name.as_bytes();
+            if bytes == b"." || bytes == b".." {
+                // The kernel takes no lookup reference for these.
+                let mut a = attr::virtual_dir(d_ino, 2, self.started);
+                a.kind = kind;
+                let full = reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0));
+                added.set(added.get() || !full);
+                return Ok(!full);
+            }
+            let looked = match &parent {
+                Some(_) if fail_lookup_for_test(bytes) => {
+                    Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+                }
+                Some(p) => {
+                    let n = cname(name)?;
+                    match self.lookup_in(p, &n) {
+                        // A directory the caller may read but not search:
+                        // its names are listed natively, so the entry is
+                        // looked up by the daemon (privileged step,
+                        // CAP_DAC_READ_SEARCH, O_PATH and attributes only);
+                        // the kernel checks search permission on the
+                        // directory before the caller can use any entry.
+                        Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::EACCES) => {
+                            creds::with_caps(creds::cap::bit(creds::cap::DAC_READ_SEARCH), || {
+                                self.lookup_in(p, &n)
+                            })?
+                        }
+                        r => r,
+                    }
+                }
+                None => self.do_lookup(ino, name),
+            };
+            let a = match looked {
+                Ok(a) => a,
+                // Vanished since getdents: skip it.
+                Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
+                Err(FsError::NotFound | FsError::Gone | FsError::CacheableMiss) => return Ok(true),
+                // A mount inside the backing directory is not shown.
+                Err(FsError::MountInside) => return Ok(true),
+                Err(_) if added.get() => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
+                // Did not fit: the kernel will not count this lookup.
+                self.inodes.forget(a.ino.0, 1);
+                return Ok(false);
+            }
+            added.set(true);
+            Ok(true)
+        });
+        match r {
+            Err(_) if added.get() => Ok(()),
+            r => r,
+        }
+    }
+}
