@@ -18,7 +18,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "vfolderfs")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"),
+                   "release", "vfolderfs")
+# libfuse's example/passthrough_hp, built from source (scripts/bench.sh
+# --uring builds it when LIBFUSE_SRC names a libfuse checkout).
+PTHP = os.environ.get("PASSTHROUGH_HP", "/tmp/libfuse/build/example/passthrough_hp")
 
 
 def sh(cmd, **kw):
@@ -80,10 +84,14 @@ class Vfolderfs(Target):
         self.mnt = os.path.join(self.base, f"{self.name}-mnt")
         os.makedirs(self.mnt, exist_ok=True)
         self.cli("init")
-        self.cli("mount", self.mnt, *(["-o", self.opts] if self.opts else []))
+        opts = ",".join(o for o in (self.opts, self.extra_opts()) if o)
+        self.cli("mount", self.mnt, *(["-o", opts] if opts else []))
         self.cli("create", "bench")
         self.work = os.path.join(self.mnt, "bench")
         wait_visible(self.work)
+
+    def extra_opts(self):
+        return None
 
     def cli(self, *args, check=True):
         return subprocess.run([self.bin, "--store", self.store, *args], check=check,
@@ -101,6 +109,59 @@ class Vfolderfs(Target):
             if cmd and self.store.encode() in cmd and b"mount" in cmd:
                 return int(p)
         return None
+
+
+class VfolderfsBase(Vfolderfs):
+    """Another vfolderfs binary (VFOLDERFS_BASE_BIN, e.g. a build of the
+    previous commit) on /dev/fuse: a before/after in one run."""
+
+    def cli(self, *args, check=True):
+        return subprocess.run([os.environ["VFOLDERFS_BASE_BIN"], "--store", self.store, *args],
+                              check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class VfolderfsUring(Vfolderfs):
+    """vfolderfs with -o io_uring; refuses to measure if the kernel did not
+    grant it (the mount would be on /dev/fuse)."""
+
+    def extra_opts(self):
+        self.log = os.path.join(self.base, f"{self.name}.log")
+        return f"io_uring,log={self.log}"
+
+    def setup(self):
+        super().setup()
+        t0 = time.perf_counter()
+        while True:
+            with open(self.log) as f:
+                if "FUSE over io_uring negotiated" in f.read():
+                    return
+            if time.perf_counter() - t0 > 10:
+                raise RuntimeError("vfolderfs did not negotiate io_uring "
+                                   "(/sys/module/fuse/parameters/enable_uring off?)")
+            time.sleep(0.05)
+
+
+class PassthroughHp(Target):
+    """libfuse's example/passthrough_hp (default caching), on /dev/fuse or,
+    with `uring`, -o io_uring."""
+    uring = False
+
+    def setup(self):
+        src = os.path.join(self.base, f"{self.name}-src")
+        self.mnt = os.path.join(self.base, f"{self.name}-mnt")
+        os.makedirs(src, exist_ok=True)
+        os.makedirs(self.mnt, exist_ok=True)
+        sh(f"{PTHP} {'-o io_uring ' if self.uring else ''}{src} {self.mnt}")
+        t0 = time.perf_counter()
+        while not mounted(self.mnt):
+            if time.perf_counter() - t0 > 10:
+                raise RuntimeError(f"{self.name} did not mount")
+            time.sleep(0.01)
+        self.work = self.mnt
+
+
+class PassthroughHpUring(PassthroughHp):
+    uring = True
 
 
 class Bindfs(Target):
@@ -502,21 +563,31 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (under 2 minutes)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--dir", default="/var/tmp", help="where to work (the disk under test)")
-    ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs)")
+    ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs;"
+                    " also vfolderfs-uring, pthp, pthp-uring, vfolderfs-base)")
     ap.add_argument("--vfs-opts", default=None, help="extra -o options for the vfolderfs mount")
     ap.add_argument("--skip-extra", action="store_true", help="only the table (no lifecycle, latency, RSS)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
                     help="also mount another vfolderfs binary as target NAME (e.g. before=/tmp/old/vfolderfs),"
                     " for a before/after comparison in the same run")
     ap.add_argument("--samples", action="store_true", help="also print every round's figures")
+    ap.add_argument("--tree", default=None,
+                    help="DIRS,PER: the tree rows' size (default 500,100; 50,100 quick)")
     ap.add_argument("--rows", default=None,
                     help="comma-separated workloads to run (" + ",".join(fn for _, fn in ROWS) + ")")
     args = ap.parse_args()
     Vfolderfs.opts = args.vfs_opts
     rounds = args.rounds or (1 if args.quick else 3)
     base = tempfile.mkdtemp(prefix="vfolderfs-bench-", dir=args.dir)
-    kinds = {"native": Native, "vfolderfs": Vfolderfs, "bindfs": Bindfs, "mergerfs": Mergerfs}
-    names = args.only.split(",") if args.only else list(kinds)
+    kinds = {"native": Native, "vfolderfs": Vfolderfs, "bindfs": Bindfs, "mergerfs": Mergerfs,
+             "vfolderfs-uring": VfolderfsUring, "vfolderfs-base": VfolderfsBase, "pthp": PassthroughHp, "pthp-uring": PassthroughHpUring}
+    # The io_uring and passthrough_hp targets are asked for by name
+    # (scripts/bench.sh --uring).
+    names = args.only.split(",") if args.only else ["native", "vfolderfs", "bindfs", "mergerfs"]
+    if not os.access(PTHP, os.X_OK) and any(n.startswith("pthp") for n in names):
+        print(f"note: {PTHP} is not built (set PASSTHROUGH_HP, or LIBFUSE_SRC for bench.sh --uring):"
+              " passthrough_hp skipped", file=sys.stderr)
+        names = [n for n in names if not n.startswith("pthp")]
     targets = [kinds[n](n, base) for n in names]
     for spec in args.compare:
         name, _, path = spec.partition("=")
@@ -524,6 +595,8 @@ def main():
             ap.error(f"--compare wants NAME=PATH with a new name, not {spec!r}")
         targets.insert(2 if len(targets) > 2 else len(targets), Vfolderfs(name, base, os.path.abspath(path)))
     wl = Workloads(args.quick)
+    if args.tree:
+        wl.tree = tuple(int(x) for x in args.tree.split(","))
     rows = ROWS
     if args.rows:
         wanted = args.rows.split(",")

@@ -44,7 +44,22 @@ command -v openssl >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 }
 pgdir=$(mktemp -d /tmp/vfolderfs-pg.XXXXXX)
-trap 'scripts/pg-server.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
+# FUSE over io_uring is off by default (enable_uring=N): on for the run (the
+# io_uring tests fail, never skip, without it; it only permits daemons to ask
+# for it), and put back as it was at the end whatever happens.
+uring=/sys/module/fuse/parameters/enable_uring
+uring_was=$(cat "$uring" 2>/dev/null || true)
+cleanup() {
+  if [ -n "$uring_was" ]; then echo "$uring_was" >"$uring" || true; fi
+  scripts/pg-server.sh stop "$pgdir"
+  rm -rf "$pgdir"
+}
+trap cleanup EXIT
+if [ -n "$uring_was" ]; then
+  echo Y >"$uring"
+else
+  echo "test.sh: $uring is missing: the io_uring tests will fail" >&2
+fi
 eval "$(scripts/pg-server.sh start "$pgdir")"
 
 cargo fmt --all -- --check

@@ -338,6 +338,7 @@ fn serve_inner(
     let (cat, store_id, reg, lease) = register(args)?;
     let pool =
         Arc::new(JobPool::start(&args.layout, args.purge.clone()).map_err(MountError::Store)?);
+    let uring = args.fs.io_uring.clone();
     let fs = VfolderFs::new(cat.clone(), reg.clone(), args.fs.clone())
         .map_err(|e| MountError::Io("opening the data directory", e))?
         .with_purge_pool(pool.clone());
@@ -386,7 +387,18 @@ fn serve_inner(
     if std::env::var_os(crate::service::notify::ENV).is_some() {
         spawn_notifier(args)?;
     }
-    let res = session.run();
+    // INIT is done: with io_uring granted, the rings serve beside the
+    // /dev/fuse loops (see `transport::uring`).
+    let res = match uring.filter(|u| u.granted()) {
+        Some(u) => {
+            let dev = session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
+        }
+        None => session.run(),
+    };
     let t = std::time::Instant::now();
     pool.shutdown();
     log::debug!("pool stopped in {:?}", t.elapsed());

@@ -37,6 +37,7 @@ pub mod sessions;
 pub mod status;
 pub mod store;
 pub mod tier;
+pub mod transport;
 pub mod volumes;
 pub mod watch_shared;
 pub mod workers;

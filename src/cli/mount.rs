@@ -38,6 +38,10 @@ pub struct MountCmd {
     /// (`vfolderfs retention DURATION`), which every mount follows.
     #[arg(long, hide = true)]
     pub trash_retention: Option<String>,
+    /// Serve requests over io_uring, one ring per CPU, when the kernel
+    /// allows it (`-o io_uring`); otherwise /dev/fuse, said in the log.
+    #[arg(long)]
+    pub io_uring: bool,
     /// Extra mount options, comma-separated (ro, noatime, allow_other, suid, dev, threads=N,
     /// log=FILE, metrics_file=PATH, metrics_listen=ADDR, ...; see the README).
     #[arg(short = 'o', value_name = "OPTS")]
@@ -76,6 +80,9 @@ pub fn mount_args(layout: Layout, m: &MountCmd) -> Result<MountArgs, String> {
             ..PoolConfig::default()
         },
     };
+    if m.io_uring {
+        a.fs.io_uring = Some(Default::default());
+    }
     if let Some(v) = &m.trash_retention {
         return Err(retention_is_store_wide(v));
     }
@@ -136,6 +143,7 @@ fn apply_option(a: &mut MountArgs, k: &str, v: Option<&str>) -> Result<(), Strin
             }
         }
         "nopassthrough" => a.fs.passthrough = false,
+        "io_uring" => a.fs.io_uring = Some(Default::default()),
         "dir_fds" => a.fs.dir_fds = Some(num(v)?.clamp(16, 1 << 24) as usize),
         "foreground" => a.foreground = true,
         "log" => a.log_file = v.map(PathBuf::from),
@@ -227,6 +235,7 @@ pub fn helper_args(args: &[OsString]) -> Result<Cli, String> {
             allow_other: false,
             purge_workers: 2,
             trash_retention: None,
+            io_uring: false,
             options: opts,
         }),
     })

@@ -147,6 +147,9 @@ impl Filesystem for VfolderFs {
             .is_ok();
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
+        if let Some(u) = &self.cfg.io_uring {
+            u.negotiate(config);
+        }
         Ok(())
     }
 

@@ -51,6 +51,9 @@ pub struct FsConfig {
     /// How many directory fds may stay open (None: a quarter of the
     /// open-file limit when the filesystem is made).
     pub dir_fds: Option<usize>,
+    /// Ask for FUSE over io_uring at INIT (`-o io_uring`); what INIT
+    /// granted is recorded here for the daemon.
+    pub io_uring: Option<std::sync::Arc<crate::transport::uring::Negotiation>>,
 }
 
 impl Default for FsConfig {
@@ -59,6 +62,7 @@ impl Default for FsConfig {
             cache: caching::CacheConfig::default(),
             passthrough: true,
             dir_fds: None,
+            io_uring: None,
         }
     }
 }

@@ -97,6 +97,8 @@ pub(super) static ERRORS: [[AtomicU64; MAX_ERRNO]; OPS.len()] =
 pub(super) static REFUSED: [AtomicU64; Status::ALL.len()] =
     [const { AtomicU64::new(0) }; Status::ALL.len()];
 pub(super) static STATUS_CHANGES: AtomicU64 = AtomicU64::new(0);
+pub(super) static URING_REQUESTS: AtomicU64 = AtomicU64::new(0);
+pub(super) static URING_QUEUES: AtomicU64 = AtomicU64::new(0);
 pub(super) static DELAY_COUNTS: [AtomicU64; DELAY_BUCKETS.len()] =
     [const { AtomicU64::new(0) }; DELAY_BUCKETS.len()];
 pub(super) static DELAY_SUM_MICROS: AtomicU64 = AtomicU64::new(0);
@@ -159,4 +161,15 @@ pub fn status_change(delay_ms: i64) {
 /// The store was read successfully at `now_ms` (milliseconds since the epoch).
 pub fn store_ok(now_ms: i64) {
     STORE_LAST_OK_MILLIS.store(now_ms, Ordering::Relaxed);
+}
+
+/// A request arrived on an io_uring queue (`transport::uring`).
+#[inline]
+pub fn uring_request() {
+    URING_REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many io_uring queues serve requests (0: the mount is on /dev/fuse).
+pub fn uring_queues(n: u64) {
+    URING_QUEUES.store(n, Ordering::Relaxed);
 }

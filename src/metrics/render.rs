@@ -115,6 +115,28 @@ pub fn render(src: &Sources<'_>) -> String {
     }
     head(
         &mut out,
+        "vfolderfs_uring_requests_total",
+        "counter",
+        "FUSE requests received on io_uring queues (the rest came on /dev/fuse).",
+    );
+    let _ = writeln!(
+        out,
+        "vfolderfs_uring_requests_total {}",
+        load(&URING_REQUESTS)
+    );
+    head(
+        &mut out,
+        "vfolderfs_uring_queues",
+        "gauge",
+        "io_uring queues serving requests, one per CPU (0: /dev/fuse only).",
+    );
+    let _ = writeln!(
+        out,
+        "vfolderfs_uring_queues {}",
+        URING_QUEUES.load(Ordering::Relaxed)
+    );
+    head(
+        &mut out,
         "vfolderfs_writes_refused_total",
         "counter",
         "Changes refused with EROFS, by the vfolder's status.",
