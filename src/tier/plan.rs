@@ -189,114 +189,165 @@ pub fn decide(
     inp: &Inputs,
     size_of: &mut dyn FnMut(&VFolder) -> Option<u64>,
 ) -> Plan {
-    let mut vfs: Vec<&VFolder> = inp.vfolders.iter().collect();
-    vfs.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    let tier_of = |vol: &str| inp.volumes.get(vol).map(|v| v.tier);
-    let last = |v: &VFolder| {
-        inp.last_access
+    let mut p = Planner::new(inp, size_of);
+    // 1. Idle vfolders leave fast volumes.
+    if let Some(after) = policy.demote_after {
+        p.demote_idle(after.as_millis() as Millis);
+    }
+    // 2. Fast volumes above their high watermark shed their coldest.
+    p.shed_above_watermarks();
+    // 3. Hot vfolders on capacity volumes are promoted.
+    if policy.promote_opens_per_day > 0 {
+        p.promote_hot(policy.promote_opens_per_day);
+    }
+    p.finish()
+}
+
+/// A plan being made: the bytes each volume holds as the moves so far would
+/// leave it, and the vfolders already given a move.
+struct Planner<'a, 'f> {
+    inp: &'a Inputs,
+    /// The vfolders in name order (the plan is deterministic).
+    vfs: Vec<&'a VFolder>,
+    /// Bytes used per tiered volume as the plan goes.
+    used: BTreeMap<String, u64>,
+    /// Vfolders moving already or given a move by this plan.
+    taken: HashSet<String>,
+    /// Sizes asked for so far (`size_of` is asked once per vfolder).
+    sizes: HashMap<String, Option<u64>>,
+    size_of: &'f mut dyn FnMut(&VFolder) -> Option<u64>,
+    plan: Plan,
+}
+
+impl<'a, 'f> Planner<'a, 'f> {
+    fn new(inp: &'a Inputs, size_of: &'f mut dyn FnMut(&VFolder) -> Option<u64>) -> Self {
+        let mut vfs: Vec<&VFolder> = inp.vfolders.iter().collect();
+        vfs.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let used = inp
+            .volumes
+            .iter()
+            .filter_map(|(n, s)| s.space.map(|(u, _)| (n.clone(), u)))
+            .collect();
+        let plan = Plan {
+            now: inp.now,
+            in_flight: vfs.iter().filter(|v| v.status.is_relocating()).count(),
+            ..Plan::default()
+        };
+        let mut p = Planner {
+            inp,
+            vfs,
+            used,
+            taken: HashSet::new(),
+            sizes: HashMap::new(),
+            size_of,
+            plan,
+        };
+        // Relocations under way count where they are going.
+        for v in p.vfs.clone() {
+            if let Some(to) = inp.moving.get(&v.id) {
+                p.taken.insert(v.id.clone());
+                let b = inp.sizes.get(&v.id).copied().unwrap_or(0);
+                p.shift(&v.volume, to, b);
+            }
+        }
+        p
+    }
+
+    fn tier_of(&self, vol: &str) -> Option<Tier> {
+        self.inp.volumes.get(vol).map(|v| v.tier)
+    }
+
+    /// When `v` was last used (never before its creation).
+    fn last(&self, v: &VFolder) -> Millis {
+        let seen = self.inp.last_access.get(&v.id).copied();
+        seen.unwrap_or(v.created_at).max(v.created_at)
+    }
+
+    fn idle_days(&self, v: &VFolder) -> u64 {
+        ((self.inp.now - self.last(v)).max(0) / DAY_MS) as u64
+    }
+
+    /// `v`'s size, measured at most once; a held vfolder is not measured
+    /// (it does not move).
+    fn size(&mut self, v: &VFolder) -> Option<u64> {
+        if self.held_why(v).is_some() {
+            return None;
+        }
+        if let Some(b) = self.sizes.get(&v.id) {
+            return *b;
+        }
+        let b = self
+            .inp
+            .sizes
             .get(&v.id)
             .copied()
-            .unwrap_or(v.created_at)
-            .max(v.created_at)
-    };
-    let idle_days = |v: &VFolder| ((inp.now - last(v)).max(0) / DAY_MS) as u64;
-    // Bytes used per volume as the plan goes.
-    let mut used: BTreeMap<String, u64> = inp
-        .volumes
-        .iter()
-        .filter_map(|(n, s)| s.space.map(|(u, _)| (n.clone(), u)))
-        .collect();
-    let mut plan = Plan {
-        now: inp.now,
-        in_flight: inp
-            .vfolders
-            .iter()
-            .filter(|v| v.status.is_relocating())
-            .count(),
-        ..Plan::default()
-    };
-    let mut taken: HashSet<String> = HashSet::new();
-    for v in &vfs {
-        if let Some(to) = inp.moving.get(&v.id) {
-            taken.insert(v.id.clone());
-            let b = inp.sizes.get(&v.id).copied().unwrap_or(0);
-            if let Some(u) = used.get_mut(&v.volume) {
-                *u = u.saturating_sub(b);
-            }
-            if let Some(u) = used.get_mut(to) {
-                *u += b;
-            }
-        }
+            .or_else(|| (self.size_of)(v));
+        self.sizes.insert(v.id.clone(), b);
+        b
     }
-    let mut sizes: HashMap<String, Option<u64>> = HashMap::new();
-    let mut size = |v: &VFolder| -> Option<u64> {
-        *sizes
-            .entry(v.id.clone())
-            .or_insert_with(|| inp.sizes.get(&v.id).copied().or_else(|| size_of(v)))
-    };
-    // Why `v` may not move, if it may not.
-    let held_why = |v: &VFolder| -> Option<String> {
-        if let Some(c) = inp.pins.get(&v.id) {
+
+    /// Why `v` may not move, if it may not.
+    fn held_why(&self, v: &VFolder) -> Option<String> {
+        if let Some(c) = self.inp.pins.get(&v.id) {
             return Some(format!("pinned ({c})"));
         }
-        if let Some(n) = inp.attached.get(&v.id).filter(|n| **n > 0) {
+        if let Some(n) = self.inp.attached.get(&v.id).filter(|n| **n > 0) {
             return Some(format!("attached to {n} session(s)"));
         }
         if !Op::RelocateStart.allows_from(v.status) {
             return Some(format!("status {} cannot be relocated", v.status));
         }
         None
-    };
-    // The volume of `tier` least full after taking `bytes`, within its
-    // high watermark.
-    let target = |used: &BTreeMap<String, u64>, tier: Tier, bytes: u64| -> Option<String> {
-        inp.volumes
+    }
+
+    /// The volume of `tier` least full after taking `bytes`, within its
+    /// high watermark.
+    fn target(&self, tier: Tier, bytes: u64) -> Option<String> {
+        self.inp
+            .volumes
             .values()
             .filter(|s| s.tier == tier)
             .filter_map(|s| {
                 let (_, total) = s.space?;
-                let after = used.get(&s.name).copied()? + bytes;
+                let after = self.used.get(&s.name).copied()? + bytes;
                 let p = pct(after, total);
                 (p <= s.high).then(|| (p, s.name.clone()))
             })
             .min()
             .map(|(_, n)| n)
-    };
-    let place = |plan: &mut Plan,
-                 used: &mut BTreeMap<String, u64>,
-                 taken: &mut HashSet<String>,
-                 v: &VFolder,
-                 reason: Reason,
-                 tier: Tier,
-                 bytes: Option<u64>|
-     -> bool {
-        if let Some(why) = held_why(v) {
-            plan.held.push(Held {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                reason,
-                why,
-            });
-            return false;
+    }
+
+    /// Counts `bytes` as moved from volume `from` to volume `to`.
+    fn shift(&mut self, from: &str, to: &str, bytes: u64) {
+        if let Some(u) = self.used.get_mut(from) {
+            *u = u.saturating_sub(bytes);
         }
-        let Some(to) = target(used, tier, bytes.unwrap_or(0)) else {
-            plan.held.push(Held {
-                id: v.id.clone(),
-                name: v.name.clone(),
-                reason,
-                why: format!("no {tier} volume has room below its high watermark"),
-            });
-            return false;
+        if let Some(u) = self.used.get_mut(to) {
+            *u += bytes;
+        }
+    }
+
+    /// Gives `v` a move to a volume of `tier`, or records why it is held.
+    fn place(&mut self, v: &VFolder, reason: Reason, tier: Tier) {
+        let bytes = self.size(v);
+        let held = |why| Held {
+            id: v.id.clone(),
+            name: v.name.clone(),
+            reason: reason.clone(),
+            why,
         };
-        let b = bytes.unwrap_or(0);
-        if let Some(u) = used.get_mut(&v.volume) {
-            *u = u.saturating_sub(b);
+        if let Some(why) = self.held_why(v) {
+            self.plan.held.push(held(why));
+            return;
         }
-        if let Some(u) = used.get_mut(&to) {
-            *u += b;
-        }
-        taken.insert(v.id.clone());
-        plan.moves.push(Move {
+        let Some(to) = self.target(tier, bytes.unwrap_or(0)) else {
+            let why = format!("no {tier} volume has room below its high watermark");
+            self.plan.held.push(held(why));
+            return;
+        };
+        self.shift(&v.volume, &to, bytes.unwrap_or(0));
+        self.taken.insert(v.id.clone());
+        self.plan.moves.push(Move {
             id: v.id.clone(),
             name: v.name.clone(),
             from: v.volume.clone(),
@@ -304,110 +355,89 @@ pub fn decide(
             reason,
             bytes,
         });
-        true
-    };
-    // 1. Idle vfolders leave fast volumes.
-    if let Some(after) = policy.demote_after {
-        let after_ms = after.as_millis() as Millis;
-        for v in &vfs {
-            if tier_of(&v.volume) == Some(Tier::Fast)
-                && !taken.contains(&v.id)
-                && inp.now - last(v) >= after_ms
+    }
+
+    /// Vfolders on fast volumes not used for `after_ms` go to capacity.
+    fn demote_idle(&mut self, after_ms: Millis) {
+        for v in self.vfs.clone() {
+            if self.tier_of(&v.volume) == Some(Tier::Fast)
+                && !self.taken.contains(&v.id)
+                && self.inp.now - self.last(v) >= after_ms
             {
-                // A held vfolder is not measured: it does not move.
-                let b = if held_why(v).is_some() { None } else { size(v) };
-                place(
-                    &mut plan,
-                    &mut used,
-                    &mut taken,
-                    v,
-                    Reason::Idle(idle_days(v)),
-                    Tier::Capacity,
-                    b,
-                );
+                self.place(v, Reason::Idle(self.idle_days(v)), Tier::Capacity);
             }
         }
     }
-    // 2. Fast volumes above their high watermark shed their coldest.
-    for s in inp.volumes.values().filter(|s| s.tier == Tier::Fast) {
-        let Some((now_used, total)) = s.space else {
-            continue;
-        };
-        if pct(used[&s.name], total) <= s.high {
-            continue;
-        }
-        let mut coldest: Vec<&&VFolder> = vfs
-            .iter()
-            .filter(|v| v.volume == s.name && !taken.contains(&v.id))
-            .collect();
-        coldest.sort_by(|a, b| (last(a), &a.name, &a.id).cmp(&(last(b), &b.name, &b.id)));
-        for v in coldest {
-            if pct(used[&s.name], total) <= s.low {
-                break;
-            }
-            // A held vfolder is not measured: it does not move.
-            let b = if held_why(v).is_some() { None } else { size(v) };
-            let reason = Reason::Watermark {
-                volume: s.name.clone(),
-                used_pct: pct(now_used, total),
-                high: s.high,
-                idle_days: idle_days(v),
+
+    /// Each fast volume above its high watermark sheds its coldest vfolders
+    /// until it is down to its low watermark.
+    fn shed_above_watermarks(&mut self) {
+        let fast = self.inp.volumes.values().filter(|s| s.tier == Tier::Fast);
+        for s in fast {
+            let Some((now_used, total)) = s.space else {
+                continue;
             };
-            place(
-                &mut plan,
-                &mut used,
-                &mut taken,
-                v,
-                reason,
-                Tier::Capacity,
-                b,
-            );
+            if pct(self.used[&s.name], total) <= s.high {
+                continue;
+            }
+            let mut coldest: Vec<&VFolder> = (self.vfs.iter().copied())
+                .filter(|v| v.volume == s.name && !self.taken.contains(&v.id))
+                .collect();
+            coldest.sort_by_key(|v| (self.last(v), &v.name, &v.id));
+            for v in coldest {
+                if pct(self.used[&s.name], total) <= s.low {
+                    break;
+                }
+                let reason = Reason::Watermark {
+                    volume: s.name.clone(),
+                    used_pct: pct(now_used, total),
+                    high: s.high,
+                    idle_days: self.idle_days(v),
+                };
+                self.place(v, reason, Tier::Capacity);
+            }
         }
     }
-    // 3. Hot vfolders on capacity volumes are promoted.
-    if policy.promote_opens_per_day > 0 {
-        let mut hot: Vec<(&&VFolder, u64)> = vfs
-            .iter()
-            .filter(|v| tier_of(&v.volume) == Some(Tier::Capacity) && !taken.contains(&v.id))
+
+    /// Vfolders on capacity volumes opened more than `min_opens` times today
+    /// go to a fast volume, the hottest first.
+    fn promote_hot(&mut self, min_opens: u64) {
+        let mut hot: Vec<(&VFolder, u64)> = (self.vfs.iter().copied())
+            .filter(|v| {
+                self.tier_of(&v.volume) == Some(Tier::Capacity) && !self.taken.contains(&v.id)
+            })
             .filter_map(|v| {
-                let n = inp.day_opens.get(&v.id).copied().unwrap_or(0);
-                (n > policy.promote_opens_per_day).then_some((v, n))
+                let n = self.inp.day_opens.get(&v.id).copied().unwrap_or(0);
+                (n > min_opens).then_some((v, n))
             })
             .collect();
         hot.sort_by(|(a, x), (b, y)| (y, &a.name, &a.id).cmp(&(x, &b.name, &b.id)));
         for (v, n) in hot {
-            // A held vfolder is not measured: it does not move.
-            let b = if held_why(v).is_some() { None } else { size(v) };
-            place(
-                &mut plan,
-                &mut used,
-                &mut taken,
-                v,
-                Reason::Hot(n),
-                Tier::Fast,
-                b,
-            );
+            self.place(v, Reason::Hot(n), Tier::Fast);
         }
     }
-    plan.volumes = inp
-        .volumes
-        .values()
-        .map(|s| {
-            let (now_p, after_p) = match s.space {
-                Some((u, t)) => (Some(pct(u, t)), Some(pct(used[&s.name], t))),
-                None => (None, None),
-            };
-            VolumeUse {
-                name: s.name.clone(),
-                tier: s.tier,
-                used_pct: now_p,
-                used_pct_after: after_p,
-                high: s.high,
-                low: s.low,
-            }
-        })
-        .collect();
-    plan
+
+    /// The plan, with each tiered volume's use now and after it.
+    fn finish(mut self) -> Plan {
+        let used = &self.used;
+        self.plan.volumes = (self.inp.volumes.values())
+            .map(|s| {
+                let (now_p, after_p) = match s.space {
+                    Some((u, t)) => (Some(pct(u, t)), Some(pct(used[&s.name], t))),
+                    None => (None, None),
+                };
+                VolumeUse {
+                    name: s.name.clone(),
+                    tier: s.tier,
+                    used_pct: now_p,
+                    used_pct_after: after_p,
+                    high: s.high,
+                    low: s.low,
+                }
+            })
+            .collect();
+        self.plan
+    }
 }
 
 /// Reads what a plan needs from the store and the volumes (see the module
