@@ -192,130 +192,148 @@ fn print_plan(p: &plan::Plan) {
 /// Runs a `tier` subcommand.
 pub fn run(cat: &Catalog, cmd: TierCmd) -> Result<i32, CliError> {
     match cmd {
-        TierCmd::Plan { knobs, json } => {
-            let policy = knobs.policy(cat)?;
-            let p = plan::make(cat, &policy, tier::now())?;
-            if json {
-                println!("{}", plan::to_json(&p));
-            } else {
-                print_plan(&p);
-            }
-            Ok(0)
-        }
+        TierCmd::Plan { knobs, json } => plan_cmd(cat, knobs, json),
         TierCmd::Run {
             knobs,
             no_wait,
             json,
         } => run_passes(cat, &knobs.policy(cat)?, no_wait, json),
-        TierCmd::Pin { name, json } => {
-            let v = cat.resolve_live(&name)?;
-            let cause = format!("tier pin ({})", who());
-            cat.store().set_pin(&v.id, Some(&cause))?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"vfolder": v.name, "vfolder_id": v.id, "pinned": true})
-                );
-            } else {
-                println!("pinned {:?}: tiering will not move it", v.name);
-            }
-            Ok(0)
+        TierCmd::Pin { name, json } => pin(cat, name, json),
+        TierCmd::Unpin { name, json } => unpin(cat, name, json),
+        TierCmd::Pins { json } => pins(cat, json),
+        TierCmd::Auto { every, knobs, json } => auto(cat, every, knobs, json),
+    }
+}
+
+/// `tier plan`: what a run would move now, and why.
+fn plan_cmd(cat: &Catalog, knobs: Knobs, json: bool) -> Result<i32, CliError> {
+    let policy = knobs.policy(cat)?;
+    let p = plan::make(cat, &policy, tier::now())?;
+    if json {
+        println!("{}", plan::to_json(&p));
+    } else {
+        print_plan(&p);
+    }
+    Ok(0)
+}
+
+/// `tier pin NAME`: tiering never moves it until unpinned.
+fn pin(cat: &Catalog, name: String, json: bool) -> Result<i32, CliError> {
+    let v = cat.resolve_live(&name)?;
+    let cause = format!("tier pin ({})", who());
+    cat.store().set_pin(&v.id, Some(&cause))?;
+    if json {
+        println!(
+            "{}",
+            json!({"vfolder": v.name, "vfolder_id": v.id, "pinned": true})
+        );
+    } else {
+        println!("pinned {:?}: tiering will not move it", v.name);
+    }
+    Ok(0)
+}
+
+/// `tier unpin NAME`.
+fn unpin(cat: &Catalog, name: String, json: bool) -> Result<i32, CliError> {
+    let v = cat.resolve(&name)?;
+    let was = cat.store().set_pin(&v.id, None)?;
+    if json {
+        println!(
+            "{}",
+            json!({"vfolder": v.name, "vfolder_id": v.id, "pinned": false, "was_pinned": was})
+        );
+    } else if was {
+        println!("unpinned {:?}: tiering may move it again", v.name);
+    } else {
+        println!("{:?} was not pinned", v.name);
+    }
+    Ok(0)
+}
+
+/// `tier pins`: the pinned vfolders, when and why.
+fn pins(cat: &Catalog, json: bool) -> Result<i32, CliError> {
+    let pins = cat.store().pins()?;
+    let rows: Vec<Value> = pins
+        .iter()
+        .map(|p| {
+            let name = cat.store().get(&p.vfolder_id).map(|v| v.name).ok();
+            json!({"vfolder": name, "vfolder_id": p.vfolder_id,
+                   "pinned_at": fmt_time(p.at), "cause": p.cause})
+        })
+        .collect();
+    if json {
+        println!("{}", Value::Array(rows));
+    } else {
+        for r in rows {
+            println!(
+                "{:24}  {}  {}",
+                r["vfolder"].as_str().unwrap_or("?"),
+                r["pinned_at"].as_str().unwrap_or(""),
+                r["cause"].as_str().unwrap_or("")
+            );
         }
-        TierCmd::Unpin { name, json } => {
-            let v = cat.resolve(&name)?;
-            let was = cat.store().set_pin(&v.id, None)?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"vfolder": v.name, "vfolder_id": v.id, "pinned": false, "was_pinned": was})
-                );
-            } else if was {
-                println!("unpinned {:?}: tiering may move it again", v.name);
-            } else {
-                println!("{:?} was not pinned", v.name);
-            }
-            Ok(0)
+    }
+    Ok(0)
+}
+
+/// `tier auto [--every D|off] [policy]`: stores the policy and interval of
+/// the mounts' automatic passes (checked before anything is stored), and
+/// shows them.
+fn auto(cat: &Catalog, every: Option<String>, knobs: Knobs, json: bool) -> Result<i32, CliError> {
+    let store = cat.store();
+    if let Some(e) = &every {
+        let secs = parse_every(e)?;
+        // Checked before anything is stored.
+        let policy = knobs.policy(cat)?;
+        let cur = store.setting(tier::SETTING_POLICY)?;
+        store.swap_setting(
+            tier::SETTING_POLICY,
+            cur.as_deref(),
+            Some(&policy.to_toml()),
+        )?;
+        let cur = store.setting(tier::SETTING_EVERY)?;
+        store.swap_setting(
+            tier::SETTING_EVERY,
+            cur.as_deref(),
+            secs.map(|s| s.to_string()).as_deref(),
+        )?;
+    } else if knobs.any_flag() {
+        return Err(usage(
+            "policy options with `tier auto` are stored with --every DURATION".into(),
+        ));
+    }
+    let secs = store
+        .setting(tier::SETTING_EVERY)?
+        .and_then(|v| v.parse::<u64>().ok());
+    let policy = run::stored_policy(cat)?.map_err(usage)?;
+    let shown =
+        secs.map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string());
+    if json {
+        println!(
+            "{}",
+            json!({"every": shown, "seconds": secs, "policy": policy.to_toml()})
+        );
+    } else {
+        match &shown {
+            Some(s) => println!("automatic tiering passes every {s}, policy:"),
+            None => println!("automatic tiering passes: off; policy:"),
         }
-        TierCmd::Pins { json } => {
-            let pins = cat.store().pins()?;
-            let rows: Vec<Value> = pins
-                .iter()
-                .map(|p| {
-                    let name = cat.store().get(&p.vfolder_id).map(|v| v.name).ok();
-                    json!({"vfolder": name, "vfolder_id": p.vfolder_id,
-                           "pinned_at": fmt_time(p.at), "cause": p.cause})
-                })
-                .collect();
-            if json {
-                println!("{}", Value::Array(rows));
-            } else {
-                for r in rows {
-                    println!(
-                        "{:24}  {}  {}",
-                        r["vfolder"].as_str().unwrap_or("?"),
-                        r["pinned_at"].as_str().unwrap_or(""),
-                        r["cause"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Ok(0)
-        }
-        TierCmd::Auto { every, knobs, json } => {
-            let store = cat.store();
-            if let Some(e) = &every {
-                let secs = match e.trim() {
-                    "off" => None,
-                    t => match humantime::parse_duration(t) {
-                        Ok(d) if d.as_secs() >= 1 => Some(d.as_secs()),
-                        Ok(_) => {
-                            return Err(usage(format!("--every {e:?} is shorter than a second")));
-                        }
-                        Err(err) => {
-                            return Err(usage(format!(
-                                "bad --every {e:?}: {err} (a duration like 1h, or off)"
-                            )));
-                        }
-                    },
-                };
-                // Checked before anything is stored.
-                let policy = knobs.policy(cat)?;
-                let cur = store.setting(tier::SETTING_POLICY)?;
-                store.swap_setting(
-                    tier::SETTING_POLICY,
-                    cur.as_deref(),
-                    Some(&policy.to_toml()),
-                )?;
-                let cur = store.setting(tier::SETTING_EVERY)?;
-                store.swap_setting(
-                    tier::SETTING_EVERY,
-                    cur.as_deref(),
-                    secs.map(|s| s.to_string()).as_deref(),
-                )?;
-            } else if knobs.any_flag() {
-                return Err(usage(
-                    "policy options with `tier auto` are stored with --every DURATION".into(),
-                ));
-            }
-            let secs = store
-                .setting(tier::SETTING_EVERY)?
-                .and_then(|v| v.parse::<u64>().ok());
-            let policy = run::stored_policy(cat)?.map_err(usage)?;
-            let shown = secs
-                .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string());
-            if json {
-                println!(
-                    "{}",
-                    json!({"every": shown, "seconds": secs, "policy": policy.to_toml()})
-                );
-            } else {
-                match &shown {
-                    Some(s) => println!("automatic tiering passes every {s}, policy:"),
-                    None => println!("automatic tiering passes: off; policy:"),
-                }
-                print!("{}", policy.to_toml());
-            }
-            Ok(0)
-        }
+        print!("{}", policy.to_toml());
+    }
+    Ok(0)
+}
+
+/// `--every`'s value: seconds between passes, or `None` for `off`.
+fn parse_every(e: &str) -> Result<Option<u64>, CliError> {
+    match e.trim() {
+        "off" => Ok(None),
+        t => match humantime::parse_duration(t) {
+            Ok(d) if d.as_secs() >= 1 => Ok(Some(d.as_secs())),
+            Ok(_) => Err(usage(format!("--every {e:?} is shorter than a second"))),
+            Err(err) => Err(usage(format!(
+                "bad --every {e:?}: {err} (a duration like 1h, or off)"
+            ))),
+        },
     }
 }
 

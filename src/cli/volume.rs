@@ -169,137 +169,167 @@ pub fn run(cat: &Catalog, cmd: VolumeCmd) -> Result<i32, CliError> {
             path,
             tier,
             json,
-        } => {
-            cat.add_volume(&name, &path)?;
-            // Always written: a volume of this name removed earlier may
-            // have left its settings behind.
-            cat.store().set_volume_tier(&VolumeTier {
-                volume: name.clone(),
-                tier,
-                high_watermark: None,
-                low_watermark: None,
-            })?;
-            let at = cat.volume(&name)?.path.clone();
-            if json {
-                let rows = cat.store().list(ListFilter::All)?;
-                println!("{}", volume_json_tiered(&name, &at, &rows, &tiers(cat)?));
-            } else {
-                println!("added volume {name} at {}", at.display());
-            }
-        }
-        VolumeCmd::List { json } => {
-            let rows = cat.store().list(ListFilter::All)?;
-            let tiers = tiers(cat)?;
-            let list: Vec<Value> = cat
-                .volume_list()?
-                .into_iter()
-                .map(|(n, p)| volume_json_tiered(&n, &p, &rows, &tiers))
-                .collect();
-            if json {
-                println!("{}", Value::Array(list));
-            } else {
-                println!(
-                    "{:12}  {:8}  {:>12}  {:>12}  {:>8}  PATH",
-                    "NAME", "TIER", "FREE", "TOTAL", "VFOLDERS"
-                );
-                for r in list {
-                    println!(
-                        "{:12}  {:8}  {:>12}  {:>12}  {:>8}  {}",
-                        r["name"].as_str().unwrap_or(""),
-                        r["tier"].as_str().unwrap_or("-"),
-                        space(&r, "free_bytes"),
-                        space(&r, "total_bytes"),
-                        r["vfolders"],
-                        r["path"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
-        VolumeCmd::Show { name, json } => {
-            let path = cat
-                .volume_list()?
-                .into_iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p)
-                .ok_or_else(|| StoreError::from(VolumeError::NotFound(name.clone())))?;
-            let rows = cat.store().list(ListFilter::All)?;
-            let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
-            if json {
-                println!("{j}");
-            } else {
-                print_show(&j);
-            }
-        }
+        } => add(cat, name, path, tier, json),
+        VolumeCmd::List { json } => list(cat, json),
+        VolumeCmd::Show { name, json } => show(cat, name, json),
         VolumeCmd::Set {
             name,
             tier,
             high_watermark,
             low_watermark,
             json,
-        } => {
-            let path = cat
-                .volume_list()?
-                .into_iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p)
-                .ok_or_else(|| StoreError::from(VolumeError::NotFound(name.clone())))?;
-            let mut t = tiers(cat)?.remove(&name).unwrap_or(VolumeTier {
-                volume: name.clone(),
-                tier: None,
-                high_watermark: None,
-                low_watermark: None,
-            });
-            if let Some(s) = tier {
-                t.tier = match s.as_str() {
-                    "none" => None,
-                    s => Some(s.parse().map_err(|message| CliError::Of {
-                        kind: Kind::Usage,
-                        message,
-                        vfolder: None,
-                    })?),
-                };
-            }
-            if let Some(s) = high_watermark {
-                t.high_watermark = parse_pct("high-watermark", &s)?;
-            }
-            if let Some(s) = low_watermark {
-                t.low_watermark = parse_pct("low-watermark", &s)?;
-            }
-            if t.high_watermark == Some(0) {
-                return Err(CliError::Of {
-                    kind: Kind::Usage,
-                    message: "--high-watermark must be at least 1".into(),
-                    vfolder: None,
-                });
-            }
-            if let (Some(h), Some(l)) = (t.high_watermark, t.low_watermark)
-                && l >= h
-            {
-                return Err(CliError::Of {
-                    kind: Kind::Usage,
-                    message: format!(
-                        "volume {name}: low watermark {l}% must be below high watermark {h}%"
-                    ),
-                    vfolder: None,
-                });
-            }
-            cat.store().set_volume_tier(&t)?;
-            let rows = cat.store().list(ListFilter::All)?;
-            let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
-            if json {
-                println!("{j}");
-            } else {
-                print_show(&j);
-            }
+        } => set(cat, name, tier, high_watermark, low_watermark, json),
+        VolumeCmd::Remove { name, json } => remove(cat, name, json),
+    }
+}
+
+/// The directory of the volume named `name`.
+fn volume_path(cat: &Catalog, name: &str) -> Result<PathBuf, CliError> {
+    Ok(cat
+        .volume_list()?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+        .ok_or_else(|| StoreError::from(VolumeError::NotFound(name.to_string())))?)
+}
+
+/// `volume add NAME PATH [--tier T]`.
+fn add(
+    cat: &Catalog,
+    name: String,
+    path: PathBuf,
+    tier: Option<crate::tier::Tier>,
+    json: bool,
+) -> Result<i32, CliError> {
+    cat.add_volume(&name, &path)?;
+    // Always written: a volume of this name removed earlier may
+    // have left its settings behind.
+    cat.store().set_volume_tier(&VolumeTier {
+        volume: name.clone(),
+        tier,
+        high_watermark: None,
+        low_watermark: None,
+    })?;
+    let at = cat.volume(&name)?.path.clone();
+    if json {
+        let rows = cat.store().list(ListFilter::All)?;
+        println!("{}", volume_json_tiered(&name, &at, &rows, &tiers(cat)?));
+    } else {
+        println!("added volume {name} at {}", at.display());
+    }
+    Ok(0)
+}
+
+/// `volume list`: every volume with its tier, space and vfolder count.
+fn list(cat: &Catalog, json: bool) -> Result<i32, CliError> {
+    let rows = cat.store().list(ListFilter::All)?;
+    let tiers = tiers(cat)?;
+    let list: Vec<Value> = cat
+        .volume_list()?
+        .into_iter()
+        .map(|(n, p)| volume_json_tiered(&n, &p, &rows, &tiers))
+        .collect();
+    if json {
+        println!("{}", Value::Array(list));
+    } else {
+        println!(
+            "{:12}  {:8}  {:>12}  {:>12}  {:>8}  PATH",
+            "NAME", "TIER", "FREE", "TOTAL", "VFOLDERS"
+        );
+        for r in list {
+            println!(
+                "{:12}  {:8}  {:>12}  {:>12}  {:>8}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["tier"].as_str().unwrap_or("-"),
+                space(&r, "free_bytes"),
+                space(&r, "total_bytes"),
+                r["vfolders"],
+                r["path"].as_str().unwrap_or("")
+            );
         }
-        VolumeCmd::Remove { name, json } => {
-            cat.remove_volume(&name)?;
-            if json {
-                println!("{}", serde_json::json!({ "removed": name }));
-            } else {
-                println!("removed volume {name} (its directory was left as it is)");
-            }
-        }
+    }
+    Ok(0)
+}
+
+/// `volume show NAME`.
+fn show(cat: &Catalog, name: String, json: bool) -> Result<i32, CliError> {
+    let path = volume_path(cat, &name)?;
+    let rows = cat.store().list(ListFilter::All)?;
+    let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
+    if json {
+        println!("{j}");
+    } else {
+        print_show(&j);
+    }
+    Ok(0)
+}
+
+/// `volume set NAME [--tier T|none] [--high-watermark P|none] [--low-watermark P|none]`.
+fn set(
+    cat: &Catalog,
+    name: String,
+    tier: Option<String>,
+    high_watermark: Option<String>,
+    low_watermark: Option<String>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let path = volume_path(cat, &name)?;
+    let mut t = tiers(cat)?.remove(&name).unwrap_or(VolumeTier {
+        volume: name.clone(),
+        tier: None,
+        high_watermark: None,
+        low_watermark: None,
+    });
+    if let Some(s) = tier {
+        t.tier = match s.as_str() {
+            "none" => None,
+            s => Some(s.parse().map_err(|message| CliError::Of {
+                kind: Kind::Usage,
+                message,
+                vfolder: None,
+            })?),
+        };
+    }
+    if let Some(s) = high_watermark {
+        t.high_watermark = parse_pct("high-watermark", &s)?;
+    }
+    if let Some(s) = low_watermark {
+        t.low_watermark = parse_pct("low-watermark", &s)?;
+    }
+    if t.high_watermark == Some(0) {
+        return Err(CliError::Of {
+            kind: Kind::Usage,
+            message: "--high-watermark must be at least 1".into(),
+            vfolder: None,
+        });
+    }
+    if let (Some(h), Some(l)) = (t.high_watermark, t.low_watermark)
+        && l >= h
+    {
+        return Err(CliError::Of {
+            kind: Kind::Usage,
+            message: format!("volume {name}: low watermark {l}% must be below high watermark {h}%"),
+            vfolder: None,
+        });
+    }
+    cat.store().set_volume_tier(&t)?;
+    let rows = cat.store().list(ListFilter::All)?;
+    let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
+    if json {
+        println!("{j}");
+    } else {
+        print_show(&j);
+    }
+    Ok(0)
+}
+
+/// `volume remove NAME`: its directory is left as it is.
+fn remove(cat: &Catalog, name: String, json: bool) -> Result<i32, CliError> {
+    cat.remove_volume(&name)?;
+    if json {
+        println!("{}", serde_json::json!({ "removed": name }));
+    } else {
+        println!("removed volume {name} (its directory was left as it is)");
     }
     Ok(0)
 }
