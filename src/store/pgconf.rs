@@ -359,6 +359,56 @@ impl PgConf {
     /// does: explicit parameters, then a service's, then `PG*` variables,
     /// then defaults; the password from the password file when none is given.
     pub fn parse(s: &str) -> Result<PgConf, String> {
+        let p = Self::params(s)?;
+        let mut c = postgres::Config::new();
+        let (host, port) = Self::addresses(&mut c, &p)?;
+        let user = p.get("user").cloned().unwrap_or_else(os_user);
+        let dbname = p.get("dbname").cloned().unwrap_or_else(|| user.clone());
+        c.user(&user).dbname(&dbname);
+        if let Some(pw) = Self::password(&p, &host, &port, &dbname, &user) {
+            c.password(pw);
+        }
+        c.application_name(
+            p.get("application_name")
+                .map(String::as_str)
+                .unwrap_or("vfolderfs"),
+        );
+        if let Some(o) = p.get("options") {
+            c.options(o);
+        }
+        let timeout = match p.get("connect_timeout") {
+            Some(t) => Duration::from_secs(
+                t.parse()
+                    .map_err(|_| format!("bad connect_timeout {t:?}"))?,
+            ),
+            None => Duration::from_secs(5),
+        };
+        c.connect_timeout(timeout);
+        // A peer that vanished (a partition) must fail a statement within
+        // seconds, not the kernel's minutes: the mount then fails closed and
+        // reconnects when the network is back.
+        c.keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+        let (verify, root_cert) = Self::tls_mode(&p)?;
+        c.ssl_mode(match verify {
+            Verify::Off => SslMode::Disable,
+            Verify::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
+        Ok(PgConf {
+            config: c,
+            verify,
+            root_cert,
+            shown: redact(s),
+        })
+    }
+
+    /// The parameters as libpq would see them: explicit ones, then the
+    /// service's, then the `PG*` variables'.
+    fn params(s: &str) -> Result<BTreeMap<String, String>, String> {
         let mut p = if is_postgres(s) {
             parse_url(s)?
         } else {
@@ -394,7 +444,15 @@ impl PgConf {
                 p.insert(k.into(), v);
             }
         }
-        let mut c = postgres::Config::new();
+        Ok(p)
+    }
+
+    /// Sets the hosts, addresses and ports; returns the host and port lists
+    /// as given (or their defaults).
+    fn addresses(
+        c: &mut postgres::Config,
+        p: &BTreeMap<String, String>,
+    ) -> Result<(String, String), String> {
         let host = p.get("host").cloned().unwrap_or_else(|| {
             if Path::new("/var/run/postgresql").is_dir() {
                 "/var/run/postgresql".into()
@@ -418,10 +476,18 @@ impl PgConf {
         for pt in port.split(',') {
             c.port(pt.parse().map_err(|_| format!("bad port {pt:?}"))?);
         }
-        let user = p.get("user").cloned().unwrap_or_else(os_user);
-        let dbname = p.get("dbname").cloned().unwrap_or_else(|| user.clone());
-        c.user(&user).dbname(&dbname);
-        let password = p.get("password").cloned().or_else(|| {
+        Ok((host, port))
+    }
+
+    /// The password given, else the password file's for the first host.
+    fn password(
+        p: &BTreeMap<String, String>,
+        host: &str,
+        port: &str,
+        dbname: &str,
+        user: &str,
+    ) -> Option<String> {
+        p.get("password").cloned().or_else(|| {
             let file = p
                 .get("passfile")
                 .map(PathBuf::from)
@@ -430,35 +496,13 @@ impl PgConf {
             let h = host.split(',').next().unwrap_or("");
             let h = if h.starts_with('/') { "localhost" } else { h };
             let pt = port.split(',').next().unwrap_or("5432");
-            pgpass_lookup(&file, h, pt, &dbname, &user)
-        });
-        if let Some(pw) = password {
-            c.password(pw);
-        }
-        c.application_name(
-            p.get("application_name")
-                .map(String::as_str)
-                .unwrap_or("vfolderfs"),
-        );
-        if let Some(o) = p.get("options") {
-            c.options(o);
-        }
-        let timeout = match p.get("connect_timeout") {
-            Some(t) => Duration::from_secs(
-                t.parse()
-                    .map_err(|_| format!("bad connect_timeout {t:?}"))?,
-            ),
-            None => Duration::from_secs(5),
-        };
-        c.connect_timeout(timeout);
-        // A peer that vanished (a partition) must fail a statement within
-        // seconds, not the kernel's minutes: the mount then fails closed and
-        // reconnects when the network is back.
-        c.keepalives(true)
-            .keepalives_idle(Duration::from_secs(5))
-            .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(10));
+            pgpass_lookup(&file, h, pt, dbname, user)
+        })
+    }
+
+    /// How the server's certificate is checked (libpq's `sslmode`), and the
+    /// root certificate for it.
+    fn tls_mode(p: &BTreeMap<String, String>) -> Result<(Verify, Option<PathBuf>), String> {
         let root_cert = p.get("sslrootcert").map(PathBuf::from).or_else(|| {
             home()
                 .map(|h| h.join(".postgresql/root.crt"))
@@ -474,17 +518,7 @@ impl PgConf {
             "verify-full" => Verify::Full,
             m => return Err(format!("invalid sslmode {m:?}")),
         };
-        c.ssl_mode(match verify {
-            Verify::Off => SslMode::Disable,
-            Verify::Prefer => SslMode::Prefer,
-            _ => SslMode::Require,
-        });
-        Ok(PgConf {
-            config: c,
-            verify,
-            root_cert,
-            shown: redact(s),
-        })
+        Ok((verify, root_cert))
     }
 
     /// The TLS connector for these settings.
