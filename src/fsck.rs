@@ -261,15 +261,34 @@ fn age(meta: &std::fs::Metadata) -> Duration {
 /// to vfolderfs's user.
 pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
     let rows = cat.store().list(ListFilter::All)?;
-    let ids: HashSet<&str> = rows.iter().map(|v| v.id.as_str()).collect();
     let (mut out, unsafe_vols, unavailable) = volume_findings(cat)?;
+    row_findings(cat, &rows, &unavailable, &mut out)?;
+    let skip: HashSet<String> = unsafe_vols.union(&unavailable).cloned().collect();
+    let recent = orphan_findings(cat, &rows, &skip, opts.grace, &mut out)?;
+    out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
+    attachment_findings(cat, &mut out)?;
+    Ok(Checked {
+        findings: out,
+        recent,
+    })
+}
+
+/// What each row says against what its volume holds: stuck jobs, leftover
+/// copies, missing data, data of a purged row (rows on an unavailable volume
+/// are not judged).
+fn row_findings(
+    cat: &Catalog,
+    rows: &[VFolder],
+    unavailable: &HashSet<String>,
+    out: &mut Vec<Finding>,
+) -> Result<()> {
     let on_unavailable = |v: &VFolder| {
         unavailable.contains(&v.volume)
             || v.prev_volume
                 .as_ref()
                 .is_some_and(|p| unavailable.contains(p))
     };
-    for v in &rows {
+    for v in rows {
         if on_unavailable(v) {
             continue;
         }
@@ -305,10 +324,24 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
             out.push(Finding::PurgedButPresent(v.clone()));
         }
     }
+    Ok(())
+}
+
+/// Directories on the volumes that no row claims, older than `grace`
+/// (volumes in `skip` are not looked at); returns how many younger ones
+/// were left for a later check.
+fn orphan_findings(
+    cat: &Catalog,
+    rows: &[VFolder],
+    skip: &HashSet<String>,
+    grace: Duration,
+    out: &mut Vec<Finding>,
+) -> Result<usize> {
+    let ids: HashSet<&str> = rows.iter().map(|v| v.id.as_str()).collect();
     let protected = protected_dirs(cat)?;
     let mut recent = 0;
     for (volume, path) in cat.volume_list()? {
-        if unsafe_vols.contains(&volume) || unavailable.contains(&volume) {
+        if skip.contains(&volume) {
             continue;
         }
         let Ok(shards) = std::fs::read_dir(&path) else {
@@ -340,7 +373,7 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
                 if protected.contains(&(meta.dev(), meta.ino())) {
                     continue;
                 }
-                if age(&meta) < opts.grace {
+                if age(&meta) < grace {
                     recent += 1;
                     continue;
                 }
@@ -351,7 +384,11 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
             }
         }
     }
-    out.extend(cat.loose_modes()?.into_iter().map(Finding::LooseMode));
+    Ok(recent)
+}
+
+/// Attachments recorded in this node's mount namespace whose bind is gone.
+fn attachment_findings(cat: &Catalog, out: &mut Vec<Finding>) -> Result<()> {
     let me = sessions::current_mnt_ns().ok();
     let now = crate::store::sqlite::now_millis();
     let node = crate::enforce::node_name();
@@ -368,10 +405,7 @@ pub fn check(cat: &Catalog, opts: &Options) -> Result<Checked> {
             });
         }
     }
-    Ok(Checked {
-        findings: out,
-        recent,
-    })
+    Ok(())
 }
 
 /// Moves `rel` (a `shard/id` path) of `volume` into the volume's `lost+found`.
