@@ -80,10 +80,19 @@ fn process() -> (u64, u64) {
 /// Renders every metric.
 pub fn render(src: &Sources<'_>) -> String {
     let mut out = String::with_capacity(8192);
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    requests(&mut out);
+    statuses(&mut out);
+    per_vfolder(&mut out, src);
+    jobs(&mut out, src);
+    store_and_process(&mut out, src);
+    out
+}
 
+/// FUSE requests: by operation, errors by errno, those on io_uring queues.
+fn requests(out: &mut String) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     head(
-        &mut out,
+        out,
         "vfolderfs_requests_total",
         "counter",
         "FUSE requests received, by operation.",
@@ -96,7 +105,7 @@ pub fn render(src: &Sources<'_>) -> String {
         );
     }
     head(
-        &mut out,
+        out,
         "vfolderfs_request_errors_total",
         "counter",
         "FUSE requests answered with an error, by operation and errno.",
@@ -114,7 +123,7 @@ pub fn render(src: &Sources<'_>) -> String {
         }
     }
     head(
-        &mut out,
+        out,
         "vfolderfs_uring_requests_total",
         "counter",
         "FUSE requests received on io_uring queues (the rest came on /dev/fuse).",
@@ -125,7 +134,7 @@ pub fn render(src: &Sources<'_>) -> String {
         load(&URING_REQUESTS)
     );
     head(
-        &mut out,
+        out,
         "vfolderfs_uring_queues",
         "gauge",
         "io_uring queues serving requests, one per CPU (0: /dev/fuse only).",
@@ -135,8 +144,13 @@ pub fn render(src: &Sources<'_>) -> String {
         "vfolderfs_uring_queues {}",
         URING_QUEUES.load(Ordering::Relaxed)
     );
+}
+
+/// Writes refused by status, and status changes applied with their delay.
+fn statuses(out: &mut String) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     head(
-        &mut out,
+        out,
         "vfolderfs_writes_refused_total",
         "counter",
         "Changes refused with EROFS, by the vfolder's status.",
@@ -150,7 +164,7 @@ pub fn render(src: &Sources<'_>) -> String {
         );
     }
     head(
-        &mut out,
+        out,
         "vfolderfs_status_changes_applied_total",
         "counter",
         "Status changes (and creations) this mount applied from the store.",
@@ -161,7 +175,7 @@ pub fn render(src: &Sources<'_>) -> String {
         load(&STATUS_CHANGES)
     );
     head(
-        &mut out,
+        out,
         "vfolderfs_status_change_delay_seconds",
         "histogram",
         "Time from a status change in the store to this mount applying it.",
@@ -185,9 +199,12 @@ pub fn render(src: &Sources<'_>) -> String {
         load(&DELAY_SUM_MICROS) as f64 / 1e6
     );
     let _ = writeln!(out, "vfolderfs_status_change_delay_seconds_count {total}");
+}
 
+/// Per vfolder: open handles and the usage tiering reads.
+fn per_vfolder(out: &mut String, src: &Sources<'_>) {
     head(
-        &mut out,
+        out,
         "vfolderfs_open_handles",
         "gauge",
         "Files open through this mount, by vfolder (those with any).",
@@ -217,7 +234,7 @@ pub fn render(src: &Sources<'_>) -> String {
             2,
         ),
     ] {
-        head(&mut out, metric, "counter", help);
+        head(out, metric, "counter", help);
         for (id, name, o, r, w) in &usage {
             let n = [*o, *r, *w][pick];
             let _ = writeln!(
@@ -227,22 +244,26 @@ pub fn render(src: &Sources<'_>) -> String {
             );
         }
     }
+}
+
+/// Background jobs in this process.
+fn jobs(out: &mut String, src: &Sources<'_>) {
     head(
-        &mut out,
+        out,
         "vfolderfs_jobs_queued",
         "gauge",
         "Background jobs (purges, clones, relocations) queued or running in this process.",
     );
     let _ = writeln!(out, "vfolderfs_jobs_queued {}", src.pool.depth());
     head(
-        &mut out,
+        out,
         "vfolderfs_jobs_running",
         "gauge",
         "Background jobs running in this process.",
     );
     let _ = writeln!(out, "vfolderfs_jobs_running {}", src.pool.running());
     head(
-        &mut out,
+        out,
         "vfolderfs_jobs_completed_total",
         "counter",
         "Background jobs this process completed.",
@@ -253,7 +274,7 @@ pub fn render(src: &Sources<'_>) -> String {
         src.pool.completed()
     );
     head(
-        &mut out,
+        out,
         "vfolderfs_job_entries_done",
         "gauge",
         "Entries removed or copied so far by the jobs queued or running in this process.",
@@ -268,15 +289,19 @@ pub fn render(src: &Sources<'_>) -> String {
             );
         }
     }
+}
+
+/// The store's health, and the daemon's memory and open files.
+fn store_and_process(out: &mut String, src: &Sources<'_>) {
     head(
-        &mut out,
+        out,
         "vfolderfs_store_up",
         "gauge",
         "1 if the store was readable at the last check (else writes are refused).",
     );
     let _ = writeln!(out, "vfolderfs_store_up {}", u8::from(src.reg.is_healthy()));
     head(
-        &mut out,
+        out,
         "vfolderfs_store_last_success_timestamp_seconds",
         "gauge",
         "When the watcher last read the store successfully (Unix time).",
@@ -288,20 +313,19 @@ pub fn render(src: &Sources<'_>) -> String {
     );
     let (rss, fds) = process();
     head(
-        &mut out,
+        out,
         "vfolderfs_resident_memory_bytes",
         "gauge",
         "Resident memory of the daemon.",
     );
     let _ = writeln!(out, "vfolderfs_resident_memory_bytes {rss}");
     head(
-        &mut out,
+        out,
         "vfolderfs_open_fds",
         "gauge",
         "Open file descriptors of the daemon.",
     );
     let _ = writeln!(out, "vfolderfs_open_fds {fds}");
-    out
 }
 
 /// A label value with `\`, `"` and newlines escaped.
