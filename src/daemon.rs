@@ -322,18 +322,7 @@ fn serve_inner(
     args: &MountArgs,
     report: &mut dyn FnMut(Result<(), &MountError>),
 ) -> Result<(), MountError> {
-    // SAFETY: umask has no preconditions. Modes arrive already masked by the kernel.
-    unsafe { libc::umask(0) };
-    if let Err(e) = sys::raise_nofile_limit() {
-        warn!("could not raise the open-file limit: {e}");
-    }
-    // Records the daemon's own identity before any thread acts for a caller.
-    let me = crate::backing::creds::daemon_identity();
-    log::debug!(
-        "daemon acts as uid {} with capabilities {:#x}",
-        me.uid,
-        me.caps
-    );
+    prepare_process();
     let sigset = block_signals();
     let (cat, store_id, reg, lease) = register(args)?;
     let pool =
@@ -369,14 +358,7 @@ fn serve_inner(
         let _ = unmount(&args.mountpoint);
         MountError::Io("starting the metrics", e)
     })?;
-    let janitor = {
-        let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
-        let mp = args.mountpoint.clone();
-        thread::Builder::new()
-            .name("vfolderfs-janitor".into())
-            .spawn(move || janitor(&cat, &reg, &stop, &mp))
-            .map_err(|e| MountError::Io("starting the janitor", e))?
-    };
+    let janitor = spawn_janitor(args, &cat, &reg, &stop)?;
     info!(
         "mounted {} on {}{}",
         args.layout.root().display(),
@@ -387,18 +369,9 @@ fn serve_inner(
     if std::env::var_os(crate::service::notify::ENV).is_some() {
         spawn_notifier(args)?;
     }
-    // INIT is done: with io_uring granted, the rings serve beside the
-    // /dev/fuse loops (see `transport::uring`).
-    let res = match uring.filter(|u| u.granted()) {
-        Some(u) => {
-            let dev = session
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
-            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
-        }
-        None => session.run(),
-    };
+    let res = run_session(session, uring)?;
+    // Unmounted: the pool stops first (a job's claim is released, its row
+    // left for resumption), then the threads that watch and report.
     let t = std::time::Instant::now();
     pool.shutdown();
     log::debug!("pool stopped in {:?}", t.elapsed());
@@ -413,6 +386,57 @@ fn serve_inner(
     }
     info!("unmounted {}", args.mountpoint.display());
     res.map_err(|e| MountError::Io("serving", e))
+}
+
+/// The process-wide settings a daemon needs before it serves: no umask
+/// (modes arrive masked by the kernel), the open-file limit raised, and
+/// its own identity recorded before any thread acts for a caller.
+fn prepare_process() {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    if let Err(e) = sys::raise_nofile_limit() {
+        warn!("could not raise the open-file limit: {e}");
+    }
+    let me = crate::backing::creds::daemon_identity();
+    log::debug!(
+        "daemon acts as uid {} with capabilities {:#x}",
+        me.uid,
+        me.caps
+    );
+}
+
+/// Serves until the file system is unmounted. INIT is done: with io_uring
+/// granted, the rings serve beside the /dev/fuse loops (see
+/// `transport::uring`).
+fn run_session(
+    session: Session<VfolderFs>,
+    uring: Option<Arc<crate::transport::uring::Negotiation>>,
+) -> Result<std::io::Result<()>, MountError> {
+    Ok(match uring.filter(|u| u.granted()) {
+        Some(u) => {
+            let dev = session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| MountError::Io("duplicating the /dev/fuse descriptor", e))?;
+            session.run_with(move |d| crate::transport::uring::serve(d, dev, &u))
+        }
+        None => session.run(),
+    })
+}
+
+/// The janitor thread (see [`janitor`]).
+fn spawn_janitor(
+    args: &MountArgs,
+    cat: &Arc<Catalog>,
+    reg: &Arc<Registry>,
+    stop: &Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, MountError> {
+    let (cat, stop, reg) = (cat.clone(), stop.clone(), reg.clone());
+    let mp = args.mountpoint.clone();
+    thread::Builder::new()
+        .name("vfolderfs-janitor".into())
+        .spawn(move || janitor(&cat, &reg, &stop, &mp))
+        .map_err(|e| MountError::Io("starting the janitor", e))
 }
 
 /// Mounts and starts the FUSE session: the kernel mount typed
