@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -378,4 +378,81 @@ fn io_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off() {
     assert_eq!(log.lines().filter(|l| l.contains("io_uring")).count(), 1);
     assert_eq!(metric(&s.sock, "vfolderfs_uring_queues"), 0.0);
     assert_eq!(metric(&s.sock, "vfolderfs_uring_requests_total"), 0.0);
+}
+
+const ALICE: u32 = 65532;
+const BOB: u32 = 65533;
+
+/// Runs `script` as `uid` with no supplementary groups, in `dir`.
+fn as_user(uid: u32, dir: &Path, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run setpriv")
+}
+
+/// Requests served from the rings (and the work they hand to the blocking
+/// pool: fallocate, copy_file_range, fsync) act as the caller, exactly as
+/// on /dev/fuse: another user's 0600 file, a directory they may not write,
+/// a chown to someone else are refused; writes by a non-owner clear
+/// setuid/setgid, also when made on the blocking pool.
+#[test]
+fn io_uring_requests_act_as_the_caller() {
+    let _l = lock();
+    require_enabled();
+    let t = TempStore::new();
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "shared"]);
+    let s = mount(t, &["-o", "io_uring", "--allow-other"]);
+    assert_on_rings(&s);
+    s.m.sh_ok("chmod 1777 shared");
+    let d = s.m.p("shared");
+    let run = |uid, script: &str| {
+        let o = as_user(uid, &d, script);
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let before = metric(&s.sock, "vfolderfs_uring_requests_total");
+    let (good, e) = run(
+        ALICE,
+        "umask 022 && echo secret > p && chmod 600 p && mkdir priv && \
+         echo x > sx && chmod 6777 sx && echo y > fx && chmod 6777 fx && \
+         echo z > cx && chmod 6777 cx && echo src > src",
+    );
+    assert!(good, "alice's setup: {e}");
+    let (good, _) = run(BOB, "cat p");
+    assert!(!good, "bob read alice's 0600 file through the rings");
+    let (good, _) = run(BOB, "touch priv/b");
+    assert!(!good, "bob created in alice's 0755 directory through the rings");
+    assert!(std::fs::metadata(d.join("priv/b")).is_err());
+    let (good, e) = run(BOB, "echo b > mine");
+    assert!(good, "{e}");
+    let (good, _) = run(BOB, &format!("chown {ALICE} mine"));
+    assert!(!good, "bob gave a file away through the rings");
+    assert_eq!(std::fs::metadata(d.join("mine")).unwrap().uid(), BOB);
+    // A write by a non-owner clears setuid/setgid (request thread).
+    let (good, e) = run(BOB, "printf w 1<> sx");
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("sx")).unwrap().mode() & 0o7000, 0);
+    // fallocate runs on the blocking pool: as Bob there too.
+    let (good, e) = run(BOB, "fallocate -o 0 -l 8192 fx");
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("fx")).unwrap().mode() & 0o7000, 0);
+    // copy_file_range runs on the blocking pool: as Bob there too.
+    let (good, e) = run(
+        BOB,
+        "/usr/bin/python3 -c 'import os; s=os.open(\"src\", os.O_RDONLY); \
+         t=os.open(\"cx\", os.O_WRONLY); os.copy_file_range(s, t, 3, 0, 0)'",
+    );
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("cx")).unwrap().mode() & 0o7000, 0);
+    let after = metric(&s.sock, "vfolderfs_uring_requests_total");
+    assert!(after - before >= 20.0, "not on the rings: {before} -> {after}");
 }
