@@ -607,3 +607,45 @@ fn a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(how: &[&str], 
          stuck on a frozen volume, was not answered within 60 s"
     );
 }
+
+/// The enforcement promise over io_uring: once `vfolderfs delete` returns,
+/// no new write succeeds, also through a file opened for writing before
+/// (on every CPU's ring).
+#[test]
+fn io_uring_no_write_succeeds_after_delete_returns() {
+    let _l = lock();
+    require_enabled();
+    let t = TempStore::new();
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "doomed"]);
+    let s = mount(t, &["-o", "io_uring"]);
+    assert_on_rings(&s);
+    let cpus = online_cpus();
+    let files: Vec<std::fs::File> = (0..cpus)
+        .map(|c| {
+            let p = s.m.p(&format!("doomed/f{c}"));
+            on_cpu(c, move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .unwrap();
+                f.write_all(b"before\n").unwrap();
+                f
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    s.m.store.ok(&["delete", "doomed"]);
+    for (c, mut f) in files.into_iter().enumerate() {
+        let e = on_cpu(c, move || f.write_all(b"after\n").unwrap_err())
+            .join()
+            .unwrap();
+        assert_eq!(errno(&e), libc::EROFS, "cpu {c}: {e}");
+    }
+    for c in 0..cpus {
+        let body = std::fs::read_to_string(s.m.p(&format!(".trash/doomed/f{c}"))).unwrap();
+        assert_eq!(body, "before\n");
+    }
+}
