@@ -649,3 +649,121 @@ fn io_uring_no_write_succeeds_after_delete_returns() {
         assert_eq!(body, "before\n");
     }
 }
+
+/// The daemon's threads named `prefix*` now waiting uninterruptibly.
+fn blocked_threads(pid: impl std::fmt::Display, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    comm.starts_with(prefix)
+                        && stat
+                            .rsplit_once(") ")
+                            .is_some_and(|(_, r)| r.starts_with('D'))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Calls that run on the blocking pool (fallocate) and are stuck on a
+/// frozen volume hold up only their own vfolder: requests made afterwards
+/// on another CPU, for a vfolder on a healthy volume, are still answered,
+/// even on a ring whose entries the pool's threads answered before.
+fn pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(how: &[&str], rings: bool) {
+    let t = TempStore::new();
+    let vol = LoopVolume::new(&t, "frz");
+    t.ok(&["volume", "add", "frz", vol.dir.to_str().unwrap()]);
+    t.ok(&["create", "fz", "--volume", "frz"]);
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "ok"]);
+    let s = mount(t, how);
+    if rings {
+        assert_on_rings(&s);
+    }
+    let cpus = online_cpus();
+    assert!(cpus >= 2, "needs two CPUs");
+    s.m.sh_ok("for i in 0 1 2 3 4 5 6 7; do echo a > fz/f$i; done; echo a > ok/f");
+    // On CPU 1: calls answered from the blocking pool (fsync), many times
+    // over, so that every entry of ring 1 was last answered by a pool thread.
+    let okf = s.m.p("ok/f");
+    on_cpu(1, move || {
+        let f = std::fs::OpenOptions::new().append(true).open(&okf).unwrap();
+        for _ in 0..64 {
+            f.sync_all().unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    // On CPU 0: fallocate on the frozen volume from 8 threads, which blocks
+    // every thread of the pool (8).
+    let files: Vec<std::fs::File> = (0..8)
+        .map(|i| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.m.p(&format!("fz/f{i}")))
+                .unwrap()
+        })
+        .collect();
+    vol.freeze();
+    let stuck: Vec<_> = files
+        .into_iter()
+        .map(|f| {
+            on_cpu(0, move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: plain fallocate on an open file.
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+                (r, f)
+            })
+        })
+        .collect();
+    let pid = s.m.daemon_pid();
+    let blocked = eventually(Duration::from_secs(60), || {
+        blocked_threads(pid, "vfs-blocking") >= 8
+    });
+    // On CPU 1: ordinary writes to a healthy vfolder (answered in the
+    // request loop, not the pool).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let okg = s.m.p("ok/g");
+    let _other = on_cpu(1, move || {
+        let r = (0..64).try_for_each(|i| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&okg)
+                .and_then(|mut g| g.write_all(format!("{i}\n").as_bytes()))
+        });
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(60));
+    vol.thaw();
+    for h in stuck {
+        let (r, _f) = h.join().unwrap();
+        assert_eq!(r, 0, "fallocate after the thaw");
+    }
+    assert!(
+        blocked,
+        "the pool's threads never all waited on the frozen volume"
+    );
+    assert_eq!(
+        answered,
+        Ok(Ok(())),
+        "writes into a healthy vfolder on CPU 1 were not answered within 60 s \
+         while the blocking pool waited on a frozen volume"
+    );
+}
+
+#[test]
+fn dev_fuse_pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&[], false);
+}
+
+#[test]
+fn io_uring_pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    require_enabled();
+    pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&["-o", "io_uring"], true);
+}
