@@ -553,3 +553,38 @@ fn a_mount_makes_the_automatic_passes_once_enabled() {
         Value::Null
     );
 }
+
+/// A volume removed and added again under the same name (another disk,
+/// say) starts untiered, with no watermarks: the removed volume's tier
+/// settings do not come back with the name.
+#[test]
+fn a_removed_volume_leaves_no_tier_to_a_new_one_of_its_name() {
+    let t = TempStore::new();
+    let a = Tmpfs::new(&t, "a", "8m");
+    let b = Tmpfs::new(&t, "b", "8m");
+    t.ok(&[
+        "volume",
+        "add",
+        "vol",
+        a.0.to_str().unwrap(),
+        "--tier",
+        "fast",
+    ]);
+    t.ok(&[
+        "volume",
+        "set",
+        "vol",
+        "--high-watermark",
+        "50",
+        "--low-watermark",
+        "40",
+    ]);
+    let shown = json(&t.ok(&["volume", "show", "vol", "--json"]));
+    assert_eq!(shown["tier"], "fast");
+    t.ok(&["volume", "remove", "vol"]);
+    t.ok(&["volume", "add", "vol", b.0.to_str().unwrap()]);
+    let shown = json(&t.ok(&["volume", "show", "vol", "--json"]));
+    assert_eq!(shown["tier"], Value::Null, "{shown}");
+    assert_eq!(shown["high_watermark"], Value::Null, "{shown}");
+    assert_eq!(shown["low_watermark"], Value::Null, "{shown}");
+}

@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -378,4 +378,392 @@ fn io_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off() {
     assert_eq!(log.lines().filter(|l| l.contains("io_uring")).count(), 1);
     assert_eq!(metric(&s.sock, "vfolderfs_uring_queues"), 0.0);
     assert_eq!(metric(&s.sock, "vfolderfs_uring_requests_total"), 0.0);
+}
+
+const ALICE: u32 = 65532;
+const BOB: u32 = 65533;
+
+/// Runs `script` as `uid` with no supplementary groups, in `dir`.
+fn as_user(uid: u32, dir: &Path, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run setpriv")
+}
+
+/// Requests served from the rings (and the work they hand to the blocking
+/// pool: fallocate, copy_file_range, fsync) act as the caller, exactly as
+/// on /dev/fuse: another user's 0600 file, a directory they may not write,
+/// a chown to someone else are refused; writes by a non-owner clear
+/// setuid/setgid, also when made on the blocking pool.
+#[test]
+fn io_uring_requests_act_as_the_caller() {
+    let _l = lock();
+    require_enabled();
+    let t = TempStore::new();
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "shared"]);
+    let s = mount(t, &["-o", "io_uring", "--allow-other"]);
+    assert_on_rings(&s);
+    s.m.sh_ok("chmod 1777 shared");
+    let d = s.m.p("shared");
+    let run = |uid, script: &str| {
+        let o = as_user(uid, &d, script);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let before = metric(&s.sock, "vfolderfs_uring_requests_total");
+    let (good, e) = run(
+        ALICE,
+        "umask 022 && echo secret > p && chmod 600 p && mkdir priv && \
+         echo x > sx && chmod 6777 sx && echo y > fx && chmod 6777 fx && \
+         echo z > cx && chmod 6777 cx && echo src > src",
+    );
+    assert!(good, "alice's setup: {e}");
+    let (good, _) = run(BOB, "cat p");
+    assert!(!good, "bob read alice's 0600 file through the rings");
+    let (good, _) = run(BOB, "touch priv/b");
+    assert!(
+        !good,
+        "bob created in alice's 0755 directory through the rings"
+    );
+    assert!(std::fs::metadata(d.join("priv/b")).is_err());
+    let (good, e) = run(BOB, "echo b > mine");
+    assert!(good, "{e}");
+    let (good, _) = run(BOB, &format!("chown {ALICE} mine"));
+    assert!(!good, "bob gave a file away through the rings");
+    assert_eq!(std::fs::metadata(d.join("mine")).unwrap().uid(), BOB);
+    // A write by a non-owner clears setuid/setgid (request thread).
+    let (good, e) = run(BOB, "printf w 1<> sx");
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("sx")).unwrap().mode() & 0o7000, 0);
+    // fallocate runs on the blocking pool: as Bob there too.
+    let (good, e) = run(BOB, "fallocate -o 0 -l 8192 fx");
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("fx")).unwrap().mode() & 0o7000, 0);
+    // copy_file_range runs on the blocking pool: as Bob there too.
+    let (good, e) = run(
+        BOB,
+        "/usr/bin/python3 -c 'import os; s=os.open(\"src\", os.O_RDONLY); \
+         t=os.open(\"cx\", os.O_WRONLY); os.copy_file_range(s, t, 3, 0, 0)'",
+    );
+    assert!(good, "{e}");
+    assert_eq!(std::fs::metadata(d.join("cx")).unwrap().mode() & 0o7000, 0);
+    let after = metric(&s.sock, "vfolderfs_uring_requests_total");
+    assert!(
+        after - before >= 20.0,
+        "not on the rings: {before} -> {after}"
+    );
+}
+
+/// An ext4 image on a loop device mounted in the test's directory: a volume
+/// that can be frozen. Thawed and unmounted on drop, whatever happened.
+struct LoopVolume {
+    dir: PathBuf,
+}
+
+impl LoopVolume {
+    fn new(t: &TempStore, name: &str) -> LoopVolume {
+        let img = t.dir.path().join(format!("{name}.img"));
+        let dir = t.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |c: &mut std::process::Command| {
+            let o = c.output().unwrap();
+            assert!(
+                o.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(std::process::Command::new("truncate")
+            .args(["-s", "64M"])
+            .arg(&img));
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir));
+        run(std::process::Command::new("chmod").arg("700").arg(&dir));
+        LoopVolume { dir }
+    }
+
+    fn freeze(&self) {
+        let ok = std::process::Command::new("fsfreeze")
+            .arg("-f")
+            .arg(&self.dir)
+            .status();
+        assert!(ok.unwrap().success(), "fsfreeze -f");
+    }
+
+    fn thaw(&self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl Drop for LoopVolume {
+    fn drop(&mut self) {
+        self.thaw();
+        if is_mounted(&self.dir) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// A write stuck on a frozen volume holds up only its own vfolder, over
+/// io_uring as on /dev/fuse: requests made on the same CPU (the same ring)
+/// for a vfolder on a healthy volume are still answered. (On /dev/fuse the
+/// stuck write holds one of several request threads; a ring has one.)
+#[test]
+#[ignore = "defect on int: a ring has one thread, so a write stuck on a frozen volume \
+            holds up every request made on that CPU (see the report of branch attack)"]
+fn io_uring_a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    require_enabled();
+    a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&["-o", "io_uring"], true);
+}
+
+/// The same on /dev/fuse (the control: it holds there).
+#[test]
+fn dev_fuse_a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&[], false);
+}
+
+fn a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(how: &[&str], rings: bool) {
+    let t = TempStore::new();
+    let vol = LoopVolume::new(&t, "frz");
+    t.ok(&["volume", "add", "frz", vol.dir.to_str().unwrap()]);
+    t.ok(&["create", "fz", "--volume", "frz"]);
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "third"]);
+    let s = mount(t, how);
+    if rings {
+        assert_on_rings(&s);
+    }
+    s.m.sh_ok("echo a > fz/f && echo a > third/f");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.m.p("fz/f"))
+        .unwrap();
+    vol.freeze();
+    // The stuck write is made on CPU 0, so it lands on ring 0.
+    let stuck = on_cpu(0, move || {
+        let r = f.write_all(&[b'y'; 4096]).and_then(|()| f.sync_all());
+        (r, f)
+    });
+    let pid = s.m.daemon_pid();
+    let waiting = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('D')))
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    let blocked = eventually(Duration::from_secs(60), waiting);
+    // Another vfolder, on a healthy volume, from the same CPU.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let third = s.m.p("third/g");
+    let _other = on_cpu(0, move || {
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&third)
+            .and_then(|mut g| g.write_all(b"x\n"));
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(60));
+    // Thawed before any assertion, so that the mount can go whatever happened.
+    vol.thaw();
+    let (r, _f) = stuck.join().unwrap();
+    r.unwrap();
+    assert!(blocked, "no daemon thread ever waited on the frozen volume");
+    assert_eq!(
+        answered,
+        Ok(Ok(())),
+        "a write into another vfolder, made on the CPU whose ring holds a write \
+         stuck on a frozen volume, was not answered within 60 s"
+    );
+}
+
+/// The enforcement promise over io_uring: once `vfolderfs delete` returns,
+/// no new write succeeds, also through a file opened for writing before
+/// (on every CPU's ring).
+#[test]
+fn io_uring_no_write_succeeds_after_delete_returns() {
+    let _l = lock();
+    require_enabled();
+    let t = TempStore::new();
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "doomed"]);
+    let s = mount(t, &["-o", "io_uring"]);
+    assert_on_rings(&s);
+    let cpus = online_cpus();
+    let files: Vec<std::fs::File> = (0..cpus)
+        .map(|c| {
+            let p = s.m.p(&format!("doomed/f{c}"));
+            on_cpu(c, move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .unwrap();
+                f.write_all(b"before\n").unwrap();
+                f
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    s.m.store.ok(&["delete", "doomed"]);
+    for (c, mut f) in files.into_iter().enumerate() {
+        let e = on_cpu(c, move || f.write_all(b"after\n").unwrap_err())
+            .join()
+            .unwrap();
+        assert_eq!(errno(&e), libc::EROFS, "cpu {c}: {e}");
+    }
+    for c in 0..cpus {
+        let body = std::fs::read_to_string(s.m.p(&format!(".trash/doomed/f{c}"))).unwrap();
+        assert_eq!(body, "before\n");
+    }
+}
+
+/// The daemon's threads named `prefix*` now waiting uninterruptibly.
+fn blocked_threads(pid: impl std::fmt::Display, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    comm.starts_with(prefix)
+                        && stat
+                            .rsplit_once(") ")
+                            .is_some_and(|(_, r)| r.starts_with('D'))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Calls that run on the blocking pool (fallocate) and are stuck on a
+/// frozen volume hold up only their own vfolder: requests made afterwards
+/// on another CPU, for a vfolder on a healthy volume, are still answered,
+/// even on a ring whose entries the pool's threads answered before.
+fn pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(how: &[&str], rings: bool) {
+    let t = TempStore::new();
+    let vol = LoopVolume::new(&t, "frz");
+    t.ok(&["volume", "add", "frz", vol.dir.to_str().unwrap()]);
+    t.ok(&["create", "fz", "--volume", "frz"]);
+    t.ok(&["create", "a"]);
+    t.ok(&["create", "ok"]);
+    let s = mount(t, how);
+    if rings {
+        assert_on_rings(&s);
+    }
+    let cpus = online_cpus();
+    assert!(cpus >= 2, "needs two CPUs");
+    s.m.sh_ok("for i in 0 1 2 3 4 5 6 7; do echo a > fz/f$i; done; echo a > ok/f");
+    // On CPU 1: calls answered from the blocking pool (fsync), many times
+    // over, so that every entry of ring 1 was last answered by a pool thread.
+    let okf = s.m.p("ok/f");
+    on_cpu(1, move || {
+        let f = std::fs::OpenOptions::new().append(true).open(&okf).unwrap();
+        for _ in 0..64 {
+            f.sync_all().unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    // On CPU 0: fallocate on the frozen volume from 8 threads, which blocks
+    // every thread of the pool (8).
+    let files: Vec<std::fs::File> = (0..8)
+        .map(|i| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.m.p(&format!("fz/f{i}")))
+                .unwrap()
+        })
+        .collect();
+    vol.freeze();
+    let stuck: Vec<_> = files
+        .into_iter()
+        .map(|f| {
+            on_cpu(0, move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: plain fallocate on an open file.
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+                (r, f)
+            })
+        })
+        .collect();
+    let pid = s.m.daemon_pid();
+    let blocked = eventually(Duration::from_secs(60), || {
+        blocked_threads(pid, "vfs-blocking") >= 8
+    });
+    // On CPU 1: ordinary writes to a healthy vfolder (answered in the
+    // request loop, not the pool).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let okg = s.m.p("ok/g");
+    let _other = on_cpu(1, move || {
+        let r = (0..64).try_for_each(|i| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&okg)
+                .and_then(|mut g| g.write_all(format!("{i}\n").as_bytes()))
+        });
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(60));
+    vol.thaw();
+    for h in stuck {
+        let (r, _f) = h.join().unwrap();
+        assert_eq!(r, 0, "fallocate after the thaw");
+    }
+    assert!(
+        blocked,
+        "the pool's threads never all waited on the frozen volume"
+    );
+    assert_eq!(
+        answered,
+        Ok(Ok(())),
+        "writes into a healthy vfolder on CPU 1 were not answered within 60 s \
+         while the blocking pool waited on a frozen volume"
+    );
+}
+
+#[test]
+fn dev_fuse_pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&[], false);
+}
+
+#[test]
+fn io_uring_pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
+    let _l = lock();
+    require_enabled();
+    pool_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder(&["-o", "io_uring"], true);
 }
