@@ -530,10 +530,9 @@ impl Drop for LoopVolume {
 /// A write stuck on a frozen volume holds up only its own vfolder, over
 /// io_uring as on /dev/fuse: requests made on the same CPU (the same ring)
 /// for a vfolder on a healthy volume are still answered. (On /dev/fuse the
-/// stuck write holds one of several request threads; a ring has one.)
+/// stuck write holds one of several request threads; over io_uring it holds
+/// one of its CPU queue's entries, each served by a thread of its own.)
 #[test]
-#[ignore = "defect on int: a ring has one thread, so a write stuck on a frozen volume \
-            holds up every request made on that CPU (see the report of branch attack)"]
 fn io_uring_a_write_stuck_on_a_frozen_volume_holds_up_only_its_own_vfolder() {
     let _l = lock();
     require_enabled();

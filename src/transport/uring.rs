@@ -6,10 +6,12 @@
 //! on, and otherwise the mount serves on /dev/fuse as before, saying so in
 //! one log line. When granted, [`serve`] runs beside fuser's /dev/fuse
 //! loops (which keep INIT, INTERRUPT, FORGET and whatever arrives before the
-//! ring is ready): one ring per possible CPU, as the kernel expects (it uses
-//! the rings only once every queue has registered an entry), its thread
-//! pinned to that CPU, so that a request is answered on the CPU that made
-//! it without a cross-CPU wake-up.
+//! ring is ready): one queue per possible CPU, as the kernel expects (it uses
+//! the rings only once every queue has registered an entry), each of
+//! [`QUEUE_DEPTH`] entries served by a thread of its own pinned to that CPU,
+//! so that a request is answered on the CPU that made it without a
+//! cross-CPU wake-up, and a request stuck in a backing call holds only its
+//! own entry (see [`Slot`]).
 //!
 //! Each ring entry is a pair of buffers the kernel fills with a request:
 //! `struct fuse_uring_req_header` (the `fuse_in_header`, the operation's
@@ -19,12 +21,12 @@
 //! the same entry (`fuse_out_header` in the header, the arguments in the
 //! payload) with `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also waits for
 //! the entry's next request. A reply made on another thread (the blocking
-//! pool) is committed from there, under the queue's submission lock.
+//! pool) is written into the entry there and committed by the entry's own
+//! thread: only that thread ever submits its entry's commands.
 
-use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fuser::{Dispatcher, Filesystem, InitFlags, KernelConfig, ReplySink};
@@ -52,9 +54,10 @@ const HEADER_SIZE: usize = 256 + 32;
 const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
 
-/// Entries per queue: requests of one CPU that may wait for a reply at once
-/// (a request handed to the blocking pool keeps its entry until it replies).
-pub const QUEUE_DEPTH: usize = 16;
+/// Entries per queue, each served by a thread of its own (see [`Slot`]):
+/// requests of one CPU that may be served at once, including requests
+/// stuck in a backing call (a frozen volume) or handed to the blocking pool.
+pub const QUEUE_DEPTH: usize = 8;
 /// An entry's payload buffer, at least. The kernel refuses one smaller than
 /// `max(max_write, max_pages * PAGE_SIZE)`: the mount's `max_write` is 1 MiB
 /// (`fs::dispatch`, `init`) and `max_pages` at most the fuse module's
@@ -81,7 +84,7 @@ pub struct Negotiation {
     /// The rings, made before INIT is answered: once the kernel granted
     /// io_uring it holds every new request until all queues registered, so
     /// a ring that cannot be made must be known before asking for it.
-    queues: Mutex<Vec<Arc<Queue>>>,
+    slots: Mutex<Vec<Arc<Slot>>>,
 }
 
 impl std::fmt::Debug for Negotiation {
@@ -95,8 +98,8 @@ impl Negotiation {
     /// or says in one log line why the mount stays on /dev/fuse (the kernel
     /// does not offer it, or the rings cannot be made here).
     pub fn negotiate(&self, config: &mut KernelConfig) {
-        let queues = match (0..queue_count())
-            .map(|q| Queue::new(q as u16).map(Arc::new))
+        let slots = match (0..queue_count())
+            .flat_map(|q| (0..QUEUE_DEPTH).map(move |_| Slot::new(q as u16).map(Arc::new)))
             .collect::<io::Result<Vec<_>>>()
         {
             Ok(q) => q,
@@ -107,7 +110,7 @@ impl Negotiation {
         };
         match config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
             Ok(()) => {
-                *self.queues.lock() = queues;
+                *self.slots.lock() = slots;
                 self.granted.store(true, Ordering::Release);
             }
             Err(_) => warn!(
@@ -146,17 +149,17 @@ pub fn serve<FS: Filesystem>(
     dev: OwnedFd,
     negotiated: &Negotiation,
 ) -> io::Result<()> {
-    let queues = std::mem::take(&mut *negotiated.queues.lock());
+    let slots = std::mem::take(&mut *negotiated.slots.lock());
     let dev = Arc::new(dev);
     let d = Arc::new(d);
     let started = Arc::new(AtomicU32::new(0));
-    let mut threads = Vec::with_capacity(queues.len());
-    for queue in queues {
-        let _ = queue.dev.set(dev.clone());
+    let mut threads = Vec::with_capacity(slots.len());
+    for (i, slot) in slots.into_iter().enumerate() {
+        let _ = slot.dev.set(dev.clone());
         let (d, started) = (d.clone(), started.clone());
         let t = std::thread::Builder::new()
-            .name(format!("vfs-uring-{}", queue.qid))
-            .spawn(move || queue.run(&d, &started))?;
+            .name(format!("vfs-uring-{}.{}", slot.qid, i % QUEUE_DEPTH))
+            .spawn(move || slot.run(&d, &started))?;
         threads.push(t);
     }
     for t in threads {
@@ -232,75 +235,68 @@ struct Ent {
     header: Buf,
     payload: Buf,
     iov: Box<[libc::iovec; 2]>,
-    /// The commit id of the request it holds (0: not yet registered), to
-    /// resubmit a command the kernel asked to repeat.
-    commit_id: AtomicU64,
 }
 
 // SAFETY: the iovecs point into the entry's own buffers and are only read.
 unsafe impl Send for Ent {}
 unsafe impl Sync for Ent {}
 
-thread_local! {
-    /// The queue this thread serves (its address), so that a reply made
-    /// during dispatch waits for the loop's next `io_uring_enter`.
-    static ON_QUEUE: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The ring of one CPU.
-struct Queue {
+/// One ring entry served by a thread of its own, with a ring of its own.
+///
+/// The kernel hands an entry's next request over in the context of the
+/// thread that last submitted that entry's command (io_uring task work), and
+/// gives new requests to the entry committed last. So each entry has its
+/// own thread, and only that thread ever submits its commands: a thread
+/// stuck in a backing call (a frozen volume, a hung NFS server) holds only
+/// its own entry, which is busy and gets no new request, while the queue's
+/// other entries on that CPU go on serving. A reply made on another thread
+/// (the blocking pool) is written into the entry there and committed by the
+/// entry's thread.
+struct Slot {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     /// The /dev/fuse descriptor the commands go to (set when serving starts).
     dev: OnceLock<Arc<OwnedFd>>,
-    /// Serialises pushes to the submission queue.
-    sq: Mutex<()>,
-    /// Commits pushed by the queue's own thread, not yet submitted.
-    pending: AtomicU32,
-    ents: Vec<Ent>,
+    ent: Ent,
+    /// Set when the reply to the entry's request is in its buffers; the
+    /// slot's thread then commits it.
+    replied: parking_lot::Mutex<bool>,
+    replied_cv: parking_lot::Condvar,
 }
 
-impl Queue {
-    fn new(qid: u16) -> io::Result<Queue> {
+impl Slot {
+    fn new(qid: u16) -> io::Result<Slot> {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_cqsize(2 * QUEUE_DEPTH as u32)
-            .build(QUEUE_DEPTH as u32)?;
-        let page = 4096;
-        let payload_len = payload_size();
-        let ents = (0..QUEUE_DEPTH)
-            .map(|_| {
-                let header = Buf::new(page)?;
-                let payload = Buf::new(payload_len)?;
-                let iov = Box::new([
-                    libc::iovec {
-                        iov_base: header.ptr.cast(),
-                        iov_len: HEADER_SIZE,
-                    },
-                    libc::iovec {
-                        iov_base: payload.ptr.cast(),
-                        iov_len: payload_len,
-                    },
-                ]);
-                Ok(Ent {
-                    header,
-                    payload,
-                    iov,
-                    commit_id: AtomicU64::new(0),
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(Queue {
+            .setup_cqsize(4)
+            .build(2)?;
+        let header = Buf::new(4096)?;
+        let payload = Buf::new(payload_size())?;
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: header.ptr.cast(),
+                iov_len: HEADER_SIZE,
+            },
+            libc::iovec {
+                iov_base: payload.ptr.cast(),
+                iov_len: payload.len,
+            },
+        ]);
+        Ok(Slot {
             qid,
             ring,
             dev: OnceLock::new(),
-            sq: Mutex::new(()),
-            pending: AtomicU32::new(0),
-            ents,
+            ent: Ent {
+                header,
+                payload,
+                iov,
+            },
+            replied: parking_lot::Mutex::new(false),
+            replied_cv: parking_lot::Condvar::new(),
         })
     }
 
-    /// The SQE of a command for entry `idx`.
-    fn sqe(&self, idx: usize, cmd_op: u32, commit_id: u64) -> squeue::Entry128 {
+    /// The SQE of a command for the entry.
+    fn sqe(&self, cmd_op: u32, commit_id: u64) -> squeue::Entry128 {
         // struct fuse_uring_cmd_req { flags, commit_id, qid, padding[6] }.
         let mut cmd = [0u8; 80];
         cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
@@ -308,9 +304,9 @@ impl Queue {
         let fd = self.dev.get().map_or(-1, |d| d.as_raw_fd());
         let mut b = opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd);
         if cmd_op == CMD_REGISTER {
-            b = b.addr(Some(self.ents[idx].iov.as_ptr() as u64));
+            b = b.addr(Some(self.ent.iov.as_ptr() as u64));
         }
-        let sqe = b.build().user_data(idx as u64);
+        let sqe = b.build().user_data(0);
         if cmd_op != CMD_REGISTER {
             return sqe;
         }
@@ -326,141 +322,121 @@ impl Queue {
         unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
     }
 
-    /// Queues a command for entry `idx`; submits it now unless the queue's
-    /// own thread made it (its loop submits before it waits).
-    fn push(&self, idx: usize, cmd_op: u32, commit_id: u64) {
-        let sqe = self.sqe(idx, cmd_op, commit_id);
-        let own = ON_QUEUE.with(|c| c.get()) == self as *const Queue as usize;
-        let _g = self.sq.lock();
-        // SAFETY: pushes are serialised by `sq`; the entry's buffers and
-        // iovecs live as long as the queue, which outlives the ring's use.
-        let pushed = unsafe { self.ring.submission_shared().push(&sqe) };
-        if pushed.is_err() {
-            // One command per entry at most, and the ring has room for all.
-            error!("io_uring: queue {} has no free SQE", self.qid);
-            return;
+    /// Submits `cmd` for the entry (if any) and, with `wait`, waits for the
+    /// entry's completion (its next request, or an error) and returns its
+    /// result. Only the slot's own thread calls it.
+    fn enter(&self, cmd: Option<(u32, u64)>, wait: bool) -> io::Result<Option<i32>> {
+        let mut to_submit = 0;
+        if let Some((op, id)) = cmd {
+            let sqe = self.sqe(op, id);
+            // SAFETY: only this slot's thread touches its ring; the entry's
+            // buffers and iovecs live as long as the slot, which outlives
+            // the ring's use.
+            if unsafe { self.ring.submission_shared().push(&sqe) }.is_err() {
+                return Err(io::Error::other("no free SQE"));
+            }
+            to_submit = 1;
         }
-        if own {
-            self.pending.fetch_add(1, Ordering::Relaxed);
-        } else if let Err(e) = self.ring.submit() {
-            error!("io_uring: queue {}: submitting a reply: {e}", self.qid);
-        }
-    }
-
-    /// The queue's thread: registers every entry, then serves requests.
-    fn run<FS: Filesystem>(self: Arc<Queue>, d: &Dispatcher<FS>, started: &AtomicU32) {
-        ON_QUEUE.with(|c| c.set(Arc::as_ptr(&self) as usize));
-        pin_to_cpu(self.qid as usize);
-        for idx in 0..self.ents.len() {
-            self.push(idx, CMD_REGISTER, 0);
-        }
-        // Submitted without waiting: a refused registration comes back as
-        // an error completion below, a good one only with a request.
-        let n = self.pending.swap(0, Ordering::Relaxed);
-        // SAFETY: plain io_uring_enter on our ring, no argument.
-        if let Err(e) = unsafe { self.ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) } {
-            error!(
-                "io_uring: queue {}: registering: {e}; serving on /dev/fuse",
-                self.qid
-            );
-            return;
-        }
-        let n = started.fetch_add(1, Ordering::AcqRel) + 1;
-        if n as usize == queue_count() {
-            info!(
-                "io_uring: FUSE over io_uring negotiated, {n} queues of {QUEUE_DEPTH} \
-                 entries registered, one thread per CPU"
-            );
-            crate::metrics::counters::uring_queues(n as u64);
-        }
-        let mut live = self.ents.len();
-        let mut done: Vec<(u64, i32)> = Vec::with_capacity(2 * QUEUE_DEPTH);
-        let mut buf: Vec<u8> = Vec::with_capacity(IN_HEADER + OP_IN_SIZE + 64 * 1024);
-        while live > 0 {
-            let n = self.pending.swap(0, Ordering::Relaxed);
+        loop {
+            let (min, flags) = if wait { (1, ENTER_GETEVENTS) } else { (0, 0) };
             // SAFETY: plain io_uring_enter on our ring, no argument.
             let r = unsafe {
                 self.ring
                     .submitter()
-                    .enter::<libc::sigset_t>(n, 1, ENTER_GETEVENTS, None)
+                    .enter::<libc::sigset_t>(to_submit, min, flags, None)
             };
-            if let Err(e) = r {
-                // Nothing was submitted; try again (a count too high only
-                // lets the kernel take what is there).
-                self.pending.fetch_add(n, Ordering::Relaxed);
-                match e.raw_os_error() {
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY) => continue,
-                    _ => {
+            match r {
+                Ok(n) => to_submit = to_submit.saturating_sub(n as u32),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            // SAFETY: only this thread reads the completion queue.
+            if let Some(c) = unsafe { self.ring.completion_shared() }.next() {
+                return Ok(Some(c.result()));
+            }
+            if !wait && to_submit == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The slot's thread: registers the entry, then serves its requests.
+    fn run<FS: Filesystem>(self: Arc<Slot>, d: &Dispatcher<FS>, started: &AtomicU32) {
+        pin_to_cpu(self.qid as usize);
+        // Submitted without waiting: a refused registration comes back as
+        // an error completion below, a good one only with a request.
+        let mut last = (CMD_REGISTER, 0);
+        let mut res = match self.enter(Some(last), false) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(
+                    "io_uring: queue {}: registering: {e}; serving on /dev/fuse",
+                    self.qid
+                );
+                return;
+            }
+        };
+        if res.is_none() {
+            registered(started);
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(IN_HEADER + OP_IN_SIZE + 64 * 1024);
+        let mut next = None;
+        loop {
+            let r = match res.take() {
+                Some(r) => r,
+                None => match self.enter(next.take(), true) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
                         error!("io_uring: queue {}: {e}", self.qid);
                         return;
                     }
+                },
+            };
+            match -r {
+                0 => {
+                    last = (CMD_COMMIT_AND_FETCH, self.handle(d, &mut buf));
+                    next = Some(last);
                 }
-            }
-            done.clear();
-            // SAFETY: only this thread reads the completion queue.
-            done.extend(
-                unsafe { self.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
-            );
-            for &(idx, res) in &done {
-                let idx = idx as usize;
-                if idx >= self.ents.len() {
-                    continue;
-                }
-                match -res {
-                    0 => self.handle(idx, d, &mut buf),
-                    libc::EINTR | libc::EAGAIN => {
-                        let id = self.ents[idx].commit_id.load(Ordering::Relaxed);
-                        let op = if id == 0 {
-                            CMD_REGISTER
+                // Asked to repeat the command.
+                libc::EINTR | libc::EAGAIN => next = Some(last),
+                // The connection ended (unmount or abort).
+                libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV => return,
+                e => {
+                    // A refused registration leaves the kernel holding new
+                    // requests for a ring that will never be ready.
+                    error!(
+                        "io_uring: queue {}: {}{}",
+                        self.qid,
+                        io::Error::from_raw_os_error(e),
+                        if last.0 == CMD_REGISTER {
+                            " while registering: the kernel holds requests until every \
+                             queue registered; unmount (umount -l) and mount without io_uring"
                         } else {
-                            CMD_COMMIT_AND_FETCH
-                        };
-                        self.push(idx, op, id);
-                    }
-                    // The connection ended (unmount or abort).
-                    libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV => live -= 1,
-                    e => {
-                        // A refused registration leaves the kernel holding
-                        // new requests for a ring that will never be ready.
-                        let registering = self.ents[idx].commit_id.load(Ordering::Relaxed) == 0;
-                        error!(
-                            "io_uring: queue {} entry {idx}: {}{}",
-                            self.qid,
-                            io::Error::from_raw_os_error(e),
-                            if registering {
-                                " while registering: the kernel holds requests until every \
-                                 queue registered; unmount (umount -l) and mount without io_uring"
-                            } else {
-                                ""
-                            }
-                        );
-                        live -= 1;
-                    }
+                            ""
+                        }
+                    );
+                    return;
                 }
             }
         }
     }
 
-    /// Puts the request of entry `idx` back together and dispatches it.
-    fn handle<FS: Filesystem>(
-        self: &Arc<Queue>,
-        idx: usize,
-        d: &Dispatcher<FS>,
-        buf: &mut Vec<u8>,
-    ) {
-        let ent = &self.ents[idx];
+    /// Puts the entry's request back together, dispatches it and waits for
+    /// its reply to be in the entry (made here or on the blocking pool);
+    /// returns the commit id to commit it with.
+    fn handle<FS: Filesystem>(self: &Arc<Slot>, d: &Dispatcher<FS>, buf: &mut Vec<u8>) -> u64 {
+        let ent = &self.ent;
         // SAFETY: the fetch completed: the entry is ours until we commit.
         let h = unsafe { ent.header.slice(0, HEADER_SIZE) };
         let u64_at = |o: usize| u64::from_ne_bytes(h[o..o + 8].try_into().unwrap());
         let u32_at = |o: usize| u32::from_ne_bytes(h[o..o + 4].try_into().unwrap());
         let commit_id = u64_at(COMMIT_ID);
-        ent.commit_id.store(commit_id, Ordering::Relaxed);
         let unique = u64_at(IN_OUT + 8);
         let payload = (u32_at(PAYLOAD_SZ) as usize).min(ent.payload.len);
+        *self.replied.lock() = false;
         let sink = Arc::new(EntSink {
-            queue: self.clone(),
-            idx,
-            commit_id,
+            slot: self.clone(),
             unique,
             sent: AtomicBool::new(false),
         });
@@ -468,41 +444,62 @@ impl Queue {
         // The in-header's length counts the operation's struct (in op_in)
         // and the payload.
         let len = u32_at(IN_OUT) as usize;
-        let Some(op) = len
+        match len
             .checked_sub(IN_HEADER + payload)
             .filter(|n| *n <= OP_IN_SIZE)
-        else {
-            error!(
-                "io_uring: request {unique} (opcode {}) of length {len} with {payload} bytes \
-                 of payload does not fit the ring header; answered EIO",
-                u32_at(IN_OUT + 4)
-            );
-            return; // the sink answers EIO when dropped
-        };
-        buf.clear();
-        buf.extend_from_slice(&h[IN_OUT..IN_OUT + IN_HEADER]);
-        buf.extend_from_slice(&h[OP_IN..OP_IN + op]);
-        // SAFETY: as above.
-        buf.extend_from_slice(unsafe { ent.payload.slice(0, payload) });
-        if !d.dispatch(buf, sink) {
-            error!("io_uring: request {unique} could not be parsed; answered EIO");
+        {
+            Some(op) => {
+                buf.clear();
+                buf.extend_from_slice(&h[IN_OUT..IN_OUT + IN_HEADER]);
+                buf.extend_from_slice(&h[OP_IN..OP_IN + op]);
+                // SAFETY: as above.
+                buf.extend_from_slice(unsafe { ent.payload.slice(0, payload) });
+                if !d.dispatch(buf, sink) {
+                    error!("io_uring: request {unique} could not be parsed; answered EIO");
+                }
+            }
+            None => {
+                error!(
+                    "io_uring: request {unique} (opcode {}) of length {len} with {payload} \
+                     bytes of payload does not fit the ring header; answered EIO",
+                    u32_at(IN_OUT + 4)
+                );
+                drop(sink); // answers EIO
+            }
         }
+        let mut replied = self.replied.lock();
+        while !*replied {
+            self.replied_cv.wait(&mut replied);
+        }
+        commit_id
+    }
+}
+
+/// Counts a slot registered; says so once every slot of every queue is.
+fn registered(started: &AtomicU32) {
+    let n = started.fetch_add(1, Ordering::AcqRel) + 1;
+    let queues = queue_count();
+    if n as usize == queues * QUEUE_DEPTH {
+        info!(
+            "io_uring: FUSE over io_uring negotiated, {queues} queues of {QUEUE_DEPTH} \
+             entries registered, one thread per entry"
+        );
+        crate::metrics::counters::uring_queues(queues as u64);
     }
 }
 
 /// Where the reply to one ring request goes.
 struct EntSink {
-    queue: Arc<Queue>,
-    idx: usize,
-    commit_id: u64,
+    slot: Arc<Slot>,
     unique: u64,
     sent: AtomicBool,
 }
 
 impl EntSink {
-    /// Writes the reply into the entry and commits it.
-    fn commit(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
-        let ent = &self.queue.ents[self.idx];
+    /// Writes the reply into the entry and hands it to the slot's thread
+    /// to commit.
+    fn fill(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
+        let ent = &self.slot.ent;
         let total: usize = data.iter().map(|s| s.len()).sum();
         let mut out = [0u8; OUT_HEADER];
         let (mut filled, mut off) = (0usize, 0usize);
@@ -516,7 +513,8 @@ impl EntSink {
                     filled += k;
                     s = &s[k..];
                 }
-                // SAFETY: the entry is ours until the commit below.
+                // SAFETY: the entry is ours until its thread commits it,
+                // which waits for `replied` below.
                 unsafe { ent.payload.write(off, s) };
                 off += s.len();
             }
@@ -533,8 +531,8 @@ impl EntSink {
             ent.header.write(IN_OUT, &out);
             ent.header.write(PAYLOAD_SZ, &(off as u32).to_ne_bytes());
         }
-        self.queue
-            .push(self.idx, CMD_COMMIT_AND_FETCH, self.commit_id);
+        *self.slot.replied.lock() = true;
+        self.slot.replied_cv.notify_one();
         if fits {
             Ok(())
         } else {
@@ -552,7 +550,7 @@ impl ReplySink for EntSink {
             );
             return Ok(());
         }
-        self.commit(data)
+        self.fill(data)
     }
 }
 
@@ -564,7 +562,7 @@ impl Drop for EntSink {
             out[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
             out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
             out[8..16].copy_from_slice(&self.unique.to_ne_bytes());
-            let _ = self.commit(&[IoSlice::new(&out)]);
+            let _ = self.fill(&[IoSlice::new(&out)]);
         }
     }
 }
