@@ -291,28 +291,18 @@ class Workloads:
     def small_read(self, w):
         """Open, read and close small files, warm (an ImageNet-style loader's
         epoch): 32 KiB files, one process."""
-        d = os.path.join(w, "small")
-        os.mkdir(d)
-        n = 2000 if self.quick else 10000
-        blob = os.urandom(32768)
-        for i in range(n):
-            with open(os.path.join(d, f"f{i}"), "wb") as f:
-                f.write(blob)
-        os.sync()
-        script = ("import os,sys\n"
-                  "d=sys.argv[1]; n=int(sys.argv[2])\n"
-                  "for i in range(n):\n"
-                  "    fd=os.open(os.path.join(d,'f%d'%i),os.O_RDONLY); os.read(fd,65536); os.close(fd)\n")
-        subprocess.run([sys.executable, "-c", script, d, str(n)], check=True)  # warm
-        t = timed(lambda: subprocess.run([sys.executable, "-c", script, d, str(n)], check=True))
-        shutil.rmtree(d)
-        return n / t, "files/s", True
+        return self._small_reads(w, "fd=os.open(p,os.O_RDONLY); os.read(fd,65536); os.close(fd)")
 
     def small_read_open(self, w):
         """The same with Python's open() (a loader's usual call), which also
         fstat()s each file: after an earlier epoch's read the kernel asks
         the filesystem for the attributes again (kernel passthrough
         invalidates the cached atime after every read)."""
+        return self._small_reads(w, "with open(p,'rb') as f: f.read()")
+
+    def _small_reads(self, w, read_one):
+        """Reads 32 KiB files with `read_one` (Python, the path in `p`) in a
+        fresh process, once to warm the caches and once timed."""
         d = os.path.join(w, "small")
         os.mkdir(d)
         n = 2000 if self.quick else 10000
@@ -324,7 +314,8 @@ class Workloads:
         script = ("import os,sys\n"
                   "d=sys.argv[1]; n=int(sys.argv[2])\n"
                   "for i in range(n):\n"
-                  "    with open(os.path.join(d,'f%d'%i),'rb') as f: f.read()\n")
+                  "    p=os.path.join(d,'f%d'%i)\n"
+                  f"    {read_one}\n")
         subprocess.run([sys.executable, "-c", script, d, str(n)], check=True)  # warm
         t = timed(lambda: subprocess.run([sys.executable, "-c", script, d, str(n)], check=True))
         shutil.rmtree(d)

@@ -474,6 +474,26 @@ pub enum StoreError {
     },
 }
 
+/// Whether `v` may be attached (read-only or not) into a session: the
+/// refusal both backends give, checked inside their attach transaction. A
+/// clone's target is cloning too, but its data is still being copied (see
+/// [`Action::Attach`]).
+pub(crate) fn check_attachable(v: &VFolder, read_only: bool) -> Result<()> {
+    let op = Action::Attach {
+        read_only,
+        clone_target: v.status.is_cloning() && v.clone_src.is_some(),
+    };
+    if op.allows(v.status) {
+        return Ok(());
+    }
+    Err(StoreError::Refused {
+        name: v.name.clone(),
+        id: v.id.clone(),
+        status: v.status,
+        op,
+    })
+}
+
 impl StoreError {
     /// Whether the database was busy or locked past the busy timeout.
     pub fn is_busy(&self) -> bool {

@@ -4,7 +4,6 @@
 //! Each function is the body of the [`Store`] method of the same name.
 
 use super::*;
-use crate::status::Action;
 
 // The arguments of Store::attach, which allows as many.
 #[allow(clippy::too_many_arguments)]
@@ -20,20 +19,7 @@ pub(super) fn attach(
 ) -> Result<Attachment> {
     s.tx("committing an attachment", |tx| {
         let v = PgStore::lock_in(tx, id)?;
-        // A clone's target is cloning too, but its data is still being
-        // copied (see `Action::Attach`).
-        let op = Action::Attach {
-            read_only,
-            clone_target: v.status.is_cloning() && v.clone_src.is_some(),
-        };
-        if !op.allows(v.status) {
-            return Err(StoreError::Refused {
-                name: v.name,
-                id: v.id,
-                status: v.status,
-                op,
-            });
-        }
+        super::super::check_attachable(&v, read_only)?;
         let now = PgStore::now_in(tx)?;
         let ns = mnt_ns as i64;
         let node = crate::enforce::node_name();
