@@ -111,15 +111,6 @@ class Vfolderfs(Target):
         return None
 
 
-class VfolderfsBase(Vfolderfs):
-    """Another vfolderfs binary (VFOLDERFS_BASE_BIN, e.g. a build of the
-    previous commit) on /dev/fuse: a before/after in one run."""
-
-    def cli(self, *args, check=True):
-        return subprocess.run([os.environ["VFOLDERFS_BASE_BIN"], "--store", self.store, *args],
-                              check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 class VfolderfsUring(Vfolderfs):
     """vfolderfs with -o io_uring; refuses to measure if the kernel did not
     grant it (the mount would be on /dev/fuse)."""
@@ -555,7 +546,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--dir", default="/var/tmp", help="where to work (the disk under test)")
     ap.add_argument("--only", default=None, help="comma-separated targets (native,vfolderfs,bindfs,mergerfs;"
-                    " also vfolderfs-uring, pthp, pthp-uring, vfolderfs-base)")
+                    " also vfolderfs-uring, pthp, pthp-uring)")
     ap.add_argument("--vfs-opts", default=None, help="extra -o options for the vfolderfs mount")
     ap.add_argument("--skip-extra", action="store_true", help="only the table (no lifecycle, latency, RSS)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
@@ -571,7 +562,7 @@ def main():
     rounds = args.rounds or (1 if args.quick else 3)
     base = tempfile.mkdtemp(prefix="vfolderfs-bench-", dir=args.dir)
     kinds = {"native": Native, "vfolderfs": Vfolderfs, "bindfs": Bindfs, "mergerfs": Mergerfs,
-             "vfolderfs-uring": VfolderfsUring, "vfolderfs-base": VfolderfsBase, "pthp": PassthroughHp, "pthp-uring": PassthroughHpUring}
+             "vfolderfs-uring": VfolderfsUring, "pthp": PassthroughHp, "pthp-uring": PassthroughHpUring}
     # The io_uring and passthrough_hp targets are asked for by name
     # (scripts/bench.sh --uring).
     names = args.only.split(",") if args.only else ["native", "vfolderfs", "bindfs", "mergerfs"]
