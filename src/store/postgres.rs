@@ -1083,15 +1083,7 @@ impl Store for PgStore {
                 },
                 &[],
             )?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
-                     VALUES ($1, $2, '', 0, {NOW_MS}, 0, $3) \
-                     ON CONFLICT (vfolder_id) DO UPDATE SET kind = $2, arg = $3"
-                ),
-                &[&id, &crate::workers::relocate::KIND, &to],
-            )
-            .map_err(pg("queueing a job"))?;
+            jobs::queue_job_in(tx, id, crate::workers::relocate::KIND, Some(to))?;
             Ok(v)
         })
     }

@@ -771,13 +771,7 @@ impl Store for SqliteStore {
                 },
                 &[],
             )?;
-            tx.execute(
-                "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
-                 VALUES (?1, ?2, '', 0, ?3, 0, ?4) \
-                 ON CONFLICT(vfolder_id) DO UPDATE SET kind = ?2, arg = ?4",
-                params![id, crate::workers::relocate::KIND, now_millis(), to],
-            )
-            .map_err(db("queueing a job"))?;
+            jobs::queue_job_in(tx, id, crate::workers::relocate::KIND, Some(to))?;
             Ok(v)
         })
     }

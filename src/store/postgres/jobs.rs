@@ -49,18 +49,26 @@ pub(super) fn claim_job(
 }
 
 pub(super) fn queue_job(s: &PgStore, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
-    s.tx("queueing a job", |tx| {
-        tx.execute(
-            &format!(
-                "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
-                 VALUES ($1, $2, '', 0, {NOW_MS}, 0, $3) \
-                 ON CONFLICT (vfolder_id) DO UPDATE SET kind = $2, arg = $3"
-            ),
-            &[&id, &kind, &arg],
-        )
-        .map_err(pg("queueing a job"))?;
-        Ok(())
-    })
+    s.tx("queueing a job", |tx| queue_job_in(tx, id, kind, arg))
+}
+
+/// Queues a job of `kind` for `id` inside the caller's transaction.
+pub(super) fn queue_job_in(
+    tx: &mut Transaction<'_>,
+    id: &str,
+    kind: &str,
+    arg: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
+             VALUES ($1, $2, '', 0, {NOW_MS}, 0, $3) \
+             ON CONFLICT (vfolder_id) DO UPDATE SET kind = $2, arg = $3"
+        ),
+        &[&id, &kind, &arg],
+    )
+    .map_err(pg("queueing a job"))?;
+    Ok(())
 }
 
 pub(super) fn renew_job(

@@ -49,7 +49,17 @@ pub(super) fn claim_job(
 }
 
 pub(super) fn queue_job(s: &SqliteStore, id: &str, kind: &str, arg: Option<&str>) -> Result<()> {
-    let conn = s.conn.lock();
+    queue_job_in(&s.conn.lock(), id, kind, arg)
+}
+
+/// Queues a job of `kind` for `id` on `conn` (inside a caller's transaction,
+/// or alone).
+pub(super) fn queue_job_in(
+    conn: &Connection,
+    id: &str,
+    kind: &str,
+    arg: Option<&str>,
+) -> Result<()> {
     conn.execute(
         "INSERT INTO jobs (vfolder_id, kind, owner, lease_until, started_at, claims, arg) \
          VALUES (?1, ?2, '', 0, ?3, 0, ?4) \
