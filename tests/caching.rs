@@ -10,11 +10,11 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Mount, OtherMount, TempStore, Tmpfs, eventually};
+use common::{LoopVolume, Mount, OtherMount, TempStore, Tmpfs, eventually};
 
 fn size(p: &std::path::Path) -> Option<u64> {
     fs::metadata(p).ok().map(|m| m.len())
@@ -158,4 +158,61 @@ fn a_name_given_to_another_vfolder_and_back_shows_the_right_tree() {
         !m.p("foo/y").exists(),
         "the second vfolder's file under the first"
     );
+}
+
+/// A listing names every entry by the inode its name is now. A readdirplus
+/// sends only the name (no attributes, no lookup) for an inode the kernel
+/// holds with a fresh entry; here the kernel still holds an old inode whose
+/// number the backing filesystem (ext4, which hands a freed number out again
+/// at once) gave to a new file behind the mount, as another mount or node
+/// would: the new file must be listed with the `d_ino` that `stat` gives it,
+/// not as the old inode. Long timeouts keep the old entry fresh throughout.
+#[test]
+fn a_listing_never_names_a_new_file_as_an_old_inode_with_its_number() {
+    let t = TempStore::new();
+    let vol = LoopVolume::new(&t, "e4");
+    t.ok(&["volume", "add", "e4", vol.dir.to_str().unwrap()]);
+    t.ok(&["create", "v", "--volume", "e4"]);
+    let backing = PathBuf::from(t.show("v")["path"].as_str().unwrap()).join("d");
+    let m = Mount::on(
+        t,
+        &[
+            "-o",
+            "attr_timeout=3600,entry_timeout=3600,negative_timeout=3600",
+        ],
+    );
+    m.sh_ok("mkdir v/d && touch v/d/a v/d/b");
+    let mut reused = None;
+    for k in 0..100 {
+        // Made through the mount: the kernel holds it, its entry fresh.
+        let old = format!("old{k}");
+        fs::write(m.p(&format!("v/d/{old}")), b"o").unwrap();
+        fs::metadata(m.p(&format!("v/d/{old}"))).unwrap();
+        let number = fs::metadata(backing.join(&old)).unwrap().ino();
+        // Behind the mount: removed, and a new file made.
+        fs::remove_file(backing.join(&old)).unwrap();
+        let new = format!("new{k}");
+        fs::write(backing.join(&new), b"n").unwrap();
+        if fs::metadata(backing.join(&new)).unwrap().ino() == number {
+            reused = Some(new);
+            break;
+        }
+        fs::remove_file(backing.join(&new)).unwrap();
+    }
+    let new = reused.expect("ext4 never gave a freed inode number out again: nothing was tested");
+    let mut seen = Vec::new();
+    for e in fs::read_dir(m.p("v/d")).unwrap() {
+        let e = e.unwrap();
+        let st = fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(
+            e.ino(),
+            st.ino(),
+            "{:?} listed with another inode's number",
+            e.file_name()
+        );
+        seen.push(e.file_name().to_string_lossy().into_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b", new.as_str()]);
+    assert_eq!(fs::read_to_string(m.p(&format!("v/d/{new}"))).unwrap(), "n");
 }

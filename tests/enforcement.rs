@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Mount, OtherMount, TempStore, errno, eventually, is_mounted};
+use common::{LoopVolume, Mount, OtherMount, TempStore, errno, eventually};
 
 /// These tests freeze volumes, which can hold up anything
 /// else touching them: one at a time.
@@ -20,55 +20,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An ext4 image on a loop device mounted in the test's directory: a volume
-/// that can be frozen. Thawed and unmounted on drop, whatever happened.
-struct LoopVolume {
-    dir: PathBuf,
-}
-
-impl LoopVolume {
-    fn new(t: &TempStore, name: &str) -> LoopVolume {
-        let img = t.dir.path().join(format!("{name}.img"));
-        let dir = t.dir.path().join(name);
-        fs::create_dir_all(&dir).unwrap();
-        let run = |c: &mut Command| {
-            let o = c.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{c:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&dir));
-        // A volume must be private to vfolderfs's user.
-        run(Command::new("chmod").arg("700").arg(&dir));
-        LoopVolume { dir }
-    }
-
-    fn freeze(&self) {
-        let ok = Command::new("fsfreeze").arg("-f").arg(&self.dir).status();
-        assert!(ok.unwrap().success(), "fsfreeze -f");
-    }
-
-    fn thaw(&self) {
-        let _ = Command::new("fsfreeze").arg("-u").arg(&self.dir).status();
-    }
-}
-
-impl Drop for LoopVolume {
-    fn drop(&mut self) {
-        self.thaw();
-        if is_mounted(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
 }
 
 /// Runs `f` on a thread; panics if it has not finished within `limit`

@@ -466,67 +466,6 @@ fn io_uring_requests_act_as_the_caller() {
     );
 }
 
-/// An ext4 image on a loop device mounted in the test's directory: a volume
-/// that can be frozen. Thawed and unmounted on drop, whatever happened.
-struct LoopVolume {
-    dir: PathBuf,
-}
-
-impl LoopVolume {
-    fn new(t: &TempStore, name: &str) -> LoopVolume {
-        let img = t.dir.path().join(format!("{name}.img"));
-        let dir = t.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |c: &mut std::process::Command| {
-            let o = c.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{c:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        run(std::process::Command::new("truncate")
-            .args(["-s", "64M"])
-            .arg(&img));
-        run(std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&img));
-        run(std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&dir));
-        run(std::process::Command::new("chmod").arg("700").arg(&dir));
-        LoopVolume { dir }
-    }
-
-    fn freeze(&self) {
-        let ok = std::process::Command::new("fsfreeze")
-            .arg("-f")
-            .arg(&self.dir)
-            .status();
-        assert!(ok.unwrap().success(), "fsfreeze -f");
-    }
-
-    fn thaw(&self) {
-        let _ = std::process::Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-impl Drop for LoopVolume {
-    fn drop(&mut self) {
-        self.thaw();
-        if is_mounted(&self.dir) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.dir)
-                .status();
-        }
-    }
-}
-
 /// A write stuck on a frozen volume holds up only its own vfolder, over
 /// io_uring as on /dev/fuse: requests made on the same CPU (the same ring)
 /// for a vfolder on a healthy volume are still answered. (On /dev/fuse the

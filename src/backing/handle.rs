@@ -36,19 +36,37 @@ impl KernelHandle {
     /// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of the inode an
     /// fd refers to, and the id of its mount.
     pub fn of(fd: BorrowedFd<'_>) -> io::Result<(KernelHandle, i32)> {
+        Self::name_to_handle(fd, sys::EMPTY, libc::AT_EMPTY_PATH)
+    }
+
+    /// `name_to_handle_at(dir, name, 0)`: the handle of what the single name
+    /// `name` in `dir` is now (a symlink itself, never its target), and the
+    /// id of its mount, without opening it. `name` must be one component:
+    /// the caller passes a name read from the directory.
+    pub fn at(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<(KernelHandle, i32)> {
+        debug_assert!(!name.to_bytes().contains(&b'/'));
+        Self::name_to_handle(dir, name, 0)
+    }
+
+    fn name_to_handle(
+        fd: BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+        flags: libc::c_int,
+    ) -> io::Result<(KernelHandle, i32)> {
         // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
         let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
         buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
         let mut mount_id: libc::c_int = 0;
-        // SAFETY: buf holds a file_handle header announcing MAX_HANDLE_SZ bytes.
+        // SAFETY: buf holds a file_handle header announcing MAX_HANDLE_SZ
+        // bytes; name is NUL-terminated.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_name_to_handle_at,
                 fd.as_raw_fd(),
-                sys::EMPTY.as_ptr(),
+                name.as_ptr(),
                 buf.as_mut_ptr(),
                 &mut mount_id,
-                libc::AT_EMPTY_PATH,
+                flags,
             )
         };
         if r != 0 {

@@ -194,6 +194,7 @@ pub fn drop_kernel_cache(
     notifier: &Notifier,
     dev: BorrowedFd<'_>,
 ) -> std::io::Result<()> {
+    reg.kernel_cache_dropping();
     if let Err(e) = inc_epoch(dev) {
         // Without it (kernels before 6.16) names cached before lapse by
         // their timeout only: say so once.

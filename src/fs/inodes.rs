@@ -159,9 +159,34 @@ pub struct Inode {
     /// The vfolder's location epoch it was found under (raised when the
     /// same backing inode is found again under a newer one).
     epoch: AtomicU64,
+    /// When the kernel was last given an entry for it ([`now_ms`]) and the
+    /// registry's cache generation then: what [`InodeTable::known_fresh`]
+    /// asks.
+    looked_ms: AtomicU64,
+    looked_gen: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+pub fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Inode {
+    /// Its kernel file handle, unless it is held by an fd.
+    pub fn handle(&self) -> Option<&KernelHandle> {
+        self.reach.handle()
+    }
+
+    /// Notes that the kernel was just given an entry for it, under cache
+    /// generation `gen`.
+    fn looked(&self, cache_gen: u64) {
+        self.looked_ms.store(now_ms(), Ordering::Relaxed);
+        self.looked_gen.store(cache_gen, Ordering::Relaxed);
+    }
+
     /// The location epoch it belongs to.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
@@ -382,6 +407,7 @@ impl InodeTable {
         vf: &Arc<VfState>,
         parent: Option<BorrowedFd<'_>>,
         epoch: u64,
+        cache_gen: u64,
     ) -> Arc<Inode> {
         let is_vf_root = parent.is_none();
         let key = (st.st_dev, st.st_ino);
@@ -393,6 +419,7 @@ impl InodeTable {
                 ino.nlookup.fetch_add(1, Ordering::AcqRel);
                 // Found in the copy of `epoch`: it belongs to that copy.
                 ino.epoch.fetch_max(epoch, Ordering::AcqRel);
+                ino.looked(cache_gen);
                 return ino;
             }
             // The number was freed and reused while the kernel still holds
@@ -421,6 +448,8 @@ impl InodeTable {
             is_vf_root,
             nlookup: AtomicU64::new(1),
             epoch: AtomicU64::new(epoch),
+            looked_ms: AtomicU64::new(now_ms()),
+            looked_gen: AtomicU64::new(cache_gen),
         });
         if is_vf_root {
             vf.root_nodeid.store(nodeid, Ordering::Release);
@@ -487,6 +516,20 @@ impl InodeTable {
         })
     }
 
+    /// The inode with backing `key` if the kernel holds it and was given an
+    /// entry for it less than `within` ago under cache generation `cache_gen`
+    /// (nothing invalidated since): its cached name and attributes are
+    /// still good, so a listing need not send them again. The caller still
+    /// checks that the name it read is this inode (its handle).
+    pub fn known_fresh(&self, key: (u64, u64), cache_gen: u64, within: u64) -> Option<Arc<Inode>> {
+        let nid = *self.by_key.lock().get(&key)?;
+        let ino = self.get(nid)?;
+        let fresh = ino.looked_gen.load(Ordering::Relaxed) == cache_gen
+            && now_ms().saturating_sub(ino.looked_ms.load(Ordering::Relaxed)) < within
+            && ino.nlookup.load(Ordering::Acquire) > 0;
+        fresh.then_some(ino)
+    }
+
     /// The kernel dropped `n` lookups of `nodeid`.
     pub fn forget(&self, nodeid: u64, n: u64) {
         self.forget_one(nodeid, n);
@@ -547,9 +590,9 @@ mod tests {
             let f: OwnedFd = std::fs::File::open(&p).unwrap().into();
             let fst = sys::fstat(f.as_fd()).unwrap();
             // Looked up twice: one entry, two lookups.
-            let a = t.insert_lookup(f, &fst, &vf, Some(dfd.as_fd()), 0);
+            let a = t.insert_lookup(f, &fst, &vf, Some(dfd.as_fd()), 0, 0);
             let g: OwnedFd = std::fs::File::open(&p).unwrap().into();
-            let b = t.insert_lookup(g, &fst, &vf, Some(dfd.as_fd()), 0);
+            let b = t.insert_lookup(g, &fst, &vf, Some(dfd.as_fd()), 0, 0);
             assert_eq!(a.nodeid, b.nodeid);
             ids.push(a.nodeid);
         }

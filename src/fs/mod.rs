@@ -246,6 +246,9 @@ impl VfolderFs {
 
     /// [`Self::lookup_in`], with the inode.
     fn lookup_node(&self, parent: &Inode, name: &CString) -> FsResult<(Arc<Inode>, FileAttr)> {
+        // Read before the name is: an invalidation crossing this lookup
+        // leaves the entry counted as older than it.
+        let cache_gen = self.reg.cache_gen();
         let pfd = parent.fd()?;
         let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (st, mount_root) = sys::statx_fd(fd.as_fd())?;
@@ -254,9 +257,14 @@ impl VfolderFs {
             // directory: the mount never crosses into it.
             return Err(FsError::MountInside);
         }
-        let ino = self
-            .inodes
-            .insert_lookup(fd, &st, &parent.vf, Some(pfd.as_fd()), parent.epoch());
+        let ino = self.inodes.insert_lookup(
+            fd,
+            &st,
+            &parent.vf,
+            Some(pfd.as_fd()),
+            parent.epoch(),
+            cache_gen,
+        );
         let a = attr::from_stat(ino.nodeid, &st);
         Ok((ino, a))
     }
@@ -271,7 +279,9 @@ impl VfolderFs {
             .cat
             .open_backing(&vf.id, &vf.volume(), libc::O_PATH | libc::O_NOFOLLOW)?;
         let st = sys::fstat(fd.as_fd())?;
-        let ino = self.inodes.insert_lookup(fd, &st, vf, None, epoch);
+        let ino = self
+            .inodes
+            .insert_lookup(fd, &st, vf, None, epoch, self.reg.cache_gen());
         Ok(attr::from_stat(ino.nodeid, &st))
     }
 

@@ -3,6 +3,8 @@
 //! looked up (readdirplus) so that the kernel caches it.
 
 use super::*;
+use crate::backing::handle::KernelHandle;
+use inodes::InodeFd;
 
 impl VfolderFs {
     /// Walks a directory handle from `offset`; `emit` gets (d_ino, next
@@ -87,6 +89,7 @@ impl VfolderFs {
         // are never forgotten. The next readdirplus starts at the failing
         // entry and reports its error then.
         let added = std::cell::Cell::new(false);
+        let known = KnownEntries::new(self, parent.as_deref(), ttl);
         let r = self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
             let bytes = name.as_bytes();
             if bytes == b"." || bytes == b".." {
@@ -96,6 +99,15 @@ impl VfolderFs {
                 let full = reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0));
                 added.set(added.get() || !full);
                 return Ok(!full);
+            }
+            if let Some(nid) = known.as_ref().and_then(|k| k.fresh(self, d_ino, name)) {
+                // The kernel holds this inode and its entry is fresh: the
+                // name alone, no attributes and no lookup counted.
+                if reply.add_name_only(INodeNo(nid), next, name, kind) {
+                    return Ok(false);
+                }
+                added.set(true);
+                return Ok(true);
             }
             let looked = match &parent {
                 Some(_) if fail_lookup_for_test(bytes) => {
@@ -142,5 +154,59 @@ impl VfolderFs {
             Err(_) if added.get() => Ok(()),
             r => r,
         }
+    }
+}
+
+/// What a readdirplus needs to tell an entry the kernel already holds, fresh,
+/// from one it must be sent: the listed directory, an fd on it and its
+/// mount, and how recent an entry must be.
+struct KnownEntries<'a> {
+    dir: &'a Inode,
+    fd: InodeFd<'a>,
+    mount_id: i32,
+    cache_gen: u64,
+    within_ms: u64,
+}
+
+impl<'a> KnownEntries<'a> {
+    /// `None` where the shortcut does not apply: not a backing directory,
+    /// or one whose handle cannot be taken.
+    fn new(fs: &VfolderFs, dir: Option<&'a Inode>, ttl: Duration) -> Option<KnownEntries<'a>> {
+        let dir = dir?;
+        // Read before any name is: an invalidation crossing this listing
+        // makes every entry count as stale.
+        let cache_gen = fs.reg.cache_gen();
+        let fd = dir.fd().ok()?;
+        let (_, mount_id) = KernelHandle::of(fd.as_fd()).ok()?;
+        Some(KnownEntries {
+            dir,
+            fd,
+            mount_id,
+            cache_gen,
+            // Half the entry timeout: the kernel's entry, given at most that
+            // long ago, outlives this reply by as long again.
+            within_ms: (ttl.as_millis() / 2) as u64,
+        })
+    }
+
+    /// The node id of `name` (read with inode number `d_ino`) if the kernel
+    /// was given an entry for that very inode recently, under the current
+    /// cache generation: one `name_to_handle_at` proves the name is still
+    /// that inode (the handle carries the generation, so a reused inode
+    /// number does not pass).
+    fn fresh(&self, fs: &VfolderFs, d_ino: u64, name: &OsStr) -> Option<u64> {
+        if self.within_ms == 0 || fail_lookup_for_test(name.as_bytes()) {
+            return None;
+        }
+        let ino = fs
+            .inodes
+            .known_fresh((self.dir.key.0, d_ino), self.cache_gen, self.within_ms)?;
+        if !Arc::ptr_eq(&ino.vf, &self.dir.vf) || ino.epoch() != self.dir.epoch() {
+            return None;
+        }
+        let held = ino.handle()?;
+        let n = cname(name).ok()?;
+        let (now, mount_id) = KernelHandle::at(self.fd.as_fd(), &n).ok()?;
+        (mount_id == self.mount_id && now == *held).then_some(ino.nodeid)
     }
 }

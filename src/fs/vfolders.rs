@@ -245,6 +245,9 @@ pub struct Registry {
     sharing: Sharing,
     /// The node ids the kernel knows (to drop their cached attributes).
     known_nodes: std::sync::OnceLock<KnownNodes>,
+    /// Raised before any of the kernel's cached names or attributes are
+    /// invalidated: an entry given under an older generation may be gone.
+    cache_gen: std::sync::atomic::AtomicU64,
 }
 
 /// Lists the node ids the kernel holds.
@@ -285,6 +288,7 @@ impl Registry {
             keeps_copy: std::sync::OnceLock::new(),
             sharing: Sharing::default(),
             known_nodes: std::sync::OnceLock::new(),
+            cache_gen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -476,9 +480,26 @@ impl Registry {
         self.health.healthy.swap(ok, Ordering::AcqRel) != ok
     }
 
-    /// Invalidations collected since the last call.
+    /// Invalidations collected since the last call (the caller sends them:
+    /// the cache generation is raised first).
     pub fn take_pending(&self) -> Vec<Inval> {
-        std::mem::take(&mut *self.pending.lock())
+        let v = std::mem::take(&mut *self.pending.lock());
+        if !v.is_empty() {
+            self.kernel_cache_dropping();
+        }
+        v
+    }
+
+    /// The current cache generation (see [`Self::kernel_cache_dropping`]).
+    pub fn cache_gen(&self) -> u64 {
+        self.cache_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called before the kernel's cached names or attributes are
+    /// invalidated: entries given before no longer count as cached.
+    pub fn kernel_cache_dropping(&self) {
+        self.cache_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Reloads every vfolder from the store, updates statuses and names, and

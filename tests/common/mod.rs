@@ -533,3 +533,57 @@ impl Drop for OtherMount {
         }
     }
 }
+
+/// An ext4 image on a loop device mounted in the test's directory: a volume
+/// that can be frozen. Thawed and unmounted on drop, whatever happened.
+pub struct LoopVolume {
+    pub dir: PathBuf,
+}
+
+impl LoopVolume {
+    pub fn new(t: &TempStore, name: &str) -> LoopVolume {
+        let img = t.dir.path().join(format!("{name}.img"));
+        let dir = t.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |c: &mut Command| {
+            let o = c.output().unwrap();
+            assert!(
+                o.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir));
+        // A volume must be private to vfolderfs's user.
+        run(Command::new("chmod").arg("700").arg(&dir));
+        LoopVolume { dir }
+    }
+
+    pub fn freeze(&self) {
+        let ok = Command::new("fsfreeze").arg("-f").arg(&self.dir).status();
+        assert!(ok.unwrap().success(), "fsfreeze -f");
+    }
+
+    pub fn thaw(&self) {
+        // Fails (harmlessly) when the volume is not frozen.
+        let _ = Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for LoopVolume {
+    fn drop(&mut self) {
+        self.thaw();
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}

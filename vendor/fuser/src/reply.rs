@@ -808,6 +808,21 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// Add a name without attributes and without counting a lookup: node id
+    /// 0 in the entry, which the kernel lists like a plain readdir entry
+    /// (`ino` is only its `d_ino`) and does not link. Returns true if the
+    /// buffer is full.
+    pub fn add_name_only<T: AsRef<OsStr>>(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        name: T,
+        kind: FileType,
+    ) -> bool {
+        self.buf
+            .push_name_only(ino, DirEntOffset(offset), kind, std::os::unix::ffi::OsStrExt::as_bytes(name.as_ref()))
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

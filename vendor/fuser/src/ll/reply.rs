@@ -535,6 +535,29 @@ impl DirEntPlusList {
         };
         self.0.push([header.as_bytes(), name])
     }
+
+    /// Add a name without attributes or a lookup (node id 0 in the entry:
+    /// the kernel lists the name as a plain readdir would and links
+    /// nothing). Returns true if the buffer is full.
+    #[must_use]
+    pub(crate) fn push_name_only(
+        &mut self,
+        ino: INodeNo,
+        offset: DirEntOffset,
+        kind: FileType,
+        name: &[u8],
+    ) -> bool {
+        let dirent = abi::fuse_dirent {
+            ino: ino.into(),
+            off: offset.0,
+            namelen: name.len().try_into().expect("Name too long"),
+            typ: mode_from_kind_and_perm(kind, 0) >> 12,
+        };
+        // An all-zero fuse_entry_out (node id 0), then the dirent.
+        let mut header = [0u8; std::mem::size_of::<abi::fuse_direntplus>()];
+        header[std::mem::size_of::<abi::fuse_entry_out>()..].copy_from_slice(dirent.as_bytes());
+        self.0.push([&header[..], name])
+    }
 }
 
 #[cfg(test)]
