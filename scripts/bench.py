@@ -540,6 +540,18 @@ def rss_after_find(vfs, n_files):
     return float("nan")
 
 
+def pinned(cpu, f):
+    """Runs f with this process (and what it starts) on `cpu` alone, if given."""
+    if cpu is None:
+        return f()
+    was = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        return f()
+    finally:
+        os.sched_setaffinity(0, was)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, one round (under 2 minutes)")
@@ -555,6 +567,9 @@ def main():
     ap.add_argument("--samples", action="store_true", help="also print every round's figures")
     ap.add_argument("--tree", default=None,
                     help="DIRS,PER: the tree rows' size (default 500,100; 50,100 quick)")
+    ap.add_argument("--pin-client", type=int, default=None, metavar="CPU",
+                    help="run each workload (and the processes it starts) on this CPU only, as in a"
+                    " one-CPU cpuset; the file systems' daemons stay unpinned")
     ap.add_argument("--rows", default=None,
                     help="comma-separated workloads to run (" + ",".join(fn for _, fn in ROWS) + ")")
     args = ap.parse_args()
@@ -611,7 +626,7 @@ def main():
                 for t in order:
                     # Each measurement starts with no dirty data left by the one before.
                     os.sync()
-                    v, unit, hib = getattr(wl, fn)(t.work)
+                    v, unit, hib = pinned(args.pin_client, lambda: getattr(wl, fn)(t.work))
                     results.setdefault((t.name, fn), []).append(v)
                     units[fn] = (unit, hib)
             for t in targets:
@@ -654,6 +669,8 @@ def main():
     print()
     print(f"vfolderfs benchmark ({'quick' if args.quick else 'full'}, {rounds} round(s), medians;"
           " ratio to native in parentheses, higher is better)")
+    if args.pin_client is not None:
+        print(f"workloads pinned to CPU {args.pin_client} (daemons unpinned)")
     header = f"{'workload':26} {'unit':8}" + "".join(f" {t.name:>20}" for t in targets)
     print(header)
     print("-" * len(header))

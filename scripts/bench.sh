@@ -5,7 +5,8 @@
 #   scripts/bench.sh             # full sizes, 3 rounds
 #   scripts/bench.sh --tier-plan # one tiering plan over 20,000 vfolders: time, queries, rows
 #                                # (SQLite; PostgreSQL too with VFOLDERFS_TEST_PG set, see test.sh)
-#   scripts/bench.sh --uring     # the transports on tmpfs backing: vfolderfs on
+#   scripts/bench.sh --uring     # the transports on tmpfs backing (add --pin-client 0 to run
+#                                # the workloads on one CPU, as in a one-CPU cpuset): vfolderfs on
 #                                # /dev/fuse and io_uring, libfuse passthrough_hp
 #                                # on both (PASSTHROUGH_HP=binary, or LIBFUSE_SRC=
 #                                # a libfuse checkout to build it in /tmp)
