@@ -216,3 +216,77 @@ fn a_listing_never_names_a_new_file_as_an_old_inode_with_its_number() {
     assert_eq!(seen, ["a", "b", new.as_str()]);
     assert_eq!(fs::read_to_string(m.p(&format!("v/d/{new}"))).unwrap(), "n");
 }
+
+/// On a filesystem that records no file types in its directories (ext4
+/// without `filetype`: every `d_type` is `DT_UNKNOWN`), a listing still gives
+/// each entry its type, whether the kernel already held the inode (a name
+/// sent alone) or not: tools such as `rm -rf` and `find` act on `d_type`.
+#[test]
+fn listings_give_file_types_where_the_backing_directories_record_none() {
+    let t = TempStore::new();
+    let vol = LoopVolume::with_mkfs(&t, "e4", &["-O", "^filetype"]);
+    t.ok(&["volume", "add", "e4", vol.dir.to_str().unwrap()]);
+    t.ok(&["create", "v", "--volume", "e4"]);
+    let m = Mount::on(t, &[]);
+    m.sh_ok("mkdir v/d v/d/sub && touch v/d/f && ln -s f v/d/l && mkfifo v/d/p");
+    let kinds = |rel: &str| -> Vec<(String, &'static str)> {
+        let mut v: Vec<_> = fs::read_dir(m.p(rel))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                let k = if t.is_dir() {
+                    "dir"
+                } else if t.is_symlink() {
+                    "symlink"
+                } else if t.is_file() {
+                    "file"
+                } else {
+                    "other"
+                };
+                (e.file_name().to_string_lossy().into_owned(), k)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want = |names: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+        names.iter().map(|(n, k)| (n.to_string(), *k)).collect()
+    };
+    let all = want(&[
+        ("f", "file"),
+        ("l", "symlink"),
+        ("p", "other"),
+        ("sub", "dir"),
+    ]);
+    // Made through the mount: the kernel holds each one.
+    assert_eq!(kinds("v/d"), all);
+    // The same entries made behind the mount: unknown to the kernel.
+    m.sh_ok("mkdir v/e");
+    let backing = PathBuf::from(m.store.show("v")["path"].as_str().unwrap()).join("e");
+    fs::create_dir(backing.join("sub")).unwrap();
+    fs::write(backing.join("f"), b"x").unwrap();
+    std::os::unix::fs::symlink("f", backing.join("l")).unwrap();
+    let o = std::process::Command::new("mkfifo")
+        .arg(backing.join("p"))
+        .status()
+        .unwrap();
+    assert!(o.success());
+    assert_eq!(kinds("v/e"), all);
+    // A directory too big for one reply: the kernel asks for the rest with
+    // plain READDIR (no lookups), which must not guess either.
+    m.sh_ok("mkdir v/g");
+    let g = backing.with_file_name("g");
+    let mut big = Vec::new();
+    for i in 0..300 {
+        fs::create_dir(g.join(format!("dir{i:03}"))).unwrap();
+        fs::write(g.join(format!("file{i:03}")), b"").unwrap();
+        big.push((format!("dir{i:03}"), "dir"));
+        big.push((format!("file{i:03}"), "file"));
+    }
+    big.sort();
+    assert_eq!(kinds("v/g"), big);
+    // rm -rf, which trusts d_type, removes the lot.
+    m.sh_ok("rm -rf v/d v/e v/g");
+    assert!(!m.p("v/d").exists() && !m.p("v/e").exists() && !m.p("v/g").exists());
+}

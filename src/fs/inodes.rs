@@ -159,9 +159,11 @@ pub struct Inode {
     /// The vfolder's location epoch it was found under (raised when the
     /// same backing inode is found again under a newer one).
     epoch: AtomicU64,
-    /// When the kernel was last given an entry for it ([`now_ms`]) and the
+    /// When it was last looked up for the kernel ([`now_ms`]) and the
     /// registry's cache generation then: what [`InodeTable::known_fresh`]
-    /// asks.
+    /// asks. Set as the lookup is counted, also for an entry a full
+    /// readdirplus reply then forgets again (a later listing only does a
+    /// full lookup it could have spared).
     looked_ms: AtomicU64,
     looked_gen: AtomicU64,
 }

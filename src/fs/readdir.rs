@@ -60,7 +60,21 @@ impl VfolderFs {
                         break;
                     }
                     for e in sys::parse_dirents(&buf[..n]) {
-                        let kind = attr::kind_of_dtype(e.dtype);
+                        let kind = if e.dtype == libc::DT_UNKNOWN {
+                            // A filesystem that does not record types in
+                            // its directories (ext4 without `filetype`, XFS
+                            // with `ftype=0`): ask the inode.
+                            CString::new(e.name)
+                                .ok()
+                                .and_then(|n| {
+                                    sys::fstatat(fd.as_fd(), &n, libc::AT_SYMLINK_NOFOLLOW).ok()
+                                })
+                                .map_or(fuser::FileType::RegularFile, |st| {
+                                    attr::kind_of(st.st_mode)
+                                })
+                        } else {
+                            attr::kind_of_dtype(e.dtype)
+                        };
                         if !emit(e.ino, e.next_off as u64, kind, OsStr::from_bytes(e.name))? {
                             break 'outer;
                         }
@@ -100,7 +114,7 @@ impl VfolderFs {
                 added.set(added.get() || !full);
                 return Ok(!full);
             }
-            if let Some(nid) = known.as_ref().and_then(|k| k.fresh(self, d_ino, name)) {
+            if let Some((nid, kind)) = known.as_ref().and_then(|k| k.fresh(self, d_ino, name)) {
                 // The kernel holds this inode and its entry is fresh: the
                 // name alone, no attributes and no lookup counted.
                 if reply.add_name_only(INodeNo(nid), next, name, kind) {
@@ -166,6 +180,10 @@ struct KnownEntries<'a> {
     mount_id: i32,
     cache_gen: u64,
     within_ms: u64,
+    /// Cleared when the caller may not search the directory: every entry
+    /// then takes the full lookup (which knows what to do), without a
+    /// failing system call each.
+    usable: std::cell::Cell<bool>,
 }
 
 impl<'a> KnownEntries<'a> {
@@ -173,8 +191,16 @@ impl<'a> KnownEntries<'a> {
     /// or one whose handle cannot be taken.
     fn new(fs: &VfolderFs, dir: Option<&'a Inode>, ttl: Duration) -> Option<KnownEntries<'a>> {
         let dir = dir?;
-        // Read before any name is: an invalidation crossing this listing
-        // makes every entry count as stale.
+        // Half the entry timeout: the kernel's entry, given at most that
+        // long ago, outlives this reply by as long again.
+        let within_ms = (ttl.as_millis() / 2) as u64;
+        if within_ms == 0 {
+            return None;
+        }
+        // Read before any name is. An invalidation sent while the listing
+        // runs may still drop an entry sent here as a name alone; that only
+        // costs the kernel a LOOKUP later, never a wrong answer: a name
+        // alone gives the kernel nothing to cache.
         let cache_gen = fs.reg.cache_gen();
         let fd = dir.fd().ok()?;
         let (_, mount_id) = KernelHandle::of(fd.as_fd()).ok()?;
@@ -183,19 +209,18 @@ impl<'a> KnownEntries<'a> {
             fd,
             mount_id,
             cache_gen,
-            // Half the entry timeout: the kernel's entry, given at most that
-            // long ago, outlives this reply by as long again.
-            within_ms: (ttl.as_millis() / 2) as u64,
+            within_ms,
+            usable: std::cell::Cell::new(true),
         })
     }
 
-    /// The node id of `name` (read with inode number `d_ino`) if the kernel
+    /// The node id and type of `name` (read with inode number `d_ino`) if the kernel
     /// was given an entry for that very inode recently, under the current
     /// cache generation: one `name_to_handle_at` proves the name is still
     /// that inode (the handle carries the generation, so a reused inode
     /// number does not pass).
-    fn fresh(&self, fs: &VfolderFs, d_ino: u64, name: &OsStr) -> Option<u64> {
-        if self.within_ms == 0 || fail_lookup_for_test(name.as_bytes()) {
+    fn fresh(&self, fs: &VfolderFs, d_ino: u64, name: &OsStr) -> Option<(u64, fuser::FileType)> {
+        if !self.usable.get() || fail_lookup_for_test(name.as_bytes()) {
             return None;
         }
         let ino = fs
@@ -206,7 +231,18 @@ impl<'a> KnownEntries<'a> {
         }
         let held = ino.handle()?;
         let n = cname(name).ok()?;
-        let (now, mount_id) = KernelHandle::at(self.fd.as_fd(), &n).ok()?;
-        (mount_id == self.mount_id && now == *held).then_some(ino.nodeid)
+        let (now, mount_id) = match KernelHandle::at(self.fd.as_fd(), &n) {
+            Ok(h) => h,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EACCES) {
+                    self.usable.set(false);
+                }
+                return None;
+            }
+        };
+        // The type of the inode named, not the directory's d_type: the
+        // handle proves they are one inode, and some filesystems record no
+        // type in their directories.
+        (mount_id == self.mount_id && now == *held).then(|| (ino.nodeid, attr::kind_of(ino.fmt)))
     }
 }

@@ -542,6 +542,11 @@ pub struct LoopVolume {
 
 impl LoopVolume {
     pub fn new(t: &TempStore, name: &str) -> LoopVolume {
+        Self::with_mkfs(t, name, &[])
+    }
+
+    /// [`Self::new`] with extra `mkfs.ext4` options (features on or off).
+    pub fn with_mkfs(t: &TempStore, name: &str, mkfs: &[&str]) -> LoopVolume {
         let img = t.dir.path().join(format!("{name}.img"));
         let dir = t.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -554,7 +559,10 @@ impl LoopVolume {
             );
         };
         run(Command::new("truncate").args(["-s", "64M"]).arg(&img));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .args(mkfs)
+            .arg(&img));
         run(Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)
