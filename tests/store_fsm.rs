@@ -345,6 +345,53 @@ fn the_change_feed_returns_what_changed_once_and_counts_deletions(b: Backend) {
     assert_eq!(after.deletions, before.deletions + 1);
 }
 
+/// An operator's relocation starts whole or not at all: the status change,
+/// its job and the pin against tiering are one transaction. Here the job's
+/// write fails (a trigger stands in for a full disk or a crash between the
+/// steps): the vfolder must stay `ready`, unpinned, and relocate normally
+/// afterwards, not be left `performing` with no job to finish it.
+fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
+    let t = TempStore::with(b);
+    let vol = t.dir.path().join("v2");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
+    t.ok(&["create", "a"]);
+    let fail_jobs = match b {
+        Backend::Sqlite => {
+            "CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
+             BEGIN SELECT RAISE(ABORT, 'no space left'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION no_jobs() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
+             FOR EACH ROW EXECUTE FUNCTION no_jobs();"
+        }
+    };
+    t.sql(fail_jobs);
+    let err = t.fails(&["relocate", "a", "--to", "v2", "--no-wait"]);
+    assert!(err.contains("no space left"), "{err}");
+    let v = t.show("a");
+    assert_eq!(v["status"], "ready", "left half-started: {v}");
+    assert_eq!(v["volume"], "default");
+    let pins = t.open_store().pins().unwrap();
+    assert!(
+        pins.is_empty(),
+        "pinned by a relocation that never started: {pins:?}"
+    );
+    t.sql(match b {
+        Backend::Sqlite => "DROP TRIGGER no_jobs;",
+        Backend::Postgres => "DROP TRIGGER no_jobs ON jobs;",
+    });
+    t.ok(&["relocate", "a", "--to", "v2"]);
+    let v = t.show("a");
+    assert_eq!(
+        (v["status"].as_str(), v["volume"].as_str()),
+        (Some("ready"), Some("v2"))
+    );
+}
+
 /// Each test above, once per backend.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -371,4 +418,5 @@ on_both_backends!(
     a_newer_store_is_refused_untouched,
     the_work_list_holds_what_a_worker_must_act_on_and_nothing_else,
     the_change_feed_returns_what_changed_once_and_counts_deletions,
+    a_relocation_starts_whole_or_not_at_all,
 );

@@ -15,7 +15,7 @@ use common::{PgDb, TempStore};
 use vfolderfs::catalog::{Catalog, NewDir};
 use vfolderfs::status::{Action, Op, Status};
 use vfolderfs::store::pgconf::PgConf;
-use vfolderfs::store::{PgStore, Store, StoreError, TransitionArgs};
+use vfolderfs::store::{PgStore, RelocationStart, Store, StoreError, TransitionArgs};
 
 fn args(cause: &str) -> TransitionArgs<'_> {
     TransitionArgs {
@@ -284,13 +284,15 @@ fn tiering_store_on_postgres() {
     ]);
     assert!(s.set_pin(&a, Some("test pin")).unwrap());
     assert!(matches!(
-        s.start_tier_move(&a, "cap", "tier: test"),
+        s.start_relocation(&a, "cap", "tier: test", RelocationStart::Tier),
         Err(StoreError::Pinned { .. })
     ));
     assert_eq!(s.get(&a).unwrap().status, Status::Ready);
     assert!(s.set_pin(&a, None).unwrap());
     assert!(!s.set_pin(&a, None).unwrap());
-    let v = s.start_tier_move(&a, "cap", "tier: idle 31 days").unwrap();
+    let v = s
+        .start_relocation(&a, "cap", "tier: idle 31 days", RelocationStart::Tier)
+        .unwrap();
     assert_eq!(v.status, Status::Performing);
     assert_eq!(s.job(&a).unwrap().unwrap().arg.as_deref(), Some("cap"));
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Mount, TempStore, Tmpfs, eventually};
 use serde_json::Value;
-use vfolderfs::store::{Store, StoreError, UsageDelta};
+use vfolderfs::store::{RelocationStart, Store, StoreError, UsageDelta};
 use vfolderfs::tier::{DAY_MS, day_of};
 
 const NOW_ENV: &str = "VFOLDERFS_TEST_NOW";
@@ -225,12 +225,12 @@ fn pinned_and_attached_vfolders_never_move() {
     // same transaction that would start it, naming the vfolder.
     let s = t.open_store();
     let pid = t.show("pinned")["id"].as_str().unwrap().to_string();
-    match s.start_tier_move(&pid, "cap", "tier: test") {
+    match s.start_relocation(&pid, "cap", "tier: test", RelocationStart::Tier) {
         Err(e @ StoreError::Pinned { .. }) => assert!(e.to_string().contains("\"pinned\"")),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        s.start_tier_move(&id, "cap", "tier: test"),
+        s.start_relocation(&id, "cap", "tier: test", RelocationStart::Tier),
         Err(StoreError::Attached { .. })
     ));
     // Unpinned, it moves.

@@ -66,10 +66,10 @@ pub(super) fn relocate(
     no_wait: bool,
     json: bool,
 ) -> Result<i32, CliError> {
-    let v = relocate::start(cat, name, to, &cause("relocate"))?;
-    // An explicit relocation pins the vfolder against tiering.
-    cat.store()
-        .set_pin(&v.id, Some(&cause(&format!("relocate to {to}"))))?;
+    // An explicit relocation pins the vfolder against tiering (in the same
+    // transaction as its start).
+    let pin = cause(&format!("relocate to {to}"));
+    let v = relocate::start(cat, name, to, &cause("relocate"), &pin)?;
     if no_wait {
         let human = format!("relocating {name:?} to volume {to} in the background");
         return print_queued(cat, &v, json, human);

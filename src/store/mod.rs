@@ -341,6 +341,16 @@ impl ListFilter {
     }
 }
 
+/// Who starts a relocation ([`Store::start_relocation`]), and what that
+/// means for the vfolder's pin against tiering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelocationStart<'a> {
+    /// A tiering pass: refused while the vfolder is pinned.
+    Tier,
+    /// An operator's `relocate`: pins the vfolder, with this cause.
+    Pinning(&'a str),
+}
+
 /// What a transition carries besides the operation.
 #[derive(Debug, Clone, Default)]
 pub struct TransitionArgs<'a> {
@@ -868,11 +878,19 @@ pub trait Store: Send + Sync {
     /// Pins vfolder `id` (with its cause), or unpins it with `None`;
     /// whether anything changed.
     fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool>;
-    /// Starts an automatic tier move in one transaction: refused with
-    /// [`StoreError::Pinned`] if the vfolder is pinned, otherwise as
-    /// [`Store::transition`] with `Op::RelocateStart` (attachments and
-    /// status checked), its relocation job to `to` queued with it.
-    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder>;
+    /// Starts a relocation to volume `to` in one transaction: as
+    /// [`Store::transition`] with `Op::RelocateStart` (attachments and status
+    /// checked), its relocation job queued with it, and the pin as `start`
+    /// says (a tier move is refused with [`StoreError::Pinned`] while the
+    /// vfolder is pinned; an operator's move pins it). Nothing of it is
+    /// made unless all of it is: no `performing` row without its job.
+    fn start_relocation(
+        &self,
+        id: &str,
+        to: &str,
+        cause: &str,
+        start: RelocationStart<'_>,
+    ) -> Result<VFolder>;
     /// A store-wide setting (`store_info`), if set.
     fn setting(&self, key: &str) -> Result<Option<String>>;
     /// Sets (or with `None` removes) a store-wide setting only if it is

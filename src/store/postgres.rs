@@ -34,7 +34,7 @@ use super::pg_schema::{self, CHANNEL, NOW_MS};
 use super::pgconf::PgConf;
 use super::{
     Attachment, AuditEntry, Changes, Claim, HistoryEntry, Job, ListFilter, Millis, MountRecord,
-    Result, Store, StoreError, TransitionArgs, VFolder,
+    RelocationStart, Result, Store, StoreError, TransitionArgs, VFolder,
 };
 use crate::name;
 use crate::status::{Action, Op, Status};
@@ -330,6 +330,24 @@ impl PgStore {
             });
         }
         Ok(())
+    }
+
+    /// Pins `id` against tiering with `cause`, or unpins it with `None`;
+    /// whether anything changed.
+    fn pin_in(tx: &mut Transaction<'_>, id: &str, cause: Option<&str>) -> Result<bool> {
+        let n = match cause {
+            Some(c) => tx.execute(
+                &format!(
+                    "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) \
+                     VALUES ($1, {NOW_MS}, $2) \
+                     ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = {NOW_MS}, cause = $2"
+                ),
+                &[&id, &c],
+            ),
+            None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = $1", &[&id]),
+        }
+        .map_err(pg("recording a pin"))?;
+        Ok(n > 0)
     }
 
     /// [`VolumeError::NotFound`] unless `volume` is the default or recorded.
@@ -1041,36 +1059,32 @@ impl Store for PgStore {
 
     fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool> {
         self.tx("recording a pin", |tx| {
-            // The row lock orders a pin against a tier move's start.
+            // The row lock orders a pin against a relocation's start.
             Self::lock_in(tx, id)?;
-            let n = match cause {
-                Some(c) => tx.execute(
-                    &format!(
-                        "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) \
-                         VALUES ($1, {NOW_MS}, $2) \
-                         ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = {NOW_MS}, cause = $2"
-                    ),
-                    &[&id, &c],
-                ),
-                None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = $1", &[&id]),
-            }
-            .map_err(pg("recording a pin"))?;
-            Ok(n > 0)
+            Self::pin_in(tx, id, cause)
         })
     }
 
-    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder> {
-        self.tx("starting a tier move", |tx| {
+    fn start_relocation(
+        &self,
+        id: &str,
+        to: &str,
+        cause: &str,
+        start: RelocationStart<'_>,
+    ) -> Result<VFolder> {
+        self.tx("starting a relocation", |tx| {
             let v = Self::lock_in(tx, id)?;
-            let pinned: Option<String> = tx
-                .query_opt("SELECT cause FROM tier_pins WHERE vfolder_id = $1", &[&id])
-                .map_err(pg("reading a pin"))?
-                .map(|r| r.get(0));
-            if let Some(cause) = pinned {
-                return Err(StoreError::Pinned {
-                    name: v.name,
-                    cause,
-                });
+            if start == RelocationStart::Tier {
+                let pinned: Option<String> = tx
+                    .query_opt("SELECT cause FROM tier_pins WHERE vfolder_id = $1", &[&id])
+                    .map_err(pg("reading a pin"))?
+                    .map(|r| r.get(0));
+                if let Some(cause) = pinned {
+                    return Err(StoreError::Pinned {
+                        name: v.name,
+                        cause,
+                    });
+                }
             }
             Self::volume_known_in(tx, to)?;
             let v = Self::transition_in(
@@ -1084,6 +1098,9 @@ impl Store for PgStore {
                 &[],
             )?;
             jobs::queue_job_in(tx, id, crate::workers::relocate::KIND, Some(to))?;
+            if let RelocationStart::Pinning(why) = start {
+                Self::pin_in(tx, id, Some(why))?;
+            }
             Ok(v)
         })
     }

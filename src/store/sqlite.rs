@@ -18,7 +18,7 @@ use rusqlite::{
 
 use super::{
     Attachment, AuditEntry, Changes, Claim, HistoryEntry, Job, ListFilter, Millis, MountRecord,
-    Result, Store, StoreError, TransitionArgs, VFolder, schema,
+    RelocationStart, Result, Store, StoreError, TransitionArgs, VFolder, schema,
 };
 use crate::name;
 use crate::status::{Action, Op, Status};
@@ -730,35 +730,34 @@ impl Store for SqliteStore {
     fn set_pin(&self, id: &str, cause: Option<&str>) -> Result<bool> {
         self.write_tx("recording a pin", |tx| {
             Self::get_in(tx, id)?;
-            let n = match cause {
-                Some(c) => tx.execute(
-                    "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = ?2, cause = ?3",
-                    params![id, now_millis(), c],
-                ),
-                None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = ?1", [id]),
-            }
-            .map_err(db("recording a pin"))?;
-            Ok(n > 0)
+            Self::pin_in(tx, id, cause)
         })
     }
 
-    fn start_tier_move(&self, id: &str, to: &str, cause: &str) -> Result<VFolder> {
-        self.write_tx("starting a tier move", |tx| {
-            let pinned: Option<String> = tx
-                .query_row(
-                    "SELECT cause FROM tier_pins WHERE vfolder_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db("reading a pin"))?;
-            if let Some(cause) = pinned {
-                let v = Self::get_in(tx, id)?;
-                return Err(StoreError::Pinned {
-                    name: v.name,
-                    cause,
-                });
+    fn start_relocation(
+        &self,
+        id: &str,
+        to: &str,
+        cause: &str,
+        start: RelocationStart<'_>,
+    ) -> Result<VFolder> {
+        self.write_tx("starting a relocation", |tx| {
+            if start == RelocationStart::Tier {
+                let pinned: Option<String> = tx
+                    .query_row(
+                        "SELECT cause FROM tier_pins WHERE vfolder_id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db("reading a pin"))?;
+                if let Some(cause) = pinned {
+                    let v = Self::get_in(tx, id)?;
+                    return Err(StoreError::Pinned {
+                        name: v.name,
+                        cause,
+                    });
+                }
             }
             Self::volume_known_in(tx, to)?;
             let v = Self::transition_in(
@@ -772,6 +771,9 @@ impl Store for SqliteStore {
                 &[],
             )?;
             jobs::queue_job_in(tx, id, crate::workers::relocate::KIND, Some(to))?;
+            if let RelocationStart::Pinning(why) = start {
+                Self::pin_in(tx, id, Some(why))?;
+            }
             Ok(v)
         })
     }
@@ -880,6 +882,21 @@ impl SqliteStore {
         )
         .map_err(db("recording history"))?;
         Self::get_in(tx, id)
+    }
+
+    /// Pins `id` against tiering with `cause`, or unpins it with `None`;
+    /// whether anything changed.
+    fn pin_in(tx: &Connection, id: &str, cause: Option<&str>) -> Result<bool> {
+        let n = match cause {
+            Some(c) => tx.execute(
+                "INSERT INTO tier_pins (vfolder_id, pinned_at, cause) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (vfolder_id) DO UPDATE SET pinned_at = ?2, cause = ?3",
+                params![id, now_millis(), c],
+            ),
+            None => tx.execute("DELETE FROM tier_pins WHERE vfolder_id = ?1", [id]),
+        }
+        .map_err(db("recording a pin"))?;
+        Ok(n > 0)
     }
 
     /// Inserts a new row in `status` with its creation history row.

@@ -1,5 +1,5 @@
 //! Starting a plan's moves as ordinary relocation jobs: each move is one
-//! store transaction ([`crate::store::Store::start_tier_move`]: the pin,
+//! store transaction ([`crate::store::Store::start_relocation`]: the pin,
 //! the attachments and the status checked, ready → performing with the
 //! move's cause in history, the relocation job queued), at most
 //! `max_concurrent` relocations under way at once (those already running
@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::plan::{self, Move};
 use super::policy::Policy;
 use crate::catalog::Catalog;
-use crate::store::{Result, StoreError, VFolder};
+use crate::store::{RelocationStart, Result, StoreError, VFolder};
 use crate::workers::{Outcome, relocate};
 
 /// What starting a plan did.
@@ -55,7 +55,10 @@ pub fn start(cat: &Catalog, moves: &[Move], in_flight: usize, policy: &Policy) -
             out.refused.push((m.clone(), e.to_string()));
             continue;
         }
-        match cat.store().start_tier_move(&m.id, &m.to, &m.reason.cause()) {
+        match cat
+            .store()
+            .start_relocation(&m.id, &m.to, &m.reason.cause(), RelocationStart::Tier)
+        {
             Ok(v) => {
                 room -= 1;
                 out.started.push((m.clone(), v));

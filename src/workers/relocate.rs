@@ -15,8 +15,7 @@ use super::{ClaimGuard, Outcome, Settled, end_job, purge};
 use crate::backing::copy::{CopyError, CopyStats};
 use crate::backing::sys;
 use crate::catalog::{Catalog, NewDir};
-use crate::status::Op;
-use crate::store::{Result, StoreError, TransitionArgs, VFolder};
+use crate::store::{RelocationStart, Result, StoreError, VFolder};
 use crate::volumes::VolumeError;
 
 /// Job kind recorded in the store.
@@ -24,8 +23,9 @@ pub const KIND: &str = "relocate";
 /// Job kind of removing a relocated vfolder's old copy.
 pub const CLEANUP_KIND: &str = "relocate-cleanup";
 
-/// Starts relocating live vfolder `name` to volume `to`; the move is left to [`run`].
-pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder> {
+/// Starts relocating live vfolder `name` to volume `to`, pinning it against
+/// tiering with cause `pin`; the move is left to [`run`].
+pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str, pin: &str) -> Result<VFolder> {
     let v = cat.store().get_live(name)?;
     cat.usable_volume(to)?;
     if v.volume == to {
@@ -35,16 +35,10 @@ pub fn start(cat: &Catalog, name: &str, to: &str, cause: &str) -> Result<VFolder
         }
         .into());
     }
-    let v = cat.store().transition(
-        &v.id,
-        Op::RelocateStart,
-        TransitionArgs {
-            cause,
-            ..Default::default()
-        },
-    )?;
-    cat.store().queue_job(&v.id, KIND, Some(to))?;
-    Ok(v)
+    // The status change, the job and the pin in one transaction: a crash
+    // or a failing write cannot leave a `performing` row without its job.
+    cat.store()
+        .start_relocation(&v.id, to, cause, RelocationStart::Pinning(pin))
 }
 
 /// Runs (or resumes) the relocation of `id` under a job claim for `owner`.
