@@ -392,6 +392,37 @@ fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
     );
 }
 
+/// A relocation is refused while the previous copy of an earlier one still
+/// waits to be removed (its removal waits for every live mount to confirm
+/// the switch; the SQL below leaves the row as such a wait does). Started
+/// anyway, its job would replace the removal's and its switch overwrite the
+/// record of the old copy, which would then never be removed.
+fn a_relocation_waits_for_the_previous_copy_to_go(b: Backend) {
+    let t = TempStore::with(b);
+    let vol = t.dir.path().join("v2");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
+    t.ok(&["create", "a"]);
+    t.sql("UPDATE vfolders SET prev_volume = 'v2' WHERE name = 'a'");
+    let err = t.fails(&["relocate", "a", "--to", "v2", "--no-wait"]);
+    assert!(
+        err.contains("previous copy on volume v2") && err.contains("\"a\""),
+        "{err}"
+    );
+    let v = t.show("a");
+    assert_eq!(
+        (v["status"].as_str(), v["volume"].as_str()),
+        (Some("ready"), Some("default"))
+    );
+    let rows = t.open_store().list(ListFilter::All).unwrap();
+    assert_eq!(rows[0].prev_volume.as_deref(), Some("v2"));
+    // Once the old copy is gone, it relocates.
+    t.sql("UPDATE vfolders SET prev_volume = NULL WHERE name = 'a'");
+    t.ok(&["relocate", "a", "--to", "v2"]);
+    assert_eq!(t.show("a")["volume"], "v2");
+}
+
 /// Each test above, once per backend.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -419,4 +450,5 @@ on_both_backends!(
     the_work_list_holds_what_a_worker_must_act_on_and_nothing_else,
     the_change_feed_returns_what_changed_once_and_counts_deletions,
     a_relocation_starts_whole_or_not_at_all,
+    a_relocation_waits_for_the_previous_copy_to_go,
 );

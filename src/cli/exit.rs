@@ -117,7 +117,9 @@ pub fn store_kind(e: &StoreError) -> Kind {
         StoreError::NameTaken(_) | StoreError::TargetTaken(_) => Kind::Exists,
         StoreError::Refused { .. } | StoreError::Pinned { .. } => Kind::Refused,
         StoreError::InvalidName(..) | StoreError::Ambiguous { .. } => Kind::Usage,
-        StoreError::Attached { .. } | StoreError::ClaimLost { .. } => Kind::Busy,
+        StoreError::Attached { .. }
+        | StoreError::ClaimLost { .. }
+        | StoreError::OldCopyPending { .. } => Kind::Busy,
         e if e.is_busy() => Kind::Busy,
         StoreError::Missing(_) => Kind::NoStore,
         StoreError::Unconfirmed { .. } => Kind::Unconfirmed,
@@ -144,7 +146,8 @@ pub fn store_vfolder(e: &StoreError) -> Option<&str> {
         | StoreError::Refused { name: n, .. }
         | StoreError::Attached { name: n, .. }
         | StoreError::Unconfirmed { name: n, .. }
-        | StoreError::Pinned { name: n, .. } => Some(n),
+        | StoreError::Pinned { name: n, .. }
+        | StoreError::OldCopyPending { name: n, .. } => Some(n),
         _ => None,
     }
 }

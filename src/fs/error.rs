@@ -100,7 +100,8 @@ impl FsError {
                 | StoreError::Unconfirmed { .. }
                 | StoreError::Volume(_)
                 | StoreError::LoosePath { .. }
-                | StoreError::Pinned { .. } => Errno::EIO,
+                | StoreError::Pinned { .. }
+                | StoreError::OldCopyPending { .. } => Errno::EIO,
             },
             FsError::ReadOnly(_) => Errno::EROFS,
             FsError::Gone | FsError::NotFound | FsError::CacheableMiss => Errno::ENOENT,

@@ -475,6 +475,14 @@ pub enum StoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A relocation was asked for while the vfolder's previous copy (from
+    /// its last relocation) still waits to be removed.
+    OldCopyPending {
+        /// The vfolder's name.
+        name: String,
+        /// The volume holding the previous copy.
+        volume: String,
+    },
     /// The vfolder is pinned against automatic tier moves.
     Pinned {
         /// The vfolder's name.
@@ -653,6 +661,12 @@ impl fmt::Display for StoreError {
                  another process took it over"
             ),
             StoreError::Volume(e) => e.fmt(f),
+            StoreError::OldCopyPending { name, volume } => write!(
+                f,
+                "vfolder {name:?} still has its previous copy on volume {volume} waiting to be \
+                 removed (the last step of its relocation, once every live mount has confirmed \
+                 the switch); relocate it again when that is done (`vfolderfs jobs` shows it)"
+            ),
             StoreError::Pinned { name, cause } => write!(
                 f,
                 "vfolder {name:?} is pinned against automatic tier moves ({cause}); \
@@ -882,8 +896,11 @@ pub trait Store: Send + Sync {
     /// [`Store::transition`] with `Op::RelocateStart` (attachments and status
     /// checked), its relocation job queued with it, and the pin as `start`
     /// says (a tier move is refused with [`StoreError::Pinned`] while the
-    /// vfolder is pinned; an operator's move pins it). Nothing of it is
-    /// made unless all of it is: no `performing` row without its job.
+    /// vfolder is pinned; an operator's move pins it). Refused with
+    /// [`StoreError::OldCopyPending`] while the previous copy of an earlier
+    /// relocation still waits to be removed (the new job would replace that
+    /// removal's and the copy would be forgotten). Nothing of it is made
+    /// unless all of it is: no `performing` row without its job.
     fn start_relocation(
         &self,
         id: &str,

@@ -1074,6 +1074,12 @@ impl Store for PgStore {
     ) -> Result<VFolder> {
         self.tx("starting a relocation", |tx| {
             let v = Self::lock_in(tx, id)?;
+            if let Some(volume) = v.prev_volume {
+                return Err(StoreError::OldCopyPending {
+                    name: v.name,
+                    volume,
+                });
+            }
             if start == RelocationStart::Tier {
                 let pinned: Option<String> = tx
                     .query_opt("SELECT cause FROM tier_pins WHERE vfolder_id = $1", &[&id])

@@ -742,6 +742,13 @@ impl Store for SqliteStore {
         start: RelocationStart<'_>,
     ) -> Result<VFolder> {
         self.write_tx("starting a relocation", |tx| {
+            let cur = Self::get_in(tx, id)?;
+            if let Some(volume) = cur.prev_volume {
+                return Err(StoreError::OldCopyPending {
+                    name: cur.name,
+                    volume,
+                });
+            }
             if start == RelocationStart::Tier {
                 let pinned: Option<String> = tx
                     .query_row(
@@ -752,9 +759,8 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(db("reading a pin"))?;
                 if let Some(cause) = pinned {
-                    let v = Self::get_in(tx, id)?;
                     return Err(StoreError::Pinned {
-                        name: v.name,
+                        name: cur.name,
                         cause,
                     });
                 }

@@ -67,6 +67,7 @@ pub fn start(cat: &Catalog, moves: &[Move], in_flight: usize, policy: &Policy) -
                 e @ (StoreError::Refused { .. }
                 | StoreError::Attached { .. }
                 | StoreError::Pinned { .. }
+                | StoreError::OldCopyPending { .. }
                 | StoreError::NotFound(_)
                 | StoreError::Volume(_)),
             ) => out.refused.push((m.clone(), e.to_string())),
