@@ -345,6 +345,57 @@ fn the_change_feed_returns_what_changed_once_and_counts_deletions(b: Backend) {
     assert_eq!(after.deletions, before.deletions + 1);
 }
 
+/// Makes every insert into the jobs table fail (a full disk, or a crash
+/// at that step), until [`allow_job_inserts`].
+fn fail_job_inserts(t: &TempStore, b: Backend) {
+    t.sql(match b {
+        Backend::Sqlite => {
+            "CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
+             BEGIN SELECT RAISE(ABORT, 'no space left'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION no_jobs() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
+             FOR EACH ROW EXECUTE FUNCTION no_jobs();"
+        }
+    });
+}
+
+fn allow_job_inserts(t: &TempStore, b: Backend) {
+    t.sql(match b {
+        Backend::Sqlite => "DROP TRIGGER no_jobs;",
+        Backend::Postgres => "DROP TRIGGER no_jobs ON jobs;",
+    });
+}
+
+/// A clone starts whole or not at all: the source's status change, the
+/// target's row and the copy's job are one transaction. With the job's
+/// write failing, the source stays ready, no target is left (nor its
+/// directory), and the clone works afterwards.
+fn a_clone_starts_whole_or_not_at_all(b: Backend) {
+    let t = TempStore::with(b);
+    t.ok(&["create", "a"]);
+    fail_job_inserts(&t, b);
+    let err = t.fails(&["clone", "a", "b", "--no-wait"]);
+    assert!(err.contains("no space left"), "{err}");
+    assert_eq!(t.show("a")["status"], "ready");
+    let rows = t.open_store().list(ListFilter::All).unwrap();
+    assert_eq!(rows.len(), 1, "a target left behind: {rows:?}");
+    let shards = t.layout().data_dir();
+    // data/<shard>/<id>: count the vfolder directories.
+    let dirs: usize = std::fs::read_dir(&shards)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| std::fs::read_dir(p).unwrap().count())
+        .sum();
+    assert_eq!(dirs, 1, "a target directory left behind");
+    allow_job_inserts(&t, b);
+    t.ok(&["clone", "a", "b"]);
+    assert_eq!(t.show("b")["status"], "ready");
+}
+
 /// An operator's relocation starts whole or not at all: the status change,
 /// its job and the pin against tiering are one transaction. Here the job's
 /// write fails (a trigger stands in for a full disk or a crash between the
@@ -357,19 +408,7 @@ fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
     std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
     t.ok(&["create", "a"]);
-    let fail_jobs = match b {
-        Backend::Sqlite => {
-            "CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
-             BEGIN SELECT RAISE(ABORT, 'no space left'); END;"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION no_jobs() RETURNS trigger AS $$ \
-             BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER no_jobs BEFORE INSERT ON jobs \
-             FOR EACH ROW EXECUTE FUNCTION no_jobs();"
-        }
-    };
-    t.sql(fail_jobs);
+    fail_job_inserts(&t, b);
     let err = t.fails(&["relocate", "a", "--to", "v2", "--no-wait"]);
     assert!(err.contains("no space left"), "{err}");
     let v = t.show("a");
@@ -380,10 +419,7 @@ fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
         pins.is_empty(),
         "pinned by a relocation that never started: {pins:?}"
     );
-    t.sql(match b {
-        Backend::Sqlite => "DROP TRIGGER no_jobs;",
-        Backend::Postgres => "DROP TRIGGER no_jobs ON jobs;",
-    });
+    allow_job_inserts(&t, b);
     t.ok(&["relocate", "a", "--to", "v2"]);
     let v = t.show("a");
     assert_eq!(
@@ -450,5 +486,6 @@ on_both_backends!(
     the_work_list_holds_what_a_worker_must_act_on_and_nothing_else,
     the_change_feed_returns_what_changed_once_and_counts_deletions,
     a_relocation_starts_whole_or_not_at_all,
+    a_clone_starts_whole_or_not_at_all,
     a_relocation_waits_for_the_previous_copy_to_go,
 );

@@ -777,8 +777,9 @@ pub trait Store: Send + Sync {
     fn forget_purged(&self, before: Millis) -> Result<Vec<AuditEntry>>;
     /// The audit table, oldest first.
     fn audit(&self) -> Result<Vec<AuditEntry>>;
-    /// In one transaction: `src` ready → cloning, and a new vfolder `dst`
-    /// created as cloning from it (its directory made by the caller).
+    /// In one transaction: `src` ready → cloning, a new vfolder `dst`
+    /// created as cloning from it (its directory made by the caller), and
+    /// the copy's job queued for `dst`.
     fn begin_clone(
         &self,
         src: &str,

@@ -46,8 +46,9 @@ pub fn start(
     let started = cat.store().begin_clone(&s.id, &id, dst, &volume, cause);
     match started {
         Ok(pair) => {
+            // The job is queued already (with the rows): if this fails, the
+            // job finds no target and rolls the clone back.
             cat.remake_if_moved(&id, &volume, dir)?;
-            cat.store().queue_job(&id, KIND, None)?;
             Ok(pair)
         }
         Err(e) => {

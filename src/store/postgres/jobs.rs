@@ -178,6 +178,8 @@ pub(super) fn begin_clone(
             Some(src),
             cause,
         )?;
+        // The copy's job with them: never a clone started without one.
+        queue_job_in(tx, dst_id, crate::workers::clone::KIND, None)?;
         Ok((s, d))
     })
 }
