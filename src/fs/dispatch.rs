@@ -381,7 +381,7 @@ impl Filesystem for VfolderFs {
     fn readdir(&self, req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
         metrics::request(FuseOp::Readdir);
         act!(self, req, reply, ino.0);
-        let r = self.walk_dir(ino, fh, offset, |i, next, kind, name| {
+        let r = self.walk_dir(ino, fh, offset, true, |i, next, kind, name| {
             Ok(!reply.add(INodeNo(i), next, kind, name))
         });
         reply.answer(r);

@@ -8,12 +8,16 @@ use inodes::InodeFd;
 
 impl VfolderFs {
     /// Walks a directory handle from `offset`; `emit` gets (d_ino, next
-    /// offset, d_type, name) and returns false when the reply is full.
+    /// offset, d_type, name) and returns false when the reply is full. With
+    /// `types`, an entry whose directory records no type (`DT_UNKNOWN`) is
+    /// asked for it (one `fstatat`); without, it is given as a regular file
+    /// (a readdirplus takes types from the inodes it looks up or knows).
     pub(super) fn walk_dir(
         &self,
         ino: INodeNo,
         fh: Fh,
         offset: u64,
+        types: bool,
         mut emit: impl FnMut(u64, u64, fuser::FileType, &OsStr) -> FsResult<bool>,
     ) -> FsResult<()> {
         let h = self.file(fh)?;
@@ -60,7 +64,7 @@ impl VfolderFs {
                         break;
                     }
                     for e in sys::parse_dirents(&buf[..n]) {
-                        let kind = if e.dtype == libc::DT_UNKNOWN {
+                        let kind = if types && e.dtype == libc::DT_UNKNOWN {
                             // A filesystem that does not record types in
                             // its directories (ext4 without `filetype`, XFS
                             // with `ftype=0`): ask the inode.
@@ -104,12 +108,12 @@ impl VfolderFs {
         // entry and reports its error then.
         let added = std::cell::Cell::new(false);
         let known = KnownEntries::new(self, parent.as_deref(), ttl);
-        let r = self.walk_dir(ino, fh, offset, |d_ino, next, kind, name| {
+        let r = self.walk_dir(ino, fh, offset, false, |d_ino, next, _kind, name| {
             let bytes = name.as_bytes();
             if bytes == b"." || bytes == b".." {
-                // The kernel takes no lookup reference for these.
-                let mut a = attr::virtual_dir(d_ino, 2, self.started);
-                a.kind = kind;
+                // The kernel takes no lookup reference for these; always
+                // directories (whatever d_type the backing gave).
+                let a = attr::virtual_dir(d_ino, 2, self.started);
                 let full = reply.add(INodeNo(d_ino), next, name, &ttl, &a, Generation(0));
                 added.set(added.get() || !full);
                 return Ok(!full);
