@@ -212,6 +212,16 @@ pub enum Inval {
     Names,
 }
 
+impl Inval {
+    /// Whether it drops anything the kernel cached from inside vfolders
+    /// (what a listing may rely on, see [`Registry::cache_gen`]). A name at
+    /// the root or in `.trash`, or the attributes of the root, `.trash` or a
+    /// vfolder's root, do not: a backing directory never lists those.
+    pub fn reaches_into_vfolders(&self) -> bool {
+        matches!(self, Inval::All | Inval::Names)
+    }
+}
+
 /// What the kernel may have cached about a vfolder: its root name, trash
 /// name, volume, and whether it was writable (writable vfolders get cached
 /// listings and negative entries, so leaving or entering that state
@@ -245,8 +255,8 @@ pub struct Registry {
     sharing: Sharing,
     /// The node ids the kernel knows (to drop their cached attributes).
     known_nodes: std::sync::OnceLock<KnownNodes>,
-    /// Raised before any of the kernel's cached names or attributes are
-    /// invalidated: an entry given under an older generation may be gone.
+    /// Raised before the kernel's cached names or attributes inside vfolders
+    /// are invalidated: an entry given under an older generation may be gone.
     cache_gen: std::sync::atomic::AtomicU64,
 }
 
@@ -481,10 +491,12 @@ impl Registry {
     }
 
     /// Invalidations collected since the last call (the caller sends them:
-    /// the cache generation is raised first).
+    /// the cache generation is raised first if any reaches into vfolders).
     pub fn take_pending(&self) -> Vec<Inval> {
         let v = std::mem::take(&mut *self.pending.lock());
-        if !v.is_empty() {
+        // Not for every status change of every vfolder: those only touch
+        // names at the top, and would keep listings from trusting anything.
+        if v.iter().any(Inval::reaches_into_vfolders) {
             self.kernel_cache_dropping();
         }
         v
@@ -495,8 +507,8 @@ impl Registry {
         self.cache_gen.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Called before the kernel's cached names or attributes are
-    /// invalidated: entries given before no longer count as cached.
+    /// Called before the kernel's cached names or attributes inside vfolders
+    /// are invalidated: entries given before no longer count as cached.
     pub fn kernel_cache_dropping(&self) {
         self.cache_gen
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
