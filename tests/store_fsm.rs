@@ -396,18 +396,23 @@ fn a_clone_starts_whole_or_not_at_all(b: Backend) {
     assert_eq!(t.show("b")["status"], "ready");
 }
 
+/// A store with vfolder `a` on the default volume and a second volume `v2`
+/// (`volume add` makes its directory, private).
+fn vfolder_and_volume(b: Backend) -> TempStore {
+    let t = TempStore::with(b);
+    let vol = t.dir.path().join("v2");
+    t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
+    t.ok(&["create", "a"]);
+    t
+}
+
 /// An operator's relocation starts whole or not at all: the status change,
 /// its job and the pin against tiering are one transaction. Here the job's
 /// write fails (a trigger stands in for a full disk or a crash between the
 /// steps): the vfolder must stay `ready`, unpinned, and relocate normally
 /// afterwards, not be left `performing` with no job to finish it.
 fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
-    let t = TempStore::with(b);
-    let vol = t.dir.path().join("v2");
-    std::fs::create_dir(&vol).unwrap();
-    std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
-    t.ok(&["create", "a"]);
+    let t = vfolder_and_volume(b);
     fail_job_inserts(&t, b);
     let err = t.fails(&["relocate", "a", "--to", "v2", "--no-wait"]);
     assert!(err.contains("no space left"), "{err}");
@@ -434,12 +439,7 @@ fn a_relocation_starts_whole_or_not_at_all(b: Backend) {
 /// anyway, its job would replace the removal's and its switch overwrite the
 /// record of the old copy, which would then never be removed.
 fn a_relocation_waits_for_the_previous_copy_to_go(b: Backend) {
-    let t = TempStore::with(b);
-    let vol = t.dir.path().join("v2");
-    std::fs::create_dir(&vol).unwrap();
-    std::fs::set_permissions(&vol, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    t.ok(&["volume", "add", "v2", vol.to_str().unwrap()]);
-    t.ok(&["create", "a"]);
+    let t = vfolder_and_volume(b);
     t.sql("UPDATE vfolders SET prev_volume = 'v2' WHERE name = 'a'");
     let err = t.fails(&["relocate", "a", "--to", "v2", "--no-wait"]);
     assert!(

@@ -85,6 +85,15 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {}
 
 impl CliError {
+    /// A usage error (exit status of a usage error) saying `message`.
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::Of {
+            kind: Kind::Usage,
+            message: message.into(),
+            vfolder: None,
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> Kind {
         match self {

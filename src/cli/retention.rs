@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{CliError, Kind};
+use super::CliError;
 use crate::catalog::Catalog;
 
 /// Parses a retention: a duration (`30d`, `12h`, `90m`, `1s`), or `forever`
@@ -33,11 +33,7 @@ fn show(keep: Option<Duration>) -> String {
 pub(super) fn run(cat: &Catalog, value: Option<String>, json: bool) -> Result<i32, CliError> {
     let store = cat.store();
     if let Some(v) = &value {
-        let keep = parse(v).map_err(|message| CliError::Of {
-            kind: Kind::Usage,
-            message,
-            vfolder: None,
-        })?;
+        let keep = parse(v).map_err(CliError::usage)?;
         store.set_trash_retention(keep)?;
     }
     let keep = store.trash_retention()?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{CliError, Kind, fmt_time};
+use super::{CliError, fmt_time};
 use crate::catalog::Catalog;
 use crate::tier::policy::{Policy, PolicyFile};
 use crate::tier::{self, plan, run};
@@ -113,14 +113,6 @@ pub struct Knobs {
     max_concurrent: Option<usize>,
 }
 
-fn usage(message: String) -> CliError {
-    CliError::Of {
-        kind: Kind::Usage,
-        message,
-        vfolder: None,
-    }
-}
-
 impl Knobs {
     fn any_flag(&self) -> bool {
         self.policy.is_some()
@@ -136,12 +128,12 @@ impl Knobs {
         let base = match &self.policy {
             Some(f) => {
                 let text = std::fs::read_to_string(f)
-                    .map_err(|e| usage(format!("policy file {}: {e}", f.display())))?;
+                    .map_err(|e| CliError::usage(format!("policy file {}: {e}", f.display())))?;
                 Policy::parse(&text)
-                    .map_err(|e| usage(format!("policy file {}: {e}", f.display())))?
+                    .map_err(|e| CliError::usage(format!("policy file {}: {e}", f.display())))?
             }
             None => run::stored_policy(cat)?
-                .map_err(|e| usage(format!("the stored tier policy: {e}")))?,
+                .map_err(|e| CliError::usage(format!("the stored tier policy: {e}")))?,
         };
         base.with(&PolicyFile {
             demote_after: self.demote_after.clone(),
@@ -150,7 +142,7 @@ impl Knobs {
             low_watermark: self.low_watermark,
             max_concurrent: self.max_concurrent,
         })
-        .map_err(usage)
+        .map_err(CliError::usage)
     }
 }
 
@@ -298,14 +290,14 @@ fn auto(cat: &Catalog, every: Option<String>, knobs: Knobs, json: bool) -> Resul
             secs.map(|s| s.to_string()).as_deref(),
         )?;
     } else if knobs.any_flag() {
-        return Err(usage(
-            "policy options with `tier auto` are stored with --every DURATION".into(),
+        return Err(CliError::usage(
+            "policy options with `tier auto` are stored with --every DURATION",
         ));
     }
     let secs = store
         .setting(tier::SETTING_EVERY)?
         .and_then(|v| v.parse::<u64>().ok());
-    let policy = run::stored_policy(cat)?.map_err(usage)?;
+    let policy = run::stored_policy(cat)?.map_err(CliError::usage)?;
     let shown =
         secs.map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string());
     if json {
@@ -329,8 +321,10 @@ fn parse_every(e: &str) -> Result<Option<u64>, CliError> {
         "off" => Ok(None),
         t => match humantime::parse_duration(t) {
             Ok(d) if d.as_secs() >= 1 => Ok(Some(d.as_secs())),
-            Ok(_) => Err(usage(format!("--every {e:?} is shorter than a second"))),
-            Err(err) => Err(usage(format!(
+            Ok(_) => Err(CliError::usage(format!(
+                "--every {e:?} is shorter than a second"
+            ))),
+            Err(err) => Err(CliError::usage(format!(
                 "bad --every {e:?}: {err} (a duration like 1h, or off)"
             ))),
         },

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
+use super::CliError;
 use super::output::human_bytes;
-use super::{CliError, Kind};
 use crate::catalog::Catalog;
 use crate::store::{ListFilter, StoreError, VFolder, VolumeTier};
 use crate::volumes::{self, VolumeError};
@@ -92,11 +92,9 @@ fn parse_pct(what: &str, s: &str) -> Result<Option<u8>, CliError> {
     }
     match s.trim_end_matches('%').parse::<u8>() {
         Ok(n) if n <= 100 => Ok(Some(n)),
-        _ => Err(CliError::Of {
-            kind: Kind::Usage,
-            message: format!("--{what} {s:?} is not a percentage from 0 to 100 (or none)"),
-            vfolder: None,
-        }),
+        _ => Err(CliError::usage(format!(
+            "--{what} {s:?} is not a percentage from 0 to 100 (or none)"
+        ))),
     }
 }
 
@@ -273,7 +271,8 @@ fn set(
     low_watermark: Option<String>,
     json: bool,
 ) -> Result<i32, CliError> {
-    let path = volume_path(cat, &name)?;
+    // Known, or refused before anything changes.
+    volume_path(cat, &name)?;
     let mut t = tiers(cat)?.remove(&name).unwrap_or(VolumeTier {
         volume: name.clone(),
         tier: None,
@@ -283,11 +282,7 @@ fn set(
     if let Some(s) = tier {
         t.tier = match s.as_str() {
             "none" => None,
-            s => Some(s.parse().map_err(|message| CliError::Of {
-                kind: Kind::Usage,
-                message,
-                vfolder: None,
-            })?),
+            s => Some(s.parse().map_err(CliError::usage)?),
         };
     }
     if let Some(s) = high_watermark {
@@ -297,30 +292,17 @@ fn set(
         t.low_watermark = parse_pct("low-watermark", &s)?;
     }
     if t.high_watermark == Some(0) {
-        return Err(CliError::Of {
-            kind: Kind::Usage,
-            message: "--high-watermark must be at least 1".into(),
-            vfolder: None,
-        });
+        return Err(CliError::usage("--high-watermark must be at least 1"));
     }
     if let (Some(h), Some(l)) = (t.high_watermark, t.low_watermark)
         && l >= h
     {
-        return Err(CliError::Of {
-            kind: Kind::Usage,
-            message: format!("volume {name}: low watermark {l}% must be below high watermark {h}%"),
-            vfolder: None,
-        });
+        return Err(CliError::usage(format!(
+            "volume {name}: low watermark {l}% must be below high watermark {h}%"
+        )));
     }
     cat.store().set_volume_tier(&t)?;
-    let rows = cat.store().list(ListFilter::All)?;
-    let j = volume_json_tiered(&name, &path, &rows, &tiers(cat)?);
-    if json {
-        println!("{j}");
-    } else {
-        print_show(&j);
-    }
-    Ok(0)
+    show(cat, name, json)
 }
 
 /// `volume remove NAME`: its directory is left as it is.
